@@ -1,0 +1,71 @@
+"""The ``forward3d`` command line: one console script with subcommands.
+
+Each subcommand lives in its own module ``forward3d/cli/<name>.py`` that defines
+``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their command
+runs, so ``forward3d --help`` stays fast and one broken optional dependency never breaks the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("forward3d.cli.demo", "generate a synthetic RGB-D scene, reconstruct it and score it"),
+    "recon": ("forward3d.cli.recon", "video / image folder / RGB-D dataset -> poses, point cloud, mesh"),
+    "eval": ("forward3d.cli.eval", "score reconstructions, trajectories and novel views"),
+    "render": ("forward3d.cli.render", "render a 3D Gaussian scene (PLY/.splat) to images and a video"),
+    "splat": ("forward3d.cli.splat", "single image (+ depth) -> 3D Gaussians"),
+    "train": ("forward3d.cli.train", "train a model"),
+}
+
+
+class CLIError(Exception):
+    """An error to report as one line, without a traceback."""
+
+
+def _build_parser(command: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forward3d", description="Feed-forward 3D reconstruction.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == command:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in COMMANDS:
+        command = None
+    try:
+        parser = _build_parser(command)
+    except ImportError as exc:
+        print(f"forward3d {command}: missing dependency: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 1
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except (CLIError, ValueError, FileNotFoundError, ImportError) as exc:
+        if args.verbose:
+            raise
+        print(f"forward3d {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"forward3d {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
