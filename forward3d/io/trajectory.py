@@ -1,0 +1,213 @@
+"""Camera trajectories: TUM RGB-D text files and Redwood / Open3D ``.log`` files.
+
+TUM (https://cvg.cit.tum.de/data/datasets/rgbd-dataset/file_formats): one pose per line,
+``timestamp tx ty tz qx qy qz qw``; the pose is camera-to-world (the camera's optical centre and
+orientation in the world frame); the quaternion is stored ``xyzw`` on disk (forward3d uses ``wxyz``
+in memory). Lines starting with ``#`` are comments.
+
+Redwood / Open3D ``.log`` (http://redwood-data.org/indoor/fileformat.html): per frame one metadata
+line of three integers (we write ``i i i+1`` as Open3D does; it is ignored when reading) then the
+4x4 camera-to-world matrix on four lines.
+
+The small quaternion helpers here (``wxyz``) are numpy only, so io does not depend on torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from forward3d.io.atomic import atomic_write
+
+__all__ = [
+    "write_tum",
+    "read_tum",
+    "write_redwood_log",
+    "read_redwood_log",
+    "quat_wxyz_to_rotmat",
+    "rotmat_to_quat_wxyz",
+]
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------
+# Quaternions (wxyz)
+# --------------------------------------------------------------------------------------------------
+
+
+def quat_wxyz_to_rotmat(q: np.ndarray) -> np.ndarray:
+    """``[..., 4]`` wxyz quaternions (normalised here) -> ``[..., 3, 3]`` float64 rotations."""
+    q = np.asarray(q, dtype=np.float64)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    w, x, y, z = np.moveaxis(q, -1, 0)
+    R = np.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        axis=-1,
+    )
+    return R.reshape(*q.shape[:-1], 3, 3)
+
+
+def rotmat_to_quat_wxyz(R: np.ndarray) -> np.ndarray:
+    """``[..., 3, 3]`` rotations -> ``[..., 4]`` unit wxyz quaternions with ``w >= 0`` (Shepperd)."""
+    m = np.asarray(R, dtype=np.float64)
+    t = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
+    cands = np.stack(
+        [
+            np.stack([1 + t, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
+            np.stack([m[..., 2, 1] - m[..., 1, 2], 1 + 2 * m[..., 0, 0] - t, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
+            np.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 + 2 * m[..., 1, 1] - t, m[..., 1, 2] + m[..., 2, 1]], -1),
+            np.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], 1 + 2 * m[..., 2, 2] - t], -1),
+        ],
+        axis=-2,
+    )  # [..., 4, 4]; candidate k is accurate when component k is the largest
+    diag = np.stack([t, m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]], -1)
+    best = diag.argmax(-1)
+    q = np.take_along_axis(cands, best[..., None, None], axis=-2)[..., 0, :]
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    return np.where(q[..., :1] < 0, -q, q)
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_c2w(what: str, path: Path, c2w: np.ndarray) -> np.ndarray:
+    c2w = np.asarray(c2w, dtype=np.float64)
+    if c2w.ndim != 3 or c2w.shape[1:] != (4, 4):
+        raise ValueError(f"{what} {path}: expected c2w of shape [N, 4, 4], found {list(c2w.shape)}")
+    if not np.isfinite(c2w).all():
+        raise ValueError(f"{what} {path}: c2w contains non-finite values")
+    return c2w
+
+
+# --------------------------------------------------------------------------------------------------
+# TUM
+# --------------------------------------------------------------------------------------------------
+
+
+def write_tum(path: str | os.PathLike, timestamps: np.ndarray, c2w: np.ndarray) -> Path:
+    """Write a TUM trajectory ``timestamp tx ty tz qx qy qz qw`` (camera-to-world, xyzw).
+
+    Args:
+        path: target text file.
+        timestamps: ``[N]`` seconds.
+        c2w: ``[N, 4, 4]`` camera-to-world poses (rotation part must be a rotation; it is not
+            re-orthonormalised, so Sim(3) scale in it is an error).
+
+    Returns:
+        ``Path(path)``.
+    """
+    path = Path(path)
+    c2w = _check_c2w("write_tum", path, c2w)
+    ts = np.asarray(timestamps, dtype=np.float64).reshape(-1)
+    if len(ts) != len(c2w):
+        raise ValueError(f"write_tum {path}: expected {len(c2w)} timestamps (one per pose), found {len(ts)}")
+    R = c2w[:, :3, :3]
+    det = np.linalg.det(R) if len(R) else np.ones(0)
+    if len(R) and (np.abs(det - 1.0).max() > 1e-3):
+        raise ValueError(f"write_tum {path}: expected rotation matrices (det 1) in c2w, found det in "
+                         f"[{det.min():.6g}, {det.max():.6g}]")
+    q = rotmat_to_quat_wxyz(R) if len(R) else np.zeros((0, 4))
+    rows = np.concatenate([ts[:, None], c2w[:, :3, 3], q[:, 1:], q[:, :1]], axis=1)
+    with atomic_write(path, "w") as f:
+        f.write("# timestamp tx ty tz qx qy qz qw (camera-to-world, forward3d / OpenCV camera axes)\n")
+        for r in rows:
+            f.write(f"{r[0]:.6f} " + " ".join(f"{v:.9f}" for v in r[1:]) + "\n")
+    log.debug("wrote %d poses to %s", len(c2w), path)
+    return path
+
+
+def read_tum(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a TUM trajectory.
+
+    Blank lines and lines starting with ``#`` are skipped; commas are accepted as separators.
+    Quaternions are normalised.
+
+    Returns:
+        timestamps ``[N]`` float64, c2w ``[N, 4, 4]`` float64.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"TUM trajectory not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            s = line.strip()
+            if not s or s.startswith("#"):
+                continue
+            tok = s.replace(",", " ").split()
+            if len(tok) != 8:
+                raise ValueError(f"TUM {path}:{lineno}: expected 8 values 'timestamp tx ty tz qx qy qz qw', "
+                                 f"found {len(tok)}: {s[:80]!r}")
+            try:
+                vals = [float(t) for t in tok]
+            except ValueError:
+                raise ValueError(f"TUM {path}:{lineno}: expected numbers, found {s[:80]!r}") from None
+            if not np.isfinite(vals).all():
+                raise ValueError(f"TUM {path}:{lineno}: expected finite numbers, found {s[:80]!r}")
+            if np.linalg.norm(vals[4:8]) < 1e-12:
+                raise ValueError(f"TUM {path}:{lineno}: expected a non-zero quaternion, found {s[:80]!r}")
+            rows.append(vals)
+    arr = np.asarray(rows, dtype=np.float64).reshape(-1, 8)
+    c2w = np.tile(np.eye(4), (len(arr), 1, 1))
+    if len(arr):
+        q_wxyz = np.concatenate([arr[:, 7:8], arr[:, 4:7]], axis=1)
+        c2w[:, :3, :3] = quat_wxyz_to_rotmat(q_wxyz)
+        c2w[:, :3, 3] = arr[:, 1:4]
+    return arr[:, 0].copy(), c2w
+
+
+# --------------------------------------------------------------------------------------------------
+# Redwood / Open3D .log
+# --------------------------------------------------------------------------------------------------
+
+
+def write_redwood_log(path: str | os.PathLike, c2w: np.ndarray) -> Path:
+    """Write camera-to-world poses ``[N, 4, 4]`` as a Redwood / Open3D ``.log`` trajectory."""
+    path = Path(path)
+    c2w = _check_c2w("write_redwood_log", path, c2w)
+    with atomic_write(path, "w") as f:
+        for i, T in enumerate(c2w):
+            f.write(f"{i} {i} {i + 1}\n")
+            for row in T:
+                f.write(" ".join(f"{v:.10f}" for v in row) + "\n")
+    return path
+
+
+def read_redwood_log(path: str | os.PathLike) -> np.ndarray:
+    """Read a Redwood / Open3D ``.log`` trajectory.
+
+    Returns:
+        c2w ``[N, 4, 4]`` float64.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Redwood log not found: {path}")
+    lines = [(i, s.split()) for i, s in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+             if s.strip() and not s.lstrip().startswith("#")]
+    if len(lines) % 5:
+        raise ValueError(f"Redwood log {path}: expected 5 lines per frame (metadata + 4 matrix rows), "
+                         f"found {len(lines)} non-empty lines")
+    out = np.empty((len(lines) // 5, 4, 4), dtype=np.float64)
+    for k in range(len(out)):
+        lineno, meta = lines[5 * k]
+        if len(meta) != 3:
+            raise ValueError(f"Redwood log {path}:{lineno}: expected 3 integers of metadata, found {' '.join(meta)!r}")
+        for r in range(4):
+            lineno, tok = lines[5 * k + 1 + r]
+            if len(tok) != 4:
+                raise ValueError(f"Redwood log {path}:{lineno}: expected 4 numbers, found {len(tok)}")
+            try:
+                out[k, r] = [float(t) for t in tok]
+            except ValueError:
+                raise ValueError(f"Redwood log {path}:{lineno}: expected numbers, found {' '.join(tok)!r}") from None
+    return out
