@@ -1,0 +1,144 @@
+"""Flash3D parity against the reference fixture, full-size manifest, loading and API."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from forward3d.hub import WeightsError
+from forward3d.models.flash3d import Flash3D, Flash3DConfig, prepare_input, save_checkpoint
+from forward3d.models.flash3d.model import PREFIX
+
+
+@pytest.fixture(scope="module")
+def fx(shared_dir):
+    d = shared_dir / "fixtures" / "flash3d" / "small"
+    return {name: load_file(str(d / f"{name}.safetensors")) for name in ("weights", "inputs", "outputs", "intermediates")}
+
+
+@pytest.fixture(scope="module")
+def small_model(fx):
+    cfg = Flash3DConfig.infer_from_state_dict(fx["weights"], height=64, width=96)
+    m = Flash3D(cfg)
+    m.load_checkpoint_state_dict(fx["weights"], "fixture")
+    return m.eval()
+
+
+def _close(actual, expected):
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_config_inferred_from_checkpoint(fx):
+    cfg = Flash3DConfig.infer_from_state_dict(fx["weights"])
+    assert (cfg.num_layers, cfg.gaussians_per_pixel, cfg.sh_degree) == (18, 2, 1)
+
+
+def test_parity_outputs_and_intermediates(fx, small_model):
+    inp, out, mid = fx["inputs"], fx["outputs"], fx["intermediates"]
+    with torch.no_grad():
+        o = small_model.forward_padded(inp["color_aug"], inp["unidepth_depth"], inp["K_src"])
+    _close(o.encoder_input, mid["encoder_input_normalised"])
+    for i in range(5):
+        _close(o.features[i], mid[f"encoder_feature_{i}"])
+    _close(o.depth_raw, mid["depth_decoder_raw"])
+    for layer in range(2):
+        _close(o.raw[:, layer], mid[f"gauss_decoder_{layer}_raw"])
+    for name in ("opacity", "scaling", "rotation", "features_dc", "features_rest", "offset", "means"):
+        _close(getattr(o, name), out[f"gauss_{name}"])
+    _close(o.depth, out["depth"])
+    _close(o.inv_K, out["inv_K_src"])
+    # layer 0 is the input depth, bit-exactly; layer 1 strictly behind
+    assert torch.equal(o.depth[0], inp["unidepth_depth"][0])
+    assert (o.depth[1] > o.depth[0]).all()
+
+
+def test_gaussians_view_matches_reference_layout(fx, small_model):
+    inp = fx["inputs"]
+    with torch.no_grad():
+        o = small_model.forward_padded(inp["color_aug"], inp["unidepth_depth"], inp["K_src"])
+    g = o.gaussians(0)
+    hw = 128 * 160
+    assert len(g) == 2 * hw and g.sh_degree == 1
+    # Gaussian j of layer 1 = pixel j of row 1
+    j = 777
+    assert torch.allclose(g.means[hw + j], o.means[1, :3, j])
+    assert torch.allclose(g.opacities[j], o.opacity[0, 0].flatten()[j])
+    assert torch.allclose(g.scales[hw + j], o.scaling[1].flatten(1)[:, j], rtol=1e-5)
+    # features_rest channel = 3*k + rgb
+    assert torch.allclose(g.sh[j, 1 + 2, 1], o.features_rest[0, 3 * 2 + 1].flatten()[j])
+    cropped = o.gaussians(0, crop_border=32)
+    assert len(cropped) == 2 * 64 * 96
+
+
+def test_full_size_manifest_on_meta(shared_dir):
+    rows = []
+    for line in (shared_dir / "fixtures" / "flash3d" / "keys_full_default.txt").read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, shape, _ = line.split("\t")
+        rows.append((key, tuple(int(s) for s in shape.strip("()").split(",") if s.strip())))
+    expected = {k: s for k, s in rows if not k.startswith("backproject_depth.")}
+    with torch.device("meta"):
+        m = Flash3D(Flash3DConfig())
+    got = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert got == expected
+    # the spec's 52.6 M trainable parameters include the (unused) ResNet fc layer
+    assert sum(p.numel() for p in m.parameters()) / 1e6 == pytest.approx(52.6, abs=0.05)
+    # the buffers we write for reference-loadable checkpoints have the manifest's shapes
+    bp = {k: s for k, s in rows if k.startswith("backproject_depth.")}
+    ref = Flash3D(Flash3DConfig(num_layers=18)).reference_state_dict(batch_size=1)
+    assert {k: tuple(ref[k].shape) for k in bp} == bp
+
+
+def test_from_pretrained_pth_safetensors_and_errors(fx, small_model, tmp_path):
+    cfg = small_model.config
+    # .pth in the reference format (weights_only-safe), with unidepth weights kept aside
+    sd = dict(fx["weights"])
+    sd[PREFIX + "unidepth.pixel_encoder.cls_token"] = torch.zeros(1, 1, 8)
+    torch.save({"model": sd, "version": "1.0", "optimiser": {}, "step": 3}, tmp_path / "model.pth")
+    m = Flash3D.from_pretrained(tmp_path / "model.pth", config=cfg)
+    assert "pixel_encoder.cls_token" in m.unidepth_state_dict
+    for k, v in small_model.state_dict().items():
+        assert torch.equal(m.state_dict()[k], v)
+    # safetensors file, config inferred
+    save_file({k: v.contiguous() for k, v in fx["weights"].items()}, str(tmp_path / "w.safetensors"))
+    m2 = Flash3D.from_pretrained(tmp_path / "w.safetensors")
+    assert m2.config.num_layers == 18
+    # a missing key is an error that lists it
+    bad = {k: v for k, v in fx["weights"].items() if "gauss_decoder_1.out.bias" not in k}
+    torch.save({"model": bad}, tmp_path / "bad.pth")
+    with pytest.raises(WeightsError, match="gauss_decoder_1.out.bias"):
+        Flash3D.from_pretrained(tmp_path / "bad.pth", config=cfg)
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsError, match="local"):
+        Flash3D.from_pretrained("someone/flash3d-weights")
+    assert time.perf_counter() - t0 < 5
+
+
+def test_checkpoint_roundtrip_reference_format(small_model, tmp_path):
+    save_checkpoint(tmp_path / "ckpt.pth", small_model, optimiser_state={"state": {}}, step=12)
+    obj = torch.load(tmp_path / "ckpt.pth", weights_only=True)
+    assert set(obj) == {"model", "version", "optimiser", "step"} and obj["step"] == 12
+    assert obj["model"]["backproject_depth.0.pix_coords"].shape == (2, 3, 128 * 160)
+    m = Flash3D.from_pretrained(tmp_path / "ckpt.pth", config=small_model.config)
+    for k, v in small_model.state_dict().items():
+        assert torch.equal(m.state_dict()[k], v)
+
+
+def test_user_api_image_and_depth(small_model):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    K = np.array([[60.0, 0, 40], [0, 60.0, 24], [0, 0, 1]])
+    depth = np.full((48, 80), 2.0, np.float32)
+    depth[:5, :5] = 0  # holes are filled
+    with torch.no_grad():
+        g = small_model(image, K, depth=depth)
+    assert len(g) == 2 * 128 * 160 and torch.isfinite(g.means).all()
+    # layer-0 Gaussian of an interior pixel sits near its ray at 2 m (offset small at random init)
+    inp = prepare_input(image, K, 64, 96, 32, depth)
+    assert inp.K_src[0, 0, 2].item() == pytest.approx(40 * 96 / 80 + 32)
+    assert inp.depth.shape == (1, 1, 128, 160) and (inp.depth > 0).all()
+    with pytest.raises(ValueError, match="depth"):
+        small_model(image, K)
