@@ -52,7 +52,8 @@ def normals_from_point_map(points: np.ndarray, camera_center=None) -> np.ndarray
     if p.ndim != 3 or p.shape[2] != 3:
         raise ValueError(f"normals_from_point_map points: expected shape [H, W, 3], found {list(p.shape)}")
     p = p.copy()
-    p[~(np.isfinite(p).all(-1) & (np.abs(p).sum(-1) > 0))] = np.nan
+    invalid = ~(np.isfinite(p).all(-1) & (np.abs(p).sum(-1) > 0))
+    p[invalid] = np.nan
     du = _derivative(p, 1)
     dv = _derivative(p, 0)
     n = np.cross(du, dv)
@@ -62,6 +63,7 @@ def normals_from_point_map(points: np.ndarray, camera_center=None) -> np.ndarray
     c = np.zeros(3) if camera_center is None else to_numpy64("camera_center", camera_center).reshape(3)
     flip = (n * (c - p)).sum(-1) < 0
     n[flip] *= -1.0
+    n[invalid] = np.nan
     return n
 
 
