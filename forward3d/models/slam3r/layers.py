@@ -1,0 +1,222 @@
+"""Building blocks of the SLAM3R ViTs in plain PyTorch: RoPE-2D, attention, MLP and blocks.
+
+Parameter names follow the reference (CroCo/DUSt3R/SLAM3R) so published state_dicts load as is.
+Attention goes through :func:`torch.nn.functional.scaled_dot_product_attention`.
+
+Shapes: ``N`` = batch of views, ``T`` = tokens per view, ``C`` = width, ``h`` = heads,
+``d`` = head dim (``C / h``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["RoPE2D", "apply_rope", "rope_tables", "Mlp", "Attention", "CrossAttention", "Block",
+           "MultiviewDecoderBlock", "grid_positions"]
+
+LN_EPS = 1e-6
+# Max elements of one expanded (target view, other view) pair tensor in the multiview cross-attention;
+# larger products are processed in chunks of other views (running max), which bounds peak memory.
+PAIR_CHUNK_ELEMENTS = 1 << 24
+
+
+def grid_positions(rows: int, cols: int, device: torch.device | str | None = None) -> Tensor:
+    """Integer (row, col) positions of a ``rows x cols`` patch grid in row-major order: [T, 2] int64."""
+    r = torch.arange(rows, device=device)
+    c = torch.arange(cols, device=device)
+    return torch.cartesian_prod(r, c)
+
+
+def rope_tables(pos: Tensor, head_dim: int, base: float = 100.0) -> tuple[Tensor, Tensor]:
+    """cos/sin tables of RoPE-2D for integer positions ``pos`` [..., T, 2] (row, col).
+
+    Returns two fp32 tensors [..., T, head_dim]: channels [0, d/2) use the row, [d/2, d) the column;
+    inside a half of size D = d/2, channel j and j + D/2 share the frequency ``base^(-2j/D)``
+    (rotate-half pairing). Computed in fp32 exactly as the reference does.
+    """
+    if head_dim % 4:
+        raise ValueError(f"RoPE-2D: head_dim must be a multiple of 4, found {head_dim}")
+    if pos.shape[-1] != 2:
+        raise ValueError(f"RoPE-2D: pos must be [..., T, 2], found {tuple(pos.shape)}")
+    D = head_dim // 2
+    inv_freq = 1.0 / (base ** (torch.arange(0, D, 2, device=pos.device).float() / D))  # [D/2]
+    fr = pos[..., 0:1].float() * inv_freq  # [..., T, D/2]
+    fc = pos[..., 1:2].float() * inv_freq
+    freqs = torch.cat((fr, fr, fc, fc), dim=-1)  # [..., T, d]
+    return freqs.cos(), freqs.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x`` [..., T, d] with tables [..., T, d] (broadcast); computed in fp32, returned in x.dtype."""
+    xf = x.float()
+    q = xf.unflatten(-1, (2, 2, x.shape[-1] // 4))  # [..., axis, half, D/2]
+    rot = torch.stack((-q[..., 1, :], q[..., 0, :]), dim=-2).flatten(-3)
+    return (xf * cos + rot * sin).to(x.dtype)
+
+
+class RoPE2D:
+    """RoPE-2D with a small cache of tables for patch grids (no parameters, no buffers)."""
+
+    def __init__(self, base: float = 100.0) -> None:
+        self.base = float(base)
+        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def tables(self, grid: tuple[int, int] | Tensor, head_dim: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Tables for a (rows, cols) grid ([T, d], cached) or for explicit positions [..., T, 2]."""
+        if isinstance(grid, Tensor):
+            return rope_tables(grid.to(device), head_dim, self.base)
+        key = (int(grid[0]), int(grid[1]), head_dim, str(device))
+        if key not in self._cache:
+            if len(self._cache) > 32:
+                self._cache.clear()
+            with torch.inference_mode(False), torch.no_grad():
+                self._cache[key] = rope_tables(grid_positions(grid[0], grid[1], device), head_dim, self.base)
+        return self._cache[key]
+
+    def __call__(self, x: Tensor, pos: Tensor) -> Tensor:
+        """Standalone RoPE: ``x`` [B, h, T, d], ``pos`` [B, T, 2] or [T, 2] -> [B, h, T, d]."""
+        cos, sin = rope_tables(pos.to(x.device), x.shape[-1], self.base)
+        if cos.dim() == 3:
+            cos, sin = cos[:, None], sin[:, None]
+        return apply_rope(x, cos, sin)
+
+
+class Mlp(nn.Module):
+    """fc1 -> exact GELU -> fc2."""
+
+    def __init__(self, dim: int, hidden: int, out: int | None = None) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, out or dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def _heads(x: Tensor, h: int) -> Tensor:
+    """[..., T, C] -> [..., h, T, C/h]."""
+    return x.unflatten(-1, (h, x.shape[-1] // h)).transpose(-3, -2)
+
+
+class Attention(nn.Module):
+    """Self-attention with RoPE on q and k (keys ``qkv``, ``proj``)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """``x`` [N, T, C], tables [T, d] -> [N, T, C]."""
+        N, T, C = x.shape
+        h = self.num_heads
+        q, k, v = self.qkv(x).view(N, T, 3, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)  # [N, h, T, d]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        o = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(o.transpose(1, 2).reshape(N, T, C))
+
+
+class CrossAttention(nn.Module):
+    """Cross-attention projections (keys ``projq``, ``projk``, ``projv``, ``proj``).
+
+    The attention itself is computed by :class:`MultiviewDecoderBlock`, batched over view pairs.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.projq = nn.Linear(dim, dim)
+        self.projk = nn.Linear(dim, dim)
+        self.projv = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+
+class Block(nn.Module):
+    """Pre-norm ViT encoder block (keys ``norm1``, ``attn``, ``norm2``, ``mlp``)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """``x`` [N, T, C] -> [N, T, C]."""
+        x = x + self.attn(self.norm1(x), cos, sin)
+        return x + self.mlp(self.norm2(x))
+
+
+class MultiviewDecoderBlock(nn.Module):
+    """SLAM3R ``MultiviewDecoderBlock_max``: self-attention, cross-attention of each target view
+    against EACH view of the other stack separately (each result through ``cross_attn.proj``),
+    element-wise max over those views, then the MLP.
+
+    Keys: ``norm1``, ``attn``, ``cross_attn.{projq,projk,projv,proj}``, ``norm2``, ``norm3``,
+    ``mlp``, ``norm_y`` (the reference registration order).
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.attn = Attention(dim, num_heads)
+        self.cross_attn = CrossAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm3 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm_y = nn.LayerNorm(dim, eps=LN_EPS)
+
+    def self_part(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """``x + SelfAttn(norm1 x)`` for ``x`` [B, V, T, C]."""
+        B, V, T, C = x.shape
+        return x + self.attn(self.norm1(x).reshape(B * V, T, C), cos, sin).view(B, V, T, C)
+
+    def cross_part(self, x: Tensor, y: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """``max_m proj(CrossAttn(norm2 x, norm_y y_m))`` for ``x`` [Bx, Vx, T, C] and ``y`` [By, Vy, S, C].
+
+        ``Bx`` and ``By`` are equal or one of them is 1 (broadcast). Returns [max(Bx, By), Vx, T, C].
+        All (target, other) view pairs go through one batched SDPA call (in chunks of other views
+        when the pair tensor is large, keeping a running max).
+        """
+        Bx, Vx, T, C = x.shape
+        By, Vy, S, _ = y.shape
+        if Bx != By and 1 not in (Bx, By):
+            raise ValueError(f"cross-attention batch sizes differ: x {tuple(x.shape)}, y {tuple(y.shape)}")
+        if Vy < 1:
+            raise ValueError(f"cross-attention needs at least one other view, found y {tuple(y.shape)}")
+        B = max(Bx, By)
+        h = self.num_heads
+        d = C // h
+        ca = self.cross_attn
+        q = apply_rope(_heads(ca.projq(self.norm2(x)), h), cos, sin)  # [Bx, Vx, h, T, d]
+        yn = self.norm_y(y)
+        k = apply_rope(_heads(ca.projk(yn), h), cos, sin)  # [By, Vy, h, S, d]
+        v = _heads(ca.projv(yn), h)
+        per_other = B * Vx * T * C
+        chunk = max(1, PAIR_CHUNK_ELEMENTS // max(per_other, 1))
+        out = q.new_empty(0)
+        for s0 in range(0, Vy, chunk):
+            c = min(chunk, Vy - s0)
+            qe = q[:, :, None].expand(B, Vx, c, h, T, d).reshape(B * Vx * c, h, T, d)
+            ke = k[:, None, s0:s0 + c].expand(B, Vx, c, h, S, d).reshape(B * Vx * c, h, S, d)
+            ve = v[:, None, s0:s0 + c].expand(B, Vx, c, h, S, d).reshape(B * Vx * c, h, S, d)
+            o = F.scaled_dot_product_attention(qe, ke, ve)  # [B*Vx*c, h, T, d]
+            o = o.view(B, Vx, c, h, T, d).permute(0, 1, 2, 4, 3, 5).reshape(B, Vx, c, T, C)
+            o = ca.proj(o).amax(dim=2)
+            out = o if s0 == 0 else torch.maximum(out, o)
+        return out
+
+    def mlp_part(self, x: Tensor) -> Tensor:
+        return x + self.mlp(self.norm3(x))
+
+    def forward(self, x: Tensor, y: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Target views ``x`` [Bx, Vx, T, C] query the other stack's views ``y`` [By, Vy, S, C]
+        (previous-layer outputs). Returns [max(Bx, By), Vx, T, C]."""
+        x = self.self_part(x, cos, sin)
+        x = x + self.cross_part(x, y, cos, sin)
+        return self.mlp_part(x)

@@ -1,0 +1,131 @@
+"""``from_pretrained`` for the SLAM3R networks.
+
+Sources: a local folder laid out like the HF repo (``config.json`` + ``model.safetensors``), a single
+``.safetensors`` / ``.pth`` file (config from ``config=``, a sibling ``config.json`` or the published
+full-size default), or a hub id (``siyan824/slam3r_i2p``) through :func:`forward3d.hub.resolve_source`.
+Loading is strict: any missing, unexpected or mis-shaped key raises :class:`WeightsError`, except in
+the explicit ``init_from_dust3r`` mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from forward3d.hub import WeightsError, load_state_dict, resolve_source, strict_load
+
+from .config import SLAM3RConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_pretrained", "dust3r_to_slam3r", "resolve_config"]
+
+_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.pth", "checkpoint.pth")
+
+
+def dust3r_to_slam3r(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a DUSt3R state_dict for SLAM3R: ``dec_blocks.`` -> ``mv_dec_blocks1.``,
+    ``dec_blocks2.`` -> ``mv_dec_blocks2.`` (heads ``downstream_head1/2`` keep their names)."""
+    out = {}
+    for k, v in state_dict.items():
+        if k.startswith("dec_blocks."):
+            k = "mv_dec_blocks1." + k[len("dec_blocks."):]
+        elif k.startswith("dec_blocks2."):
+            k = "mv_dec_blocks2." + k[len("dec_blocks2."):]
+        out[k] = v
+    return out
+
+
+def _default_config(cls: type) -> SLAM3RConfig:
+    return SLAM3RConfig(need_encoder=cls.__name__ != "Local2World")
+
+
+def resolve_config(cls: type, weights: Path, config: SLAM3RConfig | Mapping[str, Any] | str | os.PathLike | None) -> SLAM3RConfig:
+    """Config for ``weights``: the ``config`` argument, else ``config.json`` beside it, else the
+    published full-size default of ``cls``."""
+    if isinstance(config, SLAM3RConfig):
+        return config
+    if isinstance(config, Mapping):
+        return SLAM3RConfig.from_dict(config, source="config argument")
+    if config is not None:
+        return SLAM3RConfig.from_json(config)
+    sibling = weights.parent / "config.json"
+    if sibling.is_file():
+        return SLAM3RConfig.from_json(sibling)
+    logger.info("%s: no config given and no config.json beside it; using the published full-size %s config",
+                weights, cls.__name__)
+    return _default_config(cls)
+
+
+def _find_weights(folder: Path) -> Path:
+    for name in _WEIGHT_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    cands = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".pth", ".pt", ".bin"))
+    if len(cands) == 1:
+        return cands[0]
+    raise WeightsError(f"{folder}: expected model.safetensors (or exactly one .safetensors/.pth file), "
+                       f"found {[p.name for p in cands] or 'none'}")
+
+
+def load_pretrained(cls: type, source: str | os.PathLike, *, config: Any = None, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32, init_from_dust3r: bool = False) -> nn.Module:
+    """Build ``cls`` (Image2Points or Local2World) and load weights from ``source`` strictly.
+
+    Args:
+        source: folder (``config.json`` + ``model.safetensors``), weights file (``.safetensors``;
+            ``.pth`` loaded with ``weights_only=True``, ``{'model': ...}`` unwrapped), or hub id.
+        config: :class:`SLAM3RConfig`, a dict or a path to a ``config.json``; overrides the folder's.
+        device, dtype: where and in which parameter dtype the model ends up (checkpoints are fp32).
+        init_from_dust3r: the source is a DUSt3R checkpoint: rename its decoder keys, initialise the
+            keys it lacks (e.g. ``corr_score_*``), drop the ones SLAM3R lacks; both are logged and
+            stored in ``model.load_report``.
+
+    Raises:
+        WeightsError: unreadable file, hub unreachable/offline, or mismatching keys (listed).
+    """
+    path = resolve_source(source)
+    weights = _find_weights(path) if path.is_dir() else path
+    if path.is_dir() and config is None and (path / "config.json").is_file():
+        cfg = SLAM3RConfig.from_json(path / "config.json")
+    else:
+        cfg = resolve_config(cls, weights, config)
+    sd = load_state_dict(weights)
+    name = str(weights)
+    if init_from_dust3r:
+        sd = dust3r_to_slam3r(sd)
+        model = cls(cfg)
+        model.init_weights()
+        own = model.state_dict()
+        missing = sorted(set(own) - set(sd))
+        unexpected = sorted(set(sd) - set(own))
+        shapes = [f"{k}: checkpoint {list(sd[k].shape)} vs model {list(own[k].shape)}"
+                  for k in sorted(set(own) & set(sd)) if sd[k].shape != own[k].shape]
+        if shapes:
+            raise WeightsError(f"{name}: DUSt3R checkpoint shapes do not match {cls.__name__}: {shapes[:20]}")
+        model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+        model.load_report = {"initialised": missing, "ignored": unexpected}
+        logger.warning("%s: DUSt3R init of %s: %d keys initialised (%s), %d checkpoint keys ignored (%s)",
+                       name, cls.__name__, len(missing), _short(missing), len(unexpected), _short(unexpected))
+    else:
+        with torch.device("meta"):
+            model = cls(cfg)
+        with warnings.catch_warnings():  # strict_load's copy into meta tensors is a deliberate no-op
+            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
+            strict_load(model, sd, source=name)  # raises WeightsError listing every mismatch
+        model.load_state_dict(sd, strict=True, assign=True)
+        model.load_report = {"initialised": [], "ignored": []}
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    return model
+
+
+def _short(keys: list[str]) -> str:
+    prefixes = sorted({k.split(".")[0] for k in keys})
+    return ", ".join(prefixes) if prefixes else "none"
