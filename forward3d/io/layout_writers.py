@@ -45,8 +45,10 @@ DEFAULT_IMAGE_FORMAT = {"images": "png", "tum": "png", "redwood": "jpg", "scanne
 def _save_image(path: Path, image: np.ndarray, quality: int = 95) -> None:
     fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}[path.suffix.lower().lstrip(".")]
     with atomic_path(path) as tmp:
-        kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-        if fmt == "WEBP":
+        kwargs: dict = {}
+        if fmt == "JPEG":
+            kwargs = {"quality": quality, "subsampling": 0}  # 4:4:4 keeps small test images close
+        elif fmt == "WEBP":
             kwargs = {"lossless": True}
         Image.fromarray(np.ascontiguousarray(image)).save(tmp, format=fmt, **kwargs)
 
