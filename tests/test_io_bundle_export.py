@@ -117,6 +117,7 @@ def test_export_reconstruction_writes_standard_set(tmp_path):
     np.testing.assert_allclose(c2w, r.c2w, atol=1e-8)
     cs = read_colmap_text(out["colmap"])
     np.testing.assert_allclose(cs.c2w, r.c2w, atol=1e-12)
+    assert cs.names == ["img0.png", "img1.png", "img2.png"]  # consistent with nerfstudio images/<name>.png
     ns = read_transforms_json(out["nerfstudio"])
     np.testing.assert_allclose(ns.c2w, r.c2w, atol=1e-12)
     assert ns.extras["ply_file_path"] == "point_cloud.ply"

@@ -101,6 +101,7 @@ def test_read_3dgs_ply_positions_and_dc_colour(tmp_path):
     np.testing.assert_array_equal(pc.points, rows[:, :3])
     exp = (np.clip(0.5 + SH_C0 * rows[:, 6:9], 0, 1) * 255 + 0.5).astype(np.uint8)
     np.testing.assert_array_equal(pc.colors, exp)
+    assert pc.normals is None  # all-zero placeholder normals are dropped
 
 
 def test_mesh_roundtrip_and_open3d(tmp_path):

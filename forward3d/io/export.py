@@ -27,7 +27,7 @@ from forward3d.io.atomic import atomic_write
 from forward3d.io.bundle import save_reconstruction
 from forward3d.io.colmap import write_colmap_text
 from forward3d.io.glb import read_glb, write_glb
-from forward3d.io.nerfstudio import write_transforms_json
+from forward3d.io.nerfstudio import default_image_paths, write_transforms_json
 from forward3d.io.ply import read_mesh_ply, write_mesh_ply, write_point_cloud
 from forward3d.io.trajectory import write_tum
 from forward3d.types import Mesh, PointCloud, Reconstruction
@@ -180,9 +180,9 @@ def export_reconstruction(
         written["glb"] = write_glb(out / "mesh.glb", recon.mesh)
     if "tum" in formats:
         written["tum"] = write_tum(out / "trajectory_tum.txt", recon.timestamps, recon.c2w)
-    colmap_names = None
-    if image_paths is not None:
-        colmap_names = [Path(p).name for p in image_paths]
+    # COLMAP NAME is relative to the image folder: the file name of each image path, by default
+    # "<frame name>.png" as in the nerfstudio default "images/<frame name>.png"
+    colmap_names = [Path(p).name for p in (image_paths or default_image_paths(recon.frame_names))]
     if "colmap" in formats:
         written["colmap"] = write_colmap_text(out / "colmap", recon, pc, colmap_names)
     if "nerfstudio" in formats:

@@ -95,7 +95,7 @@ def _write(path: Path, vertices: np.ndarray, normals: np.ndarray | None, colors:
     gltf: dict = {
         "asset": {"version": "2.0", "generator": "forward3d"},
         "scene": 0,
-        "scenes": [{"nodes": []}],
+        "scenes": [{}],  # an empty scene has no "nodes" (the spec wants at least one when present)
         "extras": {"forward3d_axes": "gltf (x, -y, -z) of OpenCV world" if to_gltf_axes else "OpenCV world"},
     }
     if len(vertices):

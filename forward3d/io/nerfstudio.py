@@ -26,7 +26,8 @@ from forward3d.io.atomic import atomic_write
 from forward3d.io.colmap import CameraSet
 from forward3d.types import Reconstruction
 
-__all__ = ["write_transforms_json", "read_transforms_json", "opencv_to_opengl_c2w", "opengl_to_opencv_c2w"]
+__all__ = ["write_transforms_json", "read_transforms_json", "opencv_to_opengl_c2w", "opengl_to_opencv_c2w",
+           "default_image_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def opengl_to_opencv_c2w(c2w: np.ndarray) -> np.ndarray:
     return np.asarray(c2w, dtype=np.float64) @ _FLIP_YZ
 
 
-def _default_image_paths(names: list[str]) -> list[str]:
+def default_image_paths(names: list[str]) -> list[str]:
+    """``images/<name>``, with ``.png`` added when ``name`` has no suffix."""
     return [f"images/{n}" if Path(n).suffix else f"images/{n}.png" for n in names]
 
 
@@ -68,7 +70,7 @@ def write_transforms_json(
     """
     path = Path(path)
     n = len(recon)
-    paths = _default_image_paths(recon.frame_names) if image_paths is None else [str(p) for p in image_paths]
+    paths = default_image_paths(recon.frame_names) if image_paths is None else [str(p) for p in image_paths]
     if len(paths) != n:
         raise ValueError(f"write_transforms_json {path}: expected {n} image paths, found {len(paths)}")
     if not np.isfinite(recon.c2w).all() or not np.isfinite(recon.K).all():

@@ -9,7 +9,8 @@ Writers produce ``binary_little_endian 1.0`` files:
 Readers accept ``binary_little_endian``, ``binary_big_endian`` and ``ascii``; float or double
 coordinates; uchar (0..255), other integer, or float (0..1) colours; optional normals; and ignore
 any other property or element (so a 3D Gaussian Splatting PLY reads as its centres, with colours
-from the ``f_dc_*`` SH DC terms when there are no ``red green blue``). Faces may be polygons; they
+from the ``f_dc_*`` SH DC terms when there are no ``red green blue``; all-zero ``nx ny nz``
+placeholders are read as "no normals"). Faces may be polygons; they
 are fan-triangulated. Everything is vectorised with numpy structured dtypes except files whose
 list elements have varying lengths (polygon meshes), which take a slower per-face path.
 
@@ -417,6 +418,8 @@ def _vertices(path: Path, elements: dict[str, _Columns]) -> tuple[np.ndarray, np
     if points is None:
         raise ValueError(f"PLY {path}: expected scalar vertex properties x y z, found {sorted(v)}")
     normals = _stack(v, ("nx", "ny", "nz"), np.float32)
+    if normals is not None and len(normals) and not normals.any():
+        normals = None  # all-zero placeholders (3DGS files, some exporters) carry no normals
     colors = None
     for names in (("red", "green", "blue"), ("r", "g", "b"), ("diffuse_red", "diffuse_green", "diffuse_blue")):
         if all(n in v for n in names):
