@@ -272,3 +272,11 @@ def test_point_map_normals_of_a_sphere():
     inner = ok & (disc > 0.05)  # away from the silhouette, where differences are accurate
     assert inner.sum() > 100
     assert ((n[inner] * true[inner]).sum(-1)).min() > 0.99
+
+
+def test_umeyama_allow_degenerate_still_minimises():
+    line = np.linspace(0, 1, 10)[:, None] * [1.0, 2.0, 3.0]
+    dst = _apply(line)
+    s, R, t = umeyama(line, dst, allow_degenerate=True)
+    np.testing.assert_allclose(s * line @ R.T + t, dst, atol=1e-12)
+    assert abs(np.linalg.det(R) - 1) < 1e-12

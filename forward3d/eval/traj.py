@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from forward3d.geometry._util import to_numpy64
-from forward3d.geometry.align import _solve
+from forward3d.geometry.align import umeyama
 from forward3d.geometry.se3 import inverse_se3, make_sim3, rotation_angle
 
 __all__ = ["ate", "rpe", "associate"]
@@ -88,7 +88,7 @@ def ate(pred_c2w, gt_c2w, align: Literal["se3", "sim3", "none"] = "se3") -> dict
         s, R, t = 1.0, np.eye(3), np.zeros(3)
     else:
         # degenerate (collinear / static) trajectories still have a well-defined minimal error
-        s, R, t = _solve(c_pred, c_gt, np.ones(n), align == "sim3", allow_degenerate=True)
+        s, R, t = umeyama(c_pred, c_gt, with_scale=align == "sim3", allow_degenerate=True)
         if s <= 0:
             raise ValueError("ate: Sim(3) alignment found a non-positive scale (static prediction?)")
     aligned = pred.copy()

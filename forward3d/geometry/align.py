@@ -61,28 +61,32 @@ def _solve(src: np.ndarray, dst: np.ndarray, w: np.ndarray, with_scale: bool,
     return s, R, t
 
 
-def umeyama(src, dst, with_scale: bool = True, weights=None) -> tuple[float, np.ndarray, np.ndarray]:
+def umeyama(src, dst, with_scale: bool = True, weights=None,
+            allow_degenerate: bool = False) -> tuple[float, np.ndarray, np.ndarray]:
     """Least-squares similarity (or rigid) transform from ``src`` to ``dst``.
 
     Args:
         src, dst: ``[N, 3]`` corresponding points (numpy or torch). Rows with NaN/inf are ignored.
         with_scale: estimate ``s`` (Sim(3)); otherwise ``s = 1`` (SE(3)).
         weights: optional ``[N]`` non-negative weights (rows with weight 0 are ignored).
+        allow_degenerate: accept collinear / coincident points and return one of the (equally good)
+            minimisers instead of raising (used by ATE on straight-line trajectories; ``s = 1`` when
+            ``src`` has no spread).
 
     Returns:
         ``(s, R [3, 3], t [3])`` float64 minimising ``sum_i w_i |dst_i - (s R src_i + t)|^2``,
         with ``det R = +1``.
 
     Raises:
-        ValueError: fewer than 3 valid rows, or collinear / coincident points (the rotation is not
-            determined).
+        ValueError: fewer than 3 valid rows, or (unless ``allow_degenerate``) collinear / coincident
+            points (the rotation is not determined).
     """
     src, dst, weights, ok = _pairs(src, dst, weights)
     n = int(ok.sum())
     if n < 3:
         raise ValueError(f"umeyama: expected at least 3 valid (finite) correspondences, found {n}")
     w = np.ones(n) if weights is None else weights[ok]
-    return _solve(src[ok], dst[ok], w, with_scale, allow_degenerate=False)
+    return _solve(src[ok], dst[ok], w, with_scale, allow_degenerate=allow_degenerate)
 
 
 def _batched_fit(src: np.ndarray, dst: np.ndarray, with_scale: bool):
@@ -142,7 +146,7 @@ def umeyama_ransac(src, dst, threshold: float, iters: int = 1000, with_scale: bo
         raise ValueError("umeyama_ransac: every sample was degenerate (collinear points)")
     thr2 = threshold**2
     best_count, best_cost, best = -1, np.inf, 0
-    chunk = max(1, int(2e7 // max(1, 3 * n)))
+    chunk = max(1, int(4e6 // max(1, 3 * n)))  # bounds the [chunk, n, 3] residual arrays (~32 MB)
     for c0 in range(0, len(s), chunk):
         sl = slice(c0, c0 + chunk)
         pred = s[sl, None, None] * np.einsum("mij,nj->mni", R[sl], src_v) + t[sl, None, :]

@@ -123,7 +123,7 @@ def _ransac(p: np.ndarray, r: np.ndarray, k: int, threshold: float, relative: bo
         raise ValueError(f"{where}: every sample was degenerate")
     norm = r if relative else np.ones_like(r)
     best_count, best_cost, best = -1, np.inf, 0
-    chunk = max(1, int(2e7 // max(1, n)))
+    chunk = max(1, int(4e6 // max(1, n)))  # bounds the [chunk, n] residual arrays (~32 MB)
     for c0 in range(0, len(s), chunk):
         res = np.abs(s[c0:c0 + chunk, None] * p[None] + b[c0:c0 + chunk, None] - r[None]) / norm[None]
         inl = res < threshold
