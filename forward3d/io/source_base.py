@@ -446,11 +446,12 @@ class IndexedSource(FrameSource):
     def __iter__(self) -> Iterator[Frame]:
         first_error: ValueError | None = None
         n = 0
-        for rec in self.selected:
+        selected = self.selected
+        for rec in selected:
             try:
                 frame = self.load(rec)
             except ValueError as exc:
-                if self.on_error == "raise":
+                if self.on_error == "raise" or len(selected) == 1:
                     raise
                 log.warning("skipping frame %d (%s): %s", rec.index, rec.name, exc)
                 first_error = first_error or exc

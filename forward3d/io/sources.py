@@ -226,8 +226,8 @@ class VideoSource(FrameSource):
             raise ValueError(f"{self.path}: cannot open {self._describe()} ({type(exc).__name__}: {exc})") from exc
         if not container.streams.video:
             container.close()
-            raise ValueError(f"{self.path}: no video stream in {self._describe()} "
-                             f"(found {len(container.streams)} other streams)")
+            raise ValueError(f"{self.path}: no video stream in this {self._describe()} "
+                             f"(found {len(container.streams)} stream(s) of other kinds)")
         return container
 
     @property
@@ -244,46 +244,55 @@ class VideoSource(FrameSource):
         self.dropped = False
         vstream = container.streams.video[0]
         vstream.thread_type = "AUTO"
-        n_out, i = 0, -1
+        n_out, i, bad_packets = 0, -1, 0
         t0 = time.monotonic()
         what = self._describe()
         try:
-            frames = container.decode(vstream)
+            packets = container.demux(vstream)
             while self.max_frames is None or n_out < self.max_frames:
                 try:
-                    vframe = next(frames)
+                    packet = next(packets)
                 except StopIteration:
                     break
-                except (av.error.FFmpegError, OSError) as exc:
+                except (av.error.FFmpegError, OSError) as exc:  # demuxer/network: the stream is gone
                     self.dropped = True
                     log.warning("%s: %s ended after %d decoded frames with a read error (%s: %s); keeping the "
                                 "frames read so far", self.path, what, i + 1, type(exc).__name__, exc)
                     break
-                i += 1
-                if i % self.stride:
-                    continue
                 try:
-                    image = vframe.to_ndarray(format="rgb24")
-                except Exception as exc:
-                    log.warning("%s: skipping undecodable frame %d (%s)", self.path, i, exc)
+                    decoded = packet.decode()  # the final empty packet flushes the decoder
+                except (av.error.FFmpegError, OSError) as exc:  # one corrupt packet: skip it
+                    bad_packets += 1
+                    if bad_packets <= 3:
+                        log.warning("%s: skipping an undecodable packet after %d decoded frames (%s: %s)", self.path,
+                                    i + 1, type(exc).__name__, exc)
                     continue
-                rot = int(getattr(vframe, "rotation", 0) or 0) % 360
-                if rot:
-                    # display matrix angle is counter-clockwise
-                    image = np.ascontiguousarray(np.rot90(image, k=rot // 90))
-                if vframe.time is not None:
-                    ts = float(vframe.time)
-                elif self.live:
-                    ts = time.monotonic() - t0
-                else:
-                    ts = i / self.fps
-                n_out += 1
-                yield self._finish(image, None, None, timestamp=ts, index=i, name=f"{i:06d}", source=str(self.path))
+                for vframe in decoded:
+                    i += 1
+                    if i % self.stride or (self.max_frames is not None and n_out >= self.max_frames):
+                        continue
+                    image = vframe.to_ndarray(format="rgb24")
+                    rot = int(getattr(vframe, "rotation", 0) or 0) % 360
+                    if rot:  # display-matrix angle, counter-clockwise (phone videos)
+                        image = np.ascontiguousarray(np.rot90(image, k=rot // 90))
+                    if vframe.time is not None:
+                        ts = float(vframe.time)
+                    elif self.live:
+                        ts = time.monotonic() - t0
+                    else:
+                        ts = i / self.fps
+                    n_out += 1
+                    yield self._finish(image, None, None, timestamp=ts, index=i, name=f"{i:06d}",
+                                       source=str(self.path))
         finally:
             container.close()
+        if bad_packets > 3:
+            log.warning("%s: %d undecodable packets skipped in total", self.path, bad_packets)
+        self.skipped_packets = bad_packets
         if n_out == 0:
-            raise ValueError(f"{self.path}: no decodable video frame in {what}"
-                             + (" (read error before the first frame)" if self.dropped else ""))
+            why = " (read error before the first frame)" if self.dropped else (
+                f" ({bad_packets} undecodable packets)" if bad_packets else "")
+            raise ValueError(f"{self.path}: no decodable video frame in {what}{why}")
 
 
 class StreamSource(VideoSource):
