@@ -237,3 +237,14 @@ def test_files_not_left_open(tmp_path):
     _read_all(root)
     for p in Path(root).rglob("*.png"):
         p.unlink()
+
+
+def test_all_frames_corrupt_fails_fast(tmp_path, caplog):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(30):
+        (root / f"f{i}.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="the first 10 frames could not be read") as info:
+        _read_all(root)
+    assert str(root / "f0.png") in str(info.value)
+    assert caplog.text.count("skipping frame") == 10

@@ -249,3 +249,17 @@ def test_stream_cannot_open():
     url = f"http://127.0.0.1:{port}/stream.mjpg"
     with pytest.raises(ValueError, match=f"127.0.0.1:{port}"):
         open_frames(url, timeout=2)
+
+
+def test_video_without_stored_frame_count(tmp_path):
+    mkv = write_layout(smooth_frames(5), tmp_path / "clip.mkv", "video", codec="mpeg4")
+    src = open_frames(mkv, stride=2)
+    assert len(src) == 3  # counted by demuxing (mkv stores no frame count)
+    assert [f.index for f in src] == [0, 2, 4]
+
+
+def test_stream_context_manager_closes_unused_connection():
+    with _MJPEGServer(3) as url:
+        with open_frames(url, timeout=5) as src:
+            assert src._container is not None  # the probe connection is kept for the first iteration
+        assert src._container is None

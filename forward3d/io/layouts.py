@@ -170,6 +170,8 @@ class TumSource(IndexedSource):
         depth_txt = root / "depth.txt"
         depth = _read_tum_list(depth_txt, 2, "depth.txt") if depth_txt.is_file() else []
         self.has_depth = bool(depth)
+        if depth_txt.is_file() and not depth:
+            log.warning("%s: no entries; reading colour only", depth_txt)
         if self.has_depth:
             pairs = associate_timestamps([float(r[0]) for r in rgb], [float(d[0]) for d in depth], max_diff)
             if not pairs:

@@ -336,6 +336,15 @@ class FrameSource:
     def num_frames(self) -> int | None:
         return None
 
+    def close(self) -> None:
+        """Release held resources (an open stream connection); sources also work without calling it."""
+
+    def __enter__(self) -> "FrameSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def __len__(self) -> int:
         n = self.num_frames
         if n is None:
@@ -387,12 +396,14 @@ class IndexedSource(FrameSource):
     frame size, or ``None``), ``self.depth_scale`` and ``self.depth_invalid``.
 
     A frame whose files cannot be read is skipped with a logged warning (``on_error="skip"``, default)
-    or raises (``on_error="raise"``); a source of which no frame at all can be read raises
-    ``ValueError`` naming the first bad file.
+    or raises (``on_error="raise"``). A source of which no frame can be read (or whose first 10
+    frames all fail, or which has a single frame) raises ``ValueError`` naming the first bad file.
+    ``len()`` counts the listed frames; skipped frames make the iteration shorter.
     """
 
     depth_scale: float = 1000.0
     depth_invalid: tuple[int, ...] = ()
+    max_leading_failures = 10  # give up when the first 10 frames are all unreadable
     resize_color_to_depth = False  # ScanNet: colour (1296x968) is resized to the depth size (640x480)
 
     def __init__(self, path: str | Path, *, depth_scale: float | None = None, **kwargs) -> None:
@@ -445,7 +456,7 @@ class IndexedSource(FrameSource):
 
     def __iter__(self) -> Iterator[Frame]:
         first_error: ValueError | None = None
-        n = 0
+        n = failures = 0
         selected = self.selected
         for rec in selected:
             try:
@@ -455,6 +466,10 @@ class IndexedSource(FrameSource):
                     raise
                 log.warning("skipping frame %d (%s): %s", rec.index, rec.name, exc)
                 first_error = first_error or exc
+                failures += 1
+                if n == 0 and failures == self.max_leading_failures:
+                    raise ValueError(f"{self.path}: the first {failures} frames could not be read; first error: "
+                                     f"{first_error}") from first_error
                 continue
             n += 1
             yield frame

@@ -217,11 +217,14 @@ class VideoSource(FrameSource):
 
     def _open(self):
         av = _av()
+        fmt = self.stream_format
+        if fmt is None and self.live and str(self.path).startswith("/dev/video"):
+            fmt = "v4l2"  # Linux capture devices need the demuxer named
         try:
             if self.live:
-                container = av.open(str(self.path), format=self.stream_format, timeout=(self.timeout, self.timeout))
+                container = av.open(str(self.path), format=fmt, timeout=(self.timeout, self.timeout))
             else:
-                container = av.open(str(self.path), format=self.stream_format)
+                container = av.open(str(self.path), format=fmt)
         except Exception as exc:
             raise ValueError(f"{self.path}: cannot open {self._describe()} ({type(exc).__name__}: {exc})") from exc
         if not container.streams.video:
@@ -232,9 +235,27 @@ class VideoSource(FrameSource):
 
     @property
     def num_frames(self) -> int | None:
-        if self.live or self.total_frames is None:
+        if self.live:
             return None
-        return self._select_count(self.total_frames)
+        if self.total_frames is None:
+            self.total_frames = self._count_packets()
+        return None if self.total_frames is None else self._select_count(self.total_frames)
+
+    def _count_packets(self) -> int | None:
+        """Frame count of containers that do not store one (mkv, webm...): demux without decoding."""
+        av = _av()
+        try:
+            with av.open(str(self.path), format=self.stream_format) as container:
+                return sum(1 for pkt in container.demux(container.streams.video[0]) if pkt.size) or None
+        except (av.error.FFmpegError, OSError) as exc:
+            log.warning("%s: cannot count the video frames (%s); len() unknown", self.path, exc)
+            return None
+
+    def close(self) -> None:
+        """Release a stream connection opened by the constructor and not yet iterated."""
+        if self._container is not None:
+            self._container.close()
+            self._container = None
 
     def __iter__(self) -> Iterator[Frame]:
         av = _av()
