@@ -52,7 +52,6 @@ DEPTH_EXTS = (".png", ".tif", ".tiff", ".npy")
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
 
 OnError = Literal["skip", "raise"]
-SizeArg = "tuple[int, int] | int | None"
 
 # Sidecar intrinsics file (Open3D PinholeCameraIntrinsic json) honoured by layouts without a native one.
 INTRINSICS_SIDECAR = "camera_intrinsic.json"
