@@ -21,6 +21,7 @@ from forward3d.io.layouts import (
     SEVEN_SCENES_INTRINSICS,
     TUM_INTRINSICS,
     associate_timestamps,
+    interpolate_c2w,
 )
 from forward3d.io.source_base import resize_rgb
 from forward3d.io.sources import detect_layout, open_frames, write_layout
@@ -174,6 +175,19 @@ def test_associate_timestamps_greedy():
     a = np.array([0.0, 0.033, 0.066, 1.0])
     b = np.array([0.010, 0.030, 0.5])
     assert associate_timestamps(a, b) == [(0, 0), (1, 1)]
+
+
+def test_tum_groundtruth_interpolation():
+    a, b = np.eye(4), np.eye(4)
+    b[:3, :3] = _rot_y(0.2)
+    b[:3, 3] = [0.2, 0.0, -0.1]
+    ts, traj = np.array([1.0, 1.02, 2.0]), np.stack([a, b, b])
+    mid = interpolate_c2w(ts, traj, 1.01)
+    np.testing.assert_allclose(mid[:3, 3], [0.1, 0.0, -0.05], atol=1e-12)
+    np.testing.assert_allclose(mid[:3, :3], _rot_y(0.1), atol=1e-12)
+    np.testing.assert_array_equal(interpolate_c2w(ts, traj, 1.02), b)  # exact sample: unchanged
+    assert interpolate_c2w(ts, traj, 1.5) is None  # 0.98 s gap: no interpolation, nothing within 0.02
+    np.testing.assert_array_equal(interpolate_c2w(ts, traj, 2.015), b)  # nearest after the end
 
 
 def test_scannet_color_depth_size_differ(tmp_path):

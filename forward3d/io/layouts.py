@@ -27,6 +27,7 @@ from forward3d.io.source_base import (
     list_images,
     natural_key,
     quat_xyzw_to_rotmat,
+    rotmat_to_quat_xyzw,
     read_matrix_txt,
     read_open3d_intrinsics,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "open_dataset",
     "TUM_INTRINSICS",
     "associate_timestamps",
+    "interpolate_c2w",
 ]
 
 log = logging.getLogger(__name__)
@@ -143,13 +145,48 @@ def _tum_intrinsics(root: Path) -> Intrinsics:
     return TUM_DEFAULT_INTRINSICS
 
 
+def _slerp_c2w(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """Pose between ``a`` (t=0) and ``b`` (t=1): linear translation, spherical-linear rotation."""
+    qa, qb = rotmat_to_quat_xyzw(a[:3, :3]), rotmat_to_quat_xyzw(b[:3, :3])
+    dot = float(qa @ qb)
+    if dot < 0:
+        qb, dot = -qb, -dot
+    if dot > 0.9995:
+        q = qa + t * (qb - qa)
+    else:
+        th = np.arccos(min(dot, 1.0))
+        q = (np.sin((1 - t) * th) * qa + np.sin(t * th) * qb) / np.sin(th)
+    out = np.eye(4)
+    out[:3, :3] = quat_xyzw_to_rotmat(q)
+    out[:3, 3] = (1 - t) * a[:3, 3] + t * b[:3, 3]
+    return out
+
+
+def interpolate_c2w(gt_ts: np.ndarray, gt_c2w: np.ndarray, ts: float, max_diff: float = 0.02) -> np.ndarray | None:
+    """Ground-truth c2w at ``ts`` from a trajectory sorted by time (``[M]``, ``[M, 4, 4]``).
+
+    Between two samples at most ``2 * max_diff`` apart: interpolated (slerp); otherwise the nearest
+    sample within ``max_diff``; otherwise ``None``. An exact timestamp returns its sample unchanged.
+    """
+    if len(gt_ts) == 0:
+        return None
+    k = int(np.searchsorted(gt_ts, ts))
+    if k < len(gt_ts) and gt_ts[k] == ts:
+        return gt_c2w[k].copy()
+    if 0 < k < len(gt_ts) and 0 < gt_ts[k] - gt_ts[k - 1] <= 2 * max_diff:
+        return _slerp_c2w(gt_c2w[k - 1], gt_c2w[k], (ts - gt_ts[k - 1]) / (gt_ts[k] - gt_ts[k - 1]))
+    j = min((j for j in (k - 1, k) if 0 <= j < len(gt_ts)), key=lambda j: abs(gt_ts[j] - ts))
+    return gt_c2w[j].copy() if abs(gt_ts[j] - ts) <= max_diff else None
+
+
 class TumSource(IndexedSource):
     """TUM RGB-D sequence: ``rgb.txt``, ``depth.txt`` (``timestamp path`` lines, ``#`` comments),
     optional ``groundtruth.txt`` (``timestamp tx ty tz qx qy qz qw``, quaternion xyzw on disk).
 
     Colour and depth are associated by nearest timestamp (greedy one-to-one, ``|dt| < 0.02 s``,
-    like TUM's ``associate.py``); colour frames without a depth match are dropped. Ground truth:
-    the nearest pose within ``max_gt_diff`` (0.02 s), else ``c2w = None``. Depth PNG uint16 / 5000.
+    like TUM's ``associate.py``); colour frames without a depth match are dropped. Ground truth
+    (:func:`interpolate_c2w`): interpolated between samples <= 0.04 s apart, else the nearest within
+    ``max_gt_diff`` (0.02 s), else ``c2w = None``. Depth PNG uint16 / 5000.
     Intrinsics by folder name (freiburg1/2/3, default 525/525/319.5/239.5 with a warning), or a
     ``camera_intrinsic.json`` (Open3D format) in the folder. Lens distortion is ignored.
     ``Frame.index`` is the position among the associated frames.
@@ -192,11 +229,7 @@ class TumSource(IndexedSource):
                 missing.append(absent[0])
                 continue
             ts = float(r[0])
-            c2w = None
-            if gt_ts is not None and len(gt_ts):
-                k = int(np.argmin(np.abs(gt_ts - ts)))
-                if abs(gt_ts[k] - ts) <= max_gt_diff:
-                    c2w = gt_c2w[k]
+            c2w = None if gt_ts is None else interpolate_c2w(gt_ts, gt_c2w, ts, max_gt_diff)
             records.append(FrameRecord(len(records), Path(r[1]).stem, ts, img, dep, c2w))
         if missing:
             log.warning("%s: %d entries of rgb.txt/depth.txt name missing files (first: %s); they are skipped",
@@ -227,7 +260,8 @@ class TumSource(IndexedSource):
             T[:3, 3] = v[1:4]
             ts.append(v[0])
             c2w.append(T)
-        return np.asarray(ts), np.asarray(c2w).reshape(-1, 4, 4)
+        order = np.argsort(ts, kind="stable")
+        return np.asarray(ts)[order], np.asarray(c2w).reshape(-1, 4, 4)[order]
 
 
 # --------------------------------------------------------------------------------------------------
