@@ -324,3 +324,23 @@ def test_render_speed() -> None:
     dt = time.perf_counter() - t0
     log.info("rendered 20 frames at %dx%d in %.2f s (%.1f ms/frame)", s.config.width, s.config.height,
              dt, 1000 * dt / 20)
+
+
+def test_visible_surface_points() -> None:
+    s = SyntheticScene(num_frames=30, width=W, height=H, num_boxes=3)
+    full = s.surface_points(spacing=0.03)
+    vis = s.surface_points(spacing=0.03, visible_only=True, frame_stride=3)
+    assert 0.1 * len(full) < len(vis) < 0.9 * len(full)
+    # every visible GT point is a full GT point
+    dist, _ = cKDTree(full.points).query(vis.points)
+    assert dist.max() < 1e-5
+    # the ceiling is never seen (cameras look down)
+    ceiling = np.abs(vis.points[:, 1] - s.config.room_size[1]) < 1e-4
+    assert ceiling.sum() == 0
+    # observed pixels of the used frames are all covered by the visible set
+    tree = cKDTree(vis.points)
+    for i in (0, 15):
+        d, _ = tree.query(s.point_map(i).reshape(-1, 3))
+        assert np.percentile(d, 99) < 0.03
+    masks = s.observed_cells(0.03, frame_stride=3)
+    assert sum(int(m.sum()) for m in masks) >= len(vis)

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, fields, replace
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _TRAJECTORIES = ("orbit", "walk", "handheld")
 _TEXELS_PER_METRE = 100.0  # 1 texel = 1 cm
+_MIP_LEVELS = 4  # texels of 1, 2, 4, 8 cm: trilinear filtering against aliasing at a distance
 _LIGHT = np.array([0.35, 1.0, 0.2]) / np.linalg.norm([0.35, 1.0, 0.2])  # towards the light, world
 
 
@@ -157,6 +159,49 @@ def _smooth_signal(rng: np.random.Generator, t: np.ndarray, dims: int, f_lo: flo
     return out / n_terms
 
 
+def _downsample2(tex: np.ndarray) -> np.ndarray:
+    """``[H, W, 3]`` -> ``[ceil(H/2), ceil(W/2), 3]`` 2x2 box filter (edge replicated), at least 2x2."""
+    h, w = tex.shape[:2]
+    t = np.pad(tex, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    t = 0.25 * (t[0::2, 0::2] + t[1::2, 0::2] + t[0::2, 1::2] + t[1::2, 1::2])
+    if t.shape[0] < 2 or t.shape[1] < 2:
+        t = np.pad(t, ((0, max(0, 2 - t.shape[0])), (0, max(0, 2 - t.shape[1])), (0, 0)), mode="edge")
+    return t
+
+
+@functools.lru_cache(maxsize=4)
+def _texture_atlas(seed: int, extents: tuple[tuple[float, float], ...]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mip-mapped textures of all surfaces packed in one atlas.
+
+    Cached: scenes that differ only in their cameras share it. Returns, read-only,
+    ``(atlas [T] uint32 packed RGBA8, offset [L, S], width [L, S], height [L, S])`` for
+    ``L = _MIP_LEVELS`` levels (level ``l`` has texels of ``2**l`` cm).
+    """
+    n = len(extents)
+    offs = np.zeros((_MIP_LEVELS, n), dtype=np.int64)
+    ws, hs = np.zeros_like(offs), np.zeros_like(offs)
+    chunks = []
+    off = 0
+    for k, (eu, ev) in enumerate(extents):
+        w = int(math.ceil(eu * _TEXELS_PER_METRE)) + 1
+        h = int(math.ceil(ev * _TEXELS_PER_METRE)) + 1
+        sub = np.random.default_rng([seed, 100 + k])
+        tex = make_texture(sub, h, w, _TEXELS_PER_METRE, make_palette(sub))
+        for level in range(_MIP_LEVELS):
+            if level:
+                tex = _downsample2(tex)
+            chunks.append(tex.reshape(-1, 3))
+            offs[level, k], hs[level, k], ws[level, k] = off, tex.shape[0], tex.shape[1]
+            off += tex.shape[0] * tex.shape[1]
+    rgba = np.zeros((off, 4), dtype=np.uint8)
+    rgba[:, :3] = (np.concatenate(chunks, 0) * 255.0 + 0.5).astype(np.uint8)
+    out = (rgba.view(np.uint32).reshape(-1), offs, ws, hs)
+    for arr in out:
+        arr.flags.writeable = False
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # the scene
 # --------------------------------------------------------------------------------------------------
@@ -199,9 +244,8 @@ class SyntheticScene:
         self._lo = np.array([-self.room[0] / 2, 0.0, -self.room[2] / 2])
         self._hi = np.array([self.room[0] / 2, self.room[1], self.room[2] / 2])
         self.K = Intrinsics.from_fov(int(config.width), int(config.height), float(config.fov_x_deg)).K
-        rng = np.random.default_rng([int(config.seed), 0])
         self.boxes = self._place_boxes(np.random.default_rng([int(config.seed), 1]))
-        self._build_surfaces(rng)
+        self._build_surfaces()
         self.c2w = self._trajectory(np.random.default_rng([int(config.seed), 2]))
 
     # ---------------------------------------------------------------------------------- layout
@@ -231,7 +275,7 @@ class SyntheticScene:
                         tuple(self.room))
         return boxes
 
-    def _build_surfaces(self, rng: np.random.Generator) -> None:
+    def _build_surfaces(self) -> None:
         """Rectangles: ids 0-5 room faces (2*axis + [lo, hi]), then 6 per box (2*axis + [-, +])."""
         origin, au, av, normal, extent, visible = [], [], [], [], [], []
         eye = np.eye(3)
@@ -267,24 +311,8 @@ class SyntheticScene:
         self._visible = np.asarray(visible, dtype=bool)
         self._shade = (0.6 + 0.4 * (0.5 + 0.5 * self._normal.astype(np.float64) @ _LIGHT)).astype(np.float32)
 
-        texs, offs, ws, hs = [], [], [], []
-        off = 0
-        for k, (eu, ev) in enumerate(self._extent):
-            w = int(math.ceil(eu * _TEXELS_PER_METRE)) + 1
-            h = int(math.ceil(ev * _TEXELS_PER_METRE)) + 1
-            sub = np.random.default_rng([int(self.config.seed), 100 + k])
-            tex = make_texture(sub, h, w, _TEXELS_PER_METRE, make_palette(sub))
-            texs.append(tex.reshape(-1, 3))
-            offs.append(off)
-            ws.append(w)
-            hs.append(h)
-            off += w * h
-        rgba = np.zeros((off, 4), dtype=np.uint8)
-        rgba[:, :3] = (np.concatenate(texs, 0) * 255.0 + 0.5).astype(np.uint8)
-        self._atlas = rgba.view(np.uint32).reshape(-1)  # [T] packed RGBA8
-        self._tex_off = np.asarray(offs, dtype=np.int64)
-        self._tex_w = np.asarray(ws, dtype=np.int64)
-        self._tex_h = np.asarray(hs, dtype=np.int64)
+        key = (int(self.config.seed), tuple((float(eu), float(ev)) for eu, ev in self._extent))
+        self._atlas, self._tex_off, self._tex_w, self._tex_h = _texture_atlas(*key)
         tpm = _TEXELS_PER_METRE
         ou = -np.einsum("sk,sk->s", self._origin.astype(np.float64), self._au) * tpm - 0.5
         ov = -np.einsum("sk,sk->s", self._origin.astype(np.float64), self._av) * tpm - 0.5
@@ -394,29 +422,64 @@ class SyntheticScene:
         points = o.astype(np.float32)[:, None] + tt[None, :] * d
         return _Hits(t, sid, points, d)
 
-    def _shade_colors(self, points: np.ndarray, sid: np.ndarray) -> np.ndarray:
-        """``[P, 3]`` float32 colours in [0, 1] of surface points ``[3, P]`` on surfaces ``sid`` ``[P]``."""
-        # texel coordinates are affine in the point: su = p . au * tpm - origin . au * tpm - 0.5
-        cu, cv = self._tex_affine
-        su = cu[sid, 0] * points[0] + cu[sid, 1] * points[1] + cu[sid, 2] * points[2] + cu[sid, 3]
-        sv = cv[sid, 0] * points[0] + cv[sid, 1] * points[1] + cv[sid, 2] * points[2] + cv[sid, 3]
-        w, h = self._tex_w[sid], self._tex_h[sid]
+    def _sample_level(self, su: np.ndarray, sv: np.ndarray, sid: np.ndarray, level: np.ndarray | int
+                      ) -> np.ndarray:
+        """Bilinear lookup ``[P, 3]`` float32 (0-255) at level-0 texel coordinates ``su, sv`` ``[P]``."""
+        scale = np.exp2(-np.asarray(level, dtype=np.float32))
+        su = (su + 0.5) * scale - 0.5
+        sv = (sv + 0.5) * scale - 0.5
+        w, h, off = self._tex_w[level, sid], self._tex_h[level, sid], self._tex_off[level, sid]
         x0 = np.clip(np.floor(su).astype(np.int64), 0, w - 2)
         y0 = np.clip(np.floor(sv).astype(np.int64), 0, h - 2)
         fx = np.clip(su - x0, 0.0, 1.0).astype(np.float32)[:, None]
         fy = np.clip(sv - y0, 0.0, 1.0).astype(np.float32)[:, None]
-        i00 = self._tex_off[sid] + y0 * w + x0
+        i00 = off + y0 * w + x0
         at = self._atlas  # [T] uint32 packed RGBA8: one cheap gather per corner
 
         def texel(i: np.ndarray) -> np.ndarray:
-            return np.take(at, i).view(np.uint8).reshape(-1, 4).astype(np.float32)
+            return np.take(at, i).view(np.uint8).reshape(-1, 4)[:, :3].astype(np.float32)
 
         c00, c01 = texel(i00), texel(i00 + 1)
         c10, c11 = texel(i00 + w), texel(i00 + w + 1)
         top = c00 + (c01 - c00) * fx
         bot = c10 + (c11 - c10) * fx
-        scale = (self._shade / 255.0).astype(np.float32)[sid][:, None]
-        return (top[:, :3] + (bot[:, :3] - top[:, :3]) * fy) * scale
+        return top + (bot - top) * fy
+
+    def _shade_colors(self, points: np.ndarray, sid: np.ndarray, footprint: np.ndarray | None = None
+                      ) -> np.ndarray:
+        """``[P, 3]`` float32 colours in [0, 1] of surface points ``[3, P]`` on surfaces ``sid`` ``[P]``.
+
+        ``footprint`` ``[P]``: size of a pixel on the surface in metres; selects the mip level
+        (trilinear). ``None``: the finest level (exact texture colour at the point).
+        """
+        # texel coordinates are affine in the point: su = p . au * tpm - origin . au * tpm - 0.5
+        cu, cv = self._tex_affine
+        su = cu[sid, 0] * points[0] + cu[sid, 1] * points[1] + cu[sid, 2] * points[2] + cu[sid, 3]
+        sv = cv[sid, 0] * points[0] + cv[sid, 1] * points[1] + cv[sid, 2] * points[2] + cv[sid, 3]
+        if footprint is None:
+            col = self._sample_level(su, sv, sid, 0)
+        else:
+            lam = np.clip(np.log2(np.maximum(footprint * _TEXELS_PER_METRE, 1e-6)), 0.0, _MIP_LEVELS - 1.0)
+            lo = np.minimum(np.floor(lam).astype(np.int64), _MIP_LEVELS - 2)
+            f = (lam - lo).astype(np.float32)[:, None]
+            col = self._sample_level(su, sv, sid, lo)
+            col += (self._sample_level(su, sv, sid, lo + 1) - col) * f
+        return col * (self._shade / 255.0).astype(np.float32)[sid][:, None]
+
+    def _pixel_colors(self, hits: _Hits, K: np.ndarray) -> np.ndarray:
+        """``[P, 3]`` float32 colours in [0, 1] of a cast (0 where no surface), mip-mapped."""
+        valid = hits.sid >= 0
+        sid = hits.sid[valid]
+        d = hits.dirs[:, valid]
+        n = self._normal[sid]
+        dn = np.abs(n[:, 0] * d[0] + n[:, 1] * d[1] + n[:, 2] * d[2])
+        cos = dn / np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2)
+        # pixel footprint on the surface: z / f across the ray, stretched by 1 / cos along the slope;
+        # the geometric mean of both directions trades a little blur for little aliasing
+        footprint = hits.t[valid] / float(0.5 * (K[0, 0] + K[1, 1])) / np.sqrt(np.maximum(cos, 0.05))
+        rgb = np.zeros((len(hits.t), 3), dtype=np.float32)
+        rgb[valid] = self._shade_colors(hits.points[:, valid], sid, footprint)
+        return rgb
 
     # ---------------------------------------------------------------------------------- public API
     def render(self, c2w: np.ndarray, K: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -432,8 +495,7 @@ class SyntheticScene:
         """
         hits = self._cast(c2w, K, width, height)
         valid = hits.sid >= 0
-        rgb = np.zeros((len(hits.t), 3), dtype=np.float32)
-        rgb[valid] = self._shade_colors(hits.points[:, valid], hits.sid[valid])
+        rgb = self._pixel_colors(hits, K)
         rgb8 = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(height, width, 3)
         depth = np.where(valid, hits.t, 0.0).astype(np.float32).reshape(height, width)
         return rgb8, depth
@@ -464,8 +526,7 @@ class SyntheticScene:
         w, h = int(cfg.width), int(cfg.height)
         hits = self._cast(self.c2w[i], self.K, w, h)
         valid = hits.sid >= 0
-        rgb = np.zeros((len(hits.t), 3), dtype=np.float32)
-        rgb[valid] = self._shade_colors(hits.points[:, valid], hits.sid[valid])
+        rgb = self._pixel_colors(hits, self.K)
         image = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(h, w, 3)
         depth = np.where(valid, hits.t, 0.0).astype(np.float32)
         if cfg.depth_noise > 0 or cfg.depth_holes > 0 or cfg.max_depth > 0:
@@ -543,7 +604,7 @@ class SyntheticScene:
     def _face_grid(self, k: int, spacing: float, centred: bool) -> tuple[np.ndarray, int, int]:
         """Grid points on surface ``k``: cell centres (``centred``) or the ``(nu+1) x (nv+1)`` corners."""
         eu, ev = self._extent[k]
-        nu, nv = max(1, int(math.ceil(eu / spacing - 1e-9))), max(1, int(math.ceil(ev / spacing - 1e-9)))
+        nu, nv = self._grid_size(k, spacing)
         if centred:
             su, sv = (np.arange(nu) + 0.5) * (eu / nu), (np.arange(nv) + 0.5) * (ev / nv)
         else:
@@ -552,18 +613,66 @@ class SyntheticScene:
         pts = self._origin[k].astype(np.float64) + gu.reshape(-1, 1) * self._au[k] + gv.reshape(-1, 1) * self._av[k]
         return pts, nu, nv
 
-    def surface_points(self, spacing: float = 0.01) -> PointCloud:
+    def _grid_size(self, k: int, spacing: float) -> tuple[int, int]:
+        eu, ev = self._extent[k]
+        return max(1, int(math.ceil(eu / spacing - 1e-9))), max(1, int(math.ceil(ev / spacing - 1e-9)))
+
+    def observed_cells(self, spacing: float, frame_stride: int = 1) -> list[np.ndarray]:
+        """Per surface, the ``[nv, nu]`` bool grid of ``spacing`` cells seen by the trajectory's frames.
+
+        Cells hit by a pixel ray of frames ``0, frame_stride, ...`` at the config resolution are marked;
+        gaps between pixel footprints are closed (2 cells) and the result dilated by one cell, so the
+        mask may reach ~2 cells beyond the truly visible area at occlusion borders.
+        """
+        from scipy import ndimage
+
+        if not spacing > 0:
+            raise ValueError(f"observed_cells: expected spacing > 0, found {spacing}")
+        if int(frame_stride) < 1:
+            raise ValueError(f"observed_cells: expected frame_stride >= 1, found {frame_stride}")
+        sizes = [self._grid_size(k, spacing) for k in range(len(self._extent))]
+        nu = np.array([s[0] for s in sizes])
+        nv = np.array([s[1] for s in sizes])
+        off = np.concatenate([[0], np.cumsum(nu * nv)[:-1]])
+        cell_u, cell_v = self._extent[:, 0] / nu, self._extent[:, 1] / nv
+        seen = np.zeros(int((nu * nv).sum()), dtype=bool)
+        w, h = int(self.config.width), int(self.config.height)
+        for i in range(0, self.num_frames, int(frame_stride)):
+            hits = self._cast(self.c2w[i], self.K, w, h)
+            ok = hits.sid >= 0
+            sid, p = hits.sid[ok], hits.points[:, ok].T.astype(np.float64)
+            rel = p - self._origin[sid]
+            iu = np.clip(np.floor(np.einsum("pk,pk->p", rel, self._au[sid]) / cell_u[sid]), 0, nu[sid] - 1)
+            iv = np.clip(np.floor(np.einsum("pk,pk->p", rel, self._av[sid]) / cell_v[sid]), 0, nv[sid] - 1)
+            seen[off[sid] + iv.astype(np.int64) * nu[sid] + iu.astype(np.int64)] = True
+        masks = []
+        for k in range(len(sizes)):
+            m = seen[off[k]: off[k] + nu[k] * nv[k]].reshape(nv[k], nu[k])
+            if m.any():
+                m = ndimage.binary_closing(np.pad(m, 2), iterations=2)[2:-2, 2:-2]
+                m = ndimage.binary_dilation(m)
+            masks.append(m)
+        return masks
+
+    def surface_points(self, spacing: float = 0.01, visible_only: bool = False,
+                       frame_stride: int = 1) -> PointCloud:
         """Dense ground-truth surface samples (room + boxes, hidden parts removed).
 
-        Points lie on a regular grid of ``spacing`` metres on every face, with the rendered
-        (textured and shaded) colour and the outward normal (pointing into the free space).
+        Points lie at the centres of a regular grid of ``spacing`` metres on every face, with the
+        rendered (textured and shaded) colour and the outward normal (pointing into the free space).
+        With ``visible_only``, only cells seen by the trajectory (see :meth:`observed_cells`) are kept:
+        the reference for completion metrics of a reconstruction from these frames.
         """
         if not spacing > 0:
             raise ValueError(f"surface_points: expected spacing > 0, found {spacing}")
+        masks = self.observed_cells(spacing, frame_stride) if visible_only else None
         pts, cols, nrm = [], [], []
         for k in np.nonzero(self._visible)[0]:
             p, _, _ = self._face_grid(int(k), float(spacing), centred=True)
-            p = p[~self._inside_boxes(p)].astype(np.float32)
+            keep = ~self._inside_boxes(p)
+            if masks is not None:
+                keep &= masks[k].reshape(-1)
+            p = p[keep].astype(np.float32)
             sid = np.full(len(p), k, dtype=np.int64)
             pts.append(p)
             cols.append(self._shade_colors(np.ascontiguousarray(p.T), sid))

@@ -113,11 +113,12 @@ def make_texture(rng: np.random.Generator, height: int, width: int, texels_per_m
     if palette is None:
         palette = make_palette(rng)
     # colour layout: large blobs of palette colours with mid-size detail
-    base = fbm(rng, height, width, (0.8 * tpm, 0.3 * tpm, 0.1 * tpm), (1.0, 0.6, 0.35))
+    base = fbm(rng, height, width, (0.8 * tpm, 0.3 * tpm, 0.1 * tpm, 0.04 * tpm), (1.0, 0.6, 0.35, 0.2))
+    base = np.clip(0.5 + 1.5 * (base - 0.5), 0.0, 1.0)  # contrast: use the whole palette
     tex = _gradient_map(base, palette).astype(np.float32)
     # stickers: sharp edges and corners, density per square metre
     area = height * width / tpm**2
-    _stickers(rng, tex, palette, int(np.ceil(area * 9.0)), 0.04 * tpm, 0.45 * tpm)
+    _stickers(rng, tex, palette, int(np.ceil(area * 16.0)), 0.04 * tpm, 0.45 * tpm)
     # fine brightness grain (3-8 cm) so that no region is flat at the pixel scale
     grain = fbm(rng, height, width, (0.08 * tpm, 0.035 * tpm), (1.0, 0.8))
     tex *= (0.72 + 0.56 * grain)[..., None]
