@@ -40,7 +40,7 @@ def _image_tensor(image: np.ndarray | Tensor) -> Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image must be [H, W, 3], found {list(image.shape)}")
-        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+        t = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None]
         return t.float() / 255.0 if image.dtype == np.uint8 else t.float()
     if image.ndim == 3:
         image = image[None]

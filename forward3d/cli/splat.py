@@ -1,0 +1,88 @@
+"""single image (+ depth) -> 3D Gaussians (3DGS PLY, .splat, novel views, orbit video)"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="input image (jpg/png/webp)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--depth", help="metric depth map of the image (16-bit PNG in mm, .npy in metres, float TIFF)")
+    src.add_argument("--depth-model", help="depth network: a transformers model folder/hub id, 'transformers:PATH' "
+                                           "or 'unidepth[:SOURCE]' (needs the UniDepth package)")
+    p.add_argument("--depth-scale", type=float, default=None,
+                   help="divide 16-bit depth PNG values by this (default 1000 = millimetres)")
+    cam = p.add_mutually_exclusive_group()
+    cam.add_argument("--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"),
+                     help="pinhole intrinsics of the image in pixels")
+    cam.add_argument("--fov", type=float, default=None, help="horizontal field of view in degrees (default 60)")
+    p.add_argument("--weights", help="Flash3D checkpoint (.pth/.safetensors/folder/hub id); without it the "
+                                     "no-network unproject baseline is used")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="forward3d-splat", help="output folder")
+    p.add_argument("--orbit-frames", type=int, default=48, help="frames of the orbit video (0 = none)")
+    p.add_argument("--video", choices=["mp4", "gif", "none"], default="mp4")
+
+
+def _load_image(path: str) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: image not found")
+    try:
+        with Image.open(p) as im:
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{p}: cannot read image ({exc})") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    from forward3d.models.depth import make_depth_estimator, read_depth_file
+    from forward3d.pipelines.splat import save_outputs, splat_image
+    from forward3d.types import Intrinsics
+
+    image = _load_image(args.image)
+    h, w = image.shape[:2]
+    if args.intrinsics:
+        fx, fy, cx, cy = args.intrinsics
+        K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+    else:
+        K = Intrinsics.from_fov(w, h, args.fov or 60.0).K
+        if args.fov is None:
+            logger.warning("no --intrinsics or --fov given: assuming a 60 degree horizontal field of view")
+    depth = None
+    if args.depth:
+        depth = read_depth_file(args.depth, args.depth_scale)
+        if depth.shape != (h, w):
+            raise ValueError(f"{args.depth}: depth size {depth.shape[1]}x{depth.shape[0]} differs from the image "
+                             f"size {w}x{h}")
+    depth_model = make_depth_estimator(args.depth_model, device=args.device) if args.depth_model else None
+    if depth is None and depth_model is None:
+        raise ValueError("splat needs depth: pass --depth DEPTH.png or --depth-model MODEL")
+    model = None
+    if args.weights:
+        from forward3d.models.flash3d import Flash3D
+
+        model = Flash3D.from_pretrained(args.weights, device=args.device)
+    else:
+        logger.warning("no --weights: using the no-network unproject baseline (one Gaussian per pixel)")
+    result = splat_image(image, K, depth=depth, model=model, depth_model=depth_model)
+    paths = save_outputs(result, args.out, orbit_frames=args.orbit_frames, video=args.video)
+    summary = {"method": result.method, "image": str(args.image), "num_gaussians": len(result.gaussians),
+               "K": result.K.tolist(), "size": [result.width, result.height], **result.info,
+               "files": {k: str(v) for k, v in paths.items()}}
+    from forward3d.io.atomic import atomic_write
+
+    with atomic_write(Path(args.out) / "summary.json", "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"{result.method}: {len(result.gaussians)} Gaussians -> {paths['ply']}")
+    return 0

@@ -1,0 +1,202 @@
+"""Single image (+ depth) -> 3D Gaussians: the no-network "unproject" baseline and Flash3D.
+
+Both return Gaussians in the source camera's frame (OpenCV axes, metres): the source camera is the
+world origin with ``c2w = I``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from forward3d.types import SH_C0, Gaussians
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["unproject_gaussians", "SplatResult", "splat_image", "render_views", "colorize_depth"]
+
+
+def unproject_gaussians(image: np.ndarray, depth: np.ndarray, K: np.ndarray, footprint: float = 0.5,
+                        thickness: float = 0.1, opacity: float = 0.99, stride: int = 1) -> Gaussians:
+    """One Gaussian per valid pixel at its depth (the no-network baseline).
+
+    Args:
+        image: ``[H, W, 3]`` uint8.
+        depth: ``[H, W]`` metric z-depth (0 / non-finite = no Gaussian).
+        K: ``[3, 3]`` intrinsics of ``image``.
+        footprint: in-plane standard deviation as a fraction of the pixel footprint ``z / f``
+            (0.5 leaves no holes between neighbours; the rasterizer adds its 0.3 px^2 dilation).
+        thickness: standard deviation along the viewing axis as a fraction of the in-plane one
+            (flat discs facing the camera).
+        opacity: of every Gaussian.
+        stride: use every ``stride``-th pixel (footprint scaled accordingly).
+    Returns:
+        Gaussians in the camera frame, SH degree 0, colour from the pixel.
+    """
+    h, w = depth.shape
+    if image.shape[:2] != (h, w):
+        raise ValueError(f"unproject: image {image.shape[:2]} and depth {depth.shape} differ in size")
+    K = np.asarray(K, np.float64)
+    vs, us = np.mgrid[0:h:stride, 0:w:stride]
+    d = depth[vs, us].astype(np.float64)
+    ok = np.isfinite(d) & (d > 0)
+    if not ok.any():
+        raise ValueError("unproject: the depth map has no valid pixel")
+    u, v, z = us[ok] + 0.5, vs[ok] + 0.5, d[ok]
+    x = (u - K[0, 2]) / K[0, 0] * z
+    y = (v - K[1, 2]) / K[1, 1] * z
+    means = np.stack([x, y, z], -1)
+    sx = footprint * stride * z / K[0, 0]
+    sy = footprint * stride * z / K[1, 1]
+    scales = np.stack([sx, sy, thickness * np.minimum(sx, sy)], -1)
+    # rotate each disc so its thin axis points along the viewing ray
+    ray = means / np.linalg.norm(means, axis=-1, keepdims=True)
+    quats = _quat_from_z_to(ray)
+    colors = image[vs, us][ok].astype(np.float64) / 255.0
+    t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    n = len(z)
+    logit = math.log(opacity / (1 - opacity))
+    return Gaussians(t(means), t(quats), t(np.log(scales)), torch.full((n,), logit),
+                     t(((colors - 0.5) / SH_C0)[:, None, :]))
+
+
+def _quat_from_z_to(v: np.ndarray) -> np.ndarray:
+    """wxyz quaternions rotating +z onto unit vectors ``v`` ``[N, 3]``."""
+    z = np.array([0.0, 0.0, 1.0])
+    axis = np.cross(z, v)
+    w = 1.0 + v @ z
+    q = np.concatenate([w[:, None], axis], -1)
+    bad = w < 1e-8  # v = -z: rotate by pi about x
+    q[bad] = [0.0, 1.0, 0.0, 0.0]
+    return q / np.linalg.norm(q, axis=-1, keepdims=True)
+
+
+def colorize_depth(depth: np.ndarray) -> np.ndarray:
+    """``[H, W]`` depth -> ``[H, W, 3]`` uint8 (near = bright yellow, far = dark purple; invalid black)."""
+    d = np.asarray(depth, np.float64)
+    ok = np.isfinite(d) & (d > 0)
+    out = np.zeros((*d.shape, 3), np.uint8)
+    if not ok.any():
+        return out
+    inv = 1.0 / d[ok]
+    lo, hi = np.percentile(inv, 2), np.percentile(inv, 98)
+    t = np.clip((inv - lo) / max(hi - lo, 1e-9), 0, 1)
+    # a compact magma-like ramp
+    stops = np.array([[0, 0, 4], [80, 18, 123], [182, 54, 121], [251, 136, 97], [252, 253, 191]], np.float64)
+    pos = t * (len(stops) - 1)
+    i = np.minimum(pos.astype(int), len(stops) - 2)
+    f = (pos - i)[:, None]
+    out[ok] = (stops[i] * (1 - f) + stops[i + 1] * f).astype(np.uint8)
+    return out
+
+
+@dataclass
+class SplatResult:
+    """Attributes:
+        gaussians: in the source camera frame.
+        K: ``[3, 3]`` intrinsics of the rendered views; ``width``/``height`` their size.
+        depth: ``[H, W]`` the depth used (at the rendered size).
+        method: ``"unproject"`` or ``"flash3d"``.
+    """
+
+    gaussians: Gaussians
+    K: np.ndarray
+    width: int
+    height: int
+    depth: np.ndarray
+    method: str
+    info: dict = field(default_factory=dict)
+
+
+def splat_image(image: np.ndarray, K: np.ndarray, depth: np.ndarray | None = None, model=None,
+                depth_model=None) -> SplatResult:
+    """Single image -> Gaussians. With ``model`` (a :class:`~forward3d.models.flash3d.Flash3D`)
+    runs Flash3D, else the unproject baseline. Depth comes from ``depth`` or ``depth_model``."""
+    h, w = image.shape[:2]
+    if depth is None and depth_model is None:
+        raise ValueError("splat needs depth: give a depth map (--depth) or a depth model (--depth-model)")
+    if model is not None:
+        if depth_model is not None and depth is None:
+            model.set_depth_model(depth_model)
+        with torch.inference_mode():
+            out, inp = model.predict(image, K, depth)
+        g = out.gaussians(0)
+        c = model.config
+        d = out.depth[0, 0, c.pad_border:c.pad_border + c.height, c.pad_border:c.pad_border + c.width].cpu().numpy()
+        return SplatResult(g.to("cpu"), inp.K_tgt[0].double().numpy(), c.width, c.height, d, "flash3d",
+                           {"num_gaussians": len(g), "padded_size": list(c.padded_size)})
+    if depth is None:
+        img = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+        with torch.inference_mode():
+            depth = depth_model.predict(img, torch.as_tensor(K, dtype=torch.float32)[None])[0].cpu().numpy()
+        if not getattr(depth_model, "metric", True):
+            raise ValueError(f"depth model '{depth_model.name}' predicts relative depth: give a metric model, "
+                             "or a sensor depth map to scale it")
+    g = unproject_gaussians(image, depth, K)
+    return SplatResult(g, np.asarray(K, np.float64), w, h, np.asarray(depth, np.float32), "unproject",
+                       {"num_gaussians": len(g)})
+
+
+def render_views(result: SplatResult, c2w: np.ndarray, background: float = 0.0) -> np.ndarray:
+    """Render ``[V, 4, 4]`` camera poses (source camera = identity) -> ``[V, H, W, 3]`` uint8."""
+    from forward3d.render import Cameras, rasterize
+
+    c2w = np.asarray(c2w, np.float64).reshape(-1, 4, 4)
+    frames = []
+    for i in range(len(c2w)):  # one camera at a time keeps memory bounded
+        cams = Cameras.from_c2w(torch.as_tensor(c2w[i], dtype=torch.float32),
+                                torch.as_tensor(result.K, dtype=torch.float32), result.width, result.height)
+        with torch.no_grad():
+            out = rasterize(result.gaussians, cams, background=torch.full((3,), float(background)))
+        frames.append((out.colors[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy())
+    return np.stack(frames)
+
+
+def default_novel_views(depth: np.ndarray) -> dict[str, np.ndarray]:
+    """Small camera moves for previews, scaled by the scene's median depth."""
+    from forward3d.viz.paths import novel_view_c2w
+
+    valid = depth[np.isfinite(depth) & (depth > 0)]
+    m = float(np.median(valid)) if valid.size else 1.0
+    step = 0.1 * m
+    eye = np.eye(4)
+    return {
+        "source": eye,
+        "forward": novel_view_c2w(eye, forward=step),
+        "left": novel_view_c2w(eye, right=-step),
+        "right": novel_view_c2w(eye, right=step),
+        "up": novel_view_c2w(eye, down=-step),
+        "turn_left": novel_view_c2w(eye, yaw_deg=-8.0),
+    }
+
+
+def save_outputs(result: SplatResult, out_dir: str | Path, orbit_frames: int = 48, video: str = "mp4") -> dict:
+    """Write scene.ply, scene.splat, depth.png, views/*.png and an orbit video; returns the paths."""
+    from forward3d.io.gaussians import write_gaussians_ply, write_splat
+    from forward3d.io.video import write_png, write_video
+    from forward3d.viz.paths import orbit_around_camera
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"ply": out / "scene.ply", "splat": out / "scene.splat", "depth": out / "depth.png"}
+    write_gaussians_ply(paths["ply"], result.gaussians)
+    write_splat(paths["splat"], result.gaussians)
+    write_png(paths["depth"], colorize_depth(result.depth))
+    views = default_novel_views(result.depth)
+    imgs = render_views(result, np.stack(list(views.values())))
+    for name, img in zip(views, imgs):
+        p = out / "views" / f"{name}.png"
+        p.parent.mkdir(exist_ok=True)
+        write_png(p, img)
+        paths[f"view_{name}"] = p
+    if orbit_frames > 0 and video != "none":
+        valid = result.depth[np.isfinite(result.depth) & (result.depth > 0)]
+        m = float(np.median(valid)) if valid.size else 1.0
+        frames = render_views(result, orbit_around_camera(m, n=orbit_frames, radius_fraction=0.08))
+        paths["video"] = write_video(out / f"orbit.{video}", frames, fps=24)
+    return paths
