@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from dataclasses import dataclass, fields, replace
@@ -31,16 +30,17 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-from forward3d.data.synthetic_texture import make_palette, make_texture, value_noise
+from forward3d.data.synthetic_camera import TRAJECTORIES, make_trajectory, rot_y
+from forward3d.data.synthetic_texture import MIP_LEVELS, TEXELS_PER_METRE, texture_atlas, value_noise
 from forward3d.types import Frame, Intrinsics, Mesh, PointCloud
 
 __all__ = ["SyntheticConfig", "SyntheticScene"]
 
 log = logging.getLogger(__name__)
 
-_TRAJECTORIES = ("orbit", "walk", "handheld")
-_TEXELS_PER_METRE = 100.0  # 1 texel = 1 cm
-_MIP_LEVELS = 4  # texels of 1, 2, 4, 8 cm: trilinear filtering against aliasing at a distance
+_TRAJECTORIES = TRAJECTORIES
+_TEXELS_PER_METRE = TEXELS_PER_METRE
+_MIP_LEVELS = MIP_LEVELS
 _LIGHT = np.array([0.35, 1.0, 0.2]) / np.linalg.norm([0.35, 1.0, 0.2])  # towards the light, world
 
 
@@ -112,97 +112,6 @@ class SyntheticConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# small maths
-# --------------------------------------------------------------------------------------------------
-
-
-def _rot_y(angle: float) -> np.ndarray:
-    """``[3, 3]`` rotation about world +y by ``angle`` radians."""
-    c, s = math.cos(angle), math.sin(angle)
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-
-
-def _rodrigues(w: np.ndarray) -> np.ndarray:
-    """``[3]`` axis-angle -> ``[3, 3]`` rotation."""
-    th = float(np.linalg.norm(w))
-    if th < 1e-12:
-        return np.eye(3)
-    k = w / th
-    kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.eye(3) + math.sin(th) * kx + (1.0 - math.cos(th)) * kx @ kx
-
-
-def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """``[N, 4, 4]`` OpenCV camera-to-world looking from ``eye`` ``[N, 3]`` at ``target`` ``[N, 3]``.
-
-    The image x axis stays horizontal (no roll); camera y points as far down as possible.
-    """
-    z = target - eye
-    z = z / np.linalg.norm(z, axis=-1, keepdims=True)
-    down = np.array([0.0, -1.0, 0.0])
-    x = np.cross(down, z)
-    x = x / np.linalg.norm(x, axis=-1, keepdims=True)
-    y = np.cross(z, x)
-    c2w = np.tile(np.eye(4), (len(eye), 1, 1))
-    c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2], c2w[:, :3, 3] = x, y, z, eye
-    return c2w
-
-
-def _smooth_signal(rng: np.random.Generator, t: np.ndarray, dims: int, f_lo: float, f_hi: float,
-                   n_terms: int = 3) -> np.ndarray:
-    """``[len(t), dims]`` sum of sinusoids with unit-ish amplitude and frequencies in cycles/frame."""
-    out = np.zeros((len(t), dims))
-    for d in range(dims):
-        for _ in range(n_terms):
-            f = rng.uniform(f_lo, f_hi)
-            out[:, d] += rng.uniform(0.5, 1.0) * np.sin(2.0 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
-    return out / n_terms
-
-
-def _downsample2(tex: np.ndarray) -> np.ndarray:
-    """``[H, W, 3]`` -> ``[ceil(H/2), ceil(W/2), 3]`` 2x2 box filter (edge replicated), at least 2x2."""
-    h, w = tex.shape[:2]
-    t = np.pad(tex, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    t = 0.25 * (t[0::2, 0::2] + t[1::2, 0::2] + t[0::2, 1::2] + t[1::2, 1::2])
-    if t.shape[0] < 2 or t.shape[1] < 2:
-        t = np.pad(t, ((0, max(0, 2 - t.shape[0])), (0, max(0, 2 - t.shape[1])), (0, 0)), mode="edge")
-    return t
-
-
-@functools.lru_cache(maxsize=4)
-def _texture_atlas(seed: int, extents: tuple[tuple[float, float], ...]
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Mip-mapped textures of all surfaces packed in one atlas.
-
-    Cached: scenes that differ only in their cameras share it. Returns, read-only,
-    ``(atlas [T] uint32 packed RGBA8, offset [L, S], width [L, S], height [L, S])`` for
-    ``L = _MIP_LEVELS`` levels (level ``l`` has texels of ``2**l`` cm).
-    """
-    n = len(extents)
-    offs = np.zeros((_MIP_LEVELS, n), dtype=np.int64)
-    ws, hs = np.zeros_like(offs), np.zeros_like(offs)
-    chunks = []
-    off = 0
-    for k, (eu, ev) in enumerate(extents):
-        w = int(math.ceil(eu * _TEXELS_PER_METRE)) + 1
-        h = int(math.ceil(ev * _TEXELS_PER_METRE)) + 1
-        sub = np.random.default_rng([seed, 100 + k])
-        tex = make_texture(sub, h, w, _TEXELS_PER_METRE, make_palette(sub))
-        for level in range(_MIP_LEVELS):
-            if level:
-                tex = _downsample2(tex)
-            chunks.append(tex.reshape(-1, 3))
-            offs[level, k], hs[level, k], ws[level, k] = off, tex.shape[0], tex.shape[1]
-            off += tex.shape[0] * tex.shape[1]
-    rgba = np.zeros((off, 4), dtype=np.uint8)
-    rgba[:, :3] = (np.concatenate(chunks, 0) * 255.0 + 0.5).astype(np.uint8)
-    out = (rgba.view(np.uint32).reshape(-1), offs, ws, hs)
-    for arr in out:
-        arr.flags.writeable = False
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
 # the scene
 # --------------------------------------------------------------------------------------------------
 
@@ -246,7 +155,8 @@ class SyntheticScene:
         self.K = Intrinsics.from_fov(int(config.width), int(config.height), float(config.fov_x_deg)).K
         self.boxes = self._place_boxes(np.random.default_rng([int(config.seed), 1]))
         self._build_surfaces()
-        self.c2w = self._trajectory(np.random.default_rng([int(config.seed), 2]))
+        self.c2w = make_trajectory(config.trajectory, self.num_frames, config.room_size, config.speed,
+                                   np.random.default_rng([int(config.seed), 2]))
 
     # ---------------------------------------------------------------------------------- layout
     def _place_boxes(self, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, float]]:
@@ -291,7 +201,7 @@ class SyntheticScene:
                 extent.append((self.room[b], self.room[c]))
                 visible.append(True)
         for centre, half, yaw in self.boxes:
-            R = _rot_y(yaw)
+            R = rot_y(yaw)
             for a in range(3):
                 b, c = [k for k in range(3) if k != a]
                 for side in (0, 1):
@@ -312,50 +222,13 @@ class SyntheticScene:
         self._shade = (0.6 + 0.4 * (0.5 + 0.5 * self._normal.astype(np.float64) @ _LIGHT)).astype(np.float32)
 
         key = (int(self.config.seed), tuple((float(eu), float(ev)) for eu, ev in self._extent))
-        self._atlas, self._tex_off, self._tex_w, self._tex_h = _texture_atlas(*key)
+        self._atlas, self._tex_off, self._tex_w, self._tex_h = texture_atlas(*key)
         tpm = _TEXELS_PER_METRE
         ou = -np.einsum("sk,sk->s", self._origin.astype(np.float64), self._au) * tpm - 0.5
         ov = -np.einsum("sk,sk->s", self._origin.astype(np.float64), self._av) * tpm - 0.5
         self._tex_affine = (np.concatenate([self._au * tpm, ou[:, None]], 1).astype(np.float32),
                             np.concatenate([self._av * tpm, ov[:, None]], 1).astype(np.float32))
 
-    def _trajectory(self, rng: np.random.Generator) -> np.ndarray:
-        cfg = self.config
-        X, Y, Z = self.room
-        t = np.arange(self.num_frames, dtype=np.float64)
-        direction = 1.0 if rng.random() < 0.5 else -1.0
-        phi0 = rng.uniform(0.0, 2.0 * np.pi)
-        pa, pb, pc = rng.uniform(0.0, 2.0 * np.pi, size=3)
-        if cfg.trajectory in ("orbit", "handheld"):
-            phi = phi0 + direction * cfg.speed * (2.0 * np.pi / 100.0) * t
-            rx, rz = 0.16 * X, 0.16 * Z
-            eye = np.stack([rx * np.cos(phi), Y * (0.55 + 0.03 * np.sin(2 * phi + pa)), rz * np.sin(phi)], -1)
-            rt = 0.22 * min(X, Z)
-            psi = phi + 0.12 * np.sin(phi + pb)
-            target = np.stack([-rt * np.cos(psi), Y * (0.22 + 0.05 * np.sin(3 * phi + pc)),
-                               -rt * np.sin(psi)], -1)
-            c2w = _look_at(eye, target)
-        else:  # walk
-            rx, rz = 0.3 * X, 0.3 * Z
-            phi = phi0 + direction * cfg.speed * 0.045 / (0.5 * (rx + rz)) * t
-            eye = np.stack([rx * np.cos(phi), Y * 0.55 + 0.012 * np.sin(2 * np.pi * cfg.speed * t / 16.0 + pa),
-                            rz * np.sin(phi)], -1)
-            tangent = direction * np.stack([-rx * np.sin(phi), np.zeros_like(phi), rz * np.cos(phi)], -1)
-            tangent /= np.linalg.norm(tangent, axis=-1, keepdims=True)
-            inward = -eye * np.array([1.0, 0.0, 1.0])
-            inward /= np.linalg.norm(inward, axis=-1, keepdims=True)
-            alpha = math.radians(40.0) + 0.1 * np.sin(phi + pb)
-            look = np.cos(alpha)[:, None] * tangent + np.sin(alpha)[:, None] * inward
-            target = eye + 2.2 * look
-            target[:, 1] = Y * 0.25
-            c2w = _look_at(eye, target)
-        if cfg.trajectory == "handheld":
-            shake_t = 0.01 * _smooth_signal(rng, t, 3, 0.02, 0.09)
-            shake_r = math.radians(0.8) * _smooth_signal(rng, t, 3, 0.02, 0.09)
-            for i in range(self.num_frames):
-                c2w[i, :3, :3] = c2w[i, :3, :3] @ _rodrigues(shake_r[i])
-                c2w[i, :3, 3] += shake_t[i]
-        return c2w
 
     # ---------------------------------------------------------------------------------- casting
     def _cast(self, c2w: np.ndarray, K: np.ndarray, width: int, height: int) -> _Hits:
@@ -391,7 +264,7 @@ class SyntheticScene:
                 sid = np.where(better, 2 * a + pos, sid)
             # boxes: slab test in each box's local frame
             for b, (centre, half, yaw) in enumerate(self.boxes):
-                Rb = _rot_y(yaw).astype(np.float32)
+                Rb = rot_y(yaw).astype(np.float32)
                 ol = Rb.T @ (o - centre).astype(np.float32)
                 tnear = np.full(n, -np.inf, dtype=np.float32)
                 tfar = np.full(n, np.inf, dtype=np.float32)
@@ -596,7 +469,7 @@ class SyntheticScene:
         """``[P]`` bool: points strictly inside a box or on the floor under one."""
         inside = np.zeros(len(p), dtype=bool)
         for centre, half, yaw in self.boxes:
-            loc = (p - centre) @ _rot_y(yaw)  # Rb^T (p - c)
+            loc = (p - centre) @ rot_y(yaw)  # Rb^T (p - c)
             inside |= (np.abs(loc[:, 0]) < half[0] - eps) & (np.abs(loc[:, 2]) < half[2] - eps) \
                 & (loc[:, 1] >= -half[1] - eps) & (loc[:, 1] < half[1] - eps)
         return inside

@@ -12,10 +12,15 @@ Textures are ``[H, W, 3]`` float32 arrays in ``[0, 1]``; texel ``(j, i)`` covers
 from __future__ import annotations
 
 import colorsys
+import functools
+import math
 
 import numpy as np
 
-__all__ = ["value_noise", "fbm", "make_palette", "make_texture"]
+__all__ = ["value_noise", "fbm", "make_palette", "make_texture", "texture_atlas", "TEXELS_PER_METRE", "MIP_LEVELS"]
+
+TEXELS_PER_METRE = 100.0  # 1 texel = 1 cm
+MIP_LEVELS = 4  # texels of 1, 2, 4, 8 cm: trilinear filtering against aliasing at a distance
 
 
 def _interp_weights(n_out: int, cell: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
@@ -123,3 +128,46 @@ def make_texture(rng: np.random.Generator, height: int, width: int, texels_per_m
     grain = fbm(rng, height, width, (0.08 * tpm, 0.035 * tpm), (1.0, 0.8))
     tex *= (0.72 + 0.56 * grain)[..., None]
     return np.clip(tex, 0.0, 1.0).astype(np.float32)
+
+
+def _downsample2(tex: np.ndarray) -> np.ndarray:
+    """``[H, W, 3]`` -> ``[ceil(H/2), ceil(W/2), 3]`` 2x2 box filter (edge replicated), at least 2x2."""
+    h, w = tex.shape[:2]
+    t = np.pad(tex, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    t = 0.25 * (t[0::2, 0::2] + t[1::2, 0::2] + t[0::2, 1::2] + t[1::2, 1::2])
+    if t.shape[0] < 2 or t.shape[1] < 2:
+        t = np.pad(t, ((0, max(0, 2 - t.shape[0])), (0, max(0, 2 - t.shape[1])), (0, 0)), mode="edge")
+    return t
+
+
+@functools.lru_cache(maxsize=4)
+def texture_atlas(seed: int, extents: tuple[tuple[float, float], ...]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mip-mapped textures of all surfaces packed in one atlas.
+
+    Cached: scenes that differ only in their cameras share it. Returns, read-only,
+    ``(atlas [T] uint32 packed RGBA8, offset [L, S], width [L, S], height [L, S])`` for
+    ``L = MIP_LEVELS`` levels (level ``l`` has texels of ``2**l`` cm).
+    """
+    n = len(extents)
+    offs = np.zeros((MIP_LEVELS, n), dtype=np.int64)
+    ws, hs = np.zeros_like(offs), np.zeros_like(offs)
+    chunks = []
+    off = 0
+    for k, (eu, ev) in enumerate(extents):
+        w = int(math.ceil(eu * TEXELS_PER_METRE)) + 1
+        h = int(math.ceil(ev * TEXELS_PER_METRE)) + 1
+        sub = np.random.default_rng([seed, 100 + k])
+        tex = make_texture(sub, h, w, TEXELS_PER_METRE, make_palette(sub))
+        for level in range(MIP_LEVELS):
+            if level:
+                tex = _downsample2(tex)
+            chunks.append(tex.reshape(-1, 3))
+            offs[level, k], hs[level, k], ws[level, k] = off, tex.shape[0], tex.shape[1]
+            off += tex.shape[0] * tex.shape[1]
+    rgba = np.zeros((off, 4), dtype=np.uint8)
+    rgba[:, :3] = (np.concatenate(chunks, 0) * 255.0 + 0.5).astype(np.uint8)
+    out = (rgba.view(np.uint32).reshape(-1), offs, ws, hs)
+    for arr in out:
+        arr.flags.writeable = False
+    return out
