@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
@@ -115,16 +115,24 @@ def prepare(
     near: float,
     far: float,
     antialiased: bool,
+    projector: Callable[..., Projected] | None = None,
 ) -> Prepared:
-    """Project the Gaussians and compute their per-camera features (colour from SH, depth)."""
+    """Project the Gaussians and compute their per-camera features (colour from SH, depth).
+
+    ``projector(gaussians, w2c, K, width, height, near, far, antialiased) -> Projected`` defaults to
+    :func:`forward3d.render.projection.project_gaussians`.
+    """
     dtype, device = gaussians.means.dtype, gaussians.means.device
     C = len(cameras)
     w2c = cameras.w2c.to(device=device, dtype=dtype)
     K = cameras.K.to(device=device, dtype=dtype)
-    proj = project_gaussians(
-        gaussians.means, gaussians.covariances(), gaussians.opacities, w2c, K, width, height,
-        near=near, far=far, antialiased=antialiased,
-    )
+    if projector is None:
+        proj = project_gaussians(
+            gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, w2c, K, width, height,
+            near=near, far=far, antialiased=antialiased,
+        )
+    else:
+        proj = projector(gaussians, w2c, K, width, height, near, far, antialiased)
     feats = []
     n_color = 0
     if render_mode.startswith("RGB"):

@@ -92,9 +92,24 @@ def perspective_jacobian(means_c: Tensor, K: Tensor, width: int, height: int) ->
     return torch.stack([fx / z, zero, -fx * tx / z2, zero, fy / z, -fy * ty / z2], -1).reshape(*z.shape, 2, 3)
 
 
+def _quat_to_rotmat(quats: Tensor) -> Tensor:
+    """``[N, 4]`` wxyz (normalised inside) -> ``[N, 3, 3]``."""
+    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    w, x, y, z = q.unbind(-1)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(*q.shape[:-1], 3, 3)
+
+
 def project_gaussians(
     means: Tensor,  # [N, 3]
-    covars: Tensor,  # [N, 3, 3]
+    quats: Tensor,  # [N, 4] wxyz
+    scales: Tensor,  # [N, 3]
     opacities: Tensor,  # [N]
     w2c: Tensor,  # [C, 4, 4]
     K: Tensor,  # [C, 3, 3]
@@ -107,53 +122,72 @@ def project_gaussians(
 ) -> Projected:
     """Project world-space Gaussians into ``C`` cameras (differentiable in all float inputs).
 
-    With ``antialiased`` the opacity is multiplied by ``sqrt(det(Sigma2D) / det(Sigma2D + eps2d I))``
-    (gsplat's ``rasterize_mode="antialiased"``).
+    Computes ``Sigma2D = (J W R S)(J W R S)^T + eps2d I`` component-wise (no per-Gaussian 3x3 matmuls,
+    which are slow on CPU). With ``antialiased`` the opacity is multiplied by
+    ``sqrt(det(Sigma2D - eps2d I) / det(Sigma2D))`` (gsplat's ``rasterize_mode="antialiased"``).
     """
-    means_c, covars_c = world_to_camera(means, covars, w2c)  # [C, N, 3], [C, N, 3, 3]
-    z = means_c[..., 2]
+    R = _quat_to_rotmat(quats)  # [N, 3, 3]
+    Wr = w2c[:, :3, :3]
+    A = torch.einsum("cij,njk->cnik", Wr, R) * scales[None, :, None, :]  # W R S  [C, N, 3, 3]
+    means_c = torch.einsum("cij,nj->cni", Wr, means) + w2c[:, None, :3, 3]
+    x, y, z = means_c.unbind(-1)
     in_range = (z > near) & (z < far)
     # culled Gaussians get z = 1 so that nothing below produces inf/nan (which would poison gradients)
-    z_safe = torch.where(in_range, z, torch.ones_like(z))
-    mc = torch.cat([means_c[..., :2], z_safe[..., None]], -1)
-
-    J = perspective_jacobian(mc, K, width, height)  # [C, N, 2, 3]
-    cov2d = J @ covars_c @ J.transpose(-1, -2)  # [C, N, 2, 2]
-    det_orig = cov2d[..., 0, 0] * cov2d[..., 1, 1] - cov2d[..., 0, 1] * cov2d[..., 1, 0]
-    eye = torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
-    cov2d = cov2d + eps2d * eye
-    det = cov2d[..., 0, 0] * cov2d[..., 1, 1] - cov2d[..., 0, 1] * cov2d[..., 1, 0]
-    valid = in_range & (det > 0)
-    det = det.clamp_min(1e-10)
-    conics = torch.stack(
-        [cov2d[..., 1, 1] / det, -0.5 * (cov2d[..., 0, 1] + cov2d[..., 1, 0]) / det, cov2d[..., 0, 0] / det], -1
-    )
-
+    z = torch.where(in_range, z, torch.ones_like(z))
     fx, fy = K[:, 0, 0, None], K[:, 1, 1, None]
     cx, cy = K[:, 0, 2, None], K[:, 1, 2, None]
-    means2d = torch.stack([fx * mc[..., 0] / z_safe + cx, fy * mc[..., 1] / z_safe + cy], -1)
-
+    lxn, lxp, lyn, lyp = _fov_limits(K, width, height)
+    rz = 1.0 / z
+    tx = torch.minimum(torch.maximum(x * rz, -lxn), lxp)  # clamped x/z (only inside J)
+    ty = torch.minimum(torch.maximum(y * rz, -lyn), lyp)
+    j00, j02 = fx * rz, -fx * tx * rz
+    j11, j12 = fy * rz, -fy * ty * rz
+    T0 = j00[..., None] * A[..., 0, :] + j02[..., None] * A[..., 2, :]  # rows of J W R S  [C, N, 3]
+    T1 = j11[..., None] * A[..., 1, :] + j12[..., None] * A[..., 2, :]
+    c00 = (T0 * T0).sum(-1)
+    c01 = (T0 * T1).sum(-1)
+    c11 = (T1 * T1).sum(-1)
+    det_orig = c00 * c11 - c01 * c01
+    c00 = c00 + eps2d
+    c11 = c11 + eps2d
+    det = c00 * c11 - c01 * c01
+    valid = in_range & (det > 0)
+    det = det.clamp_min(1e-10)
+    conics = torch.stack([c11 / det, -c01 / det, c00 / det], -1)
+    cov2d = torch.stack([c00, c01, c01, c11], -1).reshape(*c00.shape, 2, 2)
+    means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], -1)
     opac = opacities[None].expand_as(z)
     if antialiased:
         opac = opac * torch.sqrt((det_orig / det).clamp_min(0.0))
+    radii, extents = screen_extents(means2d, cov2d, opac, valid, width, height)
+    return Projected(means2d, means_c[..., 2], conics, cov2d, opac, radii, extents)
 
-    with torch.no_grad():
-        o = opac.detach()
-        valid = valid & (o >= ALPHA_THRESHOLD)
-        extent = torch.sqrt(2.0 * torch.log(o.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)).clamp_max(MAX_EXTENT)
-        c = cov2d.detach()
-        b = 0.5 * (c[..., 0, 0] + c[..., 1, 1])
-        lam_max = b + torch.sqrt((b * b - det.detach()).clamp_min(0.0))
-        radius = torch.ceil(extent * torch.sqrt(lam_max))
-        m = means2d.detach()
-        inside = (m[..., 0] + radius > 0) & (m[..., 0] - radius < width) & (m[..., 1] + radius > 0) & (
-            m[..., 1] - radius < height
-        )
-        valid = valid & inside & (radius > 0) & torch.isfinite(m).all(-1)
-        radii = torch.where(valid, radius, torch.zeros_like(radius)).to(torch.int32)
-        ext = extent[..., None] * torch.sqrt(torch.stack([c[..., 0, 0], c[..., 1, 1]], -1).clamp_min(0.0))
-        extents = torch.where(valid[..., None], ext, torch.zeros_like(ext))
-    return Projected(means2d, z, conics, cov2d, opac, radii, extents)
+
+@torch.no_grad()
+def screen_extents(
+    means2d: Tensor, cov2d: Tensor, opacities: Tensor, valid: Tensor, width: int, height: int
+) -> tuple[Tensor, Tensor]:
+    """Radii ``[C, N]`` int32 (0 = culled) and per-axis half extents ``[C, N, 2]`` (see :class:`Projected`).
+
+    Culls Gaussians that are not ``valid``, have opacity below 1/255, or whose disc misses the image.
+    """
+    o = opacities.detach()
+    valid = valid & (o >= ALPHA_THRESHOLD)
+    extent = torch.sqrt(2.0 * torch.log(o.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)).clamp_max(MAX_EXTENT)
+    c = cov2d.detach()
+    det = c[..., 0, 0] * c[..., 1, 1] - c[..., 0, 1] * c[..., 1, 0]
+    b = 0.5 * (c[..., 0, 0] + c[..., 1, 1])
+    lam_max = b + torch.sqrt((b * b - det).clamp_min(0.0))
+    radius = torch.ceil(extent * torch.sqrt(lam_max))
+    m = means2d.detach()
+    inside = (m[..., 0] + radius > 0) & (m[..., 0] - radius < width) & (m[..., 1] + radius > 0) & (
+        m[..., 1] - radius < height
+    )
+    valid = valid & inside & (radius > 0) & torch.isfinite(m).all(-1)
+    radii = torch.where(valid, radius, torch.zeros_like(radius)).to(torch.int32)
+    ext = extent[..., None] * torch.sqrt(torch.stack([c[..., 0, 0], c[..., 1, 1]], -1).clamp_min(0.0))
+    extents = torch.where(valid[..., None], ext, torch.zeros_like(ext))
+    return radii, extents
 
 
 def mahalanobis_cutoff(opacity: float) -> float:

@@ -86,11 +86,13 @@ def rasterize(
 
         return render_gsplat(gaussians, cameras, width, height, background, deg, render_mode, near, far,
                              antialiased, tile_size)
-    prep = prepare(gaussians, cameras, width, height, background, deg, render_mode, near, far, antialiased)
     if which == "reference":
-        from .reference import render_reference
+        from .reference import project_reference, render_reference
 
+        prep = prepare(gaussians, cameras, width, height, background, deg, render_mode, near, far, antialiased,
+                       projector=project_reference)
         return render_reference(prep, width, height, near, far)
+    prep = prepare(gaussians, cameras, width, height, background, deg, render_mode, near, far, antialiased)
     from .tiled import render_tiled
 
     return render_tiled(prep, width, height, tile_size=tile_size, chunk_size=chunk_size)

@@ -10,10 +10,37 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..types import Gaussians
 from .common import MAX_ALPHA, T_EPS, Prepared, RenderOutput, finish, make_meta
-from .projection import ALPHA_THRESHOLD
+from .projection import ALPHA_THRESHOLD, Projected, perspective_jacobian, screen_extents, world_to_camera
 
-__all__ = ["composite_reference", "render_reference"]
+__all__ = ["composite_reference", "project_reference", "render_reference"]
+
+
+def project_reference(
+    gaussians: Gaussians, w2c: Tensor, K: Tensor, width: int, height: int, near: float, far: float,
+    antialiased: bool, eps2d: float = 0.3,
+) -> Projected:
+    """The spec's projection in matrix form: ``Sigma2D = J W Sigma W^T J^T + eps2d I``."""
+    means_c, covars_c = world_to_camera(gaussians.means, gaussians.covariances(), w2c)  # [C, N, 3], [C, N, 3, 3]
+    z = means_c[..., 2]
+    in_range = (z > near) & (z < far)
+    z_safe = torch.where(in_range, z, torch.ones_like(z))
+    mc = torch.cat([means_c[..., :2], z_safe[..., None]], -1)
+    J = perspective_jacobian(mc, K, width, height)  # [C, N, 2, 3]
+    cov2d = J @ covars_c @ J.transpose(-1, -2)
+    det_orig = torch.linalg.det(cov2d)
+    cov2d = cov2d + eps2d * torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
+    det = torch.linalg.det(cov2d)
+    conics_m = torch.linalg.inv(cov2d)
+    conics = torch.stack([conics_m[..., 0, 0], conics_m[..., 0, 1], conics_m[..., 1, 1]], -1)
+    uvw = torch.einsum("cij,cnj->cni", K, mc)
+    means2d = uvw[..., :2] / uvw[..., 2:]
+    opac = gaussians.opacities[None].expand_as(z)
+    if antialiased:
+        opac = opac * torch.sqrt((det_orig / det).clamp_min(0.0))
+    radii, extents = screen_extents(means2d, cov2d, opac, in_range & (det > 0), width, height)
+    return Projected(means2d, z, conics, cov2d, opac, radii, extents)
 
 
 def composite_reference(

@@ -118,19 +118,77 @@ def intersect_tiles(
     return TileIsects(ids, start, count, tile_size, tx_n, ty_n, C)
 
 
-def _tile_pixels(tiles: Tensor, isects: TileIsects, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Pixel-centre coordinates ``[B, P]`` (x and y) of global tile ids ``[B]``."""
-    ts = isects.tile_size
-    t = tiles % (isects.tiles_x * isects.tiles_y)
-    tx = t % isects.tiles_x
-    ty = torch.div(t, isects.tiles_x, rounding_mode="floor")
-    p = torch.arange(ts * ts, device=tiles.device)
-    px = (tx[:, None] * ts + p % ts).to(dtype) + 0.5
-    py = (ty[:, None] * ts + torch.div(p, ts, rounding_mode="floor")).to(dtype) + 0.5
-    return px, py
+class _Workspace:
+    """Reusable ``[B, P, K]`` buffers: fresh large allocations page-fault on every touch on CPU."""
+
+    def __init__(self, B: int, P: int, K: int, dtype: torch.dtype, device: torch.device):
+        self.P, self.K, self.dtype, self.device = P, K, dtype, device
+        self.B = B
+        self._bufs: dict[str, Tensor] = {}
+
+    def get(self, name: str, B: int, extra: int = 0) -> Tensor:
+        n = self.B * self.P * (self.K + extra)
+        buf = self._bufs.get(name)
+        if buf is None:
+            buf = self._bufs[name] = torch.empty(n, dtype=self.dtype, device=self.device)
+        return buf[: B * self.P * (self.K + extra)].view(B, self.P, self.K + extra)
 
 
-def _gather(isects: TileIsects, tiles: Tensor, step: int, k: int, dummy: int) -> Tensor:
+def _below(x: float, dtype: torch.dtype) -> float:
+    """The largest ``dtype`` value below ``x`` (so that ``v > _below(x)`` is ``v >= x`` in ``dtype``)."""
+    t = torch.tensor(x, dtype=dtype)
+    return float(torch.nextafter(t, torch.tensor(-float("inf"), dtype=dtype)))
+
+
+class _Batch:
+    """Recomputable pair quantities of one batch of tiles at one depth step."""
+
+    def __init__(self, ws: _Workspace, px: Tensor, py: Tensor, prm: Tensor, T0: Tensor):
+        B, K = px.shape[0], ws.K
+        self.B, self.K = B, K
+        mx, my, a, b, c, o = (prm[i].view(B, 1, K) for i in range(6))
+        self.a, self.b, self.c, self.o = a, b, c, o
+        dx = torch.sub(mx, px[..., None], out=ws.get("dx", B))
+        dy = torch.sub(my, py[..., None], out=ws.get("dy", B))
+        # sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, in the reference's operation order
+        vis = torch.mul(a, dx, out=ws.get("vis", B))
+        vis *= dx
+        alpha = torch.mul(c, dy, out=ws.get("alpha", B))
+        alpha *= dy
+        vis += alpha
+        vis *= 0.5
+        torch.mul(b, dx, out=alpha)
+        alpha *= dy
+        vis += alpha
+        negative = vis < 0 if float(vis.min()) < 0 else None  # rare (rounding): skipped pairs
+        vis.clamp_max_(60.0)  # exp(-60) > 0 is still a normal float (denormals are slow); alpha < 1/255 there
+        vis.neg_().exp_()
+        torch.mul(o, vis, out=alpha)  # o exp(-sigma)
+        self.clamped = bool(alpha.max() > MAX_ALPHA)
+        alpha.clamp_max_(MAX_ALPHA)
+        torch.nn.functional.threshold_(alpha, _below(ALPHA_THRESHOLD, alpha.dtype), 0.0)
+        if negative is not None:
+            alpha.masked_fill_(negative, 0.0)
+        # buf[..., k] = T before Gaussian k (unmasked running product seeded with the carried T)
+        buf = ws.get("buf", B, extra=1)
+        buf[..., 0] = T0
+        torch.neg(alpha, out=buf[..., 1:])
+        buf[..., 1:] += 1.0
+        torch.cumprod(buf, -1, out=buf)
+        # composited prefix: T after the Gaussian stays > T_EPS (T is monotone, so this is a prefix)
+        mask = torch.sub(buf[..., 1:], T_EPS, out=ws.get("mask", B))
+        mask.sign_().clamp_min_(0.0)
+        w = torch.mul(buf[..., :-1], alpha, out=ws.get("w", B))
+        w *= mask
+        self.dx, self.dy, self.vis, self.alpha, self.buf, self.mask, self.w = dx, dy, vis, alpha, buf, mask, w
+
+    def final_T(self, T0: Tensor, T_prev: Tensor) -> Tensor:
+        """``[B, P]`` transmittance after the composited prefix (unchanged where already saturated)."""
+        n = self.mask.sum(-1, keepdim=True).long()
+        return torch.where(T0 > T_EPS, self.buf.gather(-1, n).squeeze(-1), T_prev)
+
+
+def _gather_ids(isects: TileIsects, tiles: Tensor, step: int, k: int, dummy: int) -> Tensor:
     """Gaussian ids ``[B, K]`` of depth step ``step`` of ``tiles``; ``dummy`` past the end of a list."""
     j = step * k + torch.arange(k, device=tiles.device)
     pos = isects.start[tiles, None] + j
@@ -139,148 +197,103 @@ def _gather(isects: TileIsects, tiles: Tensor, step: int, k: int, dummy: int) ->
     return torch.where(inside, ids, torch.full_like(ids, dummy))
 
 
-def _alpha(px: Tensor, py: Tensor, prm: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Pair quantities for pixels ``[B, P]`` and Gaussian parameters ``[B, K, 6]`` (mx, my, a, b, c, o).
-
-    Returns ``dx``, ``dy`` (Gaussian minus pixel), ``vis = exp(-sigma)`` and ``alpha`` (clamped to
-    ``MAX_ALPHA``, 0 where skipped), each ``[B, P, K]``. Same operation order as the reference.
-    """
-    mx, my, a, b, c, o = (prm[..., i, None].transpose(-1, -2) for i in range(6))  # [B, 1, K]
-    dx = mx - px[..., None]
-    dy = my - py[..., None]
-    sigma = a * dx
-    sigma *= dx
-    t = c * dy
-    t *= dy
-    sigma += t
-    sigma *= 0.5
-    torch.mul(b, dx, out=t)
-    t *= dy
-    sigma += t
-    skip = sigma < 0
-    vis = torch.neg(sigma, out=sigma).exp_()
-    alpha = o * vis
-    alpha.clamp_max_(MAX_ALPHA)
-    skip |= alpha < ALPHA_THRESHOLD
-    alpha.masked_fill_(skip, 0.0)
-    return dx, dy, vis, alpha
-
-
-def _transmittance(alpha: Tensor, T0: Tensor) -> Tensor:
-    """``buf`` ``[B, P, K+1]``: ``buf[..., k]`` = T before Gaussian k (``buf[..., 0] = T0``), unmasked."""
-    B, P, K = alpha.shape
-    buf = torch.empty(B, P, K + 1, dtype=alpha.dtype, device=alpha.device)
-    buf[..., 0] = T0
-    v = buf[..., 1:]
-    torch.neg(alpha, out=v)
-    v += 1.0
-    torch.cumprod(buf, -1, out=buf)
-    return buf
-
-
-def _batches(tiles: Tensor, per_batch: int) -> list[Tensor]:
-    return list(torch.split(tiles, per_batch)) if tiles.numel() else []
-
-
 class _Composite(torch.autograd.Function):
-    """``(params [CN, 6], feats [CN, F]) -> (acc [n_tiles, P, F], T [n_tiles, P])``."""
+    """``(params [6, CN], feats [F, CN]) -> (acc [n_tiles, F, P], T [n_tiles, P])``."""
 
     @staticmethod
-    def forward(ctx, params: Tensor, feats: Tensor, isects: TileIsects, T_init: Tensor, k_step: int,
-                chunk_size: int):
+    def forward(ctx, params: Tensor, feats: Tensor, isects: TileIsects, pix: Tensor, T_init: Tensor,
+                k_step: int, chunk_size: int):
         dtype, device = params.dtype, params.device
-        F = feats.shape[-1]
+        F = feats.shape[0]
         P = isects.tile_size**2
-        dummy = params.shape[0]
-        prm_t = torch.cat([params, params.new_zeros(1, 6)], 0)  # dummy Gaussian: opacity 0
-        feat_t = torch.cat([feats, feats.new_zeros(1, F)], 0)
-        acc = torch.zeros(isects.n_tiles, P, F, dtype=dtype, device=device)
+        K = k_step
+        dummy = params.shape[1]
+        prm_t = torch.cat([params, params.new_zeros(6, 1)], 1).contiguous()  # dummy Gaussian: opacity 0
+        feat_t = torch.cat([feats, feats.new_zeros(F, 1)], 1).contiguous()
+        acc = torch.zeros(isects.n_tiles, F, P, dtype=dtype, device=device)
         T_run = T_init.clone()
         T_fin = T_init.clone()
-        per_batch = max(1, chunk_size // (P * k_step))
+        per_batch = max(1, chunk_size // (P * K))
+        ws = _Workspace(per_batch, P, K, dtype, device)
+        save = any(ctx.needs_input_grad[:2])
         active = torch.nonzero(isects.count > 0).squeeze(1)
         steps: list[tuple[Tensor, Tensor]] = []  # (active tiles, T at step start)
         step = 0
         while active.numel():
-            steps.append((active, T_run[active].clone()))
-            for tiles in _batches(active, per_batch):
-                gid = _gather(isects, tiles, step, k_step, dummy)  # [B, K]
-                px, py = _tile_pixels(tiles, isects, dtype)
-                T0 = T_run[tiles]  # [B, P]
-                _, _, _, alpha = _alpha(px, py, prm_t[gid])
-                buf = _transmittance(alpha, T0)
-                n = (buf[..., 1:] > T_EPS).sum(-1, keepdim=True)  # composited prefix length [B, P, 1]
-                w = buf[..., :-1] * alpha
-                w *= torch.arange(k_step, device=device) < n
-                acc[tiles] += torch.bmm(w, feat_t[gid])
-                T_fin[tiles] = torch.where(T0 > T_EPS, buf.gather(-1, n).squeeze(-1), T_fin[tiles])
-                T_run[tiles] = buf[..., -1]
+            if save:
+                steps.append((active, T_run[active]))
+            for tiles in torch.split(active, per_batch):
+                B = tiles.numel()
+                gid = _gather_ids(isects, tiles, step, K, dummy).reshape(-1)  # [B*K]
+                T0 = T_run[tiles]
+                px, py = pix[0][tiles], pix[1][tiles]
+                bt = _Batch(ws, px, py, prm_t.index_select(1, gid), T0)
+                f = feat_t.index_select(1, gid).view(F, B, K).transpose(0, 1)  # [B, F, K]
+                acc[tiles] += torch.bmm(f, bt.w.transpose(1, 2))  # [B, F, P]
+                T_fin[tiles] = bt.final_T(T0, T_fin[tiles])
+                T_run[tiles] = bt.buf[..., -1]
             step += 1
-            more = isects.count[active] > step * k_step
-            active = active[more]
+            active = active[isects.count[active] > step * K]
             active = active[(T_run[active] > T_EPS).any(1)]
-        ctx.isects, ctx.steps, ctx.k_step, ctx.per_batch = isects, steps, k_step, per_batch
-        ctx.save_for_backward(prm_t, feat_t, T_fin)
+        ctx.isects, ctx.steps, ctx.k_step, ctx.per_batch = isects, steps, K, per_batch
+        ctx.save_for_backward(prm_t, feat_t, T_fin, pix)
         return acc, T_fin
 
     @staticmethod
     def backward(ctx, g_acc: Tensor, g_T: Tensor):
-        prm_t, feat_t, T_fin = ctx.saved_tensors
-        isects, k_step = ctx.isects, ctx.k_step
+        prm_t, feat_t, T_fin, pix = ctx.saved_tensors
+        isects, K = ctx.isects, ctx.k_step
         dtype, device = prm_t.dtype, prm_t.device
-        dummy = prm_t.shape[0] - 1
+        F, P = feat_t.shape[0], isects.tile_size**2
+        dummy = prm_t.shape[1] - 1
+        ws = _Workspace(ctx.per_batch, P, K, dtype, device)
         g_acc = g_acc.contiguous()
-        g_prm = torch.zeros_like(prm_t)
-        g_feat = torch.zeros_like(feat_t)
-        # "what lies behind": sum_{j later} w_j G_j + T_fin dL/dT, per pixel
-        S = T_fin * g_T if g_T is not None else torch.zeros_like(T_fin)
-        K = k_step
+        g_prm = torch.zeros(prm_t.shape[1], 6, dtype=dtype, device=device)
+        g_feat = torch.zeros(feat_t.shape[1], F, dtype=dtype, device=device)
+        # what lies behind each pair, per pixel: sum_{j later} w_j G_j + T_fin dL/dT
+        S = T_fin * g_T
         upper = torch.triu(torch.ones(K, K, dtype=dtype, device=device), diagonal=1).T  # [j, k] = j > k
-        kk = torch.arange(K, device=device)
         for step in range(len(ctx.steps) - 1, -1, -1):
             active, T_start = ctx.steps[step]
-            pos = 0
-            for tiles in _batches(active, ctx.per_batch):
-                T0 = T_start[pos: pos + tiles.numel()]
-                pos += tiles.numel()
-                gid = _gather(isects, tiles, step, K, dummy)
-                prm = prm_t[gid]  # [B, K, 6]
-                f = feat_t[gid]  # [B, K, F]
-                px, py = _tile_pixels(tiles, isects, dtype)
-                dx, dy, vis, alpha = _alpha(px, py, prm)
-                buf = _transmittance(alpha, T0)
-                Tex = buf[..., :-1]
-                n = (buf[..., 1:] > T_EPS).sum(-1, keepdim=True)
-                mask = kk < n  # [B, P, K]
-                w = Tex * alpha
-                w *= mask
-                ga = g_acc[tiles]  # [B, P, F]
-                G = torch.bmm(ga, f.transpose(1, 2))  # [B, P, K]
-                g_feat.index_add_(0, gid.reshape(-1), torch.bmm(w.transpose(1, 2), ga).reshape(-1, f.shape[-1]))
-                wG = w * G
-                S_t = S[tiles]  # [B, P]
-                behind = (wG.reshape(-1, K) @ upper).reshape(wG.shape)
+            for tiles, T0 in zip(torch.split(active, ctx.per_batch), torch.split(T_start, ctx.per_batch)):
+                B = tiles.numel()
+                gid = _gather_ids(isects, tiles, step, K, dummy).reshape(-1)
+                prm = prm_t.index_select(1, gid)
+                bt = _Batch(ws, pix[0][tiles], pix[1][tiles], prm, T0)
+                f = feat_t.index_select(1, gid).view(F, B, K).transpose(0, 1)  # [B, F, K]
+                ga = g_acc[tiles]  # [B, F, P]
+                g_feat.index_add_(0, gid, torch.bmm(ga, bt.w).transpose(1, 2).reshape(-1, F))
+                G = torch.bmm(ga.transpose(1, 2), f, out=ws.get("G", B))  # [B, P, K]: dL/dw
+                wG = torch.mul(bt.w, G, out=ws.get("wG", B))
+                behind = torch.mm(wG.view(-1, K), upper, out=ws.get("behind", B).view(-1, K)).view(B, P, K)
+                S_t = S[tiles]
                 behind += S_t[..., None]
                 S[tiles] = S_t + wG.sum(-1)
-                # dL/dalpha = T G - behind / (1 - alpha), on composited pairs where alpha is not clamped
-                torch.neg(alpha, out=wG)
+                # dL/dalpha = T G - behind / (1 - alpha) on composited pairs (alpha > 0 there)
+                torch.neg(bt.alpha, out=wG)
                 wG += 1.0
                 behind /= wG
-                G *= Tex
+                G *= bt.buf[..., :-1]
                 G -= behind
-                raw = vis * prm[:, None, :, 5]  # o exp(-sigma)
-                G *= mask & (alpha > 0) & (raw <= MAX_ALPHA)
-                g_o = (G * vis).sum(1)  # [B, K]
+                G *= bt.mask
+                torch.sign(bt.alpha, out=wG)
+                G *= wG
+                raw = torch.mul(bt.o, bt.vis, out=wG)  # o exp(-sigma)
+                if bt.clamped:  # clamp_max passes no gradient where o exp(-sigma) > MAX_ALPHA
+                    G.masked_fill_(raw > MAX_ALPHA, 0.0)
+                g_o = torch.mul(G, bt.vis, out=behind).sum(1)  # [B, K]
                 G *= raw
                 G.neg_()  # dL/dsigma
-                u = G * dx
-                v = G * dy
+                u = torch.mul(G, bt.dx, out=behind)
+                v = torch.mul(G, bt.dy, out=wG)
                 s_x, s_y = u.sum(1), v.sum(1)
-                s_xx, s_xy, s_yy = (u * dx).sum(1), (u * dy).sum(1), (v * dy).sum(1)
-                a, b, c = prm[..., 2], prm[..., 3], prm[..., 4]
+                s_xx = torch.mul(u, bt.dx, out=G).sum(1)
+                s_xy = torch.mul(u, bt.dy, out=G).sum(1)
+                s_yy = torch.mul(v, bt.dy, out=G).sum(1)
+                a, b, c = bt.a[:, 0], bt.b[:, 0], bt.c[:, 0]
                 g = torch.stack([a * s_x + b * s_y, c * s_y + b * s_x, 0.5 * s_xx, s_xy, 0.5 * s_yy, g_o], -1)
-                g_prm.index_add_(0, gid.reshape(-1), g.reshape(-1, 6))
-        return g_prm[:-1], g_feat[:-1], None, None, None, None
+                g_prm.index_add_(0, gid, g.reshape(-1, 6))
+        return g_prm[:-1].T, g_feat[:-1].T, None, None, None, None, None
 
 
 def composite_tiled(
@@ -290,26 +303,31 @@ def composite_tiled(
     width: int,
     height: int,
     k_step: int = 64,
-    chunk_size: int = 1 << 20,
+    chunk_size: int = 1 << 18,
 ) -> tuple[Tensor, Tensor]:
     """Composite features ``[C, H, W, F]`` and final transmittance ``[C, H, W]`` (differentiable)."""
     ts = isects.tile_size
     C, TH, TW = isects.n_cams, isects.tiles_y, isects.tiles_x
+    device = params.device
+    # pixel centres of every tile [2, n_tiles, P]
+    t = torch.arange(TH * TW, device=device)
+    p = torch.arange(ts * ts, device=device)
+    px = ((t % TW)[:, None] * ts + p % ts).to(params.dtype) + 0.5
+    py = (torch.div(t, TW, rounding_mode="floor")[:, None] * ts + torch.div(p, ts, rounding_mode="floor")).to(
+        params.dtype) + 0.5
+    pix = torch.stack([px, py]).repeat(1, C, 1)
     # pixels outside the image start saturated (T = 0): never composited, never keep a tile alive
-    ys = torch.arange(TH * ts, device=params.device)[:, None] < height
-    xs = torch.arange(TW * ts, device=params.device)[None, :] < width
-    inside = (ys & xs).reshape(TH, ts, TW, ts).permute(0, 2, 1, 3).reshape(1, TH * TW, ts * ts)
-    T_init = inside.expand(C, -1, -1).reshape(C * TH * TW, ts * ts).to(params.dtype)
-    acc, T = _Composite.apply(params, feats, isects, T_init, k_step, chunk_size)
+    T_init = ((pix[0] < width) & (pix[1] < height)).to(params.dtype)
+    acc, T = _Composite.apply(params.T, feats.T, isects, pix, T_init, k_step, chunk_size)
 
     def untile(x: Tensor) -> Tensor:
         x = x.reshape(C, TH, TW, ts, ts, *x.shape[2:]).transpose(2, 3)
         return x.reshape(C, TH * ts, TW * ts, *x.shape[5:])[:, :height, :width]
 
-    return untile(acc), untile(T)
+    return untile(acc.transpose(1, 2)), untile(T)
 
 
-def render_tiled(prep: Prepared, width: int, height: int, tile_size: int = 16, chunk_size: int = 1 << 20,
+def render_tiled(prep: Prepared, width: int, height: int, tile_size: int = 16, chunk_size: int = 1 << 18,
                  k_step: int = 64) -> RenderOutput:
     """Render every camera of ``prep`` with the tiled path."""
     p = prep.proj
