@@ -30,7 +30,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-from forward3d.data.synthetic_camera import TRAJECTORIES, make_trajectory, rot_y
+from forward3d.data.synthetic_camera import TRAJECTORIES, make_trajectory, random_views, rot_y
 from forward3d.data.synthetic_texture import MIP_LEVELS, TEXELS_PER_METRE, texture_atlas, value_noise
 from forward3d.types import Frame, Intrinsics, Mesh, PointCloud
 
@@ -243,6 +243,12 @@ class SyntheticScene:
             raise ValueError(f"SyntheticScene: expected a positive image size, found {width}x{height}")
         width, height = int(width), int(height)
         R, o = c2w[:3, :3], c2w[:3, 3]
+        if not (np.all(np.isfinite(c2w)) and np.all(o > self._lo) and np.all(o < self._hi)):
+            raise ValueError(f"SyntheticScene: expected a camera centre inside the room {self._lo.tolist()} - "
+                             f"{self._hi.tolist()}, found {o.tolist()}")
+        inside = self._inside_boxes(o[None].astype(np.float64), eps=0.0)
+        if inside[0]:
+            raise ValueError(f"SyntheticScene: expected a camera centre outside the boxes, found {o.tolist()}")
         # ray directions with unit camera z, so that the ray parameter t is the z-depth: d = R [x, y, 1]
         u = ((np.arange(width) + 0.5 - K[0, 2]) / K[0, 0]).astype(np.float32)
         v = ((np.arange(height) + 0.5 - K[1, 2]) / K[1, 1]).astype(np.float32)
@@ -385,6 +391,13 @@ class SyntheticScene:
         if not -self.num_frames <= int(i) < self.num_frames:
             raise IndexError(f"SyntheticScene: frame index {i} outside [0, {self.num_frames})")
         return int(i) % self.num_frames
+
+    def sample_views(self, n: int, seed: int = 0) -> np.ndarray:
+        """``[n, 4, 4]`` float64 random valid cameras (inside the room, above the boxes, looking at content).
+
+        Deterministic from ``(config.seed, seed)``; e.g. novel views for single-image training data.
+        """
+        return random_views(n, self.config.room_size, np.random.default_rng([int(self.config.seed), 4, int(seed)]))
 
     def intrinsics(self, width: int | None = None, height: int | None = None) -> np.ndarray:
         """``[3, 3]`` float64 intrinsics of the scene camera resized to ``width x height``."""

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-__all__ = ["TRAJECTORIES", "make_trajectory", "look_at", "rot_y", "rodrigues", "smooth_signal"]
+__all__ = ["TRAJECTORIES", "make_trajectory", "random_views", "look_at", "rot_y", "rodrigues", "smooth_signal"]
 
 TRAJECTORIES = ("orbit", "walk", "handheld")
 
@@ -109,3 +109,26 @@ def make_trajectory(kind: str, num_frames: int, room_size: tuple[float, float, f
             c2w[i, :3, :3] = c2w[i, :3, :3] @ rodrigues(shake_r[i])
             c2w[i, :3, 3] += shake_t[i]
     return c2w
+
+
+def random_views(n: int, room_size: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
+    """``[n, 4, 4]`` float64 random OpenCV camera-to-world poses inside the room, looking at content.
+
+    Eyes are at least 0.6 m from the walls at 0.45-0.65 of the room height (above the boxes);
+    each looks, without roll, at a random point 0.1-0.4 of the height above the floor at least
+    1 m away horizontally, so views show floor, boxes and walls rather than a wall from up close.
+    """
+    if int(n) < 0:
+        raise ValueError(f"random_views: expected n >= 0, found {n}")
+    X, Y, Z = (float(v) for v in room_size)
+    mx, mz = max(X / 2 - 0.6, 0.05), max(Z / 2 - 0.6, 0.05)
+    eyes = np.zeros((int(n), 3))
+    targets = np.zeros((int(n), 3))
+    for i in range(int(n)):
+        eye = np.array([rng.uniform(-mx, mx), rng.uniform(0.45, 0.65) * Y, rng.uniform(-mz, mz)])
+        for _ in range(100):
+            tgt = np.array([rng.uniform(-mx, mx), rng.uniform(0.1, 0.4) * Y, rng.uniform(-mz, mz)])
+            if math.hypot(tgt[0] - eye[0], tgt[2] - eye[2]) >= min(1.0, 0.5 * min(X, Z)):
+                break
+        eyes[i], targets[i] = eye, tgt
+    return look_at(eyes, targets) if n else np.zeros((0, 4, 4))
