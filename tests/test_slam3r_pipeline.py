@@ -131,6 +131,17 @@ def test_rgbd_depth_correction_recovers_metric_scale(scene, frames, online):
     assert abs(s2 - 1.0) > 0.1
 
 
+def test_depth_correction_with_missing_depth(scene, frames):
+    # every third frame has no depth (the initial reference, frame 4, has one): still metric
+    sub = [f.with_(depth=None) if i % 3 == 2 else f for i, f in enumerate(frames[:18])]
+    rec, oracle, _ = _run(scene, sub, oracle_kw=dict(scale=0.37), keyframe_stride=2)
+    assert rec.metadata["metric_scale"]
+    assert [x is None for x in rec.metadata["depth_scales"]] == [i % 3 == 2 for i in range(18)]
+    s, _, _ = _score(rec, oracle, scene)
+    assert abs(s - 1.0) < 0.02
+    assert ate(rec.c2w, scene.c2w[:18], align="se3")["rmse"] < 0.03
+
+
 def test_depth_correction_scale_shift(scene, frames):
     rec, oracle, _ = _run(scene, frames[:16], oracle_kw=dict(scale=2.5), keyframe_stride=2, depth_fit="scale_shift")
     shifts = [x for x in rec.metadata["depth_shifts"] if x is not None]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
@@ -50,11 +51,14 @@ class OracleSLAM3R:
             pipeline's :func:`crop_transform` from the scene's image size.
         device: where the returned tensors live.
         seed: seed of the noise (noise is a deterministic function of the call's frame ids).
+        cache_frames: ground-truth maps kept (least recently used first out), so that long
+            sequences (memory benchmarks) stay bounded.
     """
 
     def __init__(self, scene, image_size: tuple[int, int] = (224, 224), noise: float = 0.0, scale: float = 1.0,
                  conf: float = 20.0, low_conf: float = 1.2, preferred_baseline: float | None = None,
-                 crop: CropTransform | None = None, device: str | torch.device = "cpu", seed: int = 0) -> None:
+                 crop: CropTransform | None = None, device: str | torch.device = "cpu", seed: int = 0,
+                 cache_frames: int = 512) -> None:
         if not conf > 1.0 or not low_conf > 1.0:
             raise ValueError(f"OracleSLAM3R: expected confidences > 1, found conf={conf}, low_conf={low_conf}")
         if not scale > 0:
@@ -73,7 +77,8 @@ class OracleSLAM3R:
         self.K = self.crop.K_to_model(scene.K)  # [3, 3] model-crop intrinsics
         u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
         self._rays = np.stack([(u - self.K[0, 2]) / self.K[0, 0], (v - self.K[1, 2]) / self.K[1, 1], np.ones_like(u)], -1)
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+        self.cache_frames = max(1, int(cache_frames))
         self.calls = {"encode": 0, "i2p": 0, "corr_scores": 0, "l2w": 0}
 
     # ------------------------------------------------------------------------------------------ GT
@@ -89,6 +94,9 @@ class OracleSLAM3R:
             c2w = self.scene.c2w[i]
             world = cam @ c2w[:3, :3].T + c2w[:3, 3]
             self._cache[i] = (cam, world, depth > 0)
+            while len(self._cache) > self.cache_frames:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(i)
         return self._cache[i]
 
     def _ids(self, tokens: Tensor) -> list[int]:

@@ -95,8 +95,7 @@ class SLAM3RPipeline:
             for update in self.stream(frames):
                 if callback is not None:
                     callback(update)
-            assert self.result is not None  # set by stream()
-            return self.result
+            return self.result  # type: ignore[return-value]  # set by stream()
         rec = run_offline(self.models, frames, self.config)
         self._mark_dropped(frames, rec)
         self.result = rec

@@ -70,6 +70,7 @@ class InitWindow:
     conf: Tensor
     metric: bool
     scale: float
+    size: float  # mean distance to the origin of the valid world points (metric size of the window)
 
 
 def initialize_window(i2p: Callable[[list[list[int]]], tuple[Tensor, Tensor]], n: int, s: int,
@@ -109,7 +110,8 @@ def initialize_window(i2p: Callable[[list[list[int]]], tuple[Tensor, Tensor]], n
         world, factor = normalize_points(list(init_pts), list(valid))
         scale = 1.0 / factor
     world_t = torch.stack([torch.where(valid[k, ..., None], world[k], torch.zeros_like(world[k])) for k in range(w)])
-    return InitWindow(ids, r, world_t, init_conf, fit is not None, float(scale))
+    size = float(world_t[valid].norm(dim=-1).mean()) if bool(valid.any()) else 1.0
+    return InitWindow(ids, r, world_t, init_conf, fit is not None, float(scale), size if math.isfinite(size) else 1.0)
 
 
 def local_point_map(pts: Tensor, conf: Tensor, depth: np.ndarray | None, cfg: SLAM3RConfig,
@@ -206,6 +208,7 @@ class _Offline:
     def initialize(self, s: int) -> None:
         init = initialize_window(self.i2p, self.n, s, self.cfg, self.depths)
         self.init_ids, self.init_ref, self.metric, self.init_scale = init.ids, init.ref, init.metric, init.scale
+        self.init_size = init.size
         for k, fid in enumerate(init.ids):
             self.world[fid] = init.world[k]
             self.l2w_conf[fid] = init.conf[k]
@@ -247,7 +250,7 @@ class _Offline:
         sizes = [float(self.local[i][self.local[i].abs().sum(-1) > 0].norm(dim=-1).mean())
                  for i in range(self.n) if self.depth_fits[i] is not None]
         sizes = [x for x in sizes if math.isfinite(x)]
-        ref = float(np.median(sizes)) if sizes else self.init_scale
+        ref = float(np.median(sizes)) if sizes else self.init_size
         for i in range(self.n):
             if self.depth_fits[i] is None:
                 self.local[i] = self.local[i] * ref
@@ -360,7 +363,7 @@ class _Offline:
         for i in range(n):
             p = self.prepared[i]
             c2w[i], K[i], info = frame_camera(local[i], world[i], i2p_conf[i], l2w_conf[i], p.crop, p.K, cfg,
-                                              same_scale=self.metric)
+                                              same_scale=self.metric and self.depth_fits[i] is not None)
             infos.append(info)
         cloud = fused_cloud_from_arrays(world, l2w_conf, colors, cfg.conf_thres_l2w, cfg.num_points_save, cfg.seed)
         first = self.prepared[0].crop

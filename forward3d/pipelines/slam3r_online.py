@@ -227,7 +227,7 @@ class OnlineSLAM3R:
             if fit is not None and bool(torch.isfinite(size)):
                 self.metric_sizes.append(float(size))
             elif fit is None:  # no depth for this frame: the typical metric size of its neighbours
-                slot.local = slot.local * (float(np.median(self.metric_sizes)) if self.metric_sizes else self.init_scale)
+                slot.local = slot.local * (float(np.median(self.metric_sizes)) if self.metric_sizes else self.init_size)
 
     def _store_world(self, i: int, pts: Tensor, conf: Tensor) -> None:
         self.slots[i].world = pts
@@ -239,7 +239,7 @@ class OnlineSLAM3R:
         s = self._adapt_stride() if self.s is None else self.s
         self.s = s = max(1, min(s, n // 2))
         init = initialize_window(self._i2p, n, s, cfg, [self.slots[i].depth for i in range(n)])
-        self.init_ids, self.metric, self.init_scale = init.ids, init.metric, init.scale
+        self.init_ids, self.metric, self.init_size = init.ids, init.metric, init.size
         for k, fid in enumerate(init.ids):
             self._store_world(fid, init.world[k], init.conf[k])
         last = (len(init.ids) - 1) * s
@@ -312,7 +312,7 @@ class OnlineSLAM3R:
         local = slot.local.cpu().numpy()
         i2p_conf = slot.i2p_conf.cpu().numpy()
         c2w, K, info = frame_camera(local, world, i2p_conf, l2w_conf, self.crops[i], self.frame_K[i], self.cfg,
-                                    same_scale=self.metric)
+                                    same_scale=self.metric and self.depth_fits[i] is not None)
         self.c2w.append(c2w)
         self.K.append(K)
         self.spool.write(world, l2w_conf, slot.colors)
