@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -25,6 +26,13 @@ def postprocess(raw: Tensor, conf_mode: tuple[str, float, float] = ("exp", 1.0, 
     return pts, conf
 
 
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Disable autocast on ``device`` (a no-op context on devices without autocast, e.g. meta)."""
+    if device.type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class LinearHead(nn.Module):
     """Linear(D -> 4 * p * p) followed by pixel-shuffle to full resolution (key ``proj``).
 
@@ -39,7 +47,7 @@ class LinearHead(nn.Module):
 
     def raw(self, x: Tensor) -> Tensor:
         """``x`` [N, T, D] -> raw features [N, T, 4 * p * p] (fp32)."""
-        with torch.autocast(x.device.type, enabled=False):
+        with no_autocast(x.device):
             return F.linear(x.float(), self.proj.weight.float(), self.proj.bias.float())
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -54,5 +62,5 @@ class LinearHead(nn.Module):
             raise ValueError(f"head: {T} tokens do not form a {gh}x{gw} grid")
         p = self.patch_size
         f = self.raw(x).view(N, gh, gw, 4, p, p).permute(0, 1, 4, 2, 5, 3).reshape(N, gh * p, gw * p, 4)
-        with torch.autocast(x.device.type, enabled=False):
+        with no_autocast(x.device):
             return postprocess(f, self.conf_mode)

@@ -49,11 +49,16 @@ def rope_tables(pos: Tensor, head_dim: int, base: float = 100.0) -> tuple[Tensor
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x`` [..., T, d] with tables [..., T, d] (broadcast); computed in fp32, returned in x.dtype."""
+    """Rotate ``x`` [..., T, d] with tables [..., T, d] (broadcast); computed in fp32, returned in x.dtype.
+
+    Equals ``x * cos + rotate_half(x) * sin`` per axis half, written as one multiply, one flip (the
+    half swap) and one fused multiply-add.
+    """
+    d = x.shape[-1]
     xf = x.float()
-    q = xf.unflatten(-1, (2, 2, x.shape[-1] // 4))  # [..., axis, half, D/2]
-    rot = torch.stack((-q[..., 1, :], q[..., 0, :]), dim=-2).flatten(-3)
-    return (xf * cos + rot * sin).to(x.dtype)
+    sign = (torch.arange(d, device=x.device) // (d // 4) % 2) * 2 - 1  # -1 on each first quarter-pair
+    swapped = xf.unflatten(-1, (2, 2, d // 4)).flip(-2).flatten(-3)
+    return torch.addcmul(xf * cos, swapped, sin * sign).to(x.dtype)
 
 
 class RoPE2D:
@@ -114,8 +119,9 @@ class Attention(nn.Module):
         """``x`` [N, T, C], tables [T, d] -> [N, T, C]."""
         N, T, C = x.shape
         h = self.num_heads
-        q, k, v = self.qkv(x).view(N, T, 3, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)  # [N, h, T, d]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv(x).view(N, T, 3, h, C // h).permute(2, 0, 3, 1, 4)  # [3, N, h, T, d]
+        q, k = apply_rope(qkv[:2], cos, sin).unbind(0)  # q and k rotated in one pass
+        v = qkv[2]
         o = F.scaled_dot_product_attention(q, k, v)
         return self.proj(o.transpose(1, 2).reshape(N, T, C))
 
