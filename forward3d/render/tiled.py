@@ -334,6 +334,6 @@ def render_tiled(prep: Prepared, width: int, height: int, tile_size: int = 16, c
     C, N = p.depths.shape
     isects = intersect_tiles(p.means2d, p.extents, p.depths, p.radii > 0, width, height, tile_size)
     params = torch.cat([p.means2d, p.conics, p.opacities[..., None]], -1).reshape(C * N, 6)
-    feats = prep.features.reshape(C * N, -1)
+    feats = prep.features.reshape(C * N, prep.features.shape[-1])
     acc, T = composite_tiled(params, feats, isects, width, height, k_step=k_step, chunk_size=chunk_size)
     return finish(prep, acc, T, make_meta(prep, "torch", n_isects=int(isects.ids.numel()), tile_size=tile_size))
