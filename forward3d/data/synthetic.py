@@ -226,8 +226,11 @@ class SyntheticScene:
         tpm = _TEXELS_PER_METRE
         ou = -np.einsum("sk,sk->s", self._origin.astype(np.float64), self._au) * tpm - 0.5
         ov = -np.einsum("sk,sk->s", self._origin.astype(np.float64), self._av) * tpm - 0.5
-        self._tex_affine = (np.concatenate([self._au * tpm, ou[:, None]], 1).astype(np.float32),
-                            np.concatenate([self._av * tpm, ov[:, None]], 1).astype(np.float32))
+        cu = np.concatenate([self._au * tpm, ou[:, None]], 1).astype(np.float32)  # [S, 4]
+        cv = np.concatenate([self._av * tpm, ov[:, None]], 1).astype(np.float32)
+        self._tex_cols = (tuple(np.ascontiguousarray(c) for c in cu.T), tuple(np.ascontiguousarray(c) for c in cv.T))
+        self._normal_cols = tuple(np.ascontiguousarray(c) for c in self._normal.T)
+        self._shade_255 = (self._shade / 255.0).astype(np.float32)
 
 
     # ---------------------------------------------------------------------------------- casting
@@ -268,33 +271,50 @@ class SyntheticScene:
                 better = ta < t
                 t = np.where(better, ta, t)
                 sid = np.where(better, 2 * a + pos, sid)
-            # boxes: slab test in each box's local frame
+            # boxes: slab test in each box's local frame, only over the pixels its projection covers
+            w2c_R = R.T
+            signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
             for b, (centre, half, yaw) in enumerate(self.boxes):
-                Rb = rot_y(yaw).astype(np.float32)
+                Rb64 = rot_y(yaw)
+                corners = centre + (signs * half) @ Rb64.T  # [8, 3] world
+                cam = (corners - o) @ w2c_R.T
+                rows = cols = slice(None)
+                if np.all(cam[:, 2] > 1e-3):
+                    px = cam[:, 0] / cam[:, 2] * K[0, 0] + K[0, 2]
+                    py = cam[:, 1] / cam[:, 2] * K[1, 1] + K[1, 2]
+                    u0, u1 = max(int(np.floor(px.min())) - 1, 0), min(int(np.ceil(px.max())) + 1, width)
+                    v0, v1 = max(int(np.floor(py.min())) - 1, 0), min(int(np.ceil(py.max())) + 1, height)
+                    if u0 >= u1 or v0 >= v1:
+                        continue
+                    rows, cols = slice(v0, v1), slice(u0, u1)
+                pix = np.arange(n).reshape(height, width)[rows, cols].reshape(-1)
+                db = d.reshape(3, height, width)[:, rows, cols].reshape(3, -1)
+                m = db.shape[1]
+                Rb = Rb64.astype(np.float32)
                 ol = Rb.T @ (o - centre).astype(np.float32)
-                tnear = np.full(n, -np.inf, dtype=np.float32)
-                tfar = np.full(n, np.inf, dtype=np.float32)
-                near_axis = np.zeros(n, dtype=np.int8)
+                tnear = np.full(m, -np.inf, dtype=np.float32)
+                tfar = np.full(m, np.inf, dtype=np.float32)
+                near_axis = np.zeros(m, dtype=np.int64)
                 dls = []
                 for a in range(3):
-                    dl = Rb[0, a] * d[0] + Rb[1, a] * d[1] + Rb[2, a] * d[2]  # (Rb^T d)_a
+                    dl = Rb[0, a] * db[0] + Rb[1, a] * db[1] + Rb[2, a] * db[2]  # (Rb^T d)_a
                     il = 1.0 / dl
                     t1 = (np.float32(-half[a]) - ol[a]) * il
                     t2 = (np.float32(half[a]) - ol[a]) * il
                     tn = np.minimum(t1, t2)
                     upd = tn > tnear
                     tnear = np.where(upd, tn, tnear)
-                    near_axis[upd] = a
+                    near_axis = np.where(upd, a, near_axis)
                     tfar = np.minimum(tfar, np.maximum(t1, t2))
                     dls.append(dl)
-                hit = (tnear <= tfar) & (tnear > 1e-6) & (tnear < t)
+                hit = (tnear <= tfar) & (tnear > 1e-6) & (tnear < t[pix])
                 if not hit.any():
                     continue
                 idx = np.nonzero(hit)[0]
-                ax = near_axis[idx].astype(np.int64)
+                ax = near_axis[idx]
                 dl_ax = np.stack(dls)[ax, idx]
-                t[idx] = tnear[idx]
-                sid[idx] = 6 + 6 * b + 2 * ax + (dl_ax < 0)  # moving towards -axis: entered the + face
+                t[pix[idx]] = tnear[idx]
+                sid[pix[idx]] = 6 + 6 * b + 2 * ax + (dl_ax < 0)  # moving towards -axis: entered the + face
         miss = ~np.isfinite(t)
         sid[miss] = -1
         tt = np.where(miss, np.float32(0.0), t)
@@ -304,14 +324,19 @@ class SyntheticScene:
     def _sample_level(self, su: np.ndarray, sv: np.ndarray, sid: np.ndarray, level: np.ndarray | int
                       ) -> np.ndarray:
         """Bilinear lookup ``[P, 3]`` float32 (0-255) at level-0 texel coordinates ``su, sv`` ``[P]``."""
-        scale = np.exp2(-np.asarray(level, dtype=np.float32))
+        if np.ndim(level) == 0:
+            scale = np.float32(2.0 ** -int(level))
+            li = sid + int(level) * self._tex_w.shape[1]
+        else:
+            scale = np.exp2(-level.astype(np.float32))
+            li = sid + level * self._tex_w.shape[1]
         su = (su + 0.5) * scale - 0.5
         sv = (sv + 0.5) * scale - 0.5
-        w, h, off = self._tex_w[level, sid], self._tex_h[level, sid], self._tex_off[level, sid]
-        x0 = np.clip(np.floor(su).astype(np.int64), 0, w - 2)
-        y0 = np.clip(np.floor(sv).astype(np.int64), 0, h - 2)
-        fx = np.clip(su - x0, 0.0, 1.0).astype(np.float32)[:, None]
-        fy = np.clip(sv - y0, 0.0, 1.0).astype(np.float32)[:, None]
+        w, h, off = np.take(self._tex_w, li), np.take(self._tex_h, li), np.take(self._tex_off, li)
+        x0 = np.minimum(np.maximum(np.floor(su).astype(np.int64), 0), w - 2)
+        y0 = np.minimum(np.maximum(np.floor(sv).astype(np.int64), 0), h - 2)
+        fx = np.minimum(np.maximum(su - x0, 0.0), 1.0).astype(np.float32)[:, None]
+        fy = np.minimum(np.maximum(sv - y0, 0.0), 1.0).astype(np.float32)[:, None]
         i00 = off + y0 * w + x0
         at = self._atlas  # [T] uint32 packed RGBA8: one cheap gather per corner
 
@@ -332,30 +357,39 @@ class SyntheticScene:
         (trilinear). ``None``: the finest level (exact texture colour at the point).
         """
         # texel coordinates are affine in the point: su = p . au * tpm - origin . au * tpm - 0.5
-        cu, cv = self._tex_affine
-        su = cu[sid, 0] * points[0] + cu[sid, 1] * points[1] + cu[sid, 2] * points[2] + cu[sid, 3]
-        sv = cv[sid, 0] * points[0] + cv[sid, 1] * points[1] + cv[sid, 2] * points[2] + cv[sid, 3]
+        cu, cv = self._tex_cols
+        x, y, z = points[0], points[1], points[2]
+        su = np.take(cu[0], sid) * x + np.take(cu[1], sid) * y + np.take(cu[2], sid) * z + np.take(cu[3], sid)
+        sv = np.take(cv[0], sid) * x + np.take(cv[1], sid) * y + np.take(cv[2], sid) * z + np.take(cv[3], sid)
         if footprint is None:
             col = self._sample_level(su, sv, sid, 0)
         else:
             lam = np.clip(np.log2(np.maximum(footprint * _TEXELS_PER_METRE, 1e-6)), 0.0, _MIP_LEVELS - 1.0)
-            lo = np.minimum(np.floor(lam).astype(np.int64), _MIP_LEVELS - 2)
-            f = (lam - lo).astype(np.float32)[:, None]
+            lo = np.minimum(lam.astype(np.int64), _MIP_LEVELS - 2)
+            f = (lam - lo).astype(np.float32)
             col = self._sample_level(su, sv, sid, lo)
-            col += (self._sample_level(su, sv, sid, lo + 1) - col) * f
-        return col * (self._shade / 255.0).astype(np.float32)[sid][:, None]
+            blend = np.nonzero(f > 1e-3)[0]  # near pixels sit exactly on level 0: one lookup is enough
+            if len(blend):
+                fine = col[blend]
+                col[blend] = fine + (self._sample_level(su[blend], sv[blend], sid[blend], lo[blend] + 1) - fine) \
+                    * f[blend, None]
+        return col * np.take(self._shade_255, sid)[:, None]
 
     def _pixel_colors(self, hits: _Hits, K: np.ndarray) -> np.ndarray:
         """``[P, 3]`` float32 colours in [0, 1] of a cast (0 where no surface), mip-mapped."""
         valid = hits.sid >= 0
-        sid = hits.sid[valid]
-        d = hits.dirs[:, valid]
-        n = self._normal[sid]
-        dn = np.abs(n[:, 0] * d[0] + n[:, 1] * d[1] + n[:, 2] * d[2])
-        cos = dn / np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2)
+        everything = bool(valid.all())
+        sid = hits.sid if everything else hits.sid[valid]
+        d = hits.dirs if everything else hits.dirs[:, valid]
+        nx, ny, nz = self._normal_cols
+        dn = np.abs(np.take(nx, sid) * d[0] + np.take(ny, sid) * d[1] + np.take(nz, sid) * d[2])
+        cos = dn / np.sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2])
         # pixel footprint on the surface: z / f across the ray, stretched by 1 / cos along the slope;
         # the geometric mean of both directions trades a little blur for little aliasing
-        footprint = hits.t[valid] / float(0.5 * (K[0, 0] + K[1, 1])) / np.sqrt(np.maximum(cos, 0.05))
+        t = hits.t if everything else hits.t[valid]
+        footprint = t * np.float32(2.0 / (K[0, 0] + K[1, 1])) / np.sqrt(np.maximum(cos, np.float32(0.05)))
+        if everything:
+            return self._shade_colors(hits.points, sid, footprint)
         rgb = np.zeros((len(hits.t), 3), dtype=np.float32)
         rgb[valid] = self._shade_colors(hits.points[:, valid], sid, footprint)
         return rgb
