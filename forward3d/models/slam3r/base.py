@@ -150,19 +150,21 @@ class SLAM3RBase(nn.Module):
         is not needed skips its last block."""
         cos, sin = self._dec_tables(grid, xr.device)
         depth = self.config.dec_depth
-        r: Tensor | None = xr
-        s: Tensor | None = xs
+        r, s = xr, xs
         for i in range(depth):
-            assert r is not None and s is not None
             if pe_r is not None and pe_s is not None:
                 r, s = r + pe_r, s + pe_s
-            last = i == depth - 1
-            nr = self.mv_dec_blocks1[i](r, s, cos, sin) if (need_ref or not last) else None
-            ns = self.mv_dec_blocks2[i](s, r, cos, sin) if (need_src or not last) else None
-            r, s = nr, ns
+            if i == depth - 1:  # the last layer: skip a stack whose output is not needed
+                nr = self.mv_dec_blocks1[i](r, s, cos, sin) if need_ref else None
+                ns = self.mv_dec_blocks2[i](s, r, cos, sin) if need_src else None
+            else:
+                nr, ns = self.mv_dec_blocks1[i](r, s, cos, sin), self.mv_dec_blocks2[i](s, r, cos, sin)
             if trace is not None:
-                trace[f"dec/block{i}_ref"], trace[f"dec/block{i}_src"] = r, s
-        return r, s
+                trace[f"dec/block{i}_ref"], trace[f"dec/block{i}_src"] = nr, ns
+            if i == depth - 1:
+                return nr, ns
+            r, s = nr, ns
+        raise ValueError("dec_depth must be >= 1")
 
     def _head(self, x: Tensor, which: int, grid: tuple[int, int], trace: dict[str, Any] | None = None,
               tag: str = "") -> tuple[Tensor, Tensor]:

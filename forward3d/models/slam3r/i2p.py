@@ -7,7 +7,7 @@ retrieval score (``get_corr_score``) used to pick scene frames.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -72,9 +72,8 @@ class Image2Points(SLAM3RBase):
         if trace is not None:
             trace["dec/embed_ref"], trace["dec/embed_src"] = xr, xs
         r, s = self._decode(xr, xs, grid, trace=trace)
-        assert r is not None and s is not None
-        pr, cr = self._head(r, 1, grid, trace, "ref")
-        ps, cs = self._head(s, 2, grid, trace, "src")
+        pr, cr = self._head(cast(Tensor, r), 1, grid, trace, "ref")
+        ps, cs = self._head(cast(Tensor, s), 2, grid, trace, "src")
         return merge_views(pr, ps, ids, src_ids), merge_views(cr, cs, ids, src_ids)
 
     def forward_images(self, images: Tensor, ref_index: int = 0, trace: dict[str, Any] | None = None) -> tuple[Tensor, Tensor]:

@@ -8,7 +8,7 @@ cached tokens and applies its own ``enc_norm``.
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -108,12 +108,10 @@ class Local2World(SLAM3RBase):
         if trace is not None:
             trace.update({"dec/embed_ref": xr, "dec/embed_src": xs, "pe/ref": pe_r, "pe/src": pe_s})
         r, s = self._decode(xr, xs, grid, pe_r, pe_s, need_ref=need_ref_output, trace=trace)
-        assert s is not None
-        ps, cs = self._head(s, 2, grid, trace, "src")
+        ps, cs = self._head(cast(Tensor, s), 2, grid, trace, "src")
         if not need_ref_output:
             return L2WOutput(ps, cs, None, None)
-        assert r is not None
-        pr, cr = self._head(r, 1, grid, trace, "ref")
+        pr, cr = self._head(cast(Tensor, r), 1, grid, trace, "ref")
         return L2WOutput(ps, cs, pr, cr)
 
     def forward_views(self, tokens: Tensor, pts: Tensor, ref_ids: list[int], *, patch_mask: Tensor | None = None,
@@ -129,6 +127,5 @@ class Local2World(SLAM3RBase):
         if patch_mask is not None:
             mr, ms, _ = split_views(patch_mask, ids)
         out = self.forward(tr, pr, ts, ps, ref_mask=mr, src_mask=ms, image_size=image_size, trace=trace)
-        assert out.ref_pts is not None and out.ref_conf is not None
-        return (merge_views(out.ref_pts, out.src_pts, ids, src_ids),
-                merge_views(out.ref_conf, out.src_conf, ids, src_ids))
+        return (merge_views(cast(Tensor, out.ref_pts), out.src_pts, ids, src_ids),
+                merge_views(cast(Tensor, out.ref_conf), out.src_conf, ids, src_ids))
