@@ -215,6 +215,33 @@ def test_l2w_forward(l2w, cases):
 
 
 @torch.inference_mode()
+def test_l2w_batched_windows_equal_single(l2w, cases):
+    tok, pts = l2w_inputs(cases, "l2w_forward", [0, 1, 2], 5)
+    perm = [2, 0, 1, 4, 3]
+    bt, bp = torch.cat([tok, tok[:, perm]]), torch.cat([pts, pts[:, perm]])
+    out = l2w(bt[:, :3], bp[:, :3], bt[:, 3:], bp[:, 3:], need_ref_output=False)
+    for b in range(2):
+        one = l2w(bt[b:b + 1, :3], bp[b:b + 1, :3], bt[b:b + 1, 3:], bp[b:b + 1, 3:], need_ref_output=False)
+        close(out.src_pts[b:b + 1], one.src_pts, tol=1e-5)
+        close(out.src_conf[b:b + 1], one.src_conf, tol=1e-5)
+    # scene-frame order does not matter (max over views), keyframe order only permutes the outputs
+    close(out.src_pts[1], out.src_pts[0].flip(0), tol=1e-5)
+
+
+def test_model_bad_inputs(i2p, l2w):
+    with pytest.raises(ValueError, match=r"tokens: expected shape \[B, V, T, 128\]"):
+        i2p(torch.zeros(1, 20, 128))
+    with pytest.raises(ValueError, match="do not match image size"):
+        i2p(torch.zeros(1, 2, 21, 128))
+    with pytest.raises(ValueError, match="without encoder blocks"):
+        l2w.encode(torch.zeros(1, 3, 64, 80))
+    with pytest.raises(ValueError, match="ref_pts"):
+        l2w(torch.zeros(1, 1, 20, 128), torch.zeros(1, 1, 64, 64, 3), torch.zeros(1, 1, 20, 128), torch.zeros(1, 1, 64, 80, 3))
+    with pytest.raises(ValueError, match="multiples of 16"):
+        i2p.encode(torch.zeros(1, 3, 60, 80))
+
+
+@torch.inference_mode()
 def test_l2w_src_first(l2w, cases):
     p, ref_ids = "l2w_forward_src_first", [1, 2, 3]
     assert cases[f"{p}/ref_ids"].tolist() == ref_ids

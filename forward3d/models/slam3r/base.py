@@ -40,7 +40,7 @@ def _check(name: str, x: Tensor, ndim: int, last: int | None = None, what: str =
     if not isinstance(x, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor{what}, found {type(x).__name__}")
     if x.dim() != ndim or (last is not None and x.shape[-1] != last):
-        raise ValueError(f"{name}: expected shape {what}, found {tuple(x.shape)}")
+        raise ValueError(f"{name}: expected shape{what}, found {tuple(x.shape)}")
 
 
 class SLAM3RBase(nn.Module):
