@@ -232,7 +232,6 @@ class SyntheticScene:
         self._normal_cols = tuple(np.ascontiguousarray(c) for c in self._normal.T)
         self._shade_255 = (self._shade / 255.0).astype(np.float32)
 
-
     # ---------------------------------------------------------------------------------- casting
     def _cast(self, c2w: np.ndarray, K: np.ndarray, width: int, height: int) -> _Hits:
         """Cast one ray per pixel (row-major); arrays are structure-of-arrays for speed."""
@@ -513,11 +512,16 @@ class SyntheticScene:
         return pts.reshape(h, w, 3)
 
     def _inside_boxes(self, p: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-        """``[P]`` bool: points strictly inside a box or on the floor under one."""
+        """``[P]`` bool for points ``[P, 3]``: strictly inside a box, or on the floor under one."""
         inside = np.zeros(len(p), dtype=bool)
         for centre, half, yaw in self.boxes:
-            loc = (p - centre) @ rot_y(yaw)  # Rb^T (p - c)
-            inside |= (np.abs(loc[:, 0]) < half[0] - eps) & (np.abs(loc[:, 2]) < half[2] - eps) \
+            r = math.hypot(half[0], half[2])
+            near = np.nonzero((np.abs(p[:, 0] - centre[0]) < r) & (np.abs(p[:, 2] - centre[2]) < r)
+                              & (p[:, 1] < centre[1] + half[1]))[0]
+            if not len(near):
+                continue
+            loc = (p[near] - centre) @ rot_y(yaw)  # Rb^T (p - c)
+            inside[near] |= (np.abs(loc[:, 0]) < half[0] - eps) & (np.abs(loc[:, 2]) < half[2] - eps) \
                 & (loc[:, 1] >= -half[1] - eps) & (loc[:, 1] < half[1] - eps)
         return inside
 
