@@ -11,8 +11,16 @@ World frame (right-handed, metres):
 - The room spans ``x in [-X/2, X/2]`` and ``z in [-Z/2, Z/2]`` with ``(X, Y, Z) = room_size``.
 
 Cameras use OpenCV axes (x right, y down, z forward); a camera looking horizontally has its y axis
-along world ``-y``. Rendering is exact ray casting in numpy (ray-plane for the room, slab test for
-the boxes), vectorised over all pixels; depth is metric z-depth along the camera axis.
+along world ``-y``. Pixel ``(u, v)`` is the ray through ``(u + 0.5, v + 0.5)``. Rendering is exact ray
+casting in numpy (ray-plane for the room, slab test for the boxes, each box only over its
+projected bounding rectangle), vectorised over all pixels; depth is metric z-depth along the camera
+axis; colours are trilinearly mip-mapped texture lookups (1 cm texels), so that distant and
+grazing surfaces do not alias. Any camera can be rendered as long as its centre is inside the room
+and outside the boxes (otherwise ValueError).
+
+Ground truth: :meth:`SyntheticScene.surface_points` (dense samples with colours and normals;
+``visible_only=True`` keeps what the trajectory sees, the reference for completion metrics) and
+:meth:`SyntheticScene.mesh`.
 
 Example::
 
@@ -134,7 +142,9 @@ class SyntheticScene:
         num_frames: number of frames.
         K: ``[3, 3]`` float64 intrinsics for ``(config.width, config.height)``.
         c2w: ``[N, 4, 4]`` float64 ground-truth camera-to-world poses (OpenCV axes).
-        boxes: list of ``(centre [3], half_extents [3], yaw)``, centre at half height.
+        boxes: list of ``(centre [3], half_extents [3], yaw)`` in world coordinates, centre at half
+            height, ``yaw`` in radians about world +y.
+        room: ``[3]`` float64 room extent ``(X, Y, Z)``.
     """
 
     def __init__(self, config: SyntheticConfig | None = None, **overrides) -> None:
@@ -182,7 +192,7 @@ class SyntheticScene:
             boxes.append((np.array([cx, hy, cz]), np.array([hx, hy, hz]), yaw))
         if len(boxes) < want:
             log.warning("SyntheticScene: placed %d of %d boxes (room %s too small)", len(boxes), want,
-                        tuple(self.room))
+                        self.config.room_size)
         return boxes
 
     def _build_surfaces(self) -> None:
