@@ -593,7 +593,8 @@ class SyntheticScene:
         """Dense ground-truth surface samples (room + boxes, hidden parts removed).
 
         Points lie at the centres of a regular grid of ``spacing`` metres on every face, with the
-        rendered (textured and shaded) colour and the outward normal (pointing into the free space).
+        rendered colour (textured, shaded, filtered at ``spacing``) and the outward normal (pointing
+        into the free space).
         With ``visible_only``, only cells seen by the trajectory (see :meth:`observed_cells`) are kept:
         the reference for completion metrics of a reconstruction from these frames.
         """
@@ -609,7 +610,8 @@ class SyntheticScene:
             p = p[keep].astype(np.float32)
             sid = np.full(len(p), k, dtype=np.int64)
             pts.append(p)
-            cols.append(self._shade_colors(np.ascontiguousarray(p.T), sid))
+            # colour filtered at the sample spacing (exact texel colour at 1 cm), like a rendered pixel
+            cols.append(self._shade_colors(np.ascontiguousarray(p.T), sid, np.full(len(p), spacing, np.float32)))
             nrm.append(np.broadcast_to(self._normal[k], p.shape))
         colors = (np.clip(np.concatenate(cols), 0, 1) * 255.0 + 0.5).astype(np.uint8)
         return PointCloud(np.concatenate(pts), colors, np.concatenate(nrm).astype(np.float32))
@@ -618,7 +620,7 @@ class SyntheticScene:
         """Ground-truth triangle mesh of all visible surfaces, ``resolution`` metres per grid cell.
 
         Faces are counter-clockwise seen from the free space; vertex colours come from the textures
-        (shaded); triangles under the boxes are removed.
+        (shaded, filtered at ``resolution``); triangles under the boxes are removed.
         """
         if not resolution > 0:
             raise ValueError(f"mesh: expected resolution > 0, found {resolution}")
@@ -638,7 +640,8 @@ class SyntheticScene:
             p32 = p.astype(np.float32)
             verts.append(p32)
             faces.append(tri + base)
-            cols.append(self._shade_colors(np.ascontiguousarray(p32.T), np.full(len(p32), k, dtype=np.int64)))
+            cols.append(self._shade_colors(np.ascontiguousarray(p32.T), np.full(len(p32), k, dtype=np.int64),
+                                           np.full(len(p32), resolution, np.float32)))
             nrm.append(np.broadcast_to(self._normal[k], p32.shape))
             base += len(p32)
         colors = (np.clip(np.concatenate(cols), 0, 1) * 255.0 + 0.5).astype(np.uint8)

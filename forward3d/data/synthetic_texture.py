@@ -77,7 +77,8 @@ def _stickers(rng: np.random.Generator, tex: np.ndarray, palette: np.ndarray, co
     """Paint ``count`` random rectangles, discs and stripe patches into ``tex`` ``[H, W, 3]`` in place."""
     h, w = tex.shape[:2]
     for _ in range(count):
-        size = float(np.exp(rng.uniform(np.log(min_size), np.log(max(min(min(h, w) * 0.35, max_size), min_size + 1.0)))))
+        largest = max(min(min(h, w) * 0.35, max_size), min_size + 1.0)
+        size = float(np.exp(rng.uniform(np.log(min_size), np.log(largest))))
         sh = max(int(size * rng.uniform(0.5, 1.5)), 2)
         sw = max(int(size * rng.uniform(0.5, 1.5)), 2)
         y0 = int(rng.integers(-sh // 2, h))
