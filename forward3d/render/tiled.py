@@ -59,6 +59,14 @@ class TileIsects:
         return self.n_cams * self.tiles_x * self.tiles_y
 
 
+def _sortable(x: Tensor) -> Tensor:
+    """Integers ordered like the floats ``x`` (IEEE bits, negative values flipped): ints sort by radix."""
+    bits = x.contiguous().view(torch.int32 if x.dtype == torch.float32 else torch.int64) if x.dtype in (
+        torch.float32, torch.float64) else x.double().view(torch.int64)
+    flip = torch.iinfo(bits.dtype).max
+    return torch.where(bits < 0, bits ^ flip, bits)
+
+
 @torch.no_grad()
 def intersect_tiles(
     means2d: Tensor,  # [C, N, 2]
@@ -74,45 +82,40 @@ def intersect_tiles(
     device = means2d.device
     tx_n = (width + tile_size - 1) // tile_size
     ty_n = (height + tile_size - 1) // tile_size
-    m = means2d.detach().double()
-    e = extents.detach().double() + _MARGIN
-    # pixel columns j with |j + 0.5 - mx| <= ex, clamped to the image
-    j0 = torch.ceil(m[..., 0] - e[..., 0] - 0.5).clamp(0, width - 1)
-    j1 = torch.floor(m[..., 0] + e[..., 0] - 0.5).clamp(-1, width - 1)
-    i0 = torch.ceil(m[..., 1] - e[..., 1] - 0.5).clamp(0, height - 1)
-    i1 = torch.floor(m[..., 1] + e[..., 1] - 0.5).clamp(-1, height - 1)
-    ok = visible & (j1 >= j0) & (i1 >= i0)
-    tx0 = torch.div(j0, tile_size, rounding_mode="floor").long()
-    tx1 = torch.div(j1, tile_size, rounding_mode="floor").long()
-    ty0 = torch.div(i0, tile_size, rounding_mode="floor").long()
-    ty1 = torch.div(i1, tile_size, rounding_mode="floor").long()
-    nx = (tx1 - tx0 + 1).clamp_min(0)
-    ny = (ty1 - ty0 + 1).clamp_min(0)
-    counts = torch.where(ok, nx * ny, torch.zeros_like(nx)).reshape(-1)  # [C*N]
-
-    # depth rank within each camera (stable: ties by index, as the reference)
-    order = torch.argsort(depths.detach(), dim=1, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(N, device=device).expand(C, N).contiguous())
-
-    flat = torch.nonzero(counts).squeeze(1)  # Gaussians with pairs
-    cnt = counts[flat]
-    M = int(cnt.sum())
     n_tiles = C * tx_n * ty_n
+    # visible Gaussians front to back within each camera (ties by index, as the reference), cameras in order
+    flat = torch.nonzero(visible.reshape(-1)).squeeze(1)  # [V]
+    key = _sortable(depths.detach().reshape(-1)[flat])
+    key = torch.sort(key, stable=True).indices  # radix sort on the float bits: much faster than a float sort
+    cam = torch.div(flat[key], N, rounding_mode="floor")
+    order = flat[key][torch.sort(cam, stable=True).indices]
+    m = means2d.detach().reshape(-1, 2).index_select(0, order).double()
+    e = extents.detach().reshape(-1, 2).index_select(0, order).double() + _MARGIN
+    # pixel columns j with |j + 0.5 - mx| <= ex, clamped to the image; then their tiles
+    j0 = torch.ceil(m[:, 0] - e[:, 0] - 0.5).clamp(0, width - 1).int()
+    j1 = torch.floor(m[:, 0] + e[:, 0] - 0.5).clamp(-1, width - 1).int()
+    i0 = torch.ceil(m[:, 1] - e[:, 1] - 0.5).clamp(0, height - 1).int()
+    i1 = torch.floor(m[:, 1] + e[:, 1] - 0.5).clamp(-1, height - 1).int()
+    ok = (j1 >= j0) & (i1 >= i0)
+    tx0, ty0 = j0 // tile_size, i0 // tile_size
+    nx = (j1 // tile_size - tx0 + 1) * ok
+    ny = (i1 // tile_size - ty0 + 1) * ok
+    cnt = nx * ny  # [V] tiles per Gaussian
+    M = int(cnt.sum())
     if M == 0:
         z = torch.zeros(n_tiles, dtype=torch.long, device=device)
         return TileIsects(torch.zeros(0, dtype=torch.long, device=device), z, z.clone(), tile_size, tx_n, ty_n, C)
-    gid = torch.repeat_interleave(flat, cnt)  # [M]
-    first = torch.cumsum(cnt, 0) - cnt
-    local = torch.arange(M, device=device) - torch.repeat_interleave(first, cnt)
-    w = nx.reshape(-1)[gid]
-    tx = tx0.reshape(-1)[gid] + local % w
-    ty = ty0.reshape(-1)[gid] + torch.div(local, w, rounding_mode="floor")
-    cam = torch.div(gid, N, rounding_mode="floor")
-    tile = (cam * ty_n + ty) * tx_n + tx  # global tile id
-    key = tile * N + rank.reshape(-1)[gid]
-    perm = torch.argsort(key)
-    ids = gid[perm]
+    src = torch.repeat_interleave(torch.arange(len(cnt), device=device, dtype=torch.int32), cnt).long()  # [M]
+    first = torch.cumsum(cnt, 0, dtype=torch.int32) - cnt
+    local = torch.arange(M, device=device, dtype=torch.int32) - first.index_select(0, src)
+    w = nx.index_select(0, src)
+    ty = torch.div(local, w, rounding_mode="floor")
+    tx = local - ty * w
+    ids = order.index_select(0, src)
+    base = (torch.div(order, N, rounding_mode="floor").int() * ty_n + ty0) * tx_n + tx0  # first tile, [V]
+    tile = base.index_select(0, src) + ty * tx_n + tx  # global tile id [M]
+    tile, perm = torch.sort(tile, stable=True)  # pairs were generated front to back
+    ids = ids.index_select(0, perm)
     count = torch.bincount(tile, minlength=n_tiles)
     start = torch.cumsum(count, 0) - count
     return TileIsects(ids, start, count, tile_size, tx_n, ty_n, C)
