@@ -1,0 +1,404 @@
+"""Flash3D trainer: RealEstate10K (Flash3D layout) -> a Flash3D checkpoint.
+
+One step (see ``../shared/specs/flash3d.md``, "Rendering and training"):
+
+1. a batch of sources (+ 3 targets within +-30 frames), resized and padded (:mod:`forward3d.data.re10k_dataset`);
+2. metric depth of the padded source: the dataset's ``depth/`` folder, or a frozen depth network
+   (``depth_model``, run without gradients); a per-image scale ``exp(mean(log d - log z_colmap))`` from
+   the sparse COLMAP points brings the relative poses to metres;
+3. Flash3D predicts Gaussians in the source camera frame; each view (source + targets) is rendered at
+   the unpadded size with ``K_tgt`` and ``w2c = (w2c[tgt] @ c2w[src])`` with scaled translation, on a
+   random background colour (equivalent to the reference's render-padded-then-crop);
+4. loss ``1.0 L1 + 0.85 (1 - SSIM) [+ 0.01 LPIPS after lpips_after_step] + 0.001 scale-reg +
+   0.01 offset-reg`` (:mod:`forward3d.train.losses`), Adam, EMA of the weights.
+
+Checkpoints (rank 0): ``OUT/model.pth`` in the reference format (``{'model': EMA state_dict,
+'version', 'optimiser', 'step'}``, loadable by :meth:`Flash3D.from_pretrained`) and ``OUT/resume.pth``
+(raw weights, EMA, optimiser, step, config) from which ``resume=True`` continues exactly as an
+uninterrupted run: every random draw (sample order, targets, backgrounds) is a function of the seed
+and the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal
+
+import torch
+from torch import Tensor, nn
+
+from forward3d.data.re10k_dataset import RE10KBatch, RE10KTrainDataset, collate_samples, depth_scales, scale_w2c
+from forward3d.models.flash3d import Flash3D, Flash3DConfig, save_checkpoint
+from forward3d.train.distributed import DistInfo, cleanup_distributed, init_distributed
+from forward3d.train.ema import EMA
+from forward3d.train.losses import offset_regulariser, photometric_loss, scale_regulariser
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Flash3DTrainerConfig", "Flash3DTrainer", "TrainResult", "render_views", "train_flash3d"]
+
+
+@dataclass
+class Flash3DTrainerConfig:
+    """Everything a training run needs (defaults: the reference recipe; batch 16 is global)."""
+
+    data: str = ""
+    split: str = "train"
+    out: str = "runs/flash3d"
+    steps: int = 100_000
+    batch_size: int = 16  # global over all DDP processes
+    # model
+    num_layers: Literal[18, 34, 50] = 50
+    gaussians_per_pixel: int = 2
+    height: int = 256
+    width: int = 384
+    pad_border: int = 32
+    init_weights: str | None = None  # Flash3D checkpoint to start from
+    freeze_encoder: bool = False
+    # data
+    num_targets: int = 3
+    max_frame_offset: int = 30
+    depth_model: str | None = None  # make_depth_estimator spec; else the dataset's depth/ folder
+    num_workers: int = 0
+    # loss
+    l1_weight: float = 1.0
+    ssim_weight: float = 0.85
+    lpips_weight: float = 0.01
+    lpips_after_step: int = 50_000
+    lpips_weights: str | None = None  # "VGG16.pth,LIN.pth" or one combined file
+    scale_reg_weight: float = 0.001
+    scale_reg_threshold: float = 2.0
+    offset_reg_weight: float = 0.01
+    offset_reg_threshold: float = 1.0
+    znear: float = 0.01
+    zfar: float = 100.0
+    # optimisation
+    lr: float = 1e-4
+    ema_decay: float = 0.9999
+    ema_every: int = 10
+    ema_start: int = 100
+    ema_warmup: bool = True
+    precision: Literal["fp32", "bf16"] = "fp32"
+    grad_clip: float = 0.0  # 0 = off (the reference does not clip)
+    # bookkeeping
+    seed: int = 0
+    device: str = "auto"
+    save_every: int = 5000
+    log_every: int = 50
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"Flash3DTrainerConfig: expected steps >= 1 and batch_size >= 1, found "
+                             f"{self.steps}, {self.batch_size}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"Flash3DTrainerConfig: precision must be 'fp32' or 'bf16', found {self.precision!r}")
+        if (self.height + 2 * self.pad_border) % 32 or (self.width + 2 * self.pad_border) % 32:
+            raise ValueError(f"Flash3DTrainerConfig: height/width + 2 * pad_border must be multiples of 32, found "
+                             f"{self.height}x{self.width} with pad {self.pad_border}")
+
+    def model_config(self) -> Flash3DConfig:
+        return Flash3DConfig(num_layers=self.num_layers, gaussians_per_pixel=self.gaussians_per_pixel,
+                             height=self.height, width=self.width, pad_border=self.pad_border)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """``losses``: total loss of every step run in this call (rank 0's batch); ``step``: last step;
+    ``checkpoint``/``resume_checkpoint``: written files."""
+
+    losses: list[float] = field(default_factory=list)
+    step: int = 0
+    checkpoint: Path | None = None
+    resume_checkpoint: Path | None = None
+
+
+def render_views(model_out, w2c: Tensor, K_tgt: Tensor, width: int, height: int, background: Tensor,
+                 near: float = 0.01, far: float = 100.0) -> Tensor:
+    """Render the Gaussians of each image into its views.
+
+    Args:
+        model_out: :class:`Flash3DOutput` of ``B`` images.
+        w2c: ``[B, V, 4, 4]`` source camera -> view camera (metres). ``K_tgt``: ``[B, 3, 3]`` or ``[B, V, 3, 3]``.
+        background: ``[B, 3]`` colours.
+
+    Returns ``[B, V, 3, H, W]`` in float32.
+    """
+    from forward3d.render import Cameras, rasterize
+    from forward3d.types import Gaussians
+
+    B, V = w2c.shape[:2]
+    outs = []
+    for b in range(B):
+        g = model_out.gaussians(b)
+        g = Gaussians(g.means.float(), g.quats.float(), g.log_scales.float(), g.opacity_logits.float(), g.sh.float())
+        K = K_tgt[b] if K_tgt.ndim == 4 else K_tgt[b].expand(V, 3, 3)
+        cams = Cameras(w2c[b].float(), K.float(), width, height)
+        r = rasterize(g, cams, background=background[b].float(), near=near, far=far)
+        outs.append(r.colors.permute(0, 3, 1, 2))
+    return torch.stack(outs)
+
+
+class _BatchSampler:
+    """Per-rank batches of ``(index, item_seed)`` from a :class:`DistributedSampler` per epoch,
+    starting at global step ``start_step`` (resume)."""
+
+    def __init__(self, n: int, dist: DistInfo, per_rank_batch: int, seed: int, start_step: int, total_steps: int):
+        from torch.utils.data import DistributedSampler
+
+        self.sampler = DistributedSampler(range(n), num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+                                          seed=seed, drop_last=True)
+        self.per_rank = per_rank_batch
+        self.batches_per_epoch = len(self.sampler) // per_rank_batch
+        if self.batches_per_epoch < 1:
+            raise ValueError(f"the dataset has {n} samples: too few for a batch of {per_rank_batch} per process "
+                             f"on {dist.world_size} process(es)")
+        self.n, self.seed, self.start, self.total = n, seed, start_step, total_steps
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start
+        while step < self.total:
+            epoch, pos = divmod(step, self.batches_per_epoch)
+            self.sampler.set_epoch(epoch)
+            order = list(self.sampler)
+            for j in range(pos, self.batches_per_epoch):
+                if step >= self.total:
+                    return
+                idx = order[j * self.per_rank:(j + 1) * self.per_rank]
+                yield [(i, (self.seed * 1_000_003 + epoch) * self.n + i) for i in idx]
+                step += 1
+
+
+class Flash3DTrainer:
+    """Build with a config; :meth:`train` runs (or resumes) and returns a :class:`TrainResult`."""
+
+    def __init__(self, config: Flash3DTrainerConfig):
+        self.cfg = config
+        if not config.data:
+            raise ValueError("Flash3DTrainerConfig.data: expected a RealEstate10K root folder, found ''")
+        self.dist = init_distributed(config.device)
+        if config.batch_size % self.dist.world_size:
+            raise ValueError(f"batch size {config.batch_size} is not divisible by the {self.dist.world_size} processes")
+        self.per_rank_batch = config.batch_size // self.dist.world_size
+        self.out = Path(config.out)
+        self.dataset = RE10KTrainDataset(config.data, config.split, config.height, config.width, config.pad_border,
+                                         config.num_targets, config.max_frame_offset,
+                                         use_dataset_depth=config.depth_model is None)
+        self.depth_model = None
+        if config.depth_model:
+            from forward3d.models.depth import make_depth_estimator
+
+            self.depth_model = make_depth_estimator(config.depth_model, device=self.dist.device)
+            if not getattr(self.depth_model, "metric", True):
+                raise ValueError(f"--depth-model {config.depth_model}: Flash3D needs a metric depth network, this "
+                                 f"one predicts relative depth")
+            logger.info("depth: %s (frozen) on the padded source", getattr(self.depth_model, "name", config.depth_model))
+        else:
+            name, i = self.dataset.items[0]
+            if not self.dataset.has_depth(name, i):
+                raise ValueError(f"{config.data}: no depth for {name} frame {i} at "
+                                 f"{self.dataset.index.depth_path(name, i)}; pass a metric depth network "
+                                 f"(--depth-model SPEC) or add depth/{config.split}/<seq>/<timestamp>.png (mm)")
+        torch.manual_seed(config.seed)
+        if config.init_weights:
+            self.model = Flash3D.from_pretrained(config.init_weights, config=config.model_config())
+        else:
+            self.model = Flash3D(config.model_config())
+        self.model.to(self.dist.device).train()
+        if config.freeze_encoder:
+            self.model.core.encoder.requires_grad_(False)
+        fc = getattr(self.model.core.encoder.encoder, "fc", None)
+        if fc is not None:  # the classifier head is in the checkpoint but unused (and DDP wants every param used)
+            fc.requires_grad_(False)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimiser = torch.optim.Adam(params, lr=config.lr)
+        self.ema = EMA(self.model, config.ema_decay, config.ema_every, config.ema_start, config.ema_warmup)
+        self.step = 0
+        self.lpips = None
+        if config.lpips_weight > 0:
+            if config.lpips_weights:
+                from forward3d.eval.lpips import load_lpips
+
+                self.lpips = load_lpips(config.lpips_weights, device=self.dist.device)
+            elif self.dist.is_main:
+                logger.warning("LPIPS term (%.3g x LPIPS-VGG after step %d) is OFF: no LPIPS weights given "
+                               "(--lpips-weights VGG16.pth,LIN.pth)", config.lpips_weight, config.lpips_after_step)
+        self.ddp: nn.Module | None = None
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(_Forward(self.model),
+                                               device_ids=[self.dist.device] if self.dist.device.type == "cuda" else None)
+
+    # checkpoints --------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "model.pth"
+
+    @property
+    def resume_path(self) -> Path:
+        return self.out / "resume.pth"
+
+    def save(self) -> None:
+        """Write ``model.pth`` (reference format, EMA weights) and ``resume.pth`` (rank 0 only)."""
+        if not self.dist.is_main:
+            return
+        from forward3d.io.atomic import atomic_path
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.resume_path) as tmp:
+            torch.save({"version": "1.0", "step": self.step, "model": self.model.state_dict(),
+                        "ema": self.ema.state_dict(), "optimiser": self.optimiser.state_dict(),
+                        "config": self.cfg.to_dict()}, tmp)
+        save_checkpoint(self.checkpoint_path, self.model, self.optimiser.state_dict(), self.step,
+                        self.ema.state_dict())
+        with atomic_path(self.out / "config.json") as tmp:
+            tmp.write_text(json.dumps(self.model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        logger.info("step %d: saved %s and %s", self.step, self.checkpoint_path, self.resume_path)
+
+    def load_resume(self) -> None:
+        """Restore raw weights, EMA, optimiser and step from ``resume.pth``."""
+        from forward3d.hub import strict_load
+
+        p = self.resume_path
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no resume checkpoint (run without --resume first)")
+        state = torch.load(p, map_location=self.dist.device, weights_only=True)
+        for key in ("model", "ema", "optimiser", "step"):
+            if key not in state:
+                raise ValueError(f"{p}: expected a resume checkpoint with '{key}', found keys {sorted(state)}")
+        strict_load(self.model, state["model"], source=str(p))
+        self.ema.load_state_dict(state["ema"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.step = int(state["step"])
+        logger.info("resumed from %s at step %d", p, self.step)
+
+    # one step -----------------------------------------------------------------------------------
+    def _depth(self, batch: RE10KBatch) -> Tensor:
+        if self.depth_model is not None:
+            with torch.no_grad():
+                d = self.depth_model.predict(batch.image, batch.K_src)
+            return d.clone().reshape(batch.image.shape[0], 1, *batch.image.shape[-2:]).float()
+        if batch.depth is None:
+            raise ValueError(f"sequence {batch.seq[0]}: no dataset depth and no depth model")
+        return batch.depth
+
+    def _autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def compute_loss(self, batch: RE10KBatch, step: int) -> tuple[Tensor, dict[str, float]]:
+        """Total loss of one batch at (1-based) ``step`` and its parts."""
+        cfg = self.cfg
+        depth = self._depth(batch)
+        scales = depth_scales(depth, cfg.pad_border, batch.sparse_xys, batch.sparse_z, mode="mean_log")
+        w2c = scale_w2c(batch.w2c_rel, scales)
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + step * 104729 + self.dist.rank)
+        background = torch.rand(len(batch), 3, generator=gen).to(self.dist.device)
+        with self._autocast():
+            fwd = self.ddp if self.ddp is not None else _Forward(self.model)
+            out = fwd(batch.image, depth, batch.K_src)
+        pred = render_views(out, w2c, batch.K_tgt, cfg.width, cfg.height, background, cfg.znear, cfg.zfar)
+        pred = pred.flatten(0, 1)
+        target = batch.views.flatten(0, 1).to(pred.dtype)
+        loss, l1, s = photometric_loss(pred, target, cfg.l1_weight, cfg.ssim_weight)
+        parts = {"l1": float(l1.detach()), "ssim": float(s.detach())}
+        if self.lpips is not None and step > cfg.lpips_after_step:
+            lp = self.lpips(pred * 2 - 1, target * 2 - 1).mean()
+            loss = loss + cfg.lpips_weight * lp
+            parts["lpips"] = float(lp.detach())
+        if cfg.scale_reg_weight > 0:
+            r = scale_regulariser(out.scaling.float(), cfg.scale_reg_threshold)
+            loss = loss + cfg.scale_reg_weight * r
+            parts["scale_reg"] = float(r.detach())
+        if cfg.offset_reg_weight > 0:
+            r = offset_regulariser(out.offset.float(), cfg.offset_reg_threshold)
+            loss = loss + cfg.offset_reg_weight * r
+            parts["offset_reg"] = float(r.detach())
+        return loss, parts
+
+    def _loader(self):
+        from torch.utils.data import DataLoader
+
+        bs = _BatchSampler(len(self.dataset), self.dist, self.per_rank_batch, self.cfg.seed, self.step, self.cfg.steps)
+        return DataLoader(self.dataset, batch_sampler=bs, collate_fn=collate_samples, num_workers=self.cfg.num_workers,
+                          persistent_workers=False)
+
+    def train(self) -> TrainResult:
+        """Run until ``config.steps`` (from ``resume.pth`` when ``config.resume``)."""
+        cfg = self.cfg
+        if cfg.resume:
+            self.load_resume()
+        result = TrainResult(step=self.step)
+        if self.step >= cfg.steps:
+            logger.info("already at step %d >= %d steps", self.step, cfg.steps)
+            return result
+        bar = None
+        if cfg.progress and self.dist.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc="flash3d", dynamic_ncols=True)
+        t0 = time.time()
+        try:
+            for batch in self._loader():
+                batch = batch.to(self.dist.device)
+                step = self.step + 1
+                self.optimiser.zero_grad(set_to_none=True)
+                loss, parts = self.compute_loss(batch, step)
+                if not torch.isfinite(loss):
+                    raise ValueError(f"step {step}: loss is not finite ({float(loss)}); parts {parts}")
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimiser.step()
+                self.step = step
+                self.ema.update(self.model, step)
+                result.losses.append(float(loss.detach()))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(loss):.4f}")
+                if self.dist.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+                    logger.info("step %d loss %.5f %s (%.2f s/step)", step, float(loss),
+                                " ".join(f"{k} {v:.4g}" for k, v in parts.items()),
+                                (time.time() - t0) / max(len(result.losses), 1))
+                if step % cfg.save_every == 0 or step == cfg.steps:
+                    self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+        result.step = self.step
+        if self.dist.is_main:
+            result.checkpoint, result.resume_checkpoint = self.checkpoint_path, self.resume_path
+        return result
+
+
+class _Forward(nn.Module):
+    """``forward(image, depth, K_src) -> Flash3DOutput`` (the module DDP wraps)."""
+
+    def __init__(self, model: Flash3D):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor, depth: Tensor, K_src: Tensor):
+        return self.model.forward_padded(image, depth, K_src)
+
+
+def train_flash3d(config: Flash3DTrainerConfig) -> TrainResult:
+    """Train (DDP when launched by torchrun) and tear the process group down."""
+    try:
+        return Flash3DTrainer(config).train()
+    finally:
+        cleanup_distributed()
