@@ -145,7 +145,7 @@ def count_task_gflop(images: torch.Tensor, args: argparse.Namespace) -> dict[str
     return {name: count_gflop(fn) for name, fn, _, _ in make_tasks(eng, images.to("meta"), tok, pts, args)}
 
 
-def bench_models(args: argparse.Namespace) -> dict[str, Any]:
+def bench_models(args: argparse.Namespace, on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     i2p, l2w = build_models()
     logger.info("built full-size models in %.1f s (I2P %.1f M, L2W %.1f M params)", time.perf_counter() - t0,
@@ -178,24 +178,30 @@ def bench_models(args: argparse.Namespace) -> dict[str, Any]:
                 if heavy and args.heavy_threads and threads not in args.heavy_threads:
                     continue
                 reps = 1 if name.startswith("retrieval") else args.repeats
+                probe0 = gemm_probe(threads, 1.0)
                 _rss_reset()
                 load0 = os.getloadavg()[0]
                 r = _time(fn, reps, 0 if name.startswith("retrieval") else args.warmup)
+                probe = (probe0 + gemm_probe(threads, 1.0)) / 2  # CPU share we had around this task
                 row = {"mode": mode, "threads": threads, "task": name, **r, "gflop": round(gflop[name], 1),
                        "achieved_gflops": round(gflop[name] / r["min_s"], 1), "gemm_probe_gflops": round(probe, 1),
                        "per_item_s": r["min_s"] / per, "peak_rss_gib": round(_peak_rss_gib(), 2),
                        "reference_s": ref, "load_avg_1min": round((load0 + os.getloadavg()[0]) / 2, 2)}
                 if ref is not None:
                     row["speedup_vs_reference"] = round(ref / row["per_item_s"], 2)
+                row["efficiency_vs_probe"] = round(row["achieved_gflops"] / probe, 2)
                 rows.append(row)
-                logger.info("%-14s %d thr  %-28s min %7.3f s  (per item %.3f s, ref %s)  RSS %.2f GiB  load %.1f",
-                            mode, threads, name, r["min_s"], row["per_item_s"], ref, row["peak_rss_gib"], row["load_avg_1min"])
+                if on_row is not None:
+                    on_row(rows)
+                logger.info("%-14s %d thr  %-28s min %7.3f s  (per item %.3f s, ref %s)  %.0f GFLOP, %.1f GFLOP/s, "
+                            "probe %.1f  RSS %.2f GiB  load %.1f", mode, threads, name, r["min_s"], row["per_item_s"], ref,
+                            row["gflop"], row["achieved_gflops"], probe, row["peak_rss_gib"], row["load_avg_1min"])
     return {"rows": rows}
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     hdr = (f"{'mode':<14} {'thr':>3} {'task':<28} {'min s':>8} {'cpu s':>8} {'per item':>9} {'ref s':>6} {'x ref':>6} "
-           f"{'GFLOP':>7} {'GF/s':>6} {'probe':>6} {'RSS GiB':>8} {'load':>5}")
+           f"{'GFLOP':>7} {'GF/s':>6} {'probe':>6} {'eff':>5} {'RSS GiB':>8} {'load':>5}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -203,7 +209,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         sp = f"{r['speedup_vs_reference']:.2f}" if r.get("speedup_vs_reference") else "-"
         print(f"{r['mode']:<14} {r['threads']:>3} {r['task']:<28} {r['min_s']:>8.3f} {r['cpu_s']:>8.3f} "
               f"{r['per_item_s']:>9.3f} {ref:>6} {sp:>6} {r['gflop']:>7.0f} {r['achieved_gflops']:>6.1f} "
-              f"{r['gemm_probe_gflops']:>6.1f} {r['peak_rss_gib']:>8.2f} {r['load_avg_1min']:>5.1f}")
+              f"{r['gemm_probe_gflops']:>6.1f} {r['efficiency_vs_probe']:>5.2f} {r['peak_rss_gib']:>8.2f} {r['load_avg_1min']:>5.1f}")
 
 
 def bench_online(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -255,8 +261,14 @@ def main(argv: list[str] | None = None) -> int:
                  "note": "full-size models with random weights; shared 2-core machine, timings depend on load"},
         "reference_cpu_s": REFERENCE_CPU_S, "reference_retrieval_rss_gib": REFERENCE_RETRIEVAL_RSS_GIB,
     }
+    def save(rows: list[dict[str, Any]]) -> None:  # incremental: a long run killed midway keeps its rows
+        result["models"] = {"rows": rows, "complete": False}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1, default=str))
+
     if args.part in ("models", "all"):
-        result["models"] = bench_models(args)
+        result["models"] = bench_models(args, save)
+        result["models"]["complete"] = True
         print_table(result["models"]["rows"])
     if args.part in ("online", "all"):
         result["online"] = bench_online(args)
