@@ -1,0 +1,280 @@
+"""Single-view novel-view synthesis on RealEstate10K (the Flash3D / MINE protocol, ``re10k-1view``).
+
+For every line ``seq src +5 +10 rand`` of the split file (frame indices), a predictor turns the source
+frame into images of the three targets; each image (network size, 256x384 by default) is cropped by
+5% per side (230x344 remain) and scored: PSNR per image (MSE floored at 1e-10, so identical images
+score 100 dB instead of infinity), SSIM (11x11 Gaussian window, sigma 1.5, data range 1, valid
+filtering) and, when LPIPS weights are given, LPIPS-VGG on inputs mapped to [-1, 1]. Results are
+averaged per target kind over lines, and per sequence.
+
+Predictors implement :class:`NVSPredictor` (``predict(sample) -> [V, 3, H, W]``), so the evaluator
+is tested with oracles; :class:`Flash3DPredictor` (grey 0.5 background, RANSAC depth scale) and
+:class:`UnprojectPredictor` (one Gaussian per source pixel at its depth) are the real methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from forward3d.data.re10k_dataset import TARGET_KINDS, RE10KEvalDataset, RE10KSample, depth_scales, scale_w2c
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NVSPredictor", "Flash3DPredictor", "UnprojectPredictor", "OraclePredictor", "BlankPredictor",
+           "LineResult", "NVSReport", "evaluate_nvs", "score_images", "PUBLISHED_RE10K_1VIEW", "PSNR_MAX"]
+
+PSNR_MAX = 100.0  # dB: MSE floor 1e-10
+# published single-view RE10K numbers (PSNR, SSIM, LPIPS) per target kind (Flash3D paper, Table 1)
+PUBLISHED_RE10K_1VIEW = {
+    "Flash3D": {"+5": (28.46, 0.899, 0.100), "+10": (25.94, 0.857, 0.133), "random": (24.93, 0.833, 0.160)},
+    "MINE": {"+5": (28.45, 0.897, 0.111), "+10": (25.89, 0.850, 0.150), "random": (24.75, 0.820, 0.179)},
+    "Splatter Image": {"+5": (28.15, 0.894, 0.110), "+10": (25.34, 0.842, 0.144), "random": (24.15, 0.810, 0.177)},
+}
+
+
+@runtime_checkable
+class NVSPredictor(Protocol):
+    """``predict(sample)`` -> ``[V, 3, H, W]`` images in [0, 1] of ``sample``'s views (unpadded size)."""
+
+    name: str
+
+    def predict(self, sample: RE10KSample) -> Tensor: ...
+
+
+def _source_depth(sample: RE10KSample, depth_model, device: torch.device) -> Tensor:
+    """``[1, 1, Hp, Wp]`` metric depth of the padded source: the dataset's or the depth model's."""
+    if depth_model is not None:
+        with torch.no_grad():
+            d = depth_model.predict(sample.image[None].to(device), sample.K_src[None].to(device))
+        return d.clone().reshape(1, 1, *sample.image.shape[-2:]).float()
+    if sample.depth is None:
+        raise ValueError(f"sequence {sample.seq} frame {sample.frame_ids[0]}: no dataset depth (depth/ folder) and "
+                         f"no depth model; pass --depth-model SPEC")
+    return sample.depth[None].to(device)
+
+
+class Flash3DPredictor:
+    """Flash3D Gaussians of the source rendered into the targets (grey background, RANSAC scale)."""
+
+    name = "flash3d"
+
+    def __init__(self, model, depth_model=None, background: float = 0.5, device: str | torch.device = "cpu"):
+        self.model = model.to(device).eval()
+        self.depth_model = depth_model
+        self.background = background
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def predict(self, sample: RE10KSample) -> Tensor:
+        from forward3d.train.flash3d import render_views
+
+        dev = self.device
+        depth = _source_depth(sample, self.depth_model, dev)
+        pad = (sample.image.shape[-1] - sample.views.shape[-1]) // 2
+        scale = depth_scales(depth, pad, [sample.sparse_xys], [sample.sparse_z], mode="ransac")
+        w2c = scale_w2c(sample.w2c_rel[None].to(dev), scale)
+        out = self.model.forward_padded(sample.image[None].to(dev), depth, sample.K_src[None].to(dev))
+        h, w = sample.views.shape[-2:]
+        bg = torch.full((1, 3), self.background, device=dev)
+        return render_views(out, w2c, sample.K_tgt[None].to(dev), w, h, bg)[0].clamp(0, 1).cpu()
+
+
+class UnprojectPredictor:
+    """Baseline: one isotropic Gaussian per source pixel (unpadded) at its depth, with the pixel's
+    colour, opacity 0.99 and a footprint of ``sigma_px`` pixels (the rasterizer adds its 0.3 px^2
+    low-pass on top); no network."""
+
+    name = "unproject"
+
+    def __init__(self, depth_model=None, background: float = 0.5, sigma_px: float = 0.3,
+                 device: str | torch.device = "cpu"):
+        self.depth_model = depth_model
+        self.background = background
+        self.sigma_px = sigma_px
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def predict(self, sample: RE10KSample) -> Tensor:
+        from forward3d.render import Cameras, rasterize
+        from forward3d.types import Gaussians
+
+        dev = self.device
+        depth = _source_depth(sample, self.depth_model, dev)
+        h, w = sample.views.shape[-2:]
+        pad = (sample.image.shape[-1] - w) // 2
+        scale = depth_scales(depth, pad, [sample.sparse_xys], [sample.sparse_z], mode="ransac")
+        w2c = scale_w2c(sample.w2c_rel[None].to(dev), scale)[0]
+        K = sample.K_tgt.to(dev).double()
+        z = depth[0, 0, pad:pad + h, pad:pad + w].double()
+        img = sample.image[:, pad:pad + h, pad:pad + w].to(dev)
+        v, u = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float64),
+                              torch.arange(w, device=dev, dtype=torch.float64), indexing="ij")
+        x = (u + 0.5 - K[0, 2]) / K[0, 0] * z
+        y = (v + 0.5 - K[1, 2]) / K[1, 1] * z
+        keep = (z > 0).flatten()
+        means = torch.stack([x, y, z], -1).reshape(-1, 3)[keep].float()
+        n = means.shape[0]
+        s = (self.sigma_px * z / K[0, 0]).flatten()[keep].float()
+        g = Gaussians.from_activated(means, torch.tensor([1.0, 0, 0, 0], device=dev).expand(n, 4),
+                                     s[:, None].expand(n, 3), torch.full((n,), 0.99, device=dev),
+                                     colors=img.permute(1, 2, 0).reshape(-1, 3)[keep])
+        V = w2c.shape[0]
+        cams = Cameras(w2c.float(), sample.K_tgt.to(dev).float().expand(V, 3, 3), w, h)
+        r = rasterize(g, cams, background=torch.full((3,), self.background, device=dev))
+        return r.colors.permute(0, 3, 1, 2).clamp(0, 1).cpu()
+
+
+class OraclePredictor:
+    """Returns the ground-truth views (the metrics' upper bound; for tests)."""
+
+    name = "oracle"
+
+    def predict(self, sample: RE10KSample) -> Tensor:
+        return sample.views.clone()
+
+
+class BlankPredictor:
+    """Returns constant images of ``value`` (a lower bound; for tests)."""
+
+    name = "blank"
+
+    def __init__(self, value: float = 0.0):
+        self.value = value
+
+    def predict(self, sample: RE10KSample) -> Tensor:
+        return torch.full_like(sample.views, self.value)
+
+
+def score_images(pred: Tensor, target: Tensor, lpips=None, crop_fraction: float = 0.05) -> dict[str, np.ndarray]:
+    """Metrics per image of ``[V, 3, H, W]`` images in [0, 1] after cropping ``crop_fraction`` per side.
+
+    Returns ``{'psnr': [V], 'ssim': [V]}`` (+ ``'lpips'`` when an :class:`~forward3d.eval.lpips.LPIPS` is given).
+    """
+    from forward3d.eval.image import crop_border, ssim
+
+    if pred.shape != target.shape or pred.ndim != 4 or pred.shape[1] != 3:
+        raise ValueError(f"score_images: expected two [V, 3, H, W] tensors of one shape, found {list(pred.shape)} "
+                         f"and {list(target.shape)}")
+    p = crop_border(pred.float().clamp(0, 1), crop_fraction, channels_last=False)
+    t = crop_border(target.float(), crop_fraction, channels_last=False)
+    mse = ((p - t) ** 2).flatten(1).mean(1).clamp_min(10 ** (-PSNR_MAX / 10))
+    out = {"psnr": (-10.0 * torch.log10(mse)).numpy().astype(np.float64),
+           "ssim": ssim(p, t, channels_last=False, padding="valid").numpy().astype(np.float64)}
+    if lpips is not None:
+        dev = next(lpips.parameters()).device
+        with torch.no_grad():
+            out["lpips"] = lpips(p.to(dev) * 2 - 1, t.to(dev) * 2 - 1).cpu().numpy().astype(np.float64)
+    return out
+
+
+@dataclass
+class LineResult:
+    """Metrics of one split-file line: one value per view (``kinds``)."""
+
+    seq: str
+    frame_ids: list[int]
+    kinds: list[str]
+    psnr: list[float]
+    ssim: list[float]
+    lpips: list[float] | None = None
+
+
+@dataclass
+class NVSReport:
+    """All line results plus the aggregates (:meth:`mean`, :meth:`per_sequence`)."""
+
+    method: str
+    protocol: str = "re10k-1view"
+    lines: list[LineResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def _aggregate(self, lines: list[LineResult]) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        kinds = [k for k in TARGET_KINDS if any(k in ln.kinds for ln in lines)]
+        kinds += sorted({k for ln in lines for k in ln.kinds} - set(kinds))
+        for kind in kinds:
+            vals: dict[str, list[float]] = {"psnr": [], "ssim": [], "lpips": []}
+            for ln in lines:
+                for j, k in enumerate(ln.kinds):
+                    if k == kind:
+                        vals["psnr"].append(ln.psnr[j])
+                        vals["ssim"].append(ln.ssim[j])
+                        if ln.lpips is not None:
+                            vals["lpips"].append(ln.lpips[j])
+            out[kind] = {m: float(np.mean(v)) for m, v in vals.items() if v}
+            out[kind]["count"] = len(vals["psnr"])
+        return out
+
+    def mean(self) -> dict[str, dict[str, float]]:
+        """``{kind: {'psnr', 'ssim', ['lpips'], 'count'}}`` averaged over images."""
+        return self._aggregate(self.lines)
+
+    def per_sequence(self) -> dict[str, dict[str, dict[str, float]]]:
+        seqs = sorted({ln.seq for ln in self.lines})
+        return {s: self._aggregate([ln for ln in self.lines if ln.seq == s]) for s in seqs}
+
+    def to_dict(self) -> dict:
+        return {
+            "protocol": self.protocol, "method": self.method, "num_lines": len(self.lines),
+            "skipped_lines": self.skipped, "psnr_max_db": PSNR_MAX, "crop_fraction": 0.05,
+            "mean": self.mean(), "per_sequence": self.per_sequence(),
+            "published": {m: {k: dict(zip(("psnr", "ssim", "lpips"), v)) for k, v in d.items()}
+                          for m, d in PUBLISHED_RE10K_1VIEW.items()},
+            "lines": [ln.__dict__ for ln in self.lines],
+        }
+
+    def table(self) -> str:
+        """A plain-text table of the means beside the published Flash3D numbers."""
+        mean = self.mean()
+        has_lpips = any("lpips" in v for v in mean.values())
+        head = f"{'target':<8} {'n':>6} {'PSNR':>8} {'SSIM':>7}" + (f" {'LPIPS':>7}" if has_lpips else "")
+        head += "   | Flash3D (paper) PSNR/SSIM/LPIPS"
+        rows = [f"RE10K single view, {self.method}: {len(self.lines)} lines", head, "-" * len(head)]
+        for kind, v in mean.items():
+            r = f"{kind:<8} {v['count']:>6d} {v['psnr']:>8.2f} {v['ssim']:>7.3f}"
+            if has_lpips:
+                r += f" {v['lpips']:>7.3f}" if "lpips" in v else f" {'-':>7}"
+            pub = PUBLISHED_RE10K_1VIEW["Flash3D"].get(kind)
+            r += f"   | {pub[0]:.2f} / {pub[1]:.3f} / {pub[2]:.3f}" if pub else "   |"
+            rows.append(r)
+        return "\n".join(rows)
+
+
+def evaluate_nvs(dataset: RE10KEvalDataset, predictor: NVSPredictor, lpips=None, progress: bool = False,
+                 crop_fraction: float = 0.05) -> NVSReport:
+    """Run ``predictor`` on every line of ``dataset`` and score its target views."""
+    if not isinstance(predictor, NVSPredictor):
+        raise TypeError(f"evaluate_nvs: predictor must have a name and predict(sample), found {type(predictor).__name__}")
+    report = NVSReport(method=predictor.name,
+                       skipped=[f"{ln.seq} {ln.src} {' '.join(map(str, ln.targets))}" for ln in dataset.skipped])
+    it = range(len(dataset))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(dataset), desc=f"eval {predictor.name}", dynamic_ncols=True)
+    for i in it:
+        sample = dataset[i]
+        pred = predictor.predict(sample)
+        if tuple(pred.shape) != tuple(sample.views.shape):
+            raise ValueError(f"predictor {predictor.name}: expected images {list(sample.views.shape)}, found "
+                             f"{list(pred.shape)}")
+        m = score_images(pred.cpu(), sample.views, lpips, crop_fraction)
+        report.lines.append(LineResult(sample.seq, list(sample.frame_ids), list(sample.kinds),
+                                       [float(x) for x in m["psnr"]], [float(x) for x in m["ssim"]],
+                                       [float(x) for x in m["lpips"]] if "lpips" in m else None))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(psnr=f"{np.mean([x for ln in report.lines for x in ln.psnr]):.2f}")
+        if not all(math.isfinite(x) for x in m["psnr"]):
+            logger.warning("%s frame %d: non-finite PSNR", sample.seq, sample.frame_ids[0])
+    if bar is not None:
+        bar.close()
+    return report
