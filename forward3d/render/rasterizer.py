@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 Backend = Literal["auto", "torch", "reference", "gsplat"]
 BACKENDS = ("auto", "torch", "reference", "gsplat")
 DEFAULT_CHUNK_SIZE = 1 << 18  # pixel-Gaussian pairs per vectorised step of the torch path
-TORCH_TILE_SIZE = 8  # the torch path's default tile size (the image does not depend on it; speed does)
+TORCH_TILE_SIZE = 4  # the torch path's default tile size (the image does not depend on it; speed does)
 GSPLAT_TILE_SIZE = 16
 
 
@@ -67,7 +67,7 @@ def rasterize(
         backend: ``"torch"`` (tiled, vectorised, CPU or GPU), ``"reference"`` (slow, literal, tiny scenes
             only), ``"gsplat"`` (CUDA, needs ``pip install gsplat``), ``"auto"`` (gsplat for CUDA tensors
             when installed, else torch).
-        tile_size: tile size in pixels; default 8 for the torch path (fewer wasted pixel-Gaussian pairs on
+        tile_size: tile size in pixels; default 4 for the torch path (fewer wasted pixel-Gaussian pairs on
             CPU; the image does not depend on it) and 16 for gsplat.
         chunk_size: pixel-Gaussian pairs evaluated per vectorised step of the torch path (memory knob:
             roughly 40 bytes each).

@@ -150,7 +150,7 @@ class _Batch:
         B, K = px.shape[0], ws.K
         self.B, self.K = B, K
         mx, my, a, b, c, o = (prm[i].view(B, 1, K) for i in range(6))
-        self.a, self.b, self.c, self.o = a, b, c, o
+        self.mx, self.my, self.a, self.b, self.c, self.o = mx, my, a, b, c, o
         dx = torch.sub(mx, px[..., None], out=ws.get("dx", B))
         dy = torch.sub(my, py[..., None], out=ws.get("dy", B))
         # sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, in the reference's operation order
@@ -191,17 +191,21 @@ class _Batch:
         return torch.where(T0 > T_EPS, self.buf.gather(-1, n).squeeze(-1), T_prev)
 
 
-def _gather_ids(isects: TileIsects, tiles: Tensor, step: int, k: int, dummy: int) -> Tensor:
-    """Gaussian ids ``[B, K]`` of depth step ``step`` of ``tiles``; ``dummy`` past the end of a list."""
+def _positions(isects: TileIsects, tiles: Tensor, step: int, k: int) -> Tensor:
+    """Positions ``[B*K]`` in the sorted pair list of depth step ``step`` of ``tiles``; ``M`` (the padding
+    slot) past the end of a tile's list."""
     j = step * k + torch.arange(k, device=tiles.device)
     pos = isects.start[tiles, None] + j
-    inside = j < isects.count[tiles, None]
-    ids = isects.ids[pos.clamp_max(max(isects.ids.numel() - 1, 0))]
-    return torch.where(inside, ids, torch.full_like(ids, dummy))
+    pad = torch.full_like(pos, isects.ids.numel())
+    return torch.where(j < isects.count[tiles, None], pos, pad).reshape(-1)
 
 
 class _Composite(torch.autograd.Function):
-    """``(params [6, CN], feats [F, CN]) -> (acc [n_tiles, F, P], T [n_tiles, P])``."""
+    """``(params [6, CN], feats [F, CN]) -> (acc [n_tiles, F, P], T [n_tiles, P])``.
+
+    Per batch, the parameters of its Gaussians are gathered from ``tab`` ``[6 + F, CN + 1]`` (the last
+    column a transparent padding Gaussian).
+    """
 
     @staticmethod
     def forward(ctx, params: Tensor, feats: Tensor, isects: TileIsects, pix: Tensor, T_init: Tensor,
@@ -210,9 +214,8 @@ class _Composite(torch.autograd.Function):
         F = feats.shape[0]
         P = isects.tile_size**2
         K = k_step
-        dummy = params.shape[1]
-        prm_t = torch.cat([params, params.new_zeros(6, 1)], 1).contiguous()  # dummy Gaussian: opacity 0
-        feat_t = torch.cat([feats, feats.new_zeros(F, 1)], 1).contiguous()
+        tab = torch.cat([torch.cat([params, feats], 0), params.new_zeros(6 + F, 1)], 1)  # [6+F, CN+1]
+        ids = torch.cat([isects.ids, isects.ids.new_full((1,), params.shape[1])])  # pair -> Gaussian, pad last
         acc = torch.zeros(isects.n_tiles, F, P, dtype=dtype, device=device)
         T_run = T_init.clone()
         T_fin = T_init.clone()
@@ -227,11 +230,10 @@ class _Composite(torch.autograd.Function):
                 steps.append((active, T_run[active]))
             for tiles in torch.split(active, per_batch):
                 B = tiles.numel()
-                gid = _gather_ids(isects, tiles, step, K, dummy).reshape(-1)  # [B*K]
+                sub = tab.index_select(1, ids.index_select(0, _positions(isects, tiles, step, K)))  # [6+F, B*K]
                 T0 = T_run[tiles]
-                px, py = pix[0][tiles], pix[1][tiles]
-                bt = _Batch(ws, px, py, prm_t.index_select(1, gid), T0)
-                f = feat_t.index_select(1, gid).view(F, B, K).transpose(0, 1)  # [B, F, K]
+                bt = _Batch(ws, pix[0][tiles], pix[1][tiles], sub, T0)
+                f = sub[6:].view(F, B, K).transpose(0, 1)  # [B, F, K]
                 acc[tiles] += torch.bmm(f, bt.w.transpose(1, 2))  # [B, F, P]
                 T_fin[tiles] = bt.final_T(T0, T_fin[tiles])
                 T_run[tiles] = bt.buf[..., -1]
@@ -239,33 +241,39 @@ class _Composite(torch.autograd.Function):
             active = active[isects.count[active] > step * K]
             active = active[(T_run[active] > T_EPS).any(1)]
         ctx.isects, ctx.steps, ctx.k_step, ctx.per_batch = isects, steps, K, per_batch
-        ctx.save_for_backward(prm_t, feat_t, T_fin, pix)
+        ctx.save_for_backward(tab, ids, T_fin, pix)
+        ctx.sizes = (params.shape[1], F)
         return acc, T_fin
 
     @staticmethod
     def backward(ctx, g_acc: Tensor, g_T: Tensor):
-        prm_t, feat_t, T_fin, pix = ctx.saved_tensors
+        tab, ids, T_fin, pix = ctx.saved_tensors
         isects, K = ctx.isects, ctx.k_step
-        dtype, device = prm_t.dtype, prm_t.device
-        F, P = feat_t.shape[0], isects.tile_size**2
-        dummy = prm_t.shape[1] - 1
+        n_gauss, F = ctx.sizes
+        dtype, device = tab.dtype, tab.device
+        P = isects.tile_size**2
         ws = _Workspace(ctx.per_batch, P, K, dtype, device)
         g_acc = g_acc.contiguous()
-        g_prm = torch.zeros(prm_t.shape[1], 6, dtype=dtype, device=device)
-        g_feat = torch.zeros(feat_t.shape[1], F, dtype=dtype, device=device)
+        g_tab = torch.zeros(tab.shape[1], 6 + F, dtype=dtype, device=device)
         # what lies behind each pair, per pixel: sum_{j later} w_j G_j + T_fin dL/dT
         S = T_fin * g_T
         upper = torch.triu(torch.ones(K, K, dtype=dtype, device=device), diagonal=1).T  # [j, k] = j > k
+        ts = isects.tile_size
+        pc = torch.arange(ts, dtype=dtype, device=device) + 0.5 - 0.5 * ts  # pixel offsets from the tile centre
+        yy, xx = torch.meshgrid(pc, pc, indexing="ij")
+        xx, yy = xx.reshape(-1), yy.reshape(-1)
+        basis = torch.stack([torch.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy])[None]  # [1, 6, P]
+        pix_c = pix[:, :, 0] - pc[0]  # [2, n_tiles] tile centres
         for step in range(len(ctx.steps) - 1, -1, -1):
             active, T_start = ctx.steps[step]
             for tiles, T0 in zip(torch.split(active, ctx.per_batch), torch.split(T_start, ctx.per_batch)):
                 B = tiles.numel()
-                gid = _gather_ids(isects, tiles, step, K, dummy).reshape(-1)
-                prm = prm_t.index_select(1, gid)
-                bt = _Batch(ws, pix[0][tiles], pix[1][tiles], prm, T0)
-                f = feat_t.index_select(1, gid).view(F, B, K).transpose(0, 1)  # [B, F, K]
+                gid = ids.index_select(0, _positions(isects, tiles, step, K))
+                sub = tab.index_select(1, gid)
+                bt = _Batch(ws, pix[0][tiles], pix[1][tiles], sub, T0)
+                f = sub[6:].view(F, B, K).transpose(0, 1)  # [B, F, K]
                 ga = g_acc[tiles]  # [B, F, P]
-                g_feat.index_add_(0, gid, torch.bmm(ga, bt.w).transpose(1, 2).reshape(-1, F))
+                g_f = torch.bmm(ga, bt.w)  # [B, F, K]
                 G = torch.bmm(ga.transpose(1, 2), f, out=ws.get("G", B))  # [B, P, K]: dL/dw
                 wG = torch.mul(bt.w, G, out=ws.get("wG", B))
                 behind = torch.mm(wG.view(-1, K), upper, out=ws.get("behind", B).view(-1, K)).view(B, P, K)
@@ -284,19 +292,25 @@ class _Composite(torch.autograd.Function):
                 raw = torch.mul(bt.o, bt.vis, out=wG)  # o exp(-sigma)
                 if bt.clamped:  # clamp_max passes no gradient where o exp(-sigma) > MAX_ALPHA
                     G.masked_fill_(raw > MAX_ALPHA, 0.0)
-                g_o = torch.mul(G, bt.vis, out=behind).sum(1)  # [B, K]
                 G *= raw
-                G.neg_()  # dL/dsigma
-                u = torch.mul(G, bt.dx, out=behind)
-                v = torch.mul(G, bt.dy, out=wG)
-                s_x, s_y = u.sum(1), v.sum(1)
-                s_xx = torch.mul(u, bt.dx, out=G).sum(1)
-                s_xy = torch.mul(u, bt.dy, out=G).sum(1)
-                s_yy = torch.mul(v, bt.dy, out=G).sum(1)
+                G.neg_()  # dL/dsigma [B, P, K]
+                # sums over pixels of dL/dsigma times 1, x, y, x^2, xy, y^2 (tile-centred coordinates) in one
+                # bmm; then sum dL/dsigma * (dx, dy, dx^2, dx dy, dy^2) follow with dx = mx - x
+                mom = torch.bmm(basis.expand(B, -1, -1), G)  # [B, 6, K]
+                S0, Sx, Sy, Sxx, Sxy, Syy = mom.unbind(1)
+                ctr = pix_c[:, tiles]  # [2, B]
+                mx, my = bt.mx[:, 0] - ctr[0][:, None], bt.my[:, 0] - ctr[1][:, None]  # [B, K]
+                s_x = mx * S0 - Sx
+                s_y = my * S0 - Sy
+                s_xx = mx * mx * S0 - 2 * mx * Sx + Sxx
+                s_xy = mx * my * S0 - mx * Sy - my * Sx + Sxy
+                s_yy = my * my * S0 - 2 * my * Sy + Syy
+                o = bt.o[:, 0]
+                g_o = torch.where(o > 0, -S0 / o.clamp_min(1e-30), torch.zeros_like(o))  # sum dL/dalpha exp(-sigma)
                 a, b, c = bt.a[:, 0], bt.b[:, 0], bt.c[:, 0]
                 g = torch.stack([a * s_x + b * s_y, c * s_y + b * s_x, 0.5 * s_xx, s_xy, 0.5 * s_yy, g_o], -1)
-                g_prm.index_add_(0, gid, g.reshape(-1, 6))
-        return g_prm[:-1].T, g_feat[:-1].T, None, None, None, None, None
+                g_tab.index_add_(0, gid, torch.cat([g.reshape(-1, 6), g_f.transpose(1, 2).reshape(-1, F)], 1))
+        return g_tab[:-1, :6].T, g_tab[:-1, 6:].T, None, None, None, None, None
 
 
 def composite_tiled(
