@@ -77,7 +77,7 @@ def render_gsplat(
         depths=meta["depths"],
         conics=meta["conics"],
         opacities=meta["opacities"],
-        n_isects=int(meta.get("n_isects", 0) or 0),
+        n_isects=int(meta["flatten_ids"].numel()) if "flatten_ids" in meta else 0,
         tile_size=tile_size,
         backend="gsplat",
     )

@@ -127,6 +127,7 @@ class _Workspace:
     def __init__(self, B: int, P: int, K: int, dtype: torch.dtype, device: torch.device):
         self.P, self.K, self.dtype, self.device = P, K, dtype, device
         self.B = B
+        self.one = torch.ones((), dtype=dtype, device=device)
         self._bufs: dict[str, Tensor] = {}
 
     def get(self, name: str, B: int, extra: int = 0) -> Tensor:
@@ -175,12 +176,10 @@ class _Batch:
         # buf[..., k] = T before Gaussian k (unmasked running product seeded with the carried T)
         buf = ws.get("buf", B, extra=1)
         buf[..., 0] = T0
-        torch.neg(alpha, out=buf[..., 1:])
-        buf[..., 1:] += 1.0
+        torch.sub(ws.one, alpha, out=buf[..., 1:])
         torch.cumprod(buf, -1, out=buf)
         # composited prefix: T after the Gaussian stays > T_EPS (T is monotone, so this is a prefix)
-        mask = torch.sub(buf[..., 1:], T_EPS, out=ws.get("mask", B))
-        mask.sign_().clamp_min_(0.0)
+        mask = torch.gt(buf[..., 1:], T_EPS, out=ws.get("mask", B))  # as 0./1.
         w = torch.mul(buf[..., :-1], alpha, out=ws.get("w", B))
         w *= mask
         self.dx, self.dy, self.vis, self.alpha, self.buf, self.mask, self.w = dx, dy, vis, alpha, buf, mask, w
