@@ -177,3 +177,43 @@ def test_ddp_two_processes_gloo(data_root, tmp_path):
     assert p.stdout.count("flash3d: step 2") == 1  # rank 0 only
     ck = torch.load(tmp_path / "model.pth", weights_only=True)
     assert ck["step"] == 2
+
+
+def test_depth_model_bf16_frozen_encoder_and_lpips(tmp_path):
+    """Depth from a (fake) frozen depth network on the padded source, bf16 autocast, frozen encoder,
+    and the LPIPS term once past lpips_after_step (random LPIPS weights from a file)."""
+    from forward3d.eval.lpips import LPIPS
+    from forward3d.models.depth import DepthEstimator
+
+    class ConstantDepth(DepthEstimator):
+        name, metric = "constant", True
+
+        def __init__(self):
+            self.calls = 0
+
+        def predict(self, image, K=None):
+            self.calls += 1
+            return torch.full((image.shape[0], *image.shape[-2:]), 2.5)
+
+    write_re10k_layout(tmp_path / "d", {"s": SyntheticScene(num_frames=4, width=64, height=32)}, "train",
+                       write_depth=False)
+    torch.save(LPIPS().state_dict_flat(), tmp_path / "lpips.pth")
+    depth = ConstantDepth()
+    cfg = _cfg(tmp_path / "d", tmp_path / "o", steps=2, precision="bf16", freeze_encoder=True,
+               lpips_weights=str(tmp_path / "lpips.pth"), lpips_after_step=1)
+    trainer = Flash3DTrainer(cfg, depth_model=depth)
+    enc0 = {k: v.clone() for k, v in trainer.model.core.encoder.state_dict().items()}
+    parts = []
+    orig = trainer.compute_loss
+
+    def spy(batch, step):
+        loss, p = orig(batch, step)
+        parts.append(p)
+        return loss, p
+
+    trainer.compute_loss = spy
+    result = trainer.train()
+    assert depth.calls == 2 and len(result.losses) == 2 and all(np.isfinite(result.losses))
+    assert "lpips" not in parts[0] and "lpips" in parts[1]
+    for k, v in trainer.model.core.encoder.state_dict().items():  # weights and BN statistics
+        torch.testing.assert_close(v, enc0[k], rtol=0, atol=0)

@@ -182,9 +182,13 @@ class _BatchSampler:
 
 
 class Flash3DTrainer:
-    """Build with a config; :meth:`train` runs (or resumes) and returns a :class:`TrainResult`."""
+    """Build with a config; :meth:`train` runs (or resumes) and returns a :class:`TrainResult`.
 
-    def __init__(self, config: Flash3DTrainerConfig):
+    ``depth_model``: a ready :class:`~forward3d.models.depth.DepthEstimator` instead of
+    ``config.depth_model`` (a spec string), e.g. for tests or custom depth sources.
+    """
+
+    def __init__(self, config: Flash3DTrainerConfig, depth_model=None):
         self.cfg = config
         if not config.data:
             raise ValueError("Flash3DTrainerConfig.data: expected a RealEstate10K root folder, found ''")
@@ -195,9 +199,12 @@ class Flash3DTrainer:
         self.out = Path(config.out)
         self.dataset = RE10KTrainDataset(config.data, config.split, config.height, config.width, config.pad_border,
                                          config.num_targets, config.max_frame_offset,
-                                         use_dataset_depth=config.depth_model is None)
-        self.depth_model = None
-        if config.depth_model:
+                                         use_dataset_depth=config.depth_model is None and depth_model is None)
+        self.depth_model = depth_model
+        if depth_model is not None:
+            if not getattr(depth_model, "metric", True):
+                raise ValueError("depth_model: Flash3D needs metric depth, this estimator predicts relative depth")
+        elif config.depth_model:
             from forward3d.models.depth import make_depth_estimator
 
             self.depth_model = make_depth_estimator(config.depth_model, device=self.dist.device)
@@ -217,8 +224,9 @@ class Flash3DTrainer:
         else:
             self.model = Flash3D(config.model_config())
         self.model.to(self.dist.device).train()
-        if config.freeze_encoder:
+        if config.freeze_encoder:  # weights and BatchNorm statistics stay as loaded
             self.model.core.encoder.requires_grad_(False)
+            self.model.core.encoder.eval()
         fc = getattr(self.model.core.encoder.encoder, "fc", None)
         if fc is not None:  # the classifier head is in the checkpoint but unused (and DDP wants every param used)
             fc.requires_grad_(False)
@@ -371,7 +379,7 @@ class Flash3DTrainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(loss):.4f}")
                 if self.dist.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
-                    logger.info("step %d loss %.5f %s (%.2f s/step)", step, float(loss),
+                    logger.info("step %d loss %.5f %s (%.2f s/step)", step, result.losses[-1],
                                 " ".join(f"{k} {v:.4g}" for k, v in parts.items()),
                                 (time.time() - t0) / max(len(result.losses), 1))
                 if step % cfg.save_every == 0 or step == cfg.steps:
