@@ -50,6 +50,10 @@ def test_read_split_file(tmp_path, data):
     ds = RE10KEvalDataset(root, bad, **SIZE)
     with pytest.raises(ValueError, match="out of range"):
         ds[0]
+    with pytest.raises(ValueError, match="out of range"):
+        evaluate_nvs(ds, OraclePredictor())
+    rep = evaluate_nvs(ds, OraclePredictor(), skip_bad_lines=True)
+    assert rep.lines == [] and "out of range" in rep.skipped[0]
     ds = RE10KEvalDataset(root, split, **SIZE)
     assert len(ds) == 3 and len(ds.skipped) == 1
     s = ds[0]

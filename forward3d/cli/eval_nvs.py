@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=None, help="network height (default: the model's, else 256)")
     p.add_argument("--width", type=int, default=None, help="network width (default: the model's, else 384)")
     p.add_argument("--pad", type=int, default=None, help="padding per side (default: the model's, else 32)")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="log and skip lines whose frames cannot be read instead of stopping (listed in the JSON)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -84,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         lpips = load_lpips(args.lpips_weights, device=device)
     else:
         log.info("LPIPS not computed: no --lpips-weights given")
-    report = nvs.evaluate_nvs(dataset, predictor, lpips=lpips, progress=not args.no_progress)
+    report = nvs.evaluate_nvs(dataset, predictor, lpips=lpips, progress=not args.no_progress,
+                              skip_bad_lines=args.skip_bad_lines)
     print(report.table())
     if args.out is not None:
         from forward3d.io.atomic import atomic_write

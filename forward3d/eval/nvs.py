@@ -248,8 +248,13 @@ class NVSReport:
 
 
 def evaluate_nvs(dataset: RE10KEvalDataset, predictor: NVSPredictor, lpips=None, progress: bool = False,
-                 crop_fraction: float = 0.05) -> NVSReport:
-    """Run ``predictor`` on every line of ``dataset`` and score its target views."""
+                 crop_fraction: float = 0.05, skip_bad_lines: bool = False) -> NVSReport:
+    """Run ``predictor`` on every line of ``dataset`` and score its target views.
+
+    ``skip_bad_lines``: a line whose frames cannot be read (missing or corrupt files, frame index out of
+    range, no sparse points) is logged and listed in ``report.skipped`` instead of stopping the run
+    (RealEstate10K downloads often miss a few frames).
+    """
     if not isinstance(predictor, NVSPredictor):
         raise TypeError(f"evaluate_nvs: predictor must have a name and predict(sample), found {type(predictor).__name__}")
     report = NVSReport(method=predictor.name,
@@ -261,7 +266,17 @@ def evaluate_nvs(dataset: RE10KEvalDataset, predictor: NVSPredictor, lpips=None,
 
         bar = tqdm(total=len(dataset), desc=f"eval {predictor.name}", dynamic_ncols=True)
     for i in it:
-        sample = dataset[i]
+        try:
+            sample = dataset[i]
+        except (ValueError, FileNotFoundError) as exc:
+            if not skip_bad_lines:
+                raise
+            ln = dataset.lines[i]
+            logger.warning("skipping line %d (%s): %s", ln.line_no, ln.seq, exc)
+            report.skipped.append(f"{ln.seq} {ln.src} {' '.join(map(str, ln.targets))}: {exc}")
+            if bar is not None:
+                bar.update(1)
+            continue
         pred = predictor.predict(sample)
         if tuple(pred.shape) != tuple(sample.views.shape):
             raise ValueError(f"predictor {predictor.name}: expected images {list(sample.views.shape)}, found "

@@ -377,7 +377,7 @@ class Flash3DTrainer:
                 result.losses.append(float(loss.detach()))
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{float(loss):.4f}")
+                    bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
                 if self.dist.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
                     logger.info("step %d loss %.5f %s (%.2f s/step)", step, result.losses[-1],
                                 " ".join(f"{k} {v:.4g}" for k, v in parts.items()),
