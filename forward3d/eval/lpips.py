@@ -28,7 +28,6 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
