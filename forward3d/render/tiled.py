@@ -33,6 +33,7 @@ from .projection import ALPHA_THRESHOLD
 __all__ = ["TileIsects", "intersect_tiles", "composite_tiled", "render_tiled"]
 
 _MARGIN = 1e-3  # pixels added to the exact box, against rounding
+SAVE_PAIRS_BUDGET = 1 << 26  # pairs whose alpha and T the forward keeps for the backward (8 bytes each)
 
 
 @dataclass
@@ -145,13 +146,29 @@ def _below(x: float, dtype: torch.dtype) -> float:
 
 
 class _Batch:
-    """Recomputable pair quantities of one batch of tiles at one depth step."""
+    """Pair quantities ``[B, P, K]`` of one batch of tiles at one depth step: computed, or ``saved`` by the
+    forward pass (``alpha``, ``buf``, ``clamped``) and completed."""
 
-    def __init__(self, ws: _Workspace, px: Tensor, py: Tensor, prm: Tensor, T0: Tensor):
-        B, K = px.shape[0], ws.K
+    def __init__(self, ws: _Workspace, px: Tensor | None, py: Tensor | None, prm: Tensor, T0: Tensor,
+                 saved: tuple[Tensor, Tensor, bool] | None = None):
+        B, K = T0.shape[0], ws.K
         self.B, self.K = B, K
         mx, my, a, b, c, o = (prm[i].view(B, 1, K) for i in range(6))
         self.mx, self.my, self.a, self.b, self.c, self.o = mx, my, a, b, c, o
+        if saved is None:
+            alpha, buf, self.clamped = self._compute(ws, px, py, mx, my, a, b, c, o, T0)
+        else:
+            alpha, buf, self.clamped = saved
+        # composited prefix: T after the Gaussian stays > T_EPS (T is monotone, so this is a prefix)
+        mask = torch.gt(buf[..., 1:], T_EPS, out=ws.get("mask", B))  # as 0./1.
+        w = torch.mul(buf[..., :-1], alpha, out=ws.get("w", B))
+        w *= mask
+        self.alpha, self.buf, self.mask, self.w = alpha, buf, mask, w
+
+    @staticmethod
+    def _compute(ws: _Workspace, px: Tensor, py: Tensor, mx: Tensor, my: Tensor, a: Tensor, b: Tensor, c: Tensor,
+                 o: Tensor, T0: Tensor) -> tuple[Tensor, Tensor, bool]:
+        B = T0.shape[0]
         dx = torch.sub(mx, px[..., None], out=ws.get("dx", B))
         dy = torch.sub(my, py[..., None], out=ws.get("dy", B))
         # sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, in the reference's operation order
@@ -168,7 +185,7 @@ class _Batch:
         vis.clamp_max_(60.0)  # exp(-60) > 0 is still a normal float (denormals are slow); alpha < 1/255 there
         vis.neg_().exp_()
         torch.mul(o, vis, out=alpha)  # o exp(-sigma)
-        self.clamped = bool(alpha.max() > MAX_ALPHA)
+        clamped = bool(alpha.max() > MAX_ALPHA)
         alpha.clamp_max_(MAX_ALPHA)
         torch.nn.functional.threshold_(alpha, _below(ALPHA_THRESHOLD, alpha.dtype), 0.0)
         if negative is not None:
@@ -178,11 +195,11 @@ class _Batch:
         buf[..., 0] = T0
         torch.sub(ws.one, alpha, out=buf[..., 1:])
         torch.cumprod(buf, -1, out=buf)
-        # composited prefix: T after the Gaussian stays > T_EPS (T is monotone, so this is a prefix)
-        mask = torch.gt(buf[..., 1:], T_EPS, out=ws.get("mask", B))  # as 0./1.
-        w = torch.mul(buf[..., :-1], alpha, out=ws.get("w", B))
-        w *= mask
-        self.dx, self.dy, self.vis, self.alpha, self.buf, self.mask, self.w = dx, dy, vis, alpha, buf, mask, w
+        return alpha, buf, clamped
+
+    def keep(self) -> tuple[Tensor, Tensor, bool]:
+        """What the backward pass needs to skip the recomputation."""
+        return self.alpha.clone(), self.buf.clone(), self.clamped
 
     def final_T(self, T0: Tensor, T_prev: Tensor) -> Tensor:
         """``[B, P]`` transmittance after the composited prefix (unchanged where already saturated)."""
@@ -221,12 +238,14 @@ class _Composite(torch.autograd.Function):
         per_batch = max(1, chunk_size // (P * K))
         ws = _Workspace(per_batch, P, K, dtype, device)
         save = any(ctx.needs_input_grad[:2])
+        # keep alpha and T of every pair for the backward pass when that fits the budget, else recompute
+        keep = save and int(((isects.count + K - 1) // K).sum()) * K * P <= SAVE_PAIRS_BUDGET
         active = torch.nonzero(isects.count > 0).squeeze(1)
-        steps: list[tuple[Tensor, Tensor]] = []  # (active tiles, T at step start)
+        steps: list[tuple[Tensor, Tensor, list]] = []  # (active tiles, T at step start, kept batches)
         step = 0
         while active.numel():
             if save:
-                steps.append((active, T_run[active]))
+                steps.append((active, T_run[active], []))
             for tiles in torch.split(active, per_batch):
                 B = tiles.numel()
                 sub = tab.index_select(1, ids.index_select(0, _positions(isects, tiles, step, K)))  # [6+F, B*K]
@@ -236,6 +255,8 @@ class _Composite(torch.autograd.Function):
                 acc[tiles] += torch.bmm(f, bt.w.transpose(1, 2))  # [B, F, P]
                 T_fin[tiles] = bt.final_T(T0, T_fin[tiles])
                 T_run[tiles] = bt.buf[..., -1]
+                if keep:
+                    steps[-1][2].append(bt.keep())
             step += 1
             active = active[isects.count[active] > step * K]
             active = active[(T_run[active] > T_EPS).any(1)]
@@ -264,12 +285,16 @@ class _Composite(torch.autograd.Function):
         basis = torch.stack([torch.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy])[None]  # [1, 6, P]
         pix_c = pix[:, :, 0] - pc[0]  # [2, n_tiles] tile centres
         for step in range(len(ctx.steps) - 1, -1, -1):
-            active, T_start = ctx.steps[step]
-            for tiles, T0 in zip(torch.split(active, ctx.per_batch), torch.split(T_start, ctx.per_batch)):
+            active, T_start, kept = ctx.steps[step]
+            batches = zip(torch.split(active, ctx.per_batch), torch.split(T_start, ctx.per_batch))
+            for i, (tiles, T0) in enumerate(batches):
                 B = tiles.numel()
                 gid = ids.index_select(0, _positions(isects, tiles, step, K))
                 sub = tab.index_select(1, gid)
-                bt = _Batch(ws, pix[0][tiles], pix[1][tiles], sub, T0)
+                if kept:
+                    bt = _Batch(ws, None, None, sub, T0, saved=kept[i])
+                else:
+                    bt = _Batch(ws, pix[0][tiles], pix[1][tiles], sub, T0)
                 f = sub[6:].view(F, B, K).transpose(0, 1)  # [B, F, K]
                 ga = g_acc[tiles]  # [B, F, P]
                 g_f = torch.bmm(ga, bt.w)  # [B, F, K]
@@ -286,12 +311,9 @@ class _Composite(torch.autograd.Function):
                 G *= bt.buf[..., :-1]
                 G -= behind
                 G *= bt.mask
-                torch.sign(bt.alpha, out=wG)
-                G *= wG
-                raw = torch.mul(bt.o, bt.vis, out=wG)  # o exp(-sigma)
                 if bt.clamped:  # clamp_max passes no gradient where o exp(-sigma) > MAX_ALPHA
-                    G.masked_fill_(raw > MAX_ALPHA, 0.0)
-                G *= raw
+                    G.masked_fill_(bt.alpha >= MAX_ALPHA, 0.0)
+                G *= bt.alpha  # d alpha / d sigma = -o exp(-sigma) = -alpha where it passes; 0 where skipped
                 G.neg_()  # dL/dsigma [B, P, K]
                 # sums over pixels of dL/dsigma times 1, x, y, x^2, xy, y^2 (tile-centred coordinates) in one
                 # bmm; then sum dL/dsigma * (dx, dy, dx^2, dx dy, dy^2) follow with dx = mx - x
