@@ -355,25 +355,31 @@ def fuse_point_cloud(chunks, total_valid: int, num_points: int, seed: int) -> Po
     """Uniformly sample ``num_points`` of the valid points of all frames without concatenating them.
 
     ``chunks``: a callable returning an iterator of ``(points [n, 3], colors [n, 3] uint8)`` per frame,
-    already filtered by confidence, in a fixed order; ``total_valid``: the sum of the ``n``.
+    already filtered by confidence, in a fixed order; ``total_valid``: the sum of the ``n``. Sequential
+    sampling without replacement (a hypergeometric draw per chunk): memory O(num_points + chunk).
     """
     rng = np.random.default_rng(seed)
     k = min(int(num_points), int(total_valid))
     if k <= 0:
         return PointCloud(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8))
-    chosen = np.sort(rng.choice(total_valid, k, replace=False)) if k < total_valid else np.arange(total_valid)
     pts_out = np.empty((k, 3), np.float32)
     col_out = np.empty((k, 3), np.uint8)
-    start, filled = 0, 0
+    left_total, left_k, filled = int(total_valid), k, 0
     for pts, cols in chunks():
         n = len(pts)
-        lo, hi = np.searchsorted(chosen, [start, start + n])
-        if hi > lo:
-            idx = chosen[lo:hi] - start
-            pts_out[filled:filled + hi - lo] = pts[idx]
-            col_out[filled:filled + hi - lo] = cols[idx]
-            filled += hi - lo
-        start += n
+        if left_k <= 0:
+            break
+        if n == 0:
+            continue
+        n = min(n, left_total)
+        take = left_k if left_total <= n else int(rng.hypergeometric(n, left_total - n, left_k))
+        if take > 0:
+            idx = np.sort(rng.choice(n, take, replace=False)) if take < n else np.arange(n)
+            pts_out[filled:filled + take] = pts[idx]
+            col_out[filled:filled + take] = cols[idx]
+            filled += take
+        left_total -= n
+        left_k -= take
     return PointCloud(pts_out[:filled], col_out[:filled])
 
 

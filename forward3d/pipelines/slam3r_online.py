@@ -14,6 +14,7 @@ before the stride is chosen on them; their results come out together once it is.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
@@ -62,6 +63,23 @@ class _Slot:
     l2w_conf: Tensor | None = None  # [H, W]
 
 
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``): without it the many per-frame
+    allocations of varying sizes fragment the heap and the RSS creeps up with the frame count."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
+
+
 class _Spool:
     """Append-only per-frame result files (no memory mapping while writing: RSS stays flat)."""
 
@@ -74,9 +92,8 @@ class _Spool:
         self.n = 0
 
     def write(self, points: np.ndarray, conf: np.ndarray, colors: np.ndarray) -> None:
-        self.files["points"].write(np.ascontiguousarray(points, dtype=np.float32).tobytes())
-        self.files["conf"].write(np.ascontiguousarray(conf, dtype=np.float32).tobytes())
-        self.files["colors"].write(np.ascontiguousarray(colors, dtype=np.uint8).tobytes())
+        for name, arr, dt in (("points", points, np.float32), ("conf", conf, np.float32), ("colors", colors, np.uint8)):
+            self.files[name].write(memoryview(np.ascontiguousarray(arr, dtype=dt)).cast("B"))
         self.n += 1
 
     def close(self) -> None:
@@ -218,7 +235,7 @@ class OnlineSLAM3R:
 
     def _set_local(self, i: int, pts: Tensor, conf: Tensor) -> None:
         slot = self.slots[i]
-        slot.i2p_conf = conf
+        slot.i2p_conf = conf.clone()  # not a view that keeps the whole window's output alive
         self.i2p_conf_mean[i] = float(conf.mean())
         slot.local, fit = local_point_map(pts, conf, slot.depth if self.metric else None, self.cfg, self.cfg.seed + i)
         self.depth_fits[i] = fit
@@ -294,6 +311,8 @@ class OnlineSLAM3R:
         self.max_buffer_len = max(self.max_buffer_len, len(self.buffer))
         update = self._emit(i)
         self._evict(i)
+        if i % 64 == 0:
+            _trim_heap()
         return update
 
     def _evict(self, i: int) -> None:
