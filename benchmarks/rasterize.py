@@ -109,6 +109,7 @@ def worker(args: argparse.Namespace) -> dict:
         "render_rss_mb": peak - base_rss,
         "gauss_pixels_per_s": len(g) * cams.width * cams.height / wall,
         "loadavg": os.getloadavg()[0],
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
     }
 
 
@@ -122,6 +123,9 @@ def main() -> None:
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "default"],
+                    help="OMP_WAIT_POLICY of the workers: on a loaded shared machine spinning OpenMP threads wait "
+                         "for descheduled siblings, so PASSIVE (default here) gives fairer 2-thread figures")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="fwd", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -147,6 +151,8 @@ def main() -> None:
                     if args.chunk_size is not None:
                         cmd += ["--chunk-size", str(args.chunk_size)]
                     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+                    if args.omp_wait_policy != "default":
+                        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
                     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
                     if proc.returncode != 0:
                         sys.exit(f"worker failed: {' '.join(cmd)}\n{proc.stderr}")

@@ -198,7 +198,12 @@ def _params(g, w2c):
     return [g.means, g.quats, g.log_scales, g.opacity_logits, g.sh, w2c]
 
 
-def test_gradients_fast_match_reference():
+@pytest.mark.parametrize("keep_pairs", [True, False])
+def test_gradients_fast_match_reference(keep_pairs, monkeypatch):
+    from forward3d.render import tiled
+
+    if not keep_pairs:  # the backward recomputes alpha and T instead of reading them back
+        monkeypatch.setattr(tiled, "SAVE_PAIRS_BUDGET", 0)
     g = random_scene(40, deg=2, seed=8, dtype=torch.float64, opacity_std=3.0)
     cams = make_cams(W=18, H=14, n=2, jitter=0.2, dtype=torch.float64, cx=8.0)
     gen = torch.Generator().manual_seed(0)
