@@ -33,6 +33,8 @@ ENTRY_POINT_GROUP = "forward3d.pipelines"
 # name -> factory, or a lazy "module:attribute" reference to one (resolved by get_pipeline_factory)
 PIPELINES: dict[str, Callable[..., Any] | str] = {
     "rgbd": "forward3d.pipelines.rgbd:RGBDPipeline",
+    # get_pipeline("slam3r", i2p_source=..., l2w_source=..., config=SLAM3RConfig(...), device=...)
+    "slam3r": "forward3d.pipelines.slam3r:SLAM3RPipeline.from_pretrained",
 }
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from forward3d.types import Frame, Reconstruction
 
-__all__ = ["RGBDConfig", "RGBDPipeline", "RGBDUpdate"]
+__all__ = ["RGBDConfig", "RGBDPipeline", "RGBDUpdate", "open3d_device_name", "create"]
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,17 @@ class RGBDUpdate:
     fitness: float
 
 
+def open3d_device_name(device: str | None) -> str:
+    """``None | "cpu" | "cuda" | "cuda:N" | "CPU:0" | "CUDA:N"`` -> open3d's ``"CPU:0"`` / ``"CUDA:N"``."""
+    if device is None or str(device).strip() == "":
+        return "CPU:0"
+    kind, _, idx = str(device).strip().partition(":")
+    kind = kind.upper()
+    if kind not in ("CPU", "CUDA") or (idx and not idx.isdigit()):
+        raise ValueError(f"rgbd device: expected cpu, cuda, cuda:N (or CPU:0 / CUDA:N), found {device!r}")
+    return f"{kind}:{idx or 0}"
+
+
 def _rotation_deg(R: np.ndarray) -> float:
     return math.degrees(math.acos(max(-1.0, min(1.0, (float(np.trace(R)) - 1.0) / 2.0))))
 
@@ -190,14 +201,18 @@ class RGBDPipeline:
                             help="rgbd: fuse with the dataset's ground-truth poses instead of tracking")
         parser.add_argument("--bilateral", action="store_true", help="rgbd: bilateral-filter depth for tracking (noisy sensors)")
         parser.add_argument("--no-mesh", action="store_true", help="rgbd: skip mesh extraction")
-        parser.add_argument("--device", default=d.device, help="rgbd: open3d device, CPU:0 or CUDA:0")
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> "RGBDPipeline":
+        """The pipeline of parsed ``forward3d recon`` arguments (``--device`` is shared with other backends)."""
+        d = RGBDConfig()
+        get = lambda name, default: getattr(args, name, default)  # noqa: E731
+        sdf_trunc = get("sdf_trunc", None)
         return cls(RGBDConfig(
-            voxel_size=args.voxel_size, sdf_trunc=args.sdf_trunc, depth_max=args.depth_max,
-            tracking=args.tracking, integrate=args.integrate, use_gt_poses=args.use_gt_poses,
-            tracking_bilateral=args.bilateral, mesh=not args.no_mesh, device=args.device))
+            voxel_size=get("voxel_size", d.voxel_size), sdf_trunc=sdf_trunc, depth_max=get("depth_max", d.depth_max),
+            tracking=get("tracking", d.tracking), integrate=get("integrate", d.integrate),
+            use_gt_poses=bool(get("use_gt_poses", False)), tracking_bilateral=bool(get("bilateral", False)),
+            mesh=not get("no_mesh", False), device=open3d_device_name(get("device", None))))
 
     # ----------------------------------------------------------------------------------------------
     def reconstruct(self, frames: Iterable[Frame], callback: Callable[[RGBDUpdate], None] | None = None) -> Reconstruction:
