@@ -140,11 +140,19 @@ class RE10KIndex:
         except (OSError, ValueError) as exc:
             raise ValueError(f"{p}: cannot read frame ({exc})") from exc
 
+    def _pcl(self, seq: str) -> dict:
+        """The sequence's sparse-point pickle, cached (the most recently used few sequences)."""
+        cache = self.__dict__.setdefault("_pcl_cache", {})
+        if seq not in cache:
+            if len(cache) >= 8:
+                cache.pop(next(iter(cache)))
+            cache[seq] = safe_pickle_load(self.root / f"pcl.{self.split}" / f"{seq}.pickle.gz")
+        return cache[seq]
+
     def sparse_points(self, seq: str, i: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         """COLMAP points seen in frame ``i``: pixels ``[P, 2]`` (in a ``width x height`` image) and
         their z-depth in that camera (COLMAP units) ``[P]``."""
-        p = self.root / f"pcl.{self.split}" / f"{seq}.pickle.gz"
-        data = safe_pickle_load(p)
+        data = self._pcl(seq)
         ids = np.asarray(data["p3D_ids"][i]).reshape(-1)
         xys = np.asarray(data["xys"][i], np.float64).reshape(-1, 2)
         xyz = np.asarray(data["xyz"], np.float64).reshape(-1, 3)

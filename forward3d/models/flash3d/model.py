@@ -413,7 +413,7 @@ class Flash3D(nn.Module):
                 cfg_dict = read_json_config(path / "config.json")
         else:
             weights = path
-            if (path.parent / "config.json").is_file() and path.suffix == ".safetensors":
+            if (path.parent / "config.json").is_file():
                 cfg_dict = read_json_config(path.parent / "config.json")
         sd = load_state_dict(weights)
         if config is None:
