@@ -92,18 +92,20 @@ def perspective_jacobian(means_c: Tensor, K: Tensor, width: int, height: int) ->
     return torch.stack([fx / z, zero, -fx * tx / z2, zero, fy / z, -fy * ty / z2], -1).reshape(*z.shape, 2, 3)
 
 
-def _quat_to_rotmat(quats: Tensor) -> Tensor:
-    """``[N, 4]`` wxyz (normalised inside) -> ``[N, 3, 3]``."""
-    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(-1)
+def _rotmat_rows(quats: Tensor) -> Tensor:
+    """``[N, 4]`` wxyz (normalised inside) -> ``[3, 3, N]`` rotation entries, component-major."""
+    q = quats.T  # [4, N]
+    q = q / q.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    w, x, y, z = q.unbind(0)
+    xx, yy, zz = x * x, y * y, z * z
+    xy, xz, yz, wx, wy, wz = x * y, x * z, y * z, w * x, w * y, w * z
     return torch.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(*q.shape[:-1], 3, 3)
+            1 - 2 * (yy + zz), 2 * (xy - wz), 2 * (xz + wy),
+            2 * (xy + wz), 1 - 2 * (xx + zz), 2 * (yz - wx),
+            2 * (xz - wy), 2 * (yz + wx), 1 - 2 * (xx + yy),
+        ]
+    ).reshape(3, 3, -1)
 
 
 def project_gaussians(
@@ -122,15 +124,17 @@ def project_gaussians(
 ) -> Projected:
     """Project world-space Gaussians into ``C`` cameras (differentiable in all float inputs).
 
-    Computes ``Sigma2D = (J W R S)(J W R S)^T + eps2d I`` component-wise (no per-Gaussian 3x3 matmuls,
-    which are slow on CPU). With ``antialiased`` the opacity is multiplied by
-    ``sqrt(det(Sigma2D - eps2d I) / det(Sigma2D))`` (gsplat's ``rasterize_mode="antialiased"``).
+    Computes ``Sigma2D = (J W R S)(J W R S)^T + eps2d I`` component-wise on contiguous ``[C, N]`` rows (no
+    per-Gaussian 3x3 matmuls or size-3 reductions, which are slow on CPU). With ``antialiased`` the opacity
+    is multiplied by ``sqrt(det(Sigma2D - eps2d I) / det(Sigma2D))`` (gsplat's ``rasterize_mode="antialiased"``).
     """
-    R = _quat_to_rotmat(quats)  # [N, 3, 3]
+    C = w2c.shape[0]
     Wr = w2c[:, :3, :3]
-    A = torch.einsum("cij,njk->cnik", Wr, R) * scales[None, :, None, :]  # W R S  [C, N, 3, 3]
-    means_c = torch.einsum("cij,nj->cni", Wr, means) + w2c[:, None, :3, 3]
-    x, y, z = means_c.unbind(-1)
+    R = _rotmat_rows(quats)  # [3, 3, N]
+    # A = W R S, component-major [C, 3, 3, N]: one GEMM over all Gaussians
+    A = (Wr.reshape(C * 3, 3) @ R.reshape(3, -1)).reshape(C, 3, 3, -1) * scales.T[None, None]
+    mc = (Wr.reshape(C * 3, 3) @ means.T).reshape(C, 3, -1) + w2c[:, :3, 3, None]  # [C, 3, N]
+    x, y, z = mc.unbind(1)
     in_range = (z > near) & (z < far)
     # culled Gaussians get z = 1 so that nothing below produces inf/nan (which would poison gradients)
     z = torch.where(in_range, z, torch.ones_like(z))
@@ -142,25 +146,25 @@ def project_gaussians(
     ty = torch.minimum(torch.maximum(y * rz, -lyn), lyp)
     j00, j02 = fx * rz, -fx * tx * rz
     j11, j12 = fy * rz, -fy * ty * rz
-    T0 = j00[..., None] * A[..., 0, :] + j02[..., None] * A[..., 2, :]  # rows of J W R S  [C, N, 3]
-    T1 = j11[..., None] * A[..., 1, :] + j12[..., None] * A[..., 2, :]
-    c00 = (T0 * T0).sum(-1)
-    c01 = (T0 * T1).sum(-1)
-    c11 = (T1 * T1).sum(-1)
+    T0 = j00[:, None] * A[:, 0] + j02[:, None] * A[:, 2]  # rows of J W R S  [C, 3, N]
+    T1 = j11[:, None] * A[:, 1] + j12[:, None] * A[:, 2]
+    c00 = T0[:, 0] * T0[:, 0] + T0[:, 1] * T0[:, 1] + T0[:, 2] * T0[:, 2]
+    c01 = T0[:, 0] * T1[:, 0] + T0[:, 1] * T1[:, 1] + T0[:, 2] * T1[:, 2]
+    c11 = T1[:, 0] * T1[:, 0] + T1[:, 1] * T1[:, 1] + T1[:, 2] * T1[:, 2]
     det_orig = c00 * c11 - c01 * c01
     c00 = c00 + eps2d
     c11 = c11 + eps2d
     det = c00 * c11 - c01 * c01
     valid = in_range & (det > 0)
-    det = det.clamp_min(1e-10)
-    conics = torch.stack([c11 / det, -c01 / det, c00 / det], -1)
+    rdet = 1.0 / det.clamp_min(1e-10)
+    conics = torch.stack([c11 * rdet, -c01 * rdet, c00 * rdet], -1)
     cov2d = torch.stack([c00, c01, c01, c11], -1).reshape(*c00.shape, 2, 2)
     means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], -1)
     opac = opacities[None].expand_as(z)
     if antialiased:
-        opac = opac * torch.sqrt((det_orig / det).clamp_min(0.0))
+        opac = opac * torch.sqrt((det_orig * rdet).clamp_min(0.0))
     radii, extents = screen_extents(means2d, cov2d, opac, valid, width, height)
-    return Projected(means2d, means_c[..., 2], conics, cov2d, opac, radii, extents)
+    return Projected(means2d, mc[:, 2], conics, cov2d, opac, radii, extents)
 
 
 @torch.no_grad()

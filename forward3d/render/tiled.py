@@ -4,17 +4,20 @@ Algorithm (same maths as :mod:`forward3d.render.reference`, gsplat's tile scheme
 
 1. Tile intersections: each visible Gaussian covers the tiles overlapping the box of pixel centres where
    its alpha can reach 1/255 (exact half widths ``extent * sqrt(Sigma2D_xx)``, ``extent * sqrt(Sigma2D_yy)``).
-   The (tile, Gaussian) pairs are expanded with ``repeat_interleave`` and sorted by one ``argsort`` of the
-   key ``tile * N + depth_rank``.
+   Gaussians are ordered front to back by a radix sort of the depth's float bits, the (tile, Gaussian)
+   pairs expanded with ``repeat_interleave`` and stably sorted by tile (integer keys: radix sort).
 2. Compositing in depth steps: step ``s`` takes the Gaussians ``[s K, (s+1) K)`` of every still-active tile
    (``K = k_step``), in batches of tiles holding at most ``chunk_size`` pixel-Gaussian pairs. For a batch
-   the tensors are ``[B tiles, P = tile_size^2 pixels, K Gaussians]``: alpha for all pairs, transmittance by
-   one ``cumprod`` seeded with the tile's carried ``T`` (the same multiplication order as the sequential
-   loop, so ``T`` is bit-identical), the early stop as the prefix mask ``T_after > 1e-4``, and the colour
-   sum as one ``bmm``. A tile drops out when its list ends or all its pixels are saturated.
-3. Backward (custom :class:`torch.autograd.Function`): the steps are replayed back to front from the saved
-   per-step ``T``; the "colour behind" suffix sums come from a triangular matmul (exact, no cancellation),
-   and per-Gaussian gradients are reduced over pixels and scattered with ``index_add_``.
+   the tensors are ``[B tiles, P = tile_size^2 pixels, K Gaussians]`` (reused workspace buffers, in-place
+   ops): alpha for all pairs, transmittance by one ``cumprod`` seeded with the tile's carried ``T`` (the
+   multiplication order of the sequential loop, so ``T`` and the stop decisions are bit-identical to the
+   reference), the early stop as the prefix mask ``T_after > 1e-4``, and the feature sum as one ``bmm``.
+   A tile drops out when its list ends or all its pixels are saturated.
+3. Backward (custom :class:`torch.autograd.Function`), steps replayed back to front: per-pair alpha and T
+   are read back (kept by the forward pass within ``SAVE_PAIRS_BUDGET``) or recomputed from the per-step
+   ``T``; the "what lies behind" suffix sums come from a triangular matmul (exact, no cancellation); the
+   pixel sums of ``dL/dsigma`` times ``1, x, y, x^2, xy, y^2`` (tile-centred) come from one ``bmm`` and give
+   the gradients of the 2D mean and conic; per-Gaussian gradients are scattered with ``index_add_``.
 
 The Python loops run over depth steps and tile batches only (tens of iterations), never over Gaussians,
 pixels or single tiles.
