@@ -55,7 +55,8 @@ class RGBDConfig:
         max_jump_translation, max_jump_rotation_deg: tracking failure when the estimate differs
             this much from the constant-velocity prediction.
         use_gt_poses: fuse with the frames' ground-truth ``c2w`` instead of tracking.
-        weight_threshold: minimum TSDF weight for extracted surface points / mesh vertices.
+        weight_threshold: surface points / mesh vertices need a TSDF weight above this (1.0: seen
+            by at least two fused frames, which drops single-frame outliers).
         mesh: extract a triangle mesh (the point cloud is always extracted).
         block_count: initial voxel-block hash-map capacity (grows on demand).
         device: open3d device, ``"CPU:0"`` or ``"CUDA:0"``.

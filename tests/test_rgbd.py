@@ -1,0 +1,196 @@
+"""The weight-free RGB-D pipeline: tracking + TSDF fusion on the synthetic room."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+pytest.importorskip("open3d")
+
+from forward3d.cli.demo import VisibilityMask, score_surface  # noqa: E402
+from forward3d.data.synthetic import SyntheticScene  # noqa: E402
+from forward3d.eval import ate  # noqa: E402
+from forward3d.pipelines import PIPELINES, available_pipelines, get_pipeline, register_pipeline  # noqa: E402
+from forward3d.pipelines.rgbd import RGBDConfig, RGBDPipeline, open3d_device_name  # noqa: E402
+from forward3d.types import Frame, PointCloud, Reconstruction  # noqa: E402
+
+
+def _small_scene(**kw) -> SyntheticScene:
+    cfg = dict(num_frames=30, width=160, height=120, seed=0)
+    cfg.update(kw)
+    return SyntheticScene(**cfg)
+
+
+def _score(rec: Reconstruction, scene: SyntheticScene, frames: list[Frame], align: bool = True):
+    a = ate(rec.c2w, scene.c2w)
+    A = a["alignment"] if align else np.eye(4)
+    pts = rec.points.points @ A[:3, :3].T + A[:3, 3]
+    gt = scene.surface_points(0.01)
+    vis = VisibilityMask(gt.points, noise=scene.config.depth_noise)
+    for f in frames[::3]:
+        vis.update(f)
+    return a, score_surface(PointCloud(pts), gt.subset(vis.seen))
+
+
+@pytest.fixture(scope="module")
+def clean():
+    scene = _small_scene()
+    frames = list(scene.frames())
+    rec = RGBDPipeline().run(frames)
+    return scene, frames, rec
+
+
+def test_tracks_and_fuses_small_sequence(clean):
+    scene, frames, rec = clean
+    n = len(frames)
+    assert rec.c2w.shape == (n, 4, 4) and rec.K.shape == (n, 3, 3)
+    assert rec.image_size == (160, 120)
+    assert rec.frame_names == [f.name or f"{f.index:06d}" for f in frames]
+    np.testing.assert_allclose(rec.c2w[0], np.eye(4))  # world = first camera
+    a, m = _score(rec, scene, frames)
+    assert a["rmse"] < 0.02, a["rmse"]
+    assert m["accuracy"] < 0.03 and m["completion"] < 0.03, m
+    assert rec.metadata["backend"] == "rgbd" and rec.metadata["tracking_failures"] == []
+    assert 0 < len(rec.metadata["keyframes"]) <= n and rec.metadata["keyframes"][0] == 0
+    assert rec.mesh is not None and len(rec.mesh.faces) > 1000 and rec.mesh.vertex_colors is not None
+    assert rec.points.colors is not None and rec.points.normals is not None
+    nrm = np.linalg.norm(rec.points.normals, axis=1)
+    assert np.allclose(nrm[nrm > 0], 1.0, atol=1e-3)
+
+
+def test_use_gt_poses_fuses_in_the_gt_world(clean):
+    scene, frames, _ = clean
+    rec = RGBDPipeline(use_gt_poses=True, mesh=False).run(frames)
+    np.testing.assert_allclose(rec.c2w, scene.c2w)
+    assert rec.mesh is None
+    _, m = _score(rec, scene, frames, align=False)  # no alignment: already in the GT world
+    assert m["accuracy"] < 0.015 and m["completion"] < 0.02, m
+
+
+def test_noisy_depth_with_holes_still_tracks():
+    scene = _small_scene(depth_noise=0.001, depth_holes=0.05, seed=1)
+    frames = list(scene.frames())
+    rec = RGBDPipeline().run(frames)
+    a, m = _score(rec, scene, frames)
+    assert a["rmse"] < 0.03, a["rmse"]
+    assert m["accuracy"] < 0.04, m
+
+
+def test_odometry_mode_and_integrate_all():
+    scene = _small_scene(num_frames=12)
+    rec = RGBDPipeline(tracking="odometry", integrate="all", mesh=False).run(scene.frames(), num_frames=12)
+    assert ate(rec.c2w, scene.c2w)["rmse"] < 0.02
+    assert rec.metadata["num_integrated"] == 12
+
+
+def test_frames_are_streamed_not_kept():
+    scene = _small_scene(num_frames=8)
+    refs: list[weakref.ref] = []
+    alive_after: list[int] = []
+
+    def gen():
+        for f in scene.frames():
+            refs.append(weakref.ref(f))
+            yield f
+
+    def callback(update):
+        gc.collect()
+        alive_after.append(sum(r() is not None for r in refs))
+
+    RGBDPipeline(mesh=False).run(gen(), callback=callback)
+    assert max(alive_after) <= 2  # the current frame (and the generator's local) only
+
+
+def test_bad_depth_values_are_ignored():
+    scene = _small_scene(num_frames=6)
+    frames = []
+    for f in scene.frames():
+        d = f.depth.copy()
+        d[:10] = np.nan
+        d[10:20] = np.inf
+        d[20:25] = -1.0
+        d[25:30] = 100.0  # beyond depth_max
+        frames.append(f.with_(depth=d))
+    rec = RGBDPipeline(mesh=False).run(frames)
+    assert np.isfinite(rec.c2w).all() and np.isfinite(rec.points.points).all()
+    assert ate(rec.c2w, scene.c2w)["rmse"] < 0.02
+
+
+def test_missing_intrinsics_is_a_clear_error():
+    f = _small_scene(num_frames=1).frame(0)
+    with pytest.raises(ValueError, match="intrinsics"):
+        RGBDPipeline().run([f.with_(K=None)])
+
+
+def test_rgb_only_input_names_slam3r():
+    f = _small_scene(num_frames=1).frame(0)
+    with pytest.raises(ValueError, match="slam3r"):
+        RGBDPipeline().run([f.with_(depth=None)])
+
+
+def test_gt_pose_mode_needs_poses_and_input_needs_frames():
+    f = _small_scene(num_frames=1).frame(0)
+    with pytest.raises(ValueError, match="ground-truth pose"):
+        RGBDPipeline(use_gt_poses=True).run([f.with_(c2w=None)])
+    with pytest.raises(ValueError, match="no frames"):
+        RGBDPipeline().run([])
+
+
+def test_frame_size_change_is_an_error():
+    a = _small_scene(num_frames=1).frame(0)
+    b = _small_scene(num_frames=1, width=80, height=60).frame(0)
+    with pytest.raises(ValueError, match="80x60"):
+        RGBDPipeline(mesh=False).run([a, b])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="voxel_size"):
+        RGBDConfig(voxel_size=0)
+    with pytest.raises(ValueError, match="tracking"):
+        RGBDConfig(tracking="icp")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sdf_trunc"):
+        RGBDConfig(voxel_size=0.02, sdf_trunc=0.01)
+    with pytest.raises(ValueError, match="unknown options"):
+        RGBDPipeline(voxel=0.1)
+    assert RGBDConfig(voxel_size=0.02).trunc == pytest.approx(0.08)
+    assert open3d_device_name(None) == "CPU:0" and open3d_device_name("cuda:1") == "CUDA:1"
+    with pytest.raises(ValueError, match="device"):
+        open3d_device_name("tpu")
+
+
+def test_registry():
+    assert "rgbd" in available_pipelines()
+    pipe = get_pipeline("rgbd", voxel_size=0.03)
+    assert isinstance(pipe, RGBDPipeline) and pipe.config.voxel_size == 0.03
+    with pytest.raises(ValueError, match="unknown pipeline"):
+        get_pipeline("nope")
+    sentinel = object()
+    try:
+        register_pipeline("test-dummy", lambda **kw: sentinel)
+        assert get_pipeline("test-dummy") is sentinel
+        with pytest.raises(ValueError, match="already registered"):
+            register_pipeline("test-dummy", lambda **kw: None)
+    finally:
+        PIPELINES.pop("test-dummy", None)
+
+
+def test_open3d_pixel_convention_of_integration():
+    """A tilted plane fused with forward3d's K (centres at +0.5) comes back unbiased."""
+    from forward3d.pipelines.tsdf import TSDFVolume
+
+    w, h, f = 160, 120, 120.0
+    K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
+    u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    a, b = (u - w / 2) / f, (v - h / 2) / f
+    depth = (2.0 / (1 - 0.5 * a - 0.3 * b)).astype(np.float32)  # plane z = 2 + 0.5 x + 0.3 y
+    vol = TSDFVolume(0.01, 0.04)
+    vol.integrate(depth, np.full((h, w, 3), 128, np.uint8), K, np.eye(4))
+    assert len(vol.point_cloud(weight_threshold=1.0)) == 0  # one observation: weight 1 is not > 1
+    p = vol.point_cloud(weight_threshold=0.5).points.astype(np.float64)
+    n = np.array([-0.5, -0.3, 1.0])
+    dist = (p @ n - 2.0) / np.linalg.norm(n)
+    assert len(p) > 1000
+    assert abs(dist.mean()) < 1e-3 and np.abs(dist).mean() < 3e-3
