@@ -19,6 +19,15 @@ from forward3d.render.reference import project_reference
 from forward3d.types import Gaussians
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny renders are dominated by OpenMP hand-offs on a loaded 2-core machine: run these tests on one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _cam(W=32, H=24, f=30.0, cx=None, cy=None, dtype=torch.float64):
     K = torch.tensor([[f, 0, W / 2 if cx is None else cx], [0, f, H / 2 if cy is None else cy], [0, 0, 1]], dtype=dtype)
     return torch.eye(4, dtype=dtype)[None], K[None], W, H

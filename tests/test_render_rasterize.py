@@ -15,6 +15,15 @@ from forward3d.types import SH_C0, Gaussians
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "garden" / "test_garden.npz"
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny renders are dominated by OpenMP hand-offs on a loaded 2-core machine: run these tests on one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def random_scene(n=40, deg=0, dtype=torch.float32, seed=0, spread=(0.8, 0.6, 0.4), log_scale=(-2.5, -1.0),
                  opacity_std=2.0, depth=3.0):
     gen = torch.Generator().manual_seed(seed)
@@ -238,7 +247,7 @@ def test_gradcheck_float64():
         return out.colors, out.alphas, out.depths
 
     inputs = [p.clone().requires_grad_(True) for p in _params(g, cams.w2c)]
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
 def test_gradcheck_float64_full_mode_means_opacities():
