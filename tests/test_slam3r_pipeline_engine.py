@@ -149,31 +149,32 @@ def test_online_over_dropped_mjpeg_stream_saves_partial(engine, frames, tmp_path
     assert all(p.exists() for p in written.values())
 
 
-def test_cli_options_and_run(small, frames, tmp_path):
+def test_cli_options_and_run(small, frames, tmp_path, capsys):
+    from forward3d.cli import main
     from forward3d.cli import recon_slam3r
     from forward3d.io.sources import write_layout
 
     root = tmp_path / "tum_seq"
     write_layout(frames, root, "tum")
-    parser = argparse.ArgumentParser()
-    parser.add_argument("input")
-    parser.add_argument("--out")  # an option recon.py already defines is left alone
-    recon_slam3r.add_cli_arguments(parser)
     out = tmp_path / "out"
-    args = parser.parse_args([
-        str(root), "--i2p", small["i2p"], "--l2w", small["l2w"], "--i2p-config", small["i2p_config"],
-        "--l2w-config", small["l2w_config"], "--keyframe-stride", "2", "--buffer-strategy", "fifo",
-        "--buffer-size", "20", "--win-r", "2", "--num-scene-frame", "4", "--conf-thres-l2w", "1.5",
-        "--intrinsics", "100", "100", "60", "45", "--device", "cpu", "--dtype", "fp32", "--out", str(out),
-        "--no-progress", "--num-points-save", "3000"])
+    argv = [str(root), "--i2p", small["i2p"], "--l2w", small["l2w"], "--i2p-config", small["i2p_config"],
+            "--l2w-config", small["l2w_config"], "--keyframe-stride", "2", "--buffer-strategy", "fifo",
+            "--buffer-size", "20", "--win-r", "2", "--num-scene-frame", "4", "--conf-thres-l2w", "1.5",
+            "--device", "cpu", "--dtype", "fp32", "--out", str(out), "--no-progress", "--num-points-save", "3000"]
+    parser = argparse.ArgumentParser()
+    recon_slam3r.add_arguments(parser)  # stand-alone parser: INPUT + every option
+    args = parser.parse_args(argv + ["--intrinsics", "100", "100", "60", "45"])
     cfg = recon_slam3r.config_from_cli_args(args)
     assert (cfg.buffer_strategy, cfg.buffer_size, cfg.win_r, cfg.num_scene_frame) == ("fifo", 20, 2, 4)
-    assert cfg.intrinsics == (100.0, 100.0, 60.0, 45.0) and not cfg.online
-    assert recon_slam3r.run_cli(args) == 0
+    assert cfg.use_frame_intrinsics and not cfg.online and cfg.keyframe_stride == 2
+    # through the real command: forward3d recon INPUT --backend slam3r ...
+    assert main(["recon", "--backend", "slam3r", "--no-previews", *argv]) == 0
     for name in ("point_cloud.ply", "trajectory_tum.txt", "transforms.json", "reconstruction.npz", "metrics.json"):
         assert (out / name).is_file(), name
     assert (out / "colmap" / "cameras.txt").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["num_frames"] == N and "ate_sim3" in metrics
-    with pytest.raises(Exception, match="HF_HUB_OFFLINE|hub"):
-        recon_slam3r.run_cli(parser.parse_args([str(root), "--i2p", "nobody/no_such_model", "--out", str(out)]))
+    assert metrics["backend"] == "slam3r" and "ate_se3" in metrics
+    assert "frames with slam3r" in capsys.readouterr().out
+    # a hub id while offline: a clear one-line error, exit code 2
+    assert main(["recon", "--backend", "slam3r", str(root), "--i2p", "nobody/no_such_model", "--out", str(out)]) == 2
+    assert "HF_HUB_OFFLINE" in capsys.readouterr().err

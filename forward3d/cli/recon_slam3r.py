@@ -1,8 +1,8 @@
 """``forward3d recon INPUT --backend slam3r``: the SLAM3R options and the run.
 
-``forward3d.cli.recon`` calls :func:`add_cli_arguments` on its parser (options it already defines,
-e.g. ``--out``, ``--device``, ``--intrinsics``, are skipped here) and, for ``--backend slam3r``,
-:func:`run_cli` (or :func:`from_cli_args` + :func:`config_from_cli_args` for its own loop).
+``forward3d.cli.recon`` calls :func:`add_cli_arguments(parser, common=False) <add_cli_arguments>` (its
+own options ``--out``, ``--device``, ``--intrinsics``, ``--stride``, ``--size``... are used as they
+are) and, for ``--backend slam3r``, :func:`run_cli`.
 It also runs stand-alone: ``python -m forward3d.cli.recon_slam3r INPUT --i2p W --l2w W --out DIR``.
 
 Outputs in ``--out``: ``point_cloud.ply``, ``trajectory_tum.txt``, ``colmap/``, ``transforms.json``,
@@ -12,14 +12,11 @@ Outputs in ``--out``: ``point_cloud.ply``, ``trajectory_tum.txt``, ``colmap/``, 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
-
-import numpy as np
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +34,9 @@ def _add(group, *flags: str, **kwargs: Any) -> None:
 def add_cli_arguments(parser: argparse.ArgumentParser, common: bool = True) -> None:
     """Add the ``--backend slam3r`` options to ``parser``.
 
-    ``common``: also add the options every backend shares (``--out``, ``--device``, ``--dtype``,
-    ``--intrinsics``, ``--stride``, ``--max-frames``, ``--no-progress``) unless they exist already.
+    ``common``: also add the options ``forward3d recon`` defines for every backend (``--out``,
+    ``--device``, ``--intrinsics``, ``--stride``, ``--max-frames``, ``--no-previews``); an option the
+    parser already has is always left alone.
     """
     g = parser.add_argument_group("slam3r (--backend slam3r)")
     _add(g, "--i2p", default="siyan824/slam3r_i2p", metavar="WEIGHTS",
@@ -64,15 +62,18 @@ def add_cli_arguments(parser: argparse.ArgumentParser, common: bool = True) -> N
     _add(g, "--no-depth-correction", action="store_true", help="ignore sensor depth (relative scale)")
     _add(g, "--spool-dir", default=None, metavar="DIR", help="online: keep per-frame results here")
     _add(g, "--seed", type=int, default=42, help="random seed (default 42)")
+    _add(g, "--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="compute dtype of the networks")
+    _add(g, "--use-dataset-intrinsics", action="store_true",
+         help="use the intrinsics the input provides (datasets, --intrinsics) instead of estimating them")
+    _add(g, "--no-progress", action="store_true", help="no progress bars")
     if common:
         _add(g, "--out", "-o", default=None, metavar="DIR", help="output folder")
         _add(g, "--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
-        _add(g, "--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="compute dtype")
         _add(g, "--intrinsics", type=float, nargs=4, default=None, metavar=("FX", "FY", "CX", "CY"),
              help="known intrinsics of the input images (pixels); default: estimated per frame")
         _add(g, "--stride", type=int, default=1, metavar="N", help="read every N-th input frame")
         _add(g, "--max-frames", type=int, default=None, metavar="N", help="read at most N frames")
-        _add(g, "--no-progress", action="store_true", help="no progress bars")
+        _add(g, "--no-previews", action="store_true", help="do not render previews/*.png")
 
 
 def config_from_cli_args(args: argparse.Namespace):
@@ -80,9 +81,8 @@ def config_from_cli_args(args: argparse.Namespace):
     from forward3d.pipelines.slam3r import SLAM3RConfig
 
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
-    intr = get("intrinsics")
-    if intr is not None and not isinstance(intr, (list, tuple)):
-        intr = None  # recon.py may parse intrinsics into an object handled by the frame source
+    # --intrinsics go to the frame source (scaled with --size) and are then used as given
+    use_frame_K = bool(get("use_dataset_intrinsics", False) or get("intrinsics") is not None)
     return SLAM3RConfig(
         keyframe_stride=get("keyframe_stride", -1), initial_winsize=get("initial_winsize", 5), win_r=get("win_r", 3),
         conf_thres_i2p=get("conf_thres_i2p", 1.5), num_scene_frame=get("num_scene_frame", 10),
@@ -91,7 +91,7 @@ def config_from_cli_args(args: argparse.Namespace):
         buffer_size=get("buffer_size", 100), buffer_strategy=get("buffer_strategy", "reservoir"),
         seed=get("seed", 42), retrieve_freq=get("retrieve_freq", 1), online=bool(get("online", False)),
         depth_correction=not get("no_depth_correction", False), depth_fit=get("depth_fit", "scale"),
-        intrinsics=None if intr is None else tuple(float(v) for v in intr),
+        use_frame_intrinsics=use_frame_K,
         progress=not get("no_progress", False), spool_dir=get("spool_dir"),
     )
 
@@ -116,64 +116,50 @@ def from_cli_args(args: argparse.Namespace):
                                           dtype=dtype, **kwargs)
 
 
-class _Recorder:
-    """Passes frames through, keeping the ground-truth c2w and timestamps for metrics.json."""
+def _open(args: argparse.Namespace):
+    from forward3d.io.sources import open_frames
 
-    def __init__(self, frames: Iterable) -> None:
-        self.frames = frames
-        self.gt: list[np.ndarray | None] = []
+    size = getattr(args, "size", None)
+    if isinstance(size, str):
+        from forward3d.cli.recon import parse_size
 
-    @property
-    def dropped(self) -> bool:
-        return bool(getattr(self.frames, "dropped", False))
-
-    def __iter__(self) -> Iterator:
-        for f in self.frames:
-            self.gt.append(None if f.c2w is None else np.asarray(f.c2w, dtype=np.float64))
-            yield f
-
-
-def _metrics(recon, gt: list[np.ndarray | None]) -> dict | None:
-    n = len(recon)
-    if n < 3 or len(gt) < n or any(g is None for g in gt[:n]):
-        return None
-    from forward3d.eval.traj import ate
-
-    gt_c2w = np.stack(gt[:n])  # type: ignore[arg-type]
-    metric = bool(recon.metadata.get("metric_scale"))
-    out: dict[str, Any] = {"num_frames": n, "metric_scale": metric}
-    for align in (("se3", "sim3") if metric else ("sim3",)):
-        r = ate(recon.c2w, gt_c2w, align=align)
-        out[f"ate_{align}"] = {k: r[k] for k in ("rmse", "mean", "median", "max", "rot_rmse_deg", "scale")}
-    return out
+        size = parse_size(size)
+    return open_frames(args.input, stride=getattr(args, "stride", 1) or 1, max_frames=getattr(args, "max_frames", None),
+                       size=size, depth_scale=getattr(args, "depth_scale", None),
+                       intrinsics=getattr(args, "intrinsics", None), layout=getattr(args, "layout", "auto") or "auto")
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """Open ``args.input``, reconstruct with SLAM3R, write every output into ``args.out``."""
-    from forward3d.io.atomic import atomic_write
-    from forward3d.io.export import export_reconstruction
-    from forward3d.io.sources import open_frames
+    """Open ``args.input``, reconstruct with SLAM3R, write every output into ``args.out``.
 
-    inp = getattr(args, "input", None)
-    if inp is None:
+    Uses the generic helpers of :mod:`forward3d.cli.recon` (staged output folder, ground-truth
+    recorder, trajectory metrics, previews) so that every backend writes the same files.
+    """
+    from forward3d.cli.recon import GTRecorder, staged_output, trajectory_metrics, write_outputs
+
+    if getattr(args, "input", None) is None:
         raise ValueError("forward3d recon --backend slam3r: expected an INPUT path or URL, found none")
-    out = Path(args.out) if getattr(args, "out", None) else Path(str(Path(str(inp)).name) + "_slam3r")
+    if not getattr(args, "out", None):
+        raise ValueError("forward3d recon --backend slam3r: expected --out DIR, found none")
     t0 = time.perf_counter()
     pipe = from_cli_args(args)
-    src = open_frames(inp, stride=getattr(args, "stride", 1) or 1, max_frames=getattr(args, "max_frames", None))
-    frames = _Recorder(src)
+    src = _open(args)
+    frames = GTRecorder(src)
     recon = pipe.reconstruct(frames)
-    written = export_reconstruction(recon, out)
-    metrics = _metrics(recon, frames.gt)
-    if metrics is not None:
-        with atomic_write(out / "metrics.json", "w") as f:
-            json.dump(metrics, f, indent=2)
-        written["metrics"] = out / "metrics.json"
-        logger.info("ATE (Sim3) %.4f m over %d frames", metrics["ate_sim3"]["rmse"], len(recon))
+    metric = bool(recon.metadata.get("metric_scale"))
+    traj = trajectory_metrics(recon.c2w, frames.gt, metric_scale=metric) if getattr(src, "has_gt_poses", False) else None
+    with staged_output(args.out) as stage:
+        write_outputs(recon, stage, traj, previews=not getattr(args, "no_previews", False))
     md = recon.metadata
-    logger.info("SLAM3R %s: %d frames, stride %s, %.2f frames/s, %.1f s; wrote %s", md.get("mode"), len(recon),
-                md.get("keyframe_stride"), md.get("fps", 0.0), time.perf_counter() - t0,
-                ", ".join(str(p) for p in written.values()))
+    dt = time.perf_counter() - t0
+    print(f"forward3d recon: {len(recon)} frames with slam3r ({md.get('mode')}, keyframe stride "
+          f"{md.get('keyframe_stride')}, {'metric' if metric else 'relative'} scale) in {dt:.1f} s "
+          f"({len(recon) / max(dt, 1e-9):.1f} frames/s) -> {args.out}")
+    if recon.points is not None:
+        print(f"  points {len(recon.points)}")
+    if traj is not None:
+        key = "ate_se3" if metric else "ate_sim3"
+        print(f"  ATE ({key[4:]}) RMSE {traj[key]['rmse'] * 100:.2f} cm over {traj['num_frames_with_gt']} frames")
     if md.get("stream_dropped"):
         logger.warning("the input stream dropped: saved the reconstruction of the %d frames received", len(recon))
     return 0
