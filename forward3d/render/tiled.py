@@ -118,7 +118,9 @@ def intersect_tiles(
     ids = order.index_select(0, src)
     base = (torch.div(order, N, rounding_mode="floor").int() * ty_n + ty0) * tx_n + tx0  # first tile, [V]
     tile = base.index_select(0, src) + ty * tx_n + tx  # global tile id [M]
-    tile, perm = torch.sort(tile, stable=True)  # pairs were generated front to back
+    # pairs were generated front to back: a stable sort by tile keeps depth order (int16 keys sort faster)
+    perm = torch.sort(tile.to(torch.int16) if n_tiles <= 32767 else tile, stable=True).indices
+    tile = tile.index_select(0, perm)
     ids = ids.index_select(0, perm)
     count = torch.bincount(tile, minlength=n_tiles)
     start = torch.cumsum(count, 0) - count
