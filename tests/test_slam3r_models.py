@@ -302,6 +302,9 @@ def test_engine_bad_input(engine):
         engine.l2w(torch.zeros(2, 20, 128), torch.zeros(1, 64, 80, 3), torch.zeros(1, 20, 128), torch.zeros(1, 64, 80, 3))
     with pytest.raises(ValueError, match="float16 is not supported on CPU"):
         SLAM3REngine(engine.i2p_model, engine.l2w_model, dtype=torch.float16)
+    assert SLAM3REngine(engine.i2p_model, engine.l2w_model, dtype="auto").dtype == torch.float32  # CPU
+    with pytest.raises(TypeError, match="Image2Points, Local2World"):
+        SLAM3REngine(engine.l2w_model, engine.i2p_model)
 
 
 def test_engine_bf16(fx, cases):
