@@ -157,6 +157,12 @@ def test_deterministic(scene, frames):
     np.testing.assert_array_equal(a.point_maps, b.point_maps)
     np.testing.assert_array_equal(a.points.points, b.points.points)
     assert a.metadata["buffer_ids"] == b.metadata["buffer_ids"]
+    kw = dict(keyframe_stride=1, online=True, buffer_size=5, oracle_kw=dict(noise=0.003))
+    c, _, _ = _run(scene, frames[:14], **kw)
+    d, _, _ = _run(scene, frames[:14], **kw)
+    np.testing.assert_array_equal(c.c2w, d.c2w)
+    np.testing.assert_array_equal(np.asarray(c.point_maps), np.asarray(d.point_maps))
+    assert c.metadata["buffer_ids"] == d.metadata["buffer_ids"]
 
 
 def test_adaptive_stride(scene, frames):

@@ -109,13 +109,17 @@ class SLAM3RPipeline:
         online = OnlineSLAM3R(self.models, self.config)
         interrupted = False
         try:
-            for frame in frames:
-                yield from online.push(frame)
-        except KeyboardInterrupt:
-            interrupted = True
-            logger.warning("SLAM3R: interrupted; keeping the %d frames processed so far", online.num_frames)
-        yield from online.flush()
-        rec = online.finish()
+            try:
+                for frame in frames:
+                    yield from online.push(frame)
+            except KeyboardInterrupt:
+                interrupted = True
+                logger.warning("SLAM3R: interrupted; keeping the %d frames processed so far", online.num_frames)
+            yield from online.flush()
+            rec = online.finish()
+        except BaseException:
+            online.spool.discard()
+            raise
         rec.metadata["interrupted"] = interrupted
         self._mark_dropped(frames, rec)
         self.result = rec

@@ -100,6 +100,12 @@ class _Spool:
         for f in self.files.values():
             f.close()
 
+    def discard(self) -> None:
+        """Close and, for a temporary spool, delete the files (after a failed run)."""
+        self.close()
+        if self.temporary:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         hw = self.h * self.w
         pts = np.fromfile(self.dir / "points.bin", np.float32, hw * 3, offset=i * hw * 12).reshape(self.h, self.w, 3)
