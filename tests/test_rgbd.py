@@ -194,3 +194,17 @@ def test_open3d_pixel_convention_of_integration():
     dist = (p @ n - 2.0) / np.linalg.norm(n)
     assert len(p) > 1000
     assert abs(dist.mean()) < 1e-3 and np.abs(dist).mean() < 3e-3
+
+
+def test_tracking_failure_falls_back_and_recovers(caplog):
+    scene = _small_scene(num_frames=16)
+    frames = list(scene.frames())
+    frames[5] = frames[5].with_(depth=np.zeros_like(frames[5].depth))  # sensor dropout
+    rng = np.random.default_rng(0)
+    frames[9] = frames[9].with_(depth=rng.uniform(0.5, 5.0, frames[9].depth.shape).astype(np.float32))  # garbage
+    rec = RGBDPipeline(mesh=False).run(frames)
+    failed = [f["index"] for f in rec.metadata["tracking_failures"]]
+    assert 5 in failed and 9 in failed and len(failed) <= 4, failed
+    assert "tracking failed" in caplog.text
+    assert ate(rec.c2w, scene.c2w)["rmse"] < 0.02
+    assert 5 not in rec.metadata["keyframes"]  # no depth: never a reference

@@ -141,6 +141,9 @@ class RGBDUpdate:
     fitness: float
 
 
+_MIN_VALID_DEPTH = 0.05  # a frame with less valid depth than this fraction never becomes a reference
+
+
 def open3d_device_name(device: str | None) -> str:
     """``None | "cpu" | "cuda" | "cuda:N" | "CPU:0" | "CUDA:N"`` -> open3d's ``"CPU:0"`` / ``"CUDA:N"``."""
     if device is None or str(device).strip() == "":
@@ -305,9 +308,13 @@ class RGBDPipeline:
                         c2w, ok, fit, reason = self._track(tracker, cur, prev, key, c2ws)
                         if not ok:
                             failures.append({"index": i, "name": frame.name, "reason": reason})
-                            log.warning("rgbd: tracking failed at %s (%s); using the motion prediction and "
-                                        "re-anchoring there", where, reason)
-                            is_key = True  # re-anchor tracking on this frame
+                            usable = float((depth > 0).mean()) >= _MIN_VALID_DEPTH
+                            log.warning("rgbd: tracking failed at %s (%s); using the motion prediction%s",
+                                        where, reason, " and re-anchoring there" if usable else
+                                        " (too little valid depth: frame skipped)")
+                            is_key = usable  # re-anchor tracking on this frame unless it has no depth
+                            if not usable:
+                                cur = None  # keep the previous frame and keyframe as references
                         else:
                             rel = np.linalg.inv(key[1]) @ c2w  # type: ignore[index]
                             is_key = (cfg.tracking == "odometry"

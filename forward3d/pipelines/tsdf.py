@@ -13,6 +13,7 @@ forward3d, so it takes forward3d's ``K`` unchanged. The odometry kernels (vertex
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -263,7 +264,10 @@ class RGBDTracker:
                 T = step.transformation @ T
                 fitness, rmse = float(step.fitness), float(step.inlier_rmse)
         except RuntimeError as exc:  # "Singular 6x6 linear system detected, tracking failed."
-            return TrackResult(False, np.asarray(init_src_to_tgt, np.float64), reason=str(exc).strip()[-120:])
+            msg = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+            reason = ("singular system (too few correspondences)" if "Singular" in msg
+                      else f"open3d error: {msg.splitlines()[-1][-160:] if msg else type(exc).__name__}")
+            return TrackResult(False, np.asarray(init_src_to_tgt, np.float64), reason=reason)
         X = T.cpu().numpy().astype(np.float64)
         if not np.isfinite(X).all():
             return TrackResult(False, np.asarray(init_src_to_tgt, np.float64), reason="non-finite transform")
