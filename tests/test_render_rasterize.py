@@ -264,6 +264,23 @@ def test_gradcheck_float64_full_mode_means_opacities():
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
+def test_compiled_kernels_match_eager():
+    g = random_scene(40, deg=2, seed=12, opacity_std=3.0)
+    cams = make_cams(W=18, H=14, n=2, jitter=0.2, cx=8.0)
+    params = [g.means, g.quats, g.log_scales, g.opacity_logits, g.sh]
+    for p in params:
+        p.requires_grad_(True)
+    results = []
+    for compile in (False, True):
+        out = rasterize(g, cams, render_mode="RGB+ED", compile=compile, background=torch.tensor([0.2, 0.3, 0.4]))
+        loss = out.colors.sum() + 0.3 * out.alphas.sum() + 0.1 * out.depths.sum()
+        results.append((out, torch.autograd.grad(loss, params)))
+    assert_outputs_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(b, a, atol=1e-5 * a.abs().max().item(), rtol=1e-4)
+
+
 def test_means2d_gradient_is_readable():
     g = random_scene(20, seed=10)
     g.means.requires_grad_(True)

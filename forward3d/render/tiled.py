@@ -212,6 +212,12 @@ class _Batch:
         return torch.where(T0 > T_EPS, self.buf.gather(-1, n).squeeze(-1), T_prev)
 
 
+def _compiled_kernels():
+    from .tiled_compiled import kernels
+
+    return kernels()
+
+
 def _positions(isects: TileIsects, tiles: Tensor, step: int, k: int) -> Tensor:
     """Positions ``[B*K]`` in the sorted pair list of depth step ``step`` of ``tiles``; ``M`` (the padding
     slot) past the end of a tile's list."""
@@ -230,8 +236,9 @@ class _Composite(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, params: Tensor, feats: Tensor, isects: TileIsects, pix: Tensor, T_init: Tensor,
-                k_step: int, chunk_size: int):
+                k_step: int, chunk_size: int, compiled: bool = False):
         dtype, device = params.dtype, params.device
+        kern = _compiled_kernels() if compiled else None
         F = feats.shape[0]
         P = isects.tile_size**2
         K = k_step
@@ -255,8 +262,17 @@ class _Composite(torch.autograd.Function):
                 B = tiles.numel()
                 sub = tab.index_select(1, ids.index_select(0, _positions(isects, tiles, step, K)))  # [6+F, B*K]
                 T0 = T_run[tiles]
-                bt = _Batch(ws, pix[0][tiles], pix[1][tiles], sub, T0)
                 f = sub[6:].view(F, B, K).transpose(0, 1)  # [B, F, K]
+                if kern is not None:
+                    acc_b, T_after, T_last, alpha, buf = kern["forward"](
+                        pix[0][tiles], pix[1][tiles], sub[:6].view(6, B, K), T0, f)
+                    acc[tiles] += acc_b
+                    T_fin[tiles] = torch.where(T0 > T_EPS, T_after, T_fin[tiles])
+                    T_run[tiles] = T_last
+                    if keep:
+                        steps[-1][2].append((alpha, buf, True))
+                    continue
+                bt = _Batch(ws, pix[0][tiles], pix[1][tiles], sub, T0)
                 acc[tiles] += torch.bmm(f, bt.w.transpose(1, 2))  # [B, F, P]
                 T_fin[tiles] = bt.final_T(T0, T_fin[tiles])
                 T_run[tiles] = bt.buf[..., -1]
@@ -265,7 +281,7 @@ class _Composite(torch.autograd.Function):
             step += 1
             active = active[isects.count[active] > step * K]
             active = active[(T_run[active] > T_EPS).any(1)]
-        ctx.isects, ctx.steps, ctx.k_step, ctx.per_batch = isects, steps, K, per_batch
+        ctx.isects, ctx.steps, ctx.k_step, ctx.per_batch, ctx.kern = isects, steps, K, per_batch, kern
         ctx.save_for_backward(tab, ids, T_fin, pix)
         ctx.sizes = (params.shape[1], F)
         return acc, T_fin
@@ -296,6 +312,17 @@ class _Composite(torch.autograd.Function):
                 B = tiles.numel()
                 gid = ids.index_select(0, _positions(isects, tiles, step, K))
                 sub = tab.index_select(1, gid)
+                if ctx.kern is not None:
+                    prm = sub[:6].view(6, B, K)
+                    f = sub[6:].view(F, B, K).transpose(0, 1)
+                    if kept:
+                        alpha, buf = kept[i][:2]
+                    else:
+                        alpha, buf = ctx.kern["alpha"](pix[0][tiles], pix[1][tiles], prm, T0)
+                    g, g_f, S[tiles] = ctx.kern["backward"](prm, alpha, buf, f, g_acc[tiles], S[tiles], upper, basis,
+                                                            pix_c[:, tiles])
+                    g_tab.index_add_(0, gid, torch.cat([g.reshape(-1, 6), g_f.reshape(-1, F)], 1))
+                    continue
                 if kept:
                     bt = _Batch(ws, None, None, sub, T0, saved=kept[i])
                 else:
@@ -336,7 +363,7 @@ class _Composite(torch.autograd.Function):
                 a, b, c = bt.a[:, 0], bt.b[:, 0], bt.c[:, 0]
                 g = torch.stack([a * s_x + b * s_y, c * s_y + b * s_x, 0.5 * s_xx, s_xy, 0.5 * s_yy, g_o], -1)
                 g_tab.index_add_(0, gid, torch.cat([g.reshape(-1, 6), g_f.transpose(1, 2).reshape(-1, F)], 1))
-        return g_tab[:-1, :6].T, g_tab[:-1, 6:].T, None, None, None, None, None
+        return g_tab[:-1, :6].T, g_tab[:-1, 6:].T, None, None, None, None, None, None
 
 
 def composite_tiled(
@@ -347,8 +374,11 @@ def composite_tiled(
     height: int,
     k_step: int = 64,
     chunk_size: int = 1 << 18,
+    compiled: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Composite features ``[C, H, W, F]`` and final transmittance ``[C, H, W]`` (differentiable)."""
+    """Composite features ``[C, H, W, F]`` and final transmittance ``[C, H, W]`` (differentiable).
+
+    ``compiled`` uses the ``torch.compile`` kernels of :mod:`forward3d.render.tiled_compiled`."""
     ts = isects.tile_size
     C, TH, TW = isects.n_cams, isects.tiles_y, isects.tiles_x
     device = params.device
@@ -361,7 +391,7 @@ def composite_tiled(
     pix = torch.stack([px, py]).repeat(1, C, 1)
     # pixels outside the image start saturated (T = 0): never composited, never keep a tile alive
     T_init = ((pix[0] < width) & (pix[1] < height)).to(params.dtype)
-    acc, T = _Composite.apply(params.T, feats.T, isects, pix, T_init, k_step, chunk_size)
+    acc, T = _Composite.apply(params.T, feats.T, isects, pix, T_init, k_step, chunk_size, compiled)
 
     def untile(x: Tensor) -> Tensor:
         x = x.reshape(C, TH, TW, ts, ts, *x.shape[2:]).transpose(2, 3)
@@ -371,12 +401,13 @@ def composite_tiled(
 
 
 def render_tiled(prep: Prepared, width: int, height: int, tile_size: int = 16, chunk_size: int = 1 << 18,
-                 k_step: int = 64) -> RenderOutput:
+                 k_step: int = 64, compiled: bool = False) -> RenderOutput:
     """Render every camera of ``prep`` with the tiled path."""
     p = prep.proj
     C, N = p.depths.shape
     isects = intersect_tiles(p.means2d, p.extents, p.depths, p.radii > 0, width, height, tile_size)
     params = torch.cat([p.means2d, p.conics, p.opacities[..., None]], -1).reshape(C * N, 6)
     feats = prep.features.reshape(C * N, prep.features.shape[-1])
-    acc, T = composite_tiled(params, feats, isects, width, height, k_step=k_step, chunk_size=chunk_size)
+    acc, T = composite_tiled(params, feats, isects, width, height, k_step=k_step, chunk_size=chunk_size,
+                             compiled=compiled)
     return finish(prep, acc, T, make_meta(prep, "torch", n_isects=int(isects.ids.numel()), tile_size=tile_size))
