@@ -75,7 +75,7 @@ def _child(spec: str, voxel: float, noise: float) -> dict:
     a = ate(rec.c2w, scene.c2w)
     A = a["alignment"]
     pts = PointCloud((rec.points.points @ A[:3, :3].T + A[:3, 3]).astype(np.float32))
-    m = score_surface(pts, gt.subset(vis.seen))
+    m = score_surface(pts, gt, vis.seen)
     t = rec.metadata["timings"]
     loop = t["total_s"] - t["extraction_s"]
     return {
