@@ -56,3 +56,13 @@ def test_demo_noisy(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--noise", "0.001", "--holes", "0.05"]) == 0
     _check(out, 0.03, 0.03, 100)
+
+
+def test_demo_save_input_then_recon_the_tum_copy(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--frames", "12", "--size", "160x120", "--save-input", "--no-previews"]) == 0
+    assert (out / "input" / "groundtruth.txt").is_file() and not (out / "previews").exists()
+    out2 = tmp_path / "recon"
+    assert main(["recon", str(out / "input"), "--out", str(out2), "--no-previews"]) == 0
+    m = json.loads((out2 / "metrics.json").read_text())
+    assert m["num_frames_with_gt"] == 12 and m["ate_se3"]["rmse"] < 0.02
