@@ -78,12 +78,15 @@ def worker(args: argparse.Namespace) -> dict:
         for t in (g.means, g.quats, g.log_scales, g.opacity_logits, g.sh):
             t.grad = None
         with torch.set_grad_enabled(backward):
-            out = rasterize(g, cams, backend=args.backend, tile_size=args.tile_size, chunk_size=args.chunk_size)
+            out = rasterize(g, cams, backend=args.backend, tile_size=args.tile_size, chunk_size=args.chunk_size,
+                            compile=args.compile)
             if backward:
                 out.colors.sum().backward()
         return out
 
-    out = run()  # warm-up
+    t0 = time.perf_counter()
+    out = run()  # warm-up (includes torch.compile's compilation with --compile)
+    first = time.perf_counter() - t0
     walls, cpus = [], []
     for _ in range(args.repeats):
         c0, t0 = time.process_time(), time.perf_counter()
@@ -100,6 +103,8 @@ def worker(args: argparse.Namespace) -> dict:
         "mode": args.mode,
         "backend": args.backend,
         "tile_size": args.tile_size,
+        "compile": args.compile,
+        "first_call_s": first,
         "n_gaussians": len(g),
         "n_isects": int(out.meta.n_isects),
         "wall_s": wall,
@@ -122,7 +127,9 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=None)
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="rasterize(..., compile=True) (opt-in torch.compile kernels)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--append", action="store_true", help="add the rows to an existing --out file")
     ap.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "default"],
                     help="OMP_WAIT_POLICY of the workers: on a loaded shared machine spinning OpenMP threads wait "
                          "for descheduled siblings, so PASSIVE (default here) gives fairer 2-thread figures")
@@ -150,6 +157,8 @@ def main() -> None:
                         cmd += ["--tile-size", str(ts)]
                     if args.chunk_size is not None:
                         cmd += ["--chunk-size", str(args.chunk_size)]
+                    if args.compile:
+                        cmd += ["--compile"]
                     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
                     if args.omp_wait_policy != "default":
                         env["OMP_WAIT_POLICY"] = args.omp_wait_policy
@@ -159,7 +168,7 @@ def main() -> None:
                     row = json.loads(proc.stdout.strip().splitlines()[-1])
                     rows.append(row)
                     peer = PEERS.get(res, {}).get(f"{mode}_s")
-                    print(f"{row['res']:>4} {row['width']}x{row['height']} ts={row['tile_size']} threads={threads} "
+                    print(f"{row['res']:>4} {row['width']}x{row['height']} compile={int(args.compile)} threads={threads} "
                           f"{mode:6s} wall {row['wall_s'] * 1e3:8.1f} ms  cpu {row['cpu_s'] * 1e3:8.1f} ms  "
                           f"peak {row['peak_rss_mb']:7.0f} MB (+{row['render_rss_mb']:.0f})  "
                           f"{row['gauss_pixels_per_s'] / 1e9:6.1f} G gauss*px/s  "
@@ -167,6 +176,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"recipe": "gsplat garden test recipe, camera 0, ../shared/specs/splatting.md", "peers_2threads": PEERS,
             "cpu_count": os.cpu_count(), "note": "shared machine: wall times depend on the load; compare ratios"}
+    if args.append and args.out.exists():
+        rows = json.loads(args.out.read_text())["rows"] + rows
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {args.out}")
 
