@@ -500,6 +500,16 @@ class Gaussians:
     def clone(self) -> "Gaussians":
         return self._map(lambda t: t.clone())
 
+    def parameters(self) -> list[Tensor]:
+        """The five raw tensors (for optimisers)."""
+        return [self.means, self.quats, self.log_scales, self.opacity_logits, self.sh]
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Gaussians":
+        """Set ``requires_grad`` on every tensor in place; returns ``self``."""
+        for t in self.parameters():
+            t.requires_grad_(requires_grad)
+        return self
+
     def with_sh_degree(self, degree: int) -> "Gaussians":
         """Truncate or zero-pad the SH coefficients to ``degree``."""
         k = (degree + 1) ** 2

@@ -59,3 +59,11 @@ def test_gaussians_transform_and_covariance():
     assert len(both) == n and both.sh.shape[1] == 4
     act = Gaussians.from_activated(g.means, g.quats, g.scales, g.opacities, colors=g.colors)
     assert torch.allclose(act.colors, g.colors.clamp_min(0))
+
+
+def test_gaussians_parameters_helpers():
+    g = Gaussians.from_activated(torch.zeros(2, 3), torch.tensor([[1.0, 0, 0, 0]] * 2), torch.ones(2, 3) * 0.1,
+                                 torch.full((2,), 0.5), colors=torch.full((2, 3), 0.5))
+    assert all(not t.requires_grad for t in g.parameters())
+    assert all(t.requires_grad for t in g.requires_grad_().parameters())
+    assert torch.allclose(g.opacities, torch.full((2,), 0.5)) and torch.allclose(g.scales, torch.full((2, 3), 0.1))
