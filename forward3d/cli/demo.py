@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         ("frames", f"{len(recon)} ({size[0]}x{size[1]}), {len(recon.metadata['keyframes'])} keyframes"),
         ("tracking failures", str(len(recon.metadata["tracking_failures"]))),
         ("ATE RMSE (SE3)", f"{traj['ate_se3']['rmse'] * 100:.2f} cm"),
-        ("RPE trans / rot", f"{traj['rpe']['trans_rmse'] * 100:.2f} cm / {traj['rpe']['rot_rmse_deg']:.2f} deg"
+        ("RPE trans / rot", f"{traj['rpe']['trans_rmse'] * 1000:.2f} mm / {traj['rpe']['rot_rmse_deg']:.3f} deg"
          if "rpe" in traj else "-"),
     ]
     if surface:
