@@ -76,7 +76,14 @@ def voxel_downsample(points: np.ndarray, voxel_size: float,
         raise ValueError(f"voxel_downsample: expected voxel_size > 0, found {voxel_size}")
     points = np.asarray(points, dtype=np.float64)
     keys = np.floor(points / voxel_size).astype(np.int64)
-    _, first, inv, counts = np.unique(keys, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    # one int64 key per voxel (21 bits per axis after shifting to >= 0): 1-D unique is ~10x faster
+    # than np.unique(axis=0); fall back to the row-wise unique for extents beyond 2^21 voxels
+    keys -= keys.min(0)
+    if len(keys) and keys.max() < (1 << 21):
+        flat = (keys[:, 0] << 42) | (keys[:, 1] << 21) | keys[:, 2]
+        _, first, inv, counts = np.unique(flat, return_index=True, return_inverse=True, return_counts=True)
+    else:
+        _, first, inv, counts = np.unique(keys, axis=0, return_index=True, return_inverse=True, return_counts=True)
     inv = inv.reshape(-1)
     m = len(counts)
     out = np.stack([np.bincount(inv, points[:, k], minlength=m) for k in range(3)], 1) / counts[:, None]
