@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from forward3d.geometry.quaternion import quat_to_rotmat, rotmat_to_quat
 from forward3d.io.atomic import atomic_write
 
 __all__ = [
@@ -39,40 +40,9 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------
 
 
-def quat_wxyz_to_rotmat(q: np.ndarray) -> np.ndarray:
-    """``[..., 4]`` wxyz quaternions (normalised here) -> ``[..., 3, 3]`` float64 rotations."""
-    q = np.asarray(q, dtype=np.float64)
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    w, x, y, z = np.moveaxis(q, -1, 0)
-    R = np.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        axis=-1,
-    )
-    return R.reshape(*q.shape[:-1], 3, 3)
-
-
-def rotmat_to_quat_wxyz(R: np.ndarray) -> np.ndarray:
-    """``[..., 3, 3]`` rotations -> ``[..., 4]`` unit wxyz quaternions with ``w >= 0`` (Shepperd)."""
-    m = np.asarray(R, dtype=np.float64)
-    t = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
-    cands = np.stack(
-        [
-            np.stack([1 + t, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-            np.stack([m[..., 2, 1] - m[..., 1, 2], 1 + 2 * m[..., 0, 0] - t, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
-            np.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 + 2 * m[..., 1, 1] - t, m[..., 1, 2] + m[..., 2, 1]], -1),
-            np.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], 1 + 2 * m[..., 2, 2] - t], -1),
-        ],
-        axis=-2,
-    )  # [..., 4, 4]; candidate k is accurate when component k is the largest
-    diag = np.stack([t, m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]], -1)
-    best = diag.argmax(-1)
-    q = np.take_along_axis(cands, best[..., None, None], axis=-2)[..., 0, :]
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    return np.where(q[..., :1] < 0, -q, q)
+# wxyz quaternions <-> rotation matrices: the geometry package owns the maths (one implementation).
+quat_wxyz_to_rotmat = quat_to_rotmat
+rotmat_to_quat_wxyz = rotmat_to_quat
 
 
 # --------------------------------------------------------------------------------------------------
