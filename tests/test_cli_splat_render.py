@@ -12,7 +12,7 @@ from forward3d.data.synthetic import SyntheticScene
 from forward3d.eval.image import psnr
 from forward3d.io.gaussians import read_gaussians, read_splat
 from forward3d.models.flash3d import Flash3D, Flash3DConfig
-from forward3d.pipelines.splat import render_views, splat_image, unproject_gaussians
+from forward3d.pipelines.splat import render_views, unproject_gaussians
 
 
 @pytest.fixture(scope="module")

@@ -4,18 +4,13 @@ that drops, export and the ``--backend slam3r`` CLI options."""
 from __future__ import annotations
 
 import argparse
-import http.server
-import io
 import json
-import socket
-import socketserver
-import threading
-import time
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from mjpeg_server import MJPEGServer
 
 from forward3d.data.synthetic import SyntheticConfig, SyntheticScene
 from forward3d.io.export import export_reconstruction
@@ -83,58 +78,10 @@ def test_small_models_end_to_end(engine, frames, tmp_path, online):
         np.testing.assert_array_equal(a.points.points, b.points.points)
 
 
-def _jpeg(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "JPEG", quality=95)
-    return buf.getvalue()
-
-
-class _MJPEGServer:
-    """multipart/x-mixed-replace JPEG frames on 127.0.0.1; ``drop_at``: half a frame, then cut."""
-
-    def __init__(self, images: list[np.ndarray], drop_at: int | None = None) -> None:
-        jpgs = [_jpeg(im) for im in images]
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                try:
-                    for i, jpg in enumerate(jpgs):
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg))
-                        if i == drop_at:
-                            self.wfile.write(jpg[: len(jpg) // 2])
-                            self.wfile.flush()
-                            self.connection.shutdown(socket.SHUT_RDWR)
-                            return
-                        self.wfile.write(jpg + b"\r\n")
-                        self.wfile.flush()
-                        time.sleep(0.005)
-                except OSError:
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}/stream.mjpg"
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-
 def test_online_over_dropped_mjpeg_stream_saves_partial(engine, frames, tmp_path):
     from forward3d.io.sources import open_frames
 
-    with _MJPEGServer([f.image for f in frames], drop_at=7) as url:
+    with MJPEGServer([f.image for f in frames], drop_at=7) as url:
         src = open_frames(url, timeout=5)
         cfg = SLAM3RConfig(keyframe_stride=1, online=True, progress=False, conf_thres_l2w=1.5, num_points_save=2000)
         pipe = SLAM3RPipeline(engine, cfg)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import http.server
-import io
 import logging
 import socket
-import socketserver
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from mjpeg_server import MJPEGServer
 
 from forward3d.io.sources import FrameSource, detect_layout, open_frames, write_layout
 from forward3d.types import Frame, Intrinsics
@@ -163,56 +160,8 @@ def test_video_in_folder(video_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def _jpeg(i: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(smooth_frames(i + 1)[i].image).save(buf, "JPEG", quality=95)
-    return buf.getvalue()
-
-
-class _MJPEGServer:
-    """multipart/x-mixed-replace JPEG frames; ``drop_at``: send half of that frame and cut the socket."""
-
-    def __init__(self, n_frames: int, drop_at: int | None = None) -> None:
-        frames = [_jpeg(i) for i in range(n_frames)]
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                try:
-                    for i, jpg in enumerate(frames):
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg))
-                        if i == drop_at:
-                            self.wfile.write(jpg[: len(jpg) // 2])
-                            self.wfile.flush()
-                            self.connection.shutdown(socket.SHUT_RDWR)
-                            return
-                        self.wfile.write(jpg + b"\r\n")
-                        self.wfile.flush()
-                        time.sleep(0.005)
-                except OSError:
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}/stream.mjpg"
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-
 def test_stream_mjpeg_http():
-    with _MJPEGServer(6) as url:
+    with MJPEGServer([f.image for f in smooth_frames(6)]) as url:
         assert detect_layout(url) == "stream"
         src = open_frames(url, timeout=5)
         assert src.layout == "stream" and not src.has_depth
@@ -226,14 +175,14 @@ def test_stream_mjpeg_http():
 
 
 def test_stream_stride_max_frames():
-    with _MJPEGServer(8) as url:
+    with MJPEGServer([f.image for f in smooth_frames(8)]) as url:
         frames = list(open_frames(url, stride=2, max_frames=3, size=32, timeout=5))
     assert [f.index for f in frames] == [0, 2, 4]
     assert frames[0].image.shape == (24, 32, 3)
 
 
 def test_stream_dropped_midway(caplog):
-    with _MJPEGServer(8, drop_at=5) as url:
+    with MJPEGServer([f.image for f in smooth_frames(8)], drop_at=5) as url:
         src = open_frames(url, timeout=5)
         with caplog.at_level(logging.WARNING):
             frames = list(src)
@@ -259,7 +208,7 @@ def test_video_without_stored_frame_count(tmp_path):
 
 
 def test_stream_context_manager_closes_unused_connection():
-    with _MJPEGServer(3) as url:
+    with MJPEGServer([f.image for f in smooth_frames(3)]) as url:
         with open_frames(url, timeout=5) as src:
             assert src._container is not None  # the probe connection is kept for the first iteration
         assert src._container is None

@@ -20,6 +20,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,9 @@ from torch import Tensor, nn
 from forward3d.hub import WeightsError, load_state_dict, read_json_config, resolve_source, strict_load
 from forward3d.models.resnet import ResNet
 from forward3d.types import Gaussians
+
+if TYPE_CHECKING:
+    from forward3d.models.flash3d.preprocess import Flash3DInput
 
 logger = logging.getLogger(__name__)
 
