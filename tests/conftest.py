@@ -35,3 +35,15 @@ def _torch_threads():
 
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one intra-op thread: for the tiny tensors of unit tests, OpenMP hand-offs
+    between threads cost far more than they save (10-100x on a busy 2-core machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

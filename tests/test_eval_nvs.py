@@ -15,12 +15,7 @@ from forward3d.models.flash3d import Flash3D, Flash3DConfig, save_checkpoint
 SIZE = dict(height=64, width=96, pad=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -27,16 +27,11 @@ EXPECTED_SHAPES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CI box is shared: one thread is much faster than two contended ones
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
-def random_lpips(_one_thread):
+def random_lpips():
     torch.manual_seed(0)
     m = LPIPS()
     sd = m.state_dict_flat()

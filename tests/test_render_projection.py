@@ -19,13 +19,7 @@ from forward3d.render.reference import project_reference
 from forward3d.types import Gaussians
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny renders are dominated by OpenMP hand-offs on a loaded 2-core machine: run these tests on one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def _cam(W=32, H=24, f=30.0, cx=None, cy=None, dtype=torch.float64):

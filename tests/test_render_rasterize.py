@@ -15,13 +15,7 @@ from forward3d.types import SH_C0, Gaussians
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "garden" / "test_garden.npz"
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny renders are dominated by OpenMP hand-offs on a loaded 2-core machine: run these tests on one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def random_scene(n=40, deg=0, dtype=torch.float32, seed=0, spread=(0.8, 0.6, 0.4), log_scale=(-2.5, -1.0),

@@ -40,13 +40,7 @@ def close(x, ref, tol=TOL, what=""):
     return e
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The small models are tiny: on the shared 2-core box, OpenMP barriers of 2 threads cost 10-100x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COLMAP_SCALE = 2.0  # dataset poses are in metres / 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared CI box: one thread is far faster than two contended ones
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -107,26 +106,10 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
 def _write_json(path: Path, result: dict[str, Any]) -> None:
-    from forward3d.io.atomic import atomic_write
+    from forward3d.io.jsonio import write_json
 
-    with atomic_write(path, "w") as f:
-        json.dump(_jsonable(result), f, indent=2, sort_keys=False)
-        f.write("\n")
+    write_json(path, result)
     log.info("wrote %s", path)
 
 

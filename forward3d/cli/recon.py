@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
 import logging
-import math
 import shutil
 import tempfile
 import time
@@ -30,6 +28,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from forward3d.io.jsonio import write_json
 from forward3d.types import Frame, Reconstruction
 
 __all__ = ["add_arguments", "run", "parse_size", "staged_output", "GTRecorder", "trajectory_metrics",
@@ -109,29 +108,6 @@ class GTRecorder:
             ok = f.c2w is not None and np.isfinite(f.c2w).all()
             self.gt.append(np.asarray(f.c2w, np.float64) if ok else None)
             yield f
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def write_json(path: Path, data: dict) -> Path:
-    from forward3d.io.atomic import atomic_write
-
-    with atomic_write(path, "w") as f:
-        json.dump(_jsonable(data), f, indent=2)
-        f.write("\n")
-    return path
 
 
 def trajectory_metrics(c2w: np.ndarray, gt: list[np.ndarray | None], metric_scale: bool = True) -> dict[str, Any] | None:

@@ -35,7 +35,7 @@ from forward3d.types import Frame, Reconstruction
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_offline", "stride_windows", "i2p_window", "initialize_window", "local_point_map", "InitWindow"]
+__all__ = ["run_offline", "stride_windows", "choose_keyframe_stride", "i2p_window", "initialize_window", "local_point_map", "InitWindow"]
 
 
 def stride_windows(center: int, stride: int, radius: int) -> list[int]:
@@ -44,6 +44,27 @@ def stride_windows(center: int, stride: int, radius: int) -> list[int]:
     for k in range(1, radius + 1):
         ids += [center - k * stride, center + k * stride]
     return ids
+
+
+def choose_keyframe_stride(i2p, n: int, cfg, rng: np.random.Generator, win_r: int = 3) -> tuple[int, dict[int, float]]:
+    """Adaptive keyframe stride (reference step 2): for each candidate stride ``s`` in
+    ``[keyframe_adapt_min, min(keyframe_adapt_max, (n-1) // (2 win_r))]`` run I2P on random
+    ``2 win_r + 1``-view windows of stride ``s`` and keep the stride with the highest mean confidence.
+
+    ``i2p(windows: list[list[int]]) -> (pts, conf)`` runs the windows (reference = first index).
+    Returns ``(best stride, {stride: mean confidence})``.
+    """
+    amax = min((n - 1) // (2 * win_r), cfg.keyframe_adapt_max)
+    best, best_conf = 1, -math.inf
+    scores: dict[int, float] = {}
+    for s in range(cfg.keyframe_adapt_min, amax + 1, cfg.keyframe_adapt_stride):
+        cands = np.arange(win_r * s, n - win_r * s)
+        refs = rng.choice(cands, min(n - 2 * win_r * s, cfg.adapt_sample_windows), replace=False)
+        _, conf = i2p([stride_windows(int(c), s, win_r) for c in refs])
+        scores[s] = float(conf.mean())
+        if scores[s] > best_conf:
+            best, best_conf = s, scores[s]
+    return best, scores
 
 
 def i2p_window(view_id: int, stride: int, radius: int, num_views: int) -> list[int]:
@@ -189,19 +210,8 @@ class _Offline:
 
     # ---------------------------------------------------------------------------------- step 2
     def adapt_stride(self) -> int:
-        cfg, n, win_r = self.cfg, self.n, 3
-        amax = min((n - 1) // (2 * win_r), cfg.keyframe_adapt_max)
-        best, best_conf = 1, -math.inf
-        self.stride_scores: dict[int, float] = {}
-        for s in range(cfg.keyframe_adapt_min, amax + 1, cfg.keyframe_adapt_stride):
-            cands = np.arange(win_r * s, n - win_r * s)
-            refs = self.rng.choice(cands, min(n - 2 * win_r * s, cfg.adapt_sample_windows), replace=False)
-            _, conf = self.i2p([stride_windows(int(c), s, win_r) for c in refs])
-            mean = float(conf.mean())
-            self.stride_scores[s] = mean
-            if mean > best_conf:
-                best, best_conf = s, mean
-        logger.info("SLAM3R: adaptive keyframe stride %d (mean I2P confidence %.2f)", best, best_conf)
+        best, self.stride_scores = choose_keyframe_stride(self.i2p, self.n, self.cfg, self.rng)
+        logger.info("SLAM3R: adaptive keyframe stride %d (mean I2P confidence %.2f)", best, self.stride_scores.get(best, math.nan))
         return best
 
     # ---------------------------------------------------------------------------------- step 3

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -41,7 +40,7 @@ from forward3d.pipelines.slam3r_common import (
     prepare_frame,
     retrieve_scene_frames,
 )
-from forward3d.pipelines.slam3r_offline import initialize_window, local_point_map, stride_windows
+from forward3d.pipelines.slam3r_offline import choose_keyframe_stride, initialize_window, local_point_map
 from forward3d.pipelines.slam3r_result import frame_camera, valid_world_mask
 from forward3d.types import Frame, Reconstruction
 
@@ -225,18 +224,8 @@ class OnlineSLAM3R:
         return pts.float(), conf.float()
 
     def _adapt_stride(self) -> int:
-        cfg, n, win_r = self.cfg, self.num_frames, 3
-        amax = min((n - 1) // (2 * win_r), cfg.keyframe_adapt_max)
-        best, best_conf = 1, -math.inf
-        self.stride_scores: dict[int, float] = {}
-        for s in range(cfg.keyframe_adapt_min, amax + 1, cfg.keyframe_adapt_stride):
-            cands = np.arange(win_r * s, n - win_r * s)
-            refs = self.rng.choice(cands, min(n - 2 * win_r * s, cfg.adapt_sample_windows), replace=False)
-            _, conf = self._i2p([stride_windows(int(c), s, win_r) for c in refs])
-            self.stride_scores[s] = float(conf.mean())
-            if self.stride_scores[s] > best_conf:
-                best, best_conf = s, self.stride_scores[s]
-        logger.info("SLAM3R online: adaptive keyframe stride %d over the first %d frames", best, n)
+        best, self.stride_scores = choose_keyframe_stride(self._i2p, self.num_frames, self.cfg, self.rng)
+        logger.info("SLAM3R online: adaptive keyframe stride %d over the first %d frames", best, self.num_frames)
         return best
 
     def _set_local(self, i: int, pts: Tensor, conf: Tensor) -> None:
