@@ -30,27 +30,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="forward3d-splat", help="output folder")
     p.add_argument("--orbit-frames", type=int, default=48, help="frames of the orbit video (0 = none)")
     p.add_argument("--video", choices=["mp4", "gif", "none"], default="mp4")
-
-
-def _load_image(path: str) -> np.ndarray:
-    from PIL import Image, ImageOps
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: image not found")
-    try:
-        with Image.open(p) as im:
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{p}: cannot read image ({exc})") from exc
+    p.add_argument("--max-gaussians", type=int, default=None,
+                   help="unproject baseline: cap on the number of Gaussians (every n-th pixel above it; "
+                        "default 1,000,000; 0 = no cap)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from forward3d.models.depth import make_depth_estimator, read_depth_file
-    from forward3d.pipelines.splat import save_outputs, splat_image
+    from forward3d.cli.recon import staged_output
+    from forward3d.models.depth import make_depth_estimator, read_image_and_depth
+    from forward3d.pipelines.splat import DEFAULT_MAX_GAUSSIANS, save_outputs, splat_image
     from forward3d.types import Intrinsics
 
-    image = _load_image(args.image)
+    image, depth = read_image_and_depth(args.image, args.depth, args.depth_scale)
     h, w = image.shape[:2]
     if args.intrinsics:
         fx, fy, cx, cy = args.intrinsics
@@ -59,12 +50,6 @@ def run(args: argparse.Namespace) -> int:
         K = Intrinsics.from_fov(w, h, args.fov or 60.0).K
         if args.fov is None:
             logger.warning("no --intrinsics or --fov given: assuming a 60 degree horizontal field of view")
-    depth = None
-    if args.depth:
-        depth = read_depth_file(args.depth, args.depth_scale)
-        if depth.shape != (h, w):
-            raise ValueError(f"{args.depth}: depth size {depth.shape[1]}x{depth.shape[0]} differs from the image "
-                             f"size {w}x{h}")
     depth_model = make_depth_estimator(args.depth_model, device=args.device) if args.depth_model else None
     if depth is None and depth_model is None:
         raise ValueError("splat needs depth: pass --depth DEPTH.png or --depth-model MODEL")
@@ -75,14 +60,15 @@ def run(args: argparse.Namespace) -> int:
         model = Flash3D.from_pretrained(args.weights, device=args.device)
     else:
         logger.warning("no --weights: using the no-network unproject baseline (one Gaussian per pixel)")
-    result = splat_image(image, K, depth=depth, model=model, depth_model=depth_model)
-    paths = save_outputs(result, args.out, orbit_frames=args.orbit_frames, video=args.video)
-    summary = {"method": result.method, "image": str(args.image), "num_gaussians": len(result.gaussians),
-               "K": result.K.tolist(), "size": [result.width, result.height], **result.info,
-               "files": {k: str(v) for k, v in paths.items()}}
-    from forward3d.io.atomic import atomic_write
-
-    with atomic_write(Path(args.out) / "summary.json", "w") as f:
-        json.dump(summary, f, indent=2)
+    cap = DEFAULT_MAX_GAUSSIANS if args.max_gaussians is None else (args.max_gaussians or None)
+    result = splat_image(image, K, depth=depth, model=model, depth_model=depth_model, max_gaussians=cap)
+    with staged_output(args.out) as stage:  # an error leaves --out as it was, never half-written
+        paths = save_outputs(result, stage, orbit_frames=args.orbit_frames, video=args.video)
+        paths = {k: Path(args.out) / Path(v).relative_to(stage) for k, v in paths.items()}
+        summary = {"method": result.method, "image": str(args.image), "num_gaussians": len(result.gaussians),
+                   "K": result.K.tolist(), "size": [result.width, result.height], **result.info,
+                   "files": {k: str(v) for k, v in paths.items()}}
+        with open(stage / "summary.json", "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
     print(f"{result.method}: {len(result.gaussians)} Gaussians -> {paths['ply']}")
     return 0

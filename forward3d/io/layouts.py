@@ -84,6 +84,23 @@ def _require_dir(path: Path, what: str) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
+def _skip_frames_without_depth(records: list[FrameRecord], where: Path) -> tuple[list[FrameRecord], bool]:
+    """RGB-D layouts: frames whose depth file is missing are skipped with a warning (a real capture
+    often loses a few); only when NO frame has depth is the input colour-only. Returns the kept
+    records (re-indexed 0..n-1) and whether they have depth."""
+    missing = [r for r in records if r.depth_path is None]
+    if not missing:
+        return records, True
+    if len(missing) == len(records):
+        return records, False
+    log.warning("%s: %d of %d frames have no depth file (first: %s); they are skipped",
+                where, len(missing), len(records), missing[0].image_path.name)
+    kept = [r for r in records if r.depth_path is not None]
+    for i, r in enumerate(kept):
+        r.index = i
+    return kept, True
+
+
 def _read_tum_list(path: Path, min_cols: int, what: str) -> list[list[str]]:
     """Non-comment rows of a TUM text file (``timestamp value ...``)."""
     try:
@@ -335,6 +352,8 @@ class RedwoodSource(IndexedSource):
             pairs = [(c, by_stem[c.stem]) for c in colors]
         elif len(colors) == len(depths):
             pairs = list(zip(colors, depths))
+        elif any(c.stem in by_stem for c in colors):  # same names, some depth files missing
+            pairs = [(c, by_stem.get(c.stem)) for c in colors]
         else:
             raise ValueError(f"{root}: cannot pair colour and depth: {len(colors)} files in {color_dir.name}/, "
                              f"{len(depths)} in depth/, and their names differ")
@@ -345,8 +364,8 @@ class RedwoodSource(IndexedSource):
         if traj and len(traj) != len(pairs):
             log.warning("%s: trajectory has %d poses for %d frames; frames without one get c2w=None",
                         logs[0], len(traj), len(pairs))
-        self.records = [FrameRecord(i, c.stem, i / RGBD_FPS, c, d, traj.get(i)) for i, (c, d) in enumerate(pairs)]
-        self.has_depth = True
+        records = [FrameRecord(i, c.stem, i / RGBD_FPS, c, d, traj.get(i)) for i, (c, d) in enumerate(pairs)]
+        self.records, self.has_depth = _skip_frames_without_depth(records, root)
         self.has_gt_poses = bool(traj)
         js = _find_intrinsic_json(root, root.parent)
         self.intrinsics = read_open3d_intrinsics(js) if js is not None else PRIMESENSE_INTRINSICS
@@ -408,12 +427,7 @@ class ScanNetSource(IndexedSource):
         else:
             raise ValueError(f"{root}: not a ScanNet export: expected color/ depth/ pose/ intrinsic/ folders or "
                              f"frame-XXXXXX.color.jpg files")
-        n_depth = sum(r.depth_path is not None for r in records)
-        self.has_depth = n_depth == len(records)
-        if 0 < n_depth < len(records):
-            log.warning("%s: only %d of %d frames have depth; depth ignored", root, n_depth, len(records))
-            for r in records:
-                r.depth_path = None
+        records, self.has_depth = _skip_frames_without_depth(records, root)
         self.has_gt_poses = any(r.pose_path is not None for r in records)
         self.records = records
         # intrinsics ------------------------------------------------------------------------------
@@ -513,11 +527,7 @@ class ReplicaSource(IndexedSource):
             d = results / f"depth{c.stem[len('frame'):]}.png"
             c2w = checked_c2w(traj[i], f"{traj_path}:{i + 1}") if i < len(traj) else None
             records.append(FrameRecord(i, c.stem, i / RGBD_FPS, c, d if d.is_file() else None, c2w))
-        self.has_depth = all(r.depth_path is not None for r in records)
-        if not self.has_depth:
-            log.warning("%s: some depthXXXXXX.png files are missing; depth ignored", results)
-            for r in records:
-                r.depth_path = None
+        records, self.has_depth = _skip_frames_without_depth(records, results)
         self.has_gt_poses = bool(traj)
         self.records = records
         cam = _read_replica_camera(root)
@@ -572,11 +582,7 @@ class SevenScenesSource(IndexedSource):
             d, pz = seq_dir / f"{stem}.depth.png", seq_dir / f"{stem}.pose.txt"
             records.append(FrameRecord(i, stem, i / RGBD_FPS, c, d if d.is_file() else None,
                                        pose_path=pz if pz.is_file() else None))
-        self.has_depth = all(r.depth_path is not None for r in records)
-        if not self.has_depth:
-            log.warning("%s: some .depth.png files are missing; depth ignored", seq_dir)
-            for r in records:
-                r.depth_path = None
+        records, self.has_depth = _skip_frames_without_depth(records, seq_dir)
         self.has_gt_poses = any(r.pose_path is not None for r in records)
         self.records = records
         self.sequence_dir = seq_dir

@@ -89,12 +89,55 @@ def read_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
-            arr = np.asarray(im.convert("RGB"))
+            arr = _to_rgb8(im)
     except Exception as exc:  # PIL raises OSError, SyntaxError, struct.error, ... on bad files
         raise ValueError(f"{path}: not a readable colour image ({type(exc).__name__}: {exc})") from exc
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{path}: expected a non-empty [H, W, 3] colour image, found shape {list(arr.shape)}")
     return np.ascontiguousarray(arr)
+
+
+def _to_rgb8(im: "Image.Image") -> np.ndarray:
+    """PIL image of any mode -> ``[H, W, 3]`` uint8. 16-bit and 32-bit grey images (``I;16``, ``I``,
+    ``F``) are rescaled from their full range (PIL's ``convert("RGB")`` clips them to 255: a white
+    image); alpha is dropped; palette, grey and CMYK images are converted."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        if im.mode.startswith("I;16") or (im.mode == "I" and a.size and a.max() > 255):
+            a = a / 257.0  # 0..65535 -> 0..255
+        elif im.mode == "F" and a.size and np.nanmax(a) <= 1.0:
+            a = a * 255.0  # float images in [0, 1]
+        g = np.clip(np.nan_to_num(a), 0, 255).round().astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"))
+
+
+def exif_orientation(path: Path) -> int:
+    """The EXIF orientation tag (1..8) of an image file; 1 when absent or unreadable."""
+    try:
+        with Image.open(path) as im:
+            o = int(im.getexif().get(0x0112, 1))
+    except Exception:  # not an image or no usable EXIF: upright
+        return 1
+    return o if 1 <= o <= 8 else 1
+
+
+_EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                   6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def apply_exif_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply the transform PIL's ``exif_transpose`` applies for ``orientation`` to an ``[H, W]`` or
+    ``[H, W, C]`` array (e.g. a depth map stored in the camera's raw orientation)."""
+    method = _EXIF_TRANSPOSE.get(int(orientation))
+    if method is None:
+        return array
+    a = np.asarray(array)
+    chans = [a] if a.ndim == 2 else [a[..., c] for c in range(a.shape[-1])]
+    out = [np.asarray(Image.fromarray(np.ascontiguousarray(c, np.float32)).transpose(method)) for c in chans]
+    res = out[0] if a.ndim == 2 else np.stack(out, -1)
+    return res.astype(a.dtype)
 
 
 def read_depth(path: Path, scale: float, invalid: Sequence[int] = ()) -> np.ndarray:

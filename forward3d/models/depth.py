@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DepthEstimator", "SensorDepth", "TransformersDepth", "UniDepthEstimator", "ScaledDepth",
-    "read_depth_file", "make_depth_estimator", "fit_inverse_depth_affine",
+    "read_depth_file", "read_image_and_depth", "make_depth_estimator", "fit_inverse_depth_affine",
 ]
 
 # transformers model_type -> metric by default (depth_estimation_type in the config wins)
@@ -80,6 +80,38 @@ def read_depth_file(path: str | os.PathLike, scale: float | None = None) -> np.n
     if not (d > 0).any():
         raise ValueError(f"{p}: depth map has no valid (> 0) value")
     return d
+
+
+def read_image_and_depth(image_path: str | os.PathLike, depth_path: str | os.PathLike | None = None,
+                         depth_scale: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a photo (``[H, W, 3]`` uint8, EXIF orientation applied, 16-bit images rescaled) and
+    optionally its depth map (:func:`read_depth_file`).
+
+    Depth maps carry no EXIF: the depth is taken to be in the orientation the photo is SHOWN in (what
+    a depth network run on the upright photo produces). A depth map in the stored (sensor) orientation
+    of an EXIF-rotated photo (its size is the stored size) gets the same rotation, with a log note.
+    Any other size mismatch is a ``ValueError`` naming the depth file.
+    """
+    from forward3d.io.source_base import apply_exif_orientation, exif_orientation, read_rgb
+
+    p = Path(image_path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: image not found")
+    image = read_rgb(p)
+    if depth_path is None:
+        return image, None
+    depth = read_depth_file(depth_path, depth_scale)
+    h, w = image.shape[:2]
+    if depth.shape != (h, w):
+        orient = exif_orientation(p)
+        if orient in (5, 6, 7, 8) and depth.shape == (w, h) or orient in (2, 3, 4) and depth.shape == (h, w):
+            logger.info("%s: depth is in the stored orientation of %s (EXIF orientation %d): rotating it the "
+                        "same way", depth_path, p.name, orient)
+            depth = apply_exif_orientation(depth, orient)
+        else:
+            raise ValueError(f"{depth_path}: depth size {depth.shape[1]}x{depth.shape[0]} differs from the image "
+                             f"size {w}x{h} of {p.name} (expected the same size)")
+    return image, depth
 
 
 class SensorDepth(DepthEstimator):

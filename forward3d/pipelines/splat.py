@@ -113,11 +113,30 @@ class SplatResult:
     info: dict = field(default_factory=dict)
 
 
+DEFAULT_MAX_GAUSSIANS = 1_000_000
+"""The unproject baseline's default cap: one Gaussian per pixel of a 12 MP photo would need ~3 GB and
+seconds per rendered view; above the cap every ``stride``-th pixel is used (logged)."""
+
+
+def unproject_stride(num_pixels: int, max_gaussians: int | None) -> int:
+    """Smallest pixel stride that keeps ``num_pixels / stride^2`` at or below ``max_gaussians``."""
+    if max_gaussians is None or max_gaussians <= 0 or num_pixels <= max_gaussians:
+        return 1
+    stride = max(1, math.ceil(math.sqrt(num_pixels / max_gaussians)))
+    while math.ceil(num_pixels / stride ** 2) > max_gaussians:
+        stride += 1
+    return stride
+
+
 def splat_image(image: np.ndarray, K: np.ndarray, depth: np.ndarray | None = None, model=None,
-                depth_model=None) -> SplatResult:
+                depth_model=None, max_gaussians: int | None = DEFAULT_MAX_GAUSSIANS) -> SplatResult:
     """Single image -> Gaussians. With ``model`` (a :class:`~forward3d.models.flash3d.Flash3D`)
-    runs Flash3D, else the unproject baseline. Depth comes from ``depth`` or ``depth_model``."""
+    runs Flash3D, else the unproject baseline. Depth comes from ``depth`` or ``depth_model``.
+    ``max_gaussians`` caps the unproject baseline (pixel stride chosen to fit; ``None`` = no cap)."""
     h, w = image.shape[:2]
+    if depth is not None and np.shape(depth) != (h, w):
+        raise ValueError(f"splat: depth size {np.shape(depth)[1]}x{np.shape(depth)[0]} differs from the image "
+                         f"size {w}x{h}")
     if depth is None and depth_model is None:
         raise ValueError("splat needs depth: give a depth map (--depth) or a depth model (--depth-model)")
     if model is not None:
@@ -137,20 +156,34 @@ def splat_image(image: np.ndarray, K: np.ndarray, depth: np.ndarray | None = Non
         if not getattr(depth_model, "metric", True):
             raise ValueError(f"depth model '{depth_model.name}' predicts relative depth: give a metric model, "
                              "or a sensor depth map to scale it")
-    g = unproject_gaussians(image, depth, K)
+    stride = unproject_stride(h * w, max_gaussians)
+    if stride > 1:
+        logger.info("unproject: %dx%d = %d pixels is over the %d Gaussian cap: using every %d-th pixel",
+                    w, h, h * w, max_gaussians, stride)
+    g = unproject_gaussians(image, depth, K, stride=stride)
     return SplatResult(g, np.asarray(K, np.float64), w, h, np.asarray(depth, np.float32), "unproject",
-                       {"num_gaussians": len(g)})
+                       {"num_gaussians": len(g), "stride": stride})
 
 
-def render_views(result: SplatResult, c2w: np.ndarray, background: float = 0.0) -> np.ndarray:
-    """Render ``[V, 4, 4]`` camera poses (source camera = identity) -> ``[V, H, W, 3]`` uint8."""
+def render_views(result: SplatResult, c2w: np.ndarray, background: float = 0.0,
+                 max_side: int | None = None) -> np.ndarray:
+    """Render ``[V, 4, 4]`` camera poses (source camera = identity) -> ``[V, H, W, 3]`` uint8.
+
+    ``max_side``: render at most this many pixels along the long side (K scaled; previews of a
+    12 MP photo need not be 12 MP)."""
     from forward3d.render import Cameras, rasterize
 
     c2w = np.asarray(c2w, np.float64).reshape(-1, 4, 4)
+    K, w, h = np.asarray(result.K, np.float64).copy(), result.width, result.height
+    if max_side is not None and max(w, h) > max_side:
+        s = max_side / max(w, h)
+        w, h = max(1, round(w * s)), max(1, round(h * s))
+        K[0] *= w / result.width
+        K[1] *= h / result.height
     frames = []
     for i in range(len(c2w)):  # one camera at a time keeps memory bounded
         cams = Cameras.from_c2w(torch.as_tensor(c2w[i], dtype=torch.float32),
-                                torch.as_tensor(result.K, dtype=torch.float32), result.width, result.height)
+                                torch.as_tensor(K, dtype=torch.float32), w, h)
         with torch.no_grad():
             out = rasterize(result.gaussians, cams, background=torch.full((3,), float(background)))
         frames.append((out.colors[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy())
@@ -175,8 +208,10 @@ def default_novel_views(depth: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def save_outputs(result: SplatResult, out_dir: str | Path, orbit_frames: int = 48, video: str = "mp4") -> dict:
-    """Write scene.ply, scene.splat, depth.png, views/*.png and an orbit video; returns the paths."""
+def save_outputs(result: SplatResult, out_dir: str | Path, orbit_frames: int = 48, video: str = "mp4",
+                 max_side: int | None = 1024) -> dict:
+    """Write scene.ply, scene.splat, depth.png, views/*.png and an orbit video; returns the paths.
+    Views and video are rendered at most ``max_side`` pixels along the long side."""
     from forward3d.io.gaussians import write_gaussians_ply, write_splat
     from forward3d.io.video import write_png, write_video
     from forward3d.viz.paths import orbit_around_camera
@@ -188,7 +223,7 @@ def save_outputs(result: SplatResult, out_dir: str | Path, orbit_frames: int = 4
     write_splat(paths["splat"], result.gaussians)
     write_png(paths["depth"], colorize_depth(result.depth))
     views = default_novel_views(result.depth)
-    imgs = render_views(result, np.stack(list(views.values())))
+    imgs = render_views(result, np.stack(list(views.values())), max_side=max_side)
     for name, img in zip(views, imgs):
         p = out / "views" / f"{name}.png"
         p.parent.mkdir(exist_ok=True)
@@ -197,6 +232,6 @@ def save_outputs(result: SplatResult, out_dir: str | Path, orbit_frames: int = 4
     if orbit_frames > 0 and video != "none":
         valid = result.depth[np.isfinite(result.depth) & (result.depth > 0)]
         m = float(np.median(valid)) if valid.size else 1.0
-        frames = render_views(result, orbit_around_camera(m, n=orbit_frames, radius_fraction=0.08))
+        frames = render_views(result, orbit_around_camera(m, n=orbit_frames, radius_fraction=0.08), max_side=max_side)
         paths["video"] = write_video(out / f"orbit.{video}", frames, fps=24)
     return paths

@@ -1,0 +1,178 @@
+"""Robustness on real-world inputs: odd image modes, EXIF rotation, huge photos, partial RGB-D datasets.
+
+Each test is a regression test for a bug found with such inputs (tiny sizes, fast)."""
+
+import json
+import zlib
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from forward3d.cli import main
+from forward3d.data.synthetic import SyntheticScene
+from forward3d.io.source_base import apply_exif_orientation, read_rgb
+
+
+def _png16_rgb(path, a):
+    """Write a 16-bit RGB PNG by hand (PIL cannot write one)."""
+    h, w, _ = a.shape
+    raw = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+# --- images ---------------------------------------------------------------------------------------
+
+def test_read_rgb_16bit_grey_is_rescaled_not_clipped(tmp_path):
+    # PIL's convert("RGB") clips I;16 to 255: a 16-bit grey photo became a white image
+    g = np.linspace(0, 65535, 48 * 64).reshape(48, 64).astype(np.uint16)
+    Image.fromarray(g).save(tmp_path / "g16.png")
+    rgb = read_rgb(tmp_path / "g16.png")
+    assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8
+    assert abs(float(rgb.mean()) - 127.5) < 2 and rgb.min() == 0 and rgb.max() == 255
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P", "LA", "CMYK"])
+def test_read_rgb_any_mode(tmp_path, mode):
+    a = (np.random.default_rng(0).random((10, 14, 3)) * 255).astype(np.uint8)
+    Image.fromarray(a).convert(mode).save(tmp_path / "x.png" if mode != "CMYK" else tmp_path / "x.jpg")
+    rgb = read_rgb(next(tmp_path.iterdir()))
+    assert rgb.shape == (10, 14, 3) and rgb.dtype == np.uint8
+
+
+def test_read_rgb_16bit_rgb(tmp_path):
+    a = np.full((6, 8, 3), 40000, np.uint16)
+    _png16_rgb(tmp_path / "c16.png", a)
+    rgb = read_rgb(tmp_path / "c16.png")
+    assert rgb.shape == (6, 8, 3) and 150 < rgb.mean() < 160  # 40000 / 257 = 155.6
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_apply_exif_orientation_matches_pil(orientation):
+    from PIL import ImageOps
+
+    a = (np.arange(12).reshape(3, 4) * 20).astype(np.uint8)
+    im = Image.fromarray(a)
+    im.getexif()[0x0112] = orientation
+    assert np.array_equal(np.asarray(ImageOps.exif_transpose(im)), apply_exif_orientation(a, orientation))
+
+
+# --- splat ----------------------------------------------------------------------------------------
+
+def _depth_png(path, w, h, mm=2000):
+    Image.fromarray(np.full((h, w), mm, np.uint16)).save(path)
+
+
+def _exif_jpeg(path, w, h, orientation=6):
+    im = Image.fromarray((np.random.default_rng(1).random((h, w, 3)) * 255).astype(np.uint8))
+    ex = Image.Exif()
+    ex[0x0112] = orientation
+    im.save(path, exif=ex.tobytes())
+
+
+def test_splat_exif_rotated_photo_depth_in_either_orientation(tmp_path):
+    from forward3d.models.depth import read_image_and_depth
+
+    _exif_jpeg(tmp_path / "p.jpg", 16, 12)  # stored 16x12, shown 12x16
+    _depth_png(tmp_path / "shown.png", 12, 16)
+    d = np.full((12, 16), 2000, np.uint16)
+    d[0, 0] = 1000  # marks the stored top-left corner
+    Image.fromarray(d).save(tmp_path / "stored.png")
+    img, dep = read_image_and_depth(tmp_path / "p.jpg", tmp_path / "shown.png")
+    assert img.shape == (16, 12, 3) and dep.shape == (16, 12)
+    img, dep = read_image_and_depth(tmp_path / "p.jpg", tmp_path / "stored.png")
+    assert dep.shape == (16, 12)
+    # orientation 6 = rotate 90 deg clockwise: the stored top-left goes to the shown top-right
+    assert dep[0, -1] == pytest.approx(1.0)
+    _depth_png(tmp_path / "bad.png", 10, 10)
+    with pytest.raises(ValueError, match=r"bad.png: depth size 10x10 differs from the image size 12x16"):
+        read_image_and_depth(tmp_path / "p.jpg", tmp_path / "bad.png")
+
+
+def test_splat_caps_gaussians_of_a_large_photo(tmp_path):
+    from forward3d.pipelines.splat import splat_image, unproject_stride
+    from forward3d.types import Intrinsics
+
+    assert unproject_stride(12_000_000, 1_000_000) == 4 and unproject_stride(100, 1000) == 1
+    assert unproject_stride(12_000_000, None) == 1
+    img = np.zeros((300, 400, 3), np.uint8)
+    res = splat_image(img, Intrinsics.from_fov(400, 300, 60).K, depth=np.full((300, 400), 2.0, np.float32),
+                      max_gaussians=10_000)
+    assert len(res.gaussians) <= 10_000 and res.info["stride"] == 4
+    # previews are rendered at a bounded size
+    from forward3d.pipelines.splat import render_views
+
+    assert render_views(res, np.eye(4)[None], max_side=40).shape == (1, 30, 40, 3)
+
+
+def test_splat_cli_max_gaussians_and_no_half_written_output(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "i.png")
+    _depth_png(tmp_path / "d.png", 40, 30)
+    out = tmp_path / "out"
+    assert main(["splat", str(tmp_path / "i.png"), "--depth", str(tmp_path / "d.png"), "--out", str(out),
+                 "--max-gaussians", "300", "--orbit-frames", "0"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["num_gaussians"] <= 300 and s["files"]["ply"] == str(out / "scene.ply")
+    # an error while rendering leaves no half-written output folder
+    import forward3d.pipelines.splat as sp
+
+    def boom(*a, **k):
+        raise RuntimeError("render failed")
+
+    monkeypatch.setattr(sp, "render_views", boom)
+    out2 = tmp_path / "out2"
+    with pytest.raises(RuntimeError):
+        main(["splat", str(tmp_path / "i.png"), "--depth", str(tmp_path / "d.png"), "--out", str(out2),
+              "--orbit-frames", "0"])
+    assert not out2.exists() or not any(out2.iterdir())
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_splat_cli_bad_inputs_one_line(tmp_path, capsys):
+    (tmp_path / "not.png").write_text("hello")
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "i.png")
+    _depth_png(tmp_path / "small.png", 20, 20)
+    for argv, msg in [([str(tmp_path / "not.png"), "--depth", str(tmp_path / "small.png")], "not.png: not a readable"),
+                      ([str(tmp_path / "i.png"), "--depth", str(tmp_path / "small.png")], "small.png: depth size 20x20"),
+                      ([str(tmp_path / "i.png"), "--depth", str(tmp_path / "not.png")], "not.png: cannot read depth")]:
+        assert main(["splat", *argv, "--out", str(tmp_path / "o")]) != 0
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err
+
+
+# --- RGB-D layouts with missing depth files -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_frames():
+    return list(SyntheticScene(num_frames=5, width=41, height=31).frames())
+
+
+@pytest.mark.parametrize("layout,depth_glob", [("redwood", "depth/*.png"), ("scannet", "depth/*.png"),
+                                               ("replica", "results/depth*.png"), ("7scenes", "*/frame-*.depth.png")])
+def test_missing_depth_file_skips_that_frame_only(tmp_path, small_frames, layout, depth_glob, caplog):
+    from forward3d.io import open_frames
+    from forward3d.io.source_base import natural_key
+    from forward3d.io.sources import write_layout
+
+    root = tmp_path / f"{layout} ü x"  # spaces and non-ASCII in the path
+    write_layout(small_frames, root, layout)
+    depths = sorted(root.glob(depth_glob), key=lambda p: natural_key(p.name))
+    assert len(depths) == 5
+    depths[2].unlink()
+    with caplog.at_level("WARNING"):
+        src = open_frames(root)
+        frames = list(src)
+    assert src.has_depth and len(frames) == 4
+    assert all(f.depth is not None for f in frames)
+    assert "1 of 5 frames have no depth file" in caplog.text
+    # the ground-truth poses stay with their frames
+    gt = [f.c2w for i, f in enumerate(small_frames) if i != 2]
+    for f, g in zip(frames, gt):
+        if f.c2w is not None:
+            np.testing.assert_allclose(f.c2w, g, atol=1e-5)
