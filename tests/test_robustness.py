@@ -176,3 +176,39 @@ def test_missing_depth_file_skips_that_frame_only(tmp_path, small_frames, layout
     for f, g in zip(frames, gt):
         if f.c2w is not None:
             np.testing.assert_allclose(f.c2w, g, atol=1e-5)
+
+
+def test_image_folder_missing_depth_skips_that_frame(tmp_path, small_frames):
+    from forward3d.io import open_frames
+    from forward3d.io.sources import write_layout
+
+    root = write_layout(small_frames, tmp_path / "imgs", "images")
+    sorted((root / "depth").iterdir())[1].unlink()
+    src = open_frames(root)
+    frames = list(src)
+    assert src.has_depth and len(frames) == 4 and all(f.depth is not None for f in frames)
+
+
+def test_image_folder_of_mixed_sizes(tmp_path, small_frames, caplog):
+    """Same aspect ratio: resized to the first frame's size (K scaled); another aspect ratio: that
+    frame is skipped with a one-line reason. Before, frames kept their own sizes and the
+    reconstruction wrote one image size with K of another (wrong COLMAP/nerfstudio cameras)."""
+    from forward3d.io import open_frames
+
+    root = tmp_path / "mixed"
+    root.mkdir()
+    for i, f in enumerate(small_frames[:4]):
+        im = Image.fromarray(f.image)  # 41x31
+        if i == 1:
+            im = im.resize((82, 62))
+        if i == 2:
+            im = im.transpose(Image.Transpose.ROTATE_90)
+        im.save(root / f"{i}.png")
+    with caplog.at_level("WARNING"):
+        frames = list(open_frames(root, intrinsics=small_frames[0].K))
+    assert [f.name for f in frames] == ["0", "1", "3"]
+    assert all(f.image.shape == (31, 41, 3) for f in frames)
+    np.testing.assert_allclose(frames[1].K, frames[0].K)
+    assert "2.png: image size 31x41 has another aspect ratio than the first frame's 41x31" in caplog.text
+    with pytest.raises(ValueError, match="another aspect ratio"):
+        list(open_frames(root, on_error="raise"))

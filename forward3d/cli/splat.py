@@ -38,7 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from forward3d.cli.recon import staged_output
     from forward3d.models.depth import make_depth_estimator, read_image_and_depth
-    from forward3d.pipelines.splat import DEFAULT_MAX_GAUSSIANS, save_outputs, splat_image
+    from forward3d.pipelines.splat import (
+        DEFAULT_MAX_GAUSSIANS,
+        save_outputs,
+        splat_image,
+    )
     from forward3d.types import Intrinsics
 
     image, depth = read_image_and_depth(args.image, args.depth, args.depth_scale)

@@ -27,9 +27,10 @@ from forward3d.io.source_base import (
     list_images,
     natural_key,
     quat_xyzw_to_rotmat,
-    rotmat_to_quat_xyzw,
     read_matrix_txt,
     read_open3d_intrinsics,
+    rotmat_to_quat_xyzw,
+    skip_frames_without_depth,
 )
 from forward3d.types import Intrinsics
 
@@ -82,23 +83,6 @@ def _require_dir(path: Path, what: str) -> Path:
 # --------------------------------------------------------------------------------------------------
 # TUM RGB-D
 # --------------------------------------------------------------------------------------------------
-
-
-def _skip_frames_without_depth(records: list[FrameRecord], where: Path) -> tuple[list[FrameRecord], bool]:
-    """RGB-D layouts: frames whose depth file is missing are skipped with a warning (a real capture
-    often loses a few); only when NO frame has depth is the input colour-only. Returns the kept
-    records (re-indexed 0..n-1) and whether they have depth."""
-    missing = [r for r in records if r.depth_path is None]
-    if not missing:
-        return records, True
-    if len(missing) == len(records):
-        return records, False
-    log.warning("%s: %d of %d frames have no depth file (first: %s); they are skipped",
-                where, len(missing), len(records), missing[0].image_path.name)
-    kept = [r for r in records if r.depth_path is not None]
-    for i, r in enumerate(kept):
-        r.index = i
-    return kept, True
 
 
 def _read_tum_list(path: Path, min_cols: int, what: str) -> list[list[str]]:
@@ -352,7 +336,7 @@ class RedwoodSource(IndexedSource):
             pairs = [(c, by_stem[c.stem]) for c in colors]
         elif len(colors) == len(depths):
             pairs = list(zip(colors, depths))
-        elif any(c.stem in by_stem for c in colors):  # same names, some depth files missing
+        elif depths and set(by_stem) <= {c.stem for c in colors}:  # same names, some depth files missing
             pairs = [(c, by_stem.get(c.stem)) for c in colors]
         else:
             raise ValueError(f"{root}: cannot pair colour and depth: {len(colors)} files in {color_dir.name}/, "
@@ -365,7 +349,7 @@ class RedwoodSource(IndexedSource):
             log.warning("%s: trajectory has %d poses for %d frames; frames without one get c2w=None",
                         logs[0], len(traj), len(pairs))
         records = [FrameRecord(i, c.stem, i / RGBD_FPS, c, d, traj.get(i)) for i, (c, d) in enumerate(pairs)]
-        self.records, self.has_depth = _skip_frames_without_depth(records, root)
+        self.records, self.has_depth = skip_frames_without_depth(records, root)
         self.has_gt_poses = bool(traj)
         js = _find_intrinsic_json(root, root.parent)
         self.intrinsics = read_open3d_intrinsics(js) if js is not None else PRIMESENSE_INTRINSICS
@@ -427,7 +411,7 @@ class ScanNetSource(IndexedSource):
         else:
             raise ValueError(f"{root}: not a ScanNet export: expected color/ depth/ pose/ intrinsic/ folders or "
                              f"frame-XXXXXX.color.jpg files")
-        records, self.has_depth = _skip_frames_without_depth(records, root)
+        records, self.has_depth = skip_frames_without_depth(records, root)
         self.has_gt_poses = any(r.pose_path is not None for r in records)
         self.records = records
         # intrinsics ------------------------------------------------------------------------------
@@ -527,7 +511,7 @@ class ReplicaSource(IndexedSource):
             d = results / f"depth{c.stem[len('frame'):]}.png"
             c2w = checked_c2w(traj[i], f"{traj_path}:{i + 1}") if i < len(traj) else None
             records.append(FrameRecord(i, c.stem, i / RGBD_FPS, c, d if d.is_file() else None, c2w))
-        records, self.has_depth = _skip_frames_without_depth(records, results)
+        records, self.has_depth = skip_frames_without_depth(records, results)
         self.has_gt_poses = bool(traj)
         self.records = records
         cam = _read_replica_camera(root)
@@ -582,7 +566,7 @@ class SevenScenesSource(IndexedSource):
             d, pz = seq_dir / f"{stem}.depth.png", seq_dir / f"{stem}.pose.txt"
             records.append(FrameRecord(i, stem, i / RGBD_FPS, c, d if d.is_file() else None,
                                        pose_path=pz if pz.is_file() else None))
-        records, self.has_depth = _skip_frames_without_depth(records, seq_dir)
+        records, self.has_depth = skip_frames_without_depth(records, seq_dir)
         self.has_gt_poses = any(r.pose_path is not None for r in records)
         self.records = records
         self.sequence_dir = seq_dir

@@ -431,6 +431,23 @@ class FrameRecord:
     pose_path: Path | None = None  # per-frame 4x4 c2w text file (ScanNet, 7-Scenes), read with the frame
 
 
+def skip_frames_without_depth(records: list["FrameRecord"], where: Path) -> tuple[list["FrameRecord"], bool]:
+    """RGB-D layouts: frames whose depth file is missing are skipped with a warning (a real capture
+    often loses a few); only when NO frame has depth is the input colour-only. Returns the kept
+    records (re-indexed 0..n-1) and whether they have depth."""
+    missing = [r for r in records if r.depth_path is None]
+    if not missing:
+        return records, True
+    if len(missing) == len(records):
+        return records, False
+    log.warning("%s: %d of %d frames have no depth file (first: %s); they are skipped",
+                where, len(missing), len(records), missing[0].image_path.name)
+    kept = [r for r in records if r.depth_path is not None]
+    for i, r in enumerate(kept):
+        r.index = i
+    return kept, True
+
+
 class IndexedSource(FrameSource):
     """A source with a known list of frames (image folders and RGB-D dataset layouts).
 
@@ -441,6 +458,10 @@ class IndexedSource(FrameSource):
     or raises (``on_error="raise"``). A source of which no frame can be read (or whose first 10
     frames all fail, or which has a single frame) raises ``ValueError`` naming the first bad file.
     ``len()`` counts the listed frames; skipped frames make the iteration shorter.
+
+    All frames get the native size of the first frame read: a frame of another size with the same
+    aspect ratio (1%) is resized to it (K scaled, depth nearest, one warning); a frame of another aspect
+    ratio (a portrait photo among landscape ones) is a bad frame (skipped with a warning / raises).
     """
 
     depth_scale: float = 1000.0
@@ -454,6 +475,8 @@ class IndexedSource(FrameSource):
             raise ValueError(f"depth_scale: expected a positive number, found {depth_scale!r}")
         self.user_depth_scale = depth_scale
         self.records: list[FrameRecord] = []
+        self._native_size: tuple[int, int] | None = None  # (W, H) of the first frame read
+        self._warned_resize = False
         self.intrinsics: Intrinsics | None = None
 
     @property
@@ -489,12 +512,32 @@ class IndexedSource(FrameSource):
                     raise ValueError(f"{rec.depth_path}: depth size {wd}x{hd} does not match the colour image "
                                      f"{rec.image_path} ({w}x{h})")
                 image = resize_rgb(image, wd, hd)
+        image, depth = self._to_native_size(rec, image, depth)
         c2w = rec.c2w
         if rec.pose_path is not None:
             c2w = checked_c2w(read_matrix_txt(rec.pose_path), str(rec.pose_path))
         h, w = image.shape[:2]
         return self._finish(image, depth, self._native_intrinsics(w, h), c2w=c2w, timestamp=float(rec.timestamp),
                             index=rec.index, name=rec.name, source=str(rec.image_path))
+
+    def _to_native_size(self, rec: FrameRecord, image: np.ndarray,
+                        depth: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Bring a frame to the first frame's native size (see the class docstring)."""
+        h, w = image.shape[:2]
+        if self._native_size is None:
+            self._native_size = (w, h)
+            return image, depth
+        W0, H0 = self._native_size
+        if (w, h) == (W0, H0):
+            return image, depth
+        if abs(w / h - W0 / H0) > 0.01 * (W0 / H0):
+            raise ValueError(f"{rec.image_path}: image size {w}x{h} has another aspect ratio than the first frame's "
+                             f"{W0}x{H0}: a sequence needs frames of one camera (remove, crop or rotate this image)")
+        if not self._warned_resize:
+            log.warning("%s: image size %dx%d differs from the first frame's %dx%d: resized to it (K scaled); "
+                        "further resized frames are not reported", rec.image_path, w, h, W0, H0)
+            self._warned_resize = True
+        return resize_rgb(image, W0, H0), (None if depth is None else resize_depth(depth, W0, H0))
 
     def __iter__(self) -> Iterator[Frame]:
         first_error: ValueError | None = None

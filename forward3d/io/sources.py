@@ -43,6 +43,7 @@ from forward3d.io.source_base import (
     list_images,
     natural_key,
     read_open3d_intrinsics,
+    skip_frames_without_depth,
 )
 from forward3d.types import Frame, Intrinsics
 
@@ -153,14 +154,8 @@ class ImageFolderSource(IndexedSource):
             for d in depth_dir.iterdir():
                 if d.is_file() and d.suffix.lower() in DEPTH_EXTS:
                     depth_by_stem.setdefault(d.stem, d)
-        matched = sum(f.stem in depth_by_stem for f in files)
-        self.has_depth = matched == len(files)
-        if depth_dir is not None and 0 < matched < len(files):
-            log.warning("%s: only %d of %d images have a depth map in %s; depth ignored", p, matched, len(files), depth_dir)
-        self.records = [
-            FrameRecord(i, f.stem, float(i), f, depth_by_stem.get(f.stem) if self.has_depth else None)
-            for i, f in enumerate(files)
-        ]
+        records = [FrameRecord(i, f.stem, float(i), f, depth_by_stem.get(f.stem)) for i, f in enumerate(files)]
+        self.records, self.has_depth = skip_frames_without_depth(records, depth_dir or p)
         sidecar = find_open3d_intrinsics(folder) if not p.is_file() else None
         if sidecar is not None:
             self.intrinsics = read_open3d_intrinsics(sidecar)
