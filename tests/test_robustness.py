@@ -212,3 +212,34 @@ def test_image_folder_of_mixed_sizes(tmp_path, small_frames, caplog):
     assert "2.png: image size 31x41 has another aspect ratio than the first frame's 41x31" in caplog.text
     with pytest.raises(ValueError, match="another aspect ratio"):
         list(open_frames(root, on_error="raise"))
+
+
+def test_open_frames_intrinsics_as_four_numbers(tmp_path, small_frames):
+    """``forward3d recon --intrinsics FX FY CX CY`` passes 4 numbers: every frame used to fail
+    ('expected a [3, 3] K, found shape [4]') and the run ended with 'first 10 frames could not be read'."""
+    from forward3d.io import open_frames
+    from forward3d.io.sources import write_layout
+
+    root = write_layout(small_frames[:2], tmp_path / "imgs", "images")
+    frames = list(open_frames(root, intrinsics=[30.0, 31.0, 20.5, 15.5]))
+    assert len(frames) == 2
+    np.testing.assert_allclose(frames[0].K, [[30, 0, 20.5], [0, 31, 15.5], [0, 0, 1]])
+    frames = list(open_frames(root, intrinsics=[30.0, 31.0, 20.5, 15.5], size=(82, 62)))
+    np.testing.assert_allclose(frames[0].K[0, 0], 60.0)
+    for bad in ([0, 0, 20, 15], [np.nan, 1, 2, 3], [1, 2, 3]):
+        with pytest.raises(ValueError, match="intrinsics: expected"):
+            open_frames(root, intrinsics=bad)
+
+
+def test_splat_rejects_bad_camera(tmp_path, capsys):
+    from forward3d.pipelines.splat import splat_image
+
+    img, d = np.zeros((8, 10, 3), np.uint8), np.ones((8, 10), np.float32)
+    with pytest.raises(ValueError, match="positive focal"):
+        splat_image(img, np.diag([0.0, 0.0, 1.0]), depth=d)  # used to write NaN/inf Gaussians
+    Image.fromarray(img).save(tmp_path / "i.png")
+    _depth_png(tmp_path / "d.png", 10, 8)
+    # --fov 0 used to fall back silently to 60 degrees
+    assert main(["splat", str(tmp_path / "i.png"), "--depth", str(tmp_path / "d.png"), "--fov", "0",
+                 "--out", str(tmp_path / "o")]) != 0
+    assert "fov" in capsys.readouterr().err

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         fx, fy, cx, cy = args.intrinsics
         K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
     else:
-        K = Intrinsics.from_fov(w, h, args.fov or 60.0).K
+        K = Intrinsics.from_fov(w, h, 60.0 if args.fov is None else args.fov).K
         if args.fov is None:
             logger.warning("no --intrinsics or --fov given: assuming a 60 degree horizontal field of view")
     depth_model = make_depth_estimator(args.depth_model, device=args.device) if args.depth_model else None

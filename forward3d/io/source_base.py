@@ -223,6 +223,27 @@ def resize_depth(depth: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(out.resize((width, height), Image.Resampling.NEAREST), dtype=np.float32)
 
 
+def check_intrinsics(intrinsics: Intrinsics | np.ndarray | Sequence | None) -> Intrinsics | np.ndarray | None:
+    """User intrinsics, checked once: an :class:`Intrinsics`, a ``[3, 3]`` K or ``(fx, fy, cx, cy)``
+    (what ``--intrinsics`` gives) -> ``Intrinsics`` / ``[3, 3]`` K; finite, positive focal lengths."""
+    if intrinsics is None:
+        return None
+    if isinstance(intrinsics, Intrinsics):
+        K = intrinsics.K
+    else:
+        K = np.asarray(intrinsics, dtype=np.float64)
+        if K.shape == (4,):
+            fx, fy, cx, cy = K
+            K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+        if K.shape != (3, 3):
+            raise ValueError(f"intrinsics: expected (fx, fy, cx, cy), a [3, 3] K or an Intrinsics, found shape "
+                             f"{list(K.shape)}")
+    if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise ValueError(f"intrinsics: expected finite values and positive focal lengths, found fx={K[0, 0]:g} "
+                         f"fy={K[1, 1]:g} cx={K[0, 2]:g} cy={K[1, 2]:g}")
+    return intrinsics if isinstance(intrinsics, Intrinsics) else K
+
+
 def as_intrinsics(intrinsics: Intrinsics | np.ndarray | Sequence | None, width: int, height: int) -> Intrinsics | None:
     """User intrinsics: an :class:`Intrinsics` (kept with its own size) or a ``[3, 3]`` K for the
     native ``width x height``."""
@@ -370,7 +391,7 @@ class FrameSource:
         self.stride = int(stride)
         self.max_frames = None if max_frames is None else int(max_frames)
         self.size = check_size(size)
-        self.user_intrinsics = intrinsics
+        self.user_intrinsics = check_intrinsics(intrinsics)
         self.on_error: OnError = on_error
         self.dropped = False
 

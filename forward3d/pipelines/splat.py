@@ -134,6 +134,9 @@ def splat_image(image: np.ndarray, K: np.ndarray, depth: np.ndarray | None = Non
     runs Flash3D, else the unproject baseline. Depth comes from ``depth`` or ``depth_model``.
     ``max_gaussians`` caps the unproject baseline (pixel stride chosen to fit; ``None`` = no cap)."""
     h, w = image.shape[:2]
+    Karr = np.asarray(K, np.float64)
+    if Karr.shape != (3, 3) or not np.isfinite(Karr).all() or Karr[0, 0] <= 0 or Karr[1, 1] <= 0:
+        raise ValueError(f"splat: expected a finite [3, 3] K with positive focal lengths, found {Karr.tolist()}")
     if depth is not None and np.shape(depth) != (h, w):
         raise ValueError(f"splat: depth size {np.shape(depth)[1]}x{np.shape(depth)[0]} differs from the image "
                          f"size {w}x{h}")
