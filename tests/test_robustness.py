@@ -243,3 +243,19 @@ def test_splat_rejects_bad_camera(tmp_path, capsys):
     assert main(["splat", str(tmp_path / "i.png"), "--depth", str(tmp_path / "d.png"), "--fov", "0",
                  "--out", str(tmp_path / "o")]) != 0
     assert "fov" in capsys.readouterr().err
+
+
+def test_flash3d_portrait_input_warns_about_stretching(caplog):
+    from forward3d.models.flash3d.preprocess import prepare_input
+
+    K = np.array([[80.0, 0, 45], [0, 80, 80], [0, 0, 1]])
+    with caplog.at_level("WARNING"):
+        inp = prepare_input(np.zeros((160, 90, 3), np.uint8), K, 64, 96, 8, np.ones((160, 90), np.float32))
+    assert "stretched" in caplog.text and inp.image.shape == (1, 3, 80, 112)
+    # the intrinsics follow the per-axis scaling
+    np.testing.assert_allclose(inp.K_tgt[0, 0, 0].item(), 80 * 96 / 90, rtol=1e-6)
+    np.testing.assert_allclose(inp.K_tgt[0, 1, 1].item(), 80 * 64 / 160, rtol=1e-6)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        prepare_input(np.zeros((48, 72, 3), np.uint8), K, 64, 96, 8)
+    assert "stretched" not in caplog.text

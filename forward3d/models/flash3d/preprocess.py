@@ -7,12 +7,15 @@ padding; ``K_tgt`` is the resized, unpadded intrinsics that renders of the sourc
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Flash3DInput", "prepare_input", "pad_depth"]
 
@@ -69,6 +72,11 @@ def prepare_input(image: np.ndarray | Tensor, K: np.ndarray | Tensor, height: in
     if K.shape != (3, 3):
         raise ValueError(f"K must be [3, 3], found {list(K.shape)}")
     sx, sy = width / w0, height / h0
+    if max(sx, sy) / min(sx, sy) > 1.1:  # e.g. a portrait photo into the landscape network input
+        logger.warning("Flash3D: the %dx%d image is stretched to the network's %dx%d (aspect %.2f -> %.2f; K is "
+                       "scaled per axis, so geometry stays consistent, but the network was trained on %.2f "
+                       "images: expect lower quality; crop the image to that aspect for best results)",
+                       w0, h0, width, height, w0 / h0, width / height, width / height)
     img = F.interpolate(img, size=(height, width), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
     K_tgt = K.clone()
     K_tgt[0] *= sx
