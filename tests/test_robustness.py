@@ -259,3 +259,14 @@ def test_flash3d_portrait_input_warns_about_stretching(caplog):
     with caplog.at_level("WARNING"):
         prepare_input(np.zeros((48, 72, 3), np.uint8), K, 64, 96, 8)
     assert "stretched" not in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_splat_depth_visualisation_png_is_refused(tmp_path, mode):
+    """An 8-bit grey or colourised depth picture was read as millimetres (150 -> 0.15 m) or its red
+    channel was taken: a silently wrong scene."""
+    from forward3d.models.depth import read_depth_file
+
+    Image.fromarray(np.full((6, 8), 150, np.uint8)).convert(mode).save(tmp_path / "vis.png")
+    with pytest.raises(ValueError, match=r"vis.png: cannot read depth map \(expected a 16-bit"):
+        read_depth_file(tmp_path / "vis.png")

@@ -63,6 +63,10 @@ def read_depth_file(path: str | os.PathLike, scale: float | None = None) -> np.n
             from PIL import Image
 
             with Image.open(p) as im:
+                if im.mode in ("L", "P", "RGB", "RGBA", "LA", "1", "CMYK", "YCbCr"):
+                    # an 8-bit or colour picture is a depth VISUALISATION (or the wrong file), not metres
+                    raise ValueError(f"expected a 16-bit or float single-channel depth image, found PIL mode "
+                                     f"{im.mode} (an 8-bit/colour picture of depth cannot be read as metres)")
                 d = np.asarray(im)
             if d.dtype == np.uint16 or d.dtype == np.int32 or d.dtype == np.uint8:
                 s = 1000.0 if scale is None else scale
