@@ -270,3 +270,36 @@ def test_splat_depth_visualisation_png_is_refused(tmp_path, mode):
     Image.fromarray(np.full((6, 8), 150, np.uint8)).convert(mode).save(tmp_path / "vis.png")
     with pytest.raises(ValueError, match=r"vis.png: cannot read depth map \(expected a 16-bit"):
         read_depth_file(tmp_path / "vis.png")
+
+
+def _inria_ply(path, n=60, nan_rows=(5,)):
+    """A 3DGS PLY as the reference trainer writes it (normals, SH degree 3), some rows NaN/inf."""
+    rng = np.random.default_rng(0)
+    names = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + [f"f_rest_{i}" for i in range(45)]
+             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+    a = np.zeros((n, len(names)), np.float32)
+    a[:, :3] = rng.normal(size=(n, 3)) * 0.3
+    a[:, 6:9] = rng.normal(size=(n, 3))
+    a[:, 9:54] = rng.normal(size=(n, 45)) * 0.1
+    a[:, 54], a[:, 55:58], a[:, 58] = 2.0, -3.0, 1.0
+    for r in nan_rows:
+        a[r, 0] = np.nan
+        a[r + 1, 56] = np.inf
+    hdr = f"ply\nformat binary_little_endian 1.0\nelement vertex {n}\n" + "".join(
+        f"property float {x}\n" for x in names) + "end_header\n"
+    path.write_bytes(hdr.encode() + a.astype("<f4").tobytes())
+
+
+def test_render_sh3_ply_with_non_finite_rows(tmp_path, caplog):
+    """One NaN Gaussian made the orbit centre NaN: every rendered view was black."""
+    from forward3d.io.gaussians import read_gaussians
+
+    _inria_ply(tmp_path / "scene.ply")
+    with caplog.at_level("WARNING"):
+        g = read_gaussians(tmp_path / "scene.ply")
+    assert len(g) == 58 and g.sh.shape[1:] == (16, 3) and "dropping 2 of 60" in caplog.text
+    out = tmp_path / "r"
+    assert main(["render", str(tmp_path / "scene.ply"), "--frames", "2", "--width", "32", "--height", "24",
+                 "--video", "none", "--out", str(out)]) == 0
+    views = sorted(out.glob("*.png"))
+    assert len(views) == 2 and all(np.asarray(Image.open(v)).mean() > 5 for v in views)

@@ -16,6 +16,7 @@ q * 128 + 128 (wxyz, normalised). No SH. Sorted by ``-exp(sum log s) * sigmoid(o
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -24,6 +25,8 @@ import torch
 
 from forward3d.io.atomic import atomic_write
 from forward3d.types import SH_C0, Gaussians
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["write_gaussians_ply", "read_gaussians_ply", "write_splat", "read_splat", "read_gaussians", "write_gaussians"]
 
@@ -150,8 +153,26 @@ def read_gaussians_ply(path: str | os.PathLike) -> Gaussians:
     norm = np.linalg.norm(quats, axis=-1, keepdims=True)
     quats = np.where(norm > 0, quats / np.maximum(norm, 1e-12), np.array([1, 0, 0, 0], np.float32))
     t = torch.from_numpy
-    return Gaussians(t(stack(["x", "y", "z"])), t(quats), t(stack(["scale_0", "scale_1", "scale_2"])),
-                     t(cols["opacity"].astype(np.float32)), t(sh))
+    g = Gaussians(t(stack(["x", "y", "z"])), t(quats), t(stack(["scale_0", "scale_1", "scale_2"])),
+                  t(cols["opacity"].astype(np.float32)), t(sh))
+    return _drop_non_finite(g, p)
+
+
+def _drop_non_finite(g: Gaussians, path: Path) -> Gaussians:
+    """Drop Gaussians with a NaN/inf parameter (real trainers' files have them): one would make the
+    scene centre NaN (black orbit renders) and can poison the compositing. Logged with the count."""
+    ok = torch.ones(len(g), dtype=torch.bool)
+    for x in (g.means, g.quats, g.log_scales, g.sh):
+        ok &= torch.isfinite(x.reshape(len(g), -1)).all(-1)
+    # opacity logit +inf is a valid "opaque"; NaN / -inf (never visible) are not
+    ok &= ~torch.isnan(g.opacity_logits)
+    n_bad = int((~ok).sum())
+    if n_bad == 0:
+        return g
+    if n_bad == len(g):
+        raise ValueError(f"{path}: all {len(g)} Gaussians have non-finite parameters (NaN/inf)")
+    logger.warning("%s: dropping %d of %d Gaussians with non-finite parameters (NaN/inf)", path, n_bad, len(g))
+    return g.subset(ok)
 
 
 def write_splat(path: str | os.PathLike, gaussians: Gaussians) -> None:
@@ -186,12 +207,13 @@ def read_splat(path: str | os.PathLike) -> Gaussians:
     q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
     o = np.clip(rgba[:, 3], 1e-4, 1 - 1e-4)
     t = torch.from_numpy
-    return Gaussians(
+    g = Gaussians(
         t(rec["pos"].astype(np.float32)), t(q.astype(np.float32)),
         t(np.log(np.maximum(rec["scale"].astype(np.float32), 1e-12))),
         t((np.log(o) - np.log1p(-o)).astype(np.float32)),
         t(((rgba[:, :3] - 0.5) / SH_C0)[:, None, :].astype(np.float32)),
     )
+    return _drop_non_finite(g, p)
 
 
 def read_gaussians(path: str | os.PathLike) -> Gaussians:
