@@ -303,3 +303,14 @@ def test_render_sh3_ply_with_non_finite_rows(tmp_path, caplog):
                  "--video", "none", "--out", str(out)]) == 0
     views = sorted(out.glob("*.png"))
     assert len(views) == 2 and all(np.asarray(Image.open(v)).mean() > 5 for v in views)
+
+
+def test_depth_npy_layouts(tmp_path):
+    from forward3d.models.depth import read_depth_file
+
+    for shape in [(6, 8), (6, 8, 1), (1, 6, 8)]:
+        np.save(tmp_path / "d.npy", np.full(shape, 2.0, np.float32))
+        assert read_depth_file(tmp_path / "d.npy").shape == (6, 8)
+    np.save(tmp_path / "d.npy", np.full((6, 8, 3), 2.0, np.float32))  # used to take channel 0 silently
+    with pytest.raises(ValueError, match=r"d.npy: expected a single-channel depth map, found shape \[6, 8, 3\]"):
+        read_depth_file(tmp_path / "d.npy")

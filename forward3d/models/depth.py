@@ -75,8 +75,10 @@ def read_depth_file(path: str | os.PathLike, scale: float | None = None) -> np.n
             d = d.astype(np.float32)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{p}: cannot read depth map ({exc})") from exc
-    if d.ndim == 3:
+    if d.ndim == 3 and d.shape[-1] == 1:
         d = d[..., 0]
+    elif d.ndim == 3 and d.shape[0] == 1:  # [1, H, W] (a saved network output)
+        d = d[0]
     if d.ndim != 2:
         raise ValueError(f"{p}: expected a single-channel depth map, found shape {list(d.shape)}")
     d = d / s
