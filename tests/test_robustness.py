@@ -314,3 +314,16 @@ def test_depth_npy_layouts(tmp_path):
     np.save(tmp_path / "d.npy", np.full((6, 8, 3), 2.0, np.float32))  # used to take channel 0 silently
     with pytest.raises(ValueError, match=r"d.npy: expected a single-channel depth map, found shape \[6, 8, 3\]"):
         read_depth_file(tmp_path / "d.npy")
+
+
+def test_image_folder_exif_rotated_photos_with_depth(tmp_path):
+    """Phone photos are stored landscape with EXIF orientation 6; their depth maps (no EXIF) are in
+    the stored orientation: every frame was skipped for a depth/colour size mismatch."""
+    from forward3d.io import open_frames
+
+    (tmp_path / "depth").mkdir()
+    for i in range(2):
+        _exif_jpeg(tmp_path / f"{i}.jpg", 16, 12)
+        _depth_png(tmp_path / "depth" / f"{i}.png", 16, 12)
+    frames = list(open_frames(tmp_path, intrinsics=[10, 10, 6, 8], on_error="raise"))
+    assert len(frames) == 2 and frames[0].image.shape == (16, 12, 3) and frames[0].depth.shape == (16, 12)

@@ -528,6 +528,10 @@ class IndexedSource(FrameSource):
         if rec.depth_path is not None:
             depth = read_depth(rec.depth_path, self.scale, self.depth_invalid)
             (h, w), (hd, wd) = image.shape[:2], depth.shape
+            if (h, w) != (hd, wd) and (hd, wd) == (w, h) and exif_orientation(rec.image_path) in (5, 6, 7, 8):
+                # the colour image was EXIF-rotated; the depth map (no EXIF) is in the stored orientation
+                depth = apply_exif_orientation(depth, exif_orientation(rec.image_path))
+                hd, wd = depth.shape
             if (h, w) != (hd, wd):
                 if not self.resize_color_to_depth:
                     raise ValueError(f"{rec.depth_path}: depth size {wd}x{hd} does not match the colour image "
