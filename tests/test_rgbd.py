@@ -86,6 +86,41 @@ def test_odometry_mode_and_integrate_all():
     assert rec.metadata["num_integrated"] == 12
 
 
+def test_model_tracking_mode(clean):
+    """Frame-to-model: keyframe odometry refined by ICP against the fused surface; as accurate as keyframes."""
+    scene, frames, _ = clean
+    rec = RGBDPipeline(tracking="model", mesh=False).run(frames)
+    a, m = _score(rec, scene, frames)
+    assert a["rmse"] < 0.02, a["rmse"]
+    assert m["accuracy"] < 0.03, m
+    stats = rec.metadata["model_tracking"]
+    assert stats["refreshes"] >= 1 and stats["refined"] >= len(frames) // 2, stats
+    assert rec.metadata["tracking_failures"] == []
+
+
+def test_model_tracker_rejects_bad_input_and_corrects_an_offset():
+    from forward3d.pipelines.tsdf import ModelTracker, TSDFVolume
+
+    scene = _small_scene(num_frames=4)
+    frames = list(scene.frames())
+    vol = TSDFVolume(0.02, 0.08)
+    for f in frames:
+        vol.integrate(f.depth, f.image, f.K, f.c2w)
+    tracker = ModelTracker()
+    f = frames[2]
+    assert not tracker.refine(f.depth, f.K, f.c2w).ok  # no model extracted yet
+    tracker.refresh(vol)
+    off = f.c2w.copy()
+    off[:3, 3] += [0.02, -0.01, 0.015]
+    res = tracker.refine(f.depth, f.K, off)
+    assert res.ok and np.linalg.norm(res.src_to_tgt[:3, 3] - f.c2w[:3, 3]) < 0.003, res
+    far = f.c2w.copy()
+    far[:3, 3] += [0.5, 0.0, 0.0]
+    assert not tracker.refine(f.depth, f.K, far).ok  # a large correction is not trusted
+    with pytest.raises(ValueError, match="iterations"):
+        ModelTracker(voxel_sizes=(0.04, 0.02), iterations=(5,))
+
+
 def test_frames_are_streamed_not_kept():
     scene = _small_scene(num_frames=8)
     refs: list[weakref.ref] = []
@@ -151,6 +186,8 @@ def test_config_validation():
         RGBDConfig(voxel_size=0)
     with pytest.raises(ValueError, match="tracking"):
         RGBDConfig(tracking="icp")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="model_refresh_keyframes"):
+        RGBDConfig(tracking="model", model_refresh_keyframes=0)
     with pytest.raises(ValueError, match="sdf_trunc"):
         RGBDConfig(voxel_size=0.02, sdf_trunc=0.01)
     with pytest.raises(ValueError, match="unknown options"):

@@ -92,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trajectory", choices=["orbit", "walk", "handheld"], default="orbit",
                         help="camera path (default orbit)")
     parser.add_argument("--voxel-size", type=float, default=0.02, help="TSDF voxel size in metres (default 0.02)")
-    parser.add_argument("--tracking", choices=["keyframe", "odometry"], default="keyframe", help="rgbd tracking mode")
+    parser.add_argument("--tracking", choices=["keyframe", "odometry", "model"], default="keyframe",
+                        help="rgbd tracking: frame-to-keyframe (default), frame-to-frame or frame-to-model")
     parser.add_argument("--use-gt-poses", action="store_true", help="fuse with the ground-truth poses (no tracking)")
     parser.add_argument("--save-input", action="store_true",
                         help="also write the synthetic sequence as a TUM RGB-D dataset in OUT/input")

@@ -4,8 +4,11 @@ Frames stream through once (only the current frame, the previous frame and the t
 are held): every frame is tracked against the current keyframe (or the previous frame) with
 projective point-to-plane RGB-D odometry from a constant-velocity prediction, keyframes are fused
 into a sparse TSDF (``open3d.t.geometry.VoxelBlockGrid``), and the mesh and point cloud are
-extracted at the end. Failed tracking (solver failure, low overlap, implausible jump) falls back to
-the previous frame, then to the prediction, with a warning; such frames are not fused.
+extracted at the end. With ``tracking="model"`` each tracked pose is then refined frame-to-model:
+coarse-to-fine point-to-plane ICP of the frame's depth against the fused surface (cached, re-extracted
+every few keyframes), accepted only when its fitness, RMSE and correction size are plausible.
+Failed tracking (solver failure, low overlap, implausible jump) falls back to the previous frame,
+then to the prediction, with a warning; such frames are not fused.
 
 Example::
 
@@ -42,8 +45,11 @@ class RGBDConfig:
         voxel_size: TSDF voxel size in metres (0.01-0.02 for rooms; memory ~ surface / voxel_size^2).
         sdf_trunc: truncation distance in metres; None = 4 voxels.
         depth_min, depth_max: valid depth range in metres (others are ignored, as are 0/NaN/inf).
-        tracking: ``"keyframe"`` (frame-to-keyframe, default: drift only accumulates per keyframe) or
-            ``"odometry"`` (frame-to-frame).
+        tracking: ``"keyframe"`` (frame-to-keyframe, default: drift only accumulates per keyframe),
+            ``"odometry"`` (frame-to-frame) or ``"model"`` (frame-to-model: the keyframe estimate is
+            refined by coarse-to-fine point-to-plane ICP against the fused surface, 4/2/1 cm).
+        model_refresh_keyframes: ``tracking="model"``: the model surface is re-extracted from the
+            TSDF after this many new fused keyframes.
         tracking_depth_max: depth beyond this is not used for tracking (noise grows with z^2).
         tracking_bilateral: bilateral-filter the tracking depth (helps noisy sensors).
         keyframe_translation, keyframe_rotation_deg: motion since the last keyframe that makes a
@@ -66,7 +72,8 @@ class RGBDConfig:
     sdf_trunc: float | None = None
     depth_min: float = 0.1
     depth_max: float = 8.0
-    tracking: Literal["keyframe", "odometry"] = "keyframe"
+    tracking: Literal["keyframe", "odometry", "model"] = "keyframe"
+    model_refresh_keyframes: int = 5
     tracking_depth_max: float = 4.0
     tracking_bilateral: bool = False
     keyframe_translation: float = 0.1
@@ -99,8 +106,10 @@ class RGBDConfig:
             raise bad("sdf_trunc", f"None or >= 2 * voxel_size = {2 * self.voxel_size:g}")
         if not 0 <= self.depth_min < self.depth_max:
             raise bad("depth_min", f"in [0, depth_max={self.depth_max:g})")
-        if self.tracking not in ("keyframe", "odometry"):
-            raise bad("tracking", "'keyframe' or 'odometry'")
+        if self.tracking not in ("keyframe", "odometry", "model"):
+            raise bad("tracking", "'keyframe', 'odometry' or 'model'")
+        if not (isinstance(self.model_refresh_keyframes, int) and self.model_refresh_keyframes >= 1):
+            raise bad("model_refresh_keyframes", "an integer >= 1")
         if self.integrate not in ("keyframes", "all"):
             raise bad("integrate", "'keyframes' or 'all'")
         for name in ("min_fitness", "keyframe_min_fitness"):
@@ -197,8 +206,9 @@ class RGBDPipeline:
         parser.add_argument("--sdf-trunc", type=float, default=None, help="rgbd: TSDF truncation in metres (default 4 voxels)")
         parser.add_argument("--depth-max", type=float, default=d.depth_max,
                             help=f"rgbd: ignore depth beyond this many metres (default {d.depth_max})")
-        parser.add_argument("--tracking", choices=["keyframe", "odometry"], default=d.tracking,
-                            help="rgbd: frame-to-keyframe (default) or frame-to-frame tracking")
+        parser.add_argument("--tracking", choices=["keyframe", "odometry", "model"], default=d.tracking,
+                            help="rgbd: frame-to-keyframe (default), frame-to-frame, or frame-to-model "
+                                 "(keyframe odometry refined by ICP against the fused surface)")
         parser.add_argument("--integrate", choices=["keyframes", "all"], default=d.integrate,
                             help="rgbd: fuse keyframes only (default) or every frame")
         parser.add_argument("--use-gt-poses", action="store_true",
@@ -245,7 +255,7 @@ class RGBDPipeline:
         """
         from tqdm.auto import tqdm
 
-        from forward3d.pipelines.tsdf import RGBDTracker, TSDFVolume
+        from forward3d.pipelines.tsdf import ModelTracker, RGBDTracker, TSDFVolume
 
         cfg = self.config
         cfg.validate()
@@ -259,6 +269,11 @@ class RGBDPipeline:
         tracker = None if cfg.use_gt_poses else RGBDTracker(
             depth_max=min(cfg.tracking_depth_max, cfg.depth_max), min_fitness=cfg.min_fitness,
             bilateral=(7, 0.1, 5.0) if cfg.tracking_bilateral else None, device=cfg.device)
+        model = None
+        if cfg.tracking == "model" and not cfg.use_gt_poses:
+            model = ModelTracker(depth_max=min(cfg.tracking_depth_max, cfg.depth_max), device=cfg.device)
+        model_stats: dict[str, Any] = {"refined": 0, "rejected": 0, "refreshes": 0, "time_s": 0.0}
+        model_stale = 0  # keyframes fused since the last model refresh
 
         c2ws: list[np.ndarray] = []
         Ks: list[np.ndarray] = []
@@ -306,6 +321,9 @@ class RGBDPipeline:
                         c2w, is_key = np.eye(4), True
                     else:
                         c2w, ok, fit, reason = self._track(tracker, cur, prev, key, c2ws)
+                        if ok and model is not None:
+                            c2w, model_stale = self._refine(model, volume, depth, K, c2w, model_stats,
+                                                            model_stale, where)
                         if not ok:
                             failures.append({"index": i, "name": frame.name, "reason": reason})
                             usable = float((depth > 0).mean()) >= _MIN_VALID_DEPTH
@@ -328,6 +346,7 @@ class RGBDPipeline:
                     volume.integrate(depth, frame.image, K, c2w)
                     t_fuse += time.perf_counter() - ts
                     integrated = True
+                    model_stale += int(is_key)
                 if is_key:
                     keyframes.append(i)
                     if cur is not None:
@@ -371,6 +390,8 @@ class RGBDPipeline:
             "timings": {"total_s": t_loop + t_extract, "tracking_s": t_track, "fusion_s": t_fuse,
                         "extraction_s": t_extract, "frames_per_s": n / max(t_loop, 1e-9)},
         }
+        if model is not None:
+            meta["model_tracking"] = model_stats
         self.result = Reconstruction(np.stack(c2ws), np.stack(Ks), size, names, np.asarray(stamps),
                                      points=points, mesh=mesh, metadata=meta)
         log.info("rgbd: %d frames (%d keyframes, %d fused, %d failures) at %.1f frames/s; %d points, %d triangles",
@@ -379,6 +400,27 @@ class RGBDPipeline:
         return self.result
 
     # ----------------------------------------------------------------------------------------------
+    def _refine(self, model, volume, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, stats: dict[str, Any],
+                stale: int, where: str) -> tuple[np.ndarray, int]:
+        """Frame-to-model refinement of a tracked pose (the input pose when ICP is not trusted).
+
+        ``stale`` counts the keyframes fused since the model surface was last extracted; returns the
+        pose and the updated count.
+        """
+        ts = time.perf_counter()
+        if stale >= self.config.model_refresh_keyframes or (stale > 0 and stats["refreshes"] == 0):
+            model.refresh(volume, self.config.weight_threshold)
+            stats["refreshes"] += 1
+            stale = 0
+        res = model.refine(depth, K, c2w)
+        stats["time_s"] += time.perf_counter() - ts
+        if res.ok:
+            stats["refined"] += 1
+            return res.src_to_tgt, stale
+        stats["rejected"] += 1
+        log.debug("rgbd: model refinement of %s rejected (%s); keeping the odometry pose", where, res.reason)
+        return c2w, stale
+
     def _track(self, tracker, cur, prev, key, c2ws: list[np.ndarray]) -> tuple[np.ndarray, bool, float, str]:
         """Pose of the current frame: against the keyframe, else the previous frame, else predicted."""
         cfg = self.config

@@ -15,12 +15,13 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from forward3d.types import Mesh, PointCloud
 
-__all__ = ["import_open3d", "open3d_odometry_K", "TSDFVolume", "RGBDTracker", "TrackResult"]
+__all__ = ["import_open3d", "open3d_odometry_K", "TSDFVolume", "RGBDTracker", "ModelTracker", "TrackResult"]
 
 log = logging.getLogger(__name__)
 
@@ -273,4 +274,157 @@ class RGBDTracker:
             return TrackResult(False, np.asarray(init_src_to_tgt, np.float64), reason="non-finite transform")
         if fitness < self.min_fitness:
             return TrackResult(False, X, fitness, rmse, reason=f"fitness {fitness:.2f} < {self.min_fitness:.2f}")
+        return TrackResult(True, X, fitness, rmse)
+
+
+class ModelTracker:
+    """Frame-to-model refinement: point-to-plane ICP of a frame's depth against the fused surface.
+
+    The model is the TSDF's zero-crossing point cloud with normals (``VoxelBlockGrid.extract_point_cloud``,
+    unbiased, see ``tests/test_rgbd.py``), cached and refreshed by the caller (:meth:`refresh`) and
+    cropped per frame to the predicted frustum. ``VoxelBlockGrid.ray_cast`` is not used: in open3d 0.20
+    its first call on a grid under-allocates the range map (part of the image comes back empty or
+    wrong), it takes pixel centres at integers (forward3d's ``K`` must be shifted by -0.5 as for the
+    odometry) and even then its depth lies 2-3 mm behind a fused plane.
+
+    Args:
+        voxel_sizes: model downsampling per ICP scale, coarse to fine (metres; the source is the
+            frame's depth sub-sampled by ``stride * 2**k`` pixels, ``k = 0`` at the finest scale).
+        distance_factor: correspondence distance = this * the scale's voxel size.
+        iterations: ICP iterations per scale.
+        depth_max: depth beyond this is not used (metres).
+        source_points: the finest-scale pixel stride is chosen for about this many source points
+            (``round(sqrt(H * W / source_points))``, at least 1).
+        min_fitness: below this inlier fraction (of the source points) the refinement is rejected.
+        max_rmse: above this inlier RMSE (metres) of the finest scale the refinement is rejected.
+        max_translation, max_rotation_deg: corrections larger than this are rejected.
+        min_model_points: fewer model points in the frustum than this: no refinement.
+        device: open3d device string.
+    """
+
+    def __init__(self, voxel_sizes: tuple[float, ...] = (0.04, 0.02, 0.01), distance_factor: float = 1.5,
+                 iterations: tuple[int, ...] = (10, 6, 4), depth_max: float = 4.0, source_points: int = 4800,
+                 min_fitness: float = 0.3, max_rmse: float = 0.02, max_translation: float = 0.05,
+                 max_rotation_deg: float = 3.0, min_model_points: int = 500, device: str = "CPU:0") -> None:
+        if len(voxel_sizes) != len(iterations) or not voxel_sizes:
+            raise ValueError(f"ModelTracker: expected as many iterations as voxel_sizes, found "
+                             f"{len(iterations)} and {len(voxel_sizes)}")
+        o3d = import_open3d()
+        self._reg = o3d.t.pipelines.registration
+        self.device = _device(device)
+        self.voxel_sizes = [float(v) for v in voxel_sizes]
+        self.distances = [float(distance_factor) * v for v in self.voxel_sizes]
+        self.criteria = [self._reg.ICPConvergenceCriteria(1e-6, 1e-6, int(n)) for n in iterations]
+        self.depth_max = float(depth_max)
+        self.source_points = int(source_points)
+        self.min_fitness = float(min_fitness)
+        self.max_rmse = float(max_rmse)
+        self.max_translation = float(max_translation)
+        self.max_rotation_deg = float(max_rotation_deg)
+        self.min_model_points = int(min_model_points)
+        self.levels: list[tuple[np.ndarray, np.ndarray]] = []  # per scale: [M, 3] points, [M, 3] normals (world)
+
+    def refresh(self, volume: TSDFVolume, weight_threshold: float = 1.0) -> None:
+        """Re-extract the model surface from ``volume`` (points with a TSDF weight above the threshold).
+
+        The surface is voxel-downsampled once here to every ICP scale (the per-frame work is a
+        frustum crop of these levels).
+        """
+        o3d = import_open3d()
+        pc = volume.point_cloud(weight_threshold)
+        self.levels = []
+        if pc.normals is None or len(pc) == 0:
+            return
+        keep = np.linalg.norm(pc.normals, axis=1) > 0.5
+        cloud = o3d.t.geometry.PointCloud()
+        cloud.point.positions = _tensor(pc.points[keep])
+        cloud.point.normals = _tensor(pc.normals[keep])
+        made: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        for vs in self.voxel_sizes:
+            # never finer than the TSDF voxel (its zero crossings are up to 3 per voxel); equal levels are shared
+            key = max(vs, volume.voxel_size)
+            if key not in made:
+                down = cloud.voxel_down_sample(key)
+                p = down.point.positions.numpy().astype(np.float32)
+                n = down.point.normals.numpy().astype(np.float32)
+                norm = np.linalg.norm(n, axis=1, keepdims=True)
+                ok = norm[:, 0] > 0.5
+                made[key] = (p[ok], n[ok] / norm[ok])
+            self.levels.append(made[key])
+
+    @property
+    def num_points(self) -> int:
+        """Model points at the finest scale."""
+        return len(self.levels[-1][0]) if self.levels else 0
+
+    def _frustum(self, points: np.ndarray, K: np.ndarray, w2c: np.ndarray, width: int, height: int,
+                 zmax: float, margin: float = 0.1) -> np.ndarray:
+        """``[M]`` bool: ``points`` ``[M, 3]`` inside the (slightly enlarged) frustum of ``w2c`` up to ``zmax``."""
+        p = points @ w2c[:3, :3].T.astype(np.float32) + w2c[:3, 3].astype(np.float32)
+        z = p[:, 2]
+        ok = (z > 0.05) & (z < zmax)
+        zs = np.where(ok, z, 1.0)
+        u = K[0, 0] * p[:, 0] / zs + K[0, 2]
+        v = K[1, 1] * p[:, 1] / zs + K[1, 2]
+        mu, mv = margin * width, margin * height
+        return ok & (u > -mu) & (u < width + mu) & (v > -mv) & (v < height + mv)
+
+    def refine(self, depth: np.ndarray, K: np.ndarray, c2w_init: np.ndarray) -> TrackResult:
+        """Refine ``c2w_init`` ``[4, 4]`` of a frame (``depth`` ``[H, W]``, 0 = invalid; forward3d ``K``).
+
+        Returns a :class:`TrackResult` whose ``src_to_tgt`` is the refined camera-to-world; ``ok`` is
+        False (with the reason) when there is too little model or the result fails the checks.
+        """
+        o3d = import_open3d()
+        o3c = o3d.core
+        reg = self._reg
+        h, w = depth.shape
+        init = np.asarray(c2w_init, np.float64)
+        if not self.levels:
+            return TrackResult(False, init, reason="no model surface yet")
+        valid = (depth > 0) & (depth <= self.depth_max)
+        if int(valid.sum()) < self.min_model_points:
+            return TrackResult(False, init, reason=f"{int(valid.sum())} valid depth pixels")
+        stride = max(1, int(round(float(np.sqrt(h * w / max(self.source_points, 1))))))
+        w2c = np.linalg.inv(init)
+        zmax = float(depth[valid].max()) + 2 * self.distances[0]
+        T = _tensor(init, o3c.float64)
+        fitness, rmse = 0.0, float("inf")
+        n = len(self.levels)
+        crops: dict[int, tuple[Any, Any]] = {}  # per shared level: the cropped target
+        try:
+            for i, ((pts, nrm), dist, crit) in enumerate(zip(self.levels, self.distances, self.criteria)):
+                # source pyramid: the depth sub-sampled by `stride` at the finest scale, x2 per coarser one
+                s = stride * 2 ** (n - 1 - i)
+                v, u = np.nonzero(valid[s // 2::s, s // 2::s])
+                z = depth[v * s + s // 2, u * s + s // 2].astype(np.float64)
+                x = ((u * s + s // 2 + 0.5) - K[0, 2]) / K[0, 0] * z  # pixel centres at +0.5
+                y = ((v * s + s // 2 + 0.5) - K[1, 2]) / K[1, 1] * z
+                source = o3d.t.geometry.PointCloud(self.device)
+                source.point.positions = _tensor(np.stack([x, y, z], 1), o3c.float32, self.device)
+                if id(pts) not in crops:
+                    sel = self._frustum(pts, K, w2c, w, h, zmax)
+                    if int(sel.sum()) < self.min_model_points:
+                        return TrackResult(False, init, reason=f"{int(sel.sum())} model points in view")
+                    target = o3d.t.geometry.PointCloud(self.device)
+                    target.point.positions = _tensor(pts[sel], o3c.float32, self.device)
+                    target.point.normals = _tensor(nrm[sel], o3c.float32, self.device)
+                    crops[id(pts)] = (pts, target)
+                target = crops[id(pts)][1]
+                res = reg.icp(source, target, dist, T,
+                              reg.TransformationEstimationPointToPlane(), crit)
+                T, fitness, rmse = res.transformation, float(res.fitness), float(res.inlier_rmse)
+        except RuntimeError as exc:
+            msg = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+            return TrackResult(False, init, reason=f"icp: {msg.splitlines()[-1][-160:] if msg else type(exc).__name__}")
+        X = T.cpu().numpy().astype(np.float64)
+        if not np.isfinite(X).all():
+            return TrackResult(False, init, reason="non-finite transform")
+        delta = np.linalg.inv(init) @ X
+        dt = float(np.linalg.norm(delta[:3, 3]))
+        dr = float(np.degrees(np.arccos(np.clip((np.trace(delta[:3, :3]) - 1.0) / 2.0, -1.0, 1.0))))
+        if fitness < self.min_fitness or rmse > self.max_rmse:
+            return TrackResult(False, init, fitness, rmse, reason=f"icp fitness {fitness:.2f}, rmse {rmse * 1000:.1f} mm")
+        if dt > self.max_translation or dr > self.max_rotation_deg:
+            return TrackResult(False, init, fitness, rmse, reason=f"correction {dt * 100:.1f} cm / {dr:.1f} deg too large")
         return TrackResult(True, X, fitness, rmse)
