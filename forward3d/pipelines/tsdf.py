@@ -66,6 +66,19 @@ def open3d_odometry_K(K: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
+def _colors_normals(attrs) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """uint8 colours and unit float32 normals (zero where degenerate) of an open3d tensor attribute
+    map (``PointCloud.point`` or ``TriangleMesh.vertex``), each None when absent."""
+    colors = normals = None
+    if "colors" in attrs:
+        colors = (np.clip(attrs.colors.cpu().numpy(), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if "normals" in attrs:
+        normals = attrs.normals.cpu().numpy().astype(np.float32)
+        norm = np.linalg.norm(normals, axis=1, keepdims=True)
+        normals = np.where(norm > 0, normals / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
+    return colors, normals
+
+
 class TSDFVolume:
     """A sparse TSDF (``open3d.t.geometry.VoxelBlockGrid``) with colour.
 
@@ -134,14 +147,7 @@ class TSDFVolume:
         pts = pc.point.positions.cpu().numpy().astype(np.float32)
         if len(pts) == 0:
             return PointCloud(np.zeros((0, 3), np.float32))
-        colors = normals = None
-        if "colors" in pc.point:
-            colors = (np.clip(pc.point.colors.cpu().numpy(), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        if "normals" in pc.point:
-            normals = pc.point.normals.cpu().numpy().astype(np.float32)
-            norm = np.linalg.norm(normals, axis=1, keepdims=True)
-            normals = np.where(norm > 0, normals / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
-        return PointCloud(pts, colors, normals)
+        return PointCloud(pts, *_colors_normals(pc.point))
 
     def mesh(self, weight_threshold: float = 1.0) -> Mesh:
         """Marching-cubes triangle mesh with vertex colours and normals, world frame."""
@@ -152,14 +158,7 @@ class TSDFVolume:
         if len(verts) == 0 or "indices" not in m.triangle:
             return Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64))
         faces = m.triangle.indices.cpu().numpy().astype(np.int64)
-        colors = normals = None
-        if "colors" in m.vertex:
-            colors = (np.clip(m.vertex.colors.cpu().numpy(), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        if "normals" in m.vertex:
-            normals = m.vertex.normals.cpu().numpy().astype(np.float32)
-            norm = np.linalg.norm(normals, axis=1, keepdims=True)
-            normals = np.where(norm > 0, normals / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
-        return Mesh(verts, faces, colors, normals)
+        return Mesh(verts, faces, *_colors_normals(m.vertex))
 
 
 # --------------------------------------------------------------------------------------------------
