@@ -47,3 +47,32 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------------------------------
+# Device / dtype parameterisation (kornia's BaseTester habit): every test that takes ``device`` runs
+# on the CPU and, when one is present, on CUDA, so a lent GPU tests the CUDA paths with no new code.
+# ``FORWARD3D_TEST_DEVICES=cpu,cuda`` narrows or widens the list.
+# --------------------------------------------------------------------------------------------------
+
+
+def _test_devices() -> list[str]:
+    import torch
+
+    wanted = os.environ.get("FORWARD3D_TEST_DEVICES")
+    if wanted:
+        return [d.strip() for d in wanted.split(",") if d.strip()]
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def pytest_generate_tests(metafunc):
+    if "device" in metafunc.fixturenames:
+        marks = [m for m in metafunc.definition.iter_markers("parametrize") if "device" in str(m.args[0])]
+        if not marks:
+            metafunc.parametrize("device", _test_devices(), scope="function")
+    if "float_dtype" in metafunc.fixturenames:
+        marks = [m for m in metafunc.definition.iter_markers("parametrize") if "float_dtype" in str(m.args[0])]
+        if not marks:
+            import torch
+
+            metafunc.parametrize("float_dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
