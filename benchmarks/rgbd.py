@@ -36,12 +36,11 @@ def _rss_mb() -> float:
 
 def _child(spec: str, voxel: float, noise: float) -> dict:
     """Run one configuration in this process and return its numbers."""
-    import numpy as np
 
-    from forward3d.cli.demo import VisibilityMask, score_surface
+    from forward3d.eval.surface import VisibilityMask, score_surface
     from forward3d.data.synthetic import SyntheticScene
     from forward3d.eval import ate
-    from forward3d.pipelines.rgbd import RGBDPipeline
+    from forward3d.pipelines.rgbd import RGBDBackend
     from forward3d.types import PointCloud
 
     size, n = spec.split(":")
@@ -70,13 +69,13 @@ def _child(spec: str, voxel: float, noise: float) -> dict:
             yield f
 
     t0 = time.perf_counter()
-    rec = RGBDPipeline(voxel_size=voxel).run(frames(), num_frames=n)
+    rec = RGBDBackend(voxel_size=voxel).run(frames(), progress=False)
     wall = time.perf_counter() - t0
     a = ate(rec.c2w, scene.c2w)
     A = a["alignment"]
-    pts = PointCloud((rec.points.points @ A[:3, :3].T + A[:3, 3]).astype(np.float32))
+    pts = PointCloud(rec.points.points).transform(A)
     m = score_surface(pts, gt, vis.seen)
-    t = rec.metadata["timings"]
+    t = rec.timings
     loop = t["total_s"] - t["extraction_s"]
     return {
         "config": spec, "width": w, "height": h, "frames": n, "voxel_size": voxel, "depth_noise": noise,
@@ -85,8 +84,8 @@ def _child(spec: str, voxel: float, noise: float) -> dict:
             1000 * t["fusion_s"] / max(1, rec.metadata["num_integrated"]),
         "extraction_s": t["extraction_s"], "render_s": render_s, "wall_s": wall,
         "ate_rmse_m": a["rmse"], "accuracy_m": m["accuracy"], "completion_m": m["completion"],
-        "fscore@0.02": m["fscore@0.02"], "tracking_failures": len(rec.metadata["tracking_failures"]),
-        "keyframes": len(rec.metadata["keyframes"]), "voxel_blocks": rec.metadata["num_voxel_blocks"],
+        "fscore@0.02": m["fscore@0.02"], "tracking_failures": len(rec.failures),
+        "keyframes": len(rec.keyframes), "voxel_blocks": rec.metadata["num_voxel_blocks"],
         "points": len(rec.points), "triangles": 0 if rec.mesh is None else len(rec.mesh.faces),
         "rss_before_mb": rss_start, "rss_trace_mb": rss_trace, "peak_rss_mb": _rss_mb(),
     }

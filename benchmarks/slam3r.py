@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from forward3d.models.slam3r import Image2Points, Local2World, SLAM3RConfig, SLAM3REngine  # noqa: E402
+from forward3d.models.slam3r import Image2Points, Local2World, SLAM3RNetConfig, SLAM3REngine  # noqa: E402
 
 logger = logging.getLogger("benchmarks.slam3r")
 
@@ -104,8 +104,8 @@ def build_models(seed: int = 0) -> tuple[Image2Points, Local2World]:
     """Full-size I2P and L2W (published configs) with random CroCo-style init, fp32, on CPU."""
     torch.manual_seed(seed)
     with torch.device("meta"):
-        i2p = Image2Points(SLAM3RConfig())
-        l2w = Local2World(SLAM3RConfig(need_encoder=False))
+        i2p = Image2Points(SLAM3RNetConfig())
+        l2w = Local2World(SLAM3RNetConfig(need_encoder=False))
     for m in (i2p, l2w):
         m.to_empty(device="cpu")
         with torch.no_grad():
@@ -136,7 +136,7 @@ def make_tasks(engine: SLAM3REngine, images: torch.Tensor, tok: torch.Tensor, pt
 def count_task_gflop(images: torch.Tensor, args: argparse.Namespace) -> dict[str, float]:
     """FLOPs of every task, counted on meta-device copies of the models (no compute)."""
     with torch.device("meta"):
-        mi, ml = Image2Points(SLAM3RConfig()), Local2World(SLAM3RConfig(need_encoder=False))
+        mi, ml = Image2Points(SLAM3RNetConfig()), Local2World(SLAM3RNetConfig(need_encoder=False))
     eng = SLAM3REngine(mi, ml, device="meta")
     n = max(11, sum(args.retrieval), 20)
     H, W = mi.config.img_size

@@ -27,13 +27,13 @@ def child(models: str, frames: int, threads: int) -> dict:
     import torch
 
     from forward3d.data.synthetic import SyntheticConfig, SyntheticScene
-    from forward3d.pipelines.slam3r import SLAM3RConfig, SLAM3RPipeline
+    from forward3d.pipelines.slam3r import SLAM3RBackend, SLAM3RConfig
 
     torch.set_num_threads(threads)
     scene = SyntheticScene(SyntheticConfig(seed=0, num_frames=frames, width=80, height=64, trajectory="handheld",
                                            speed=0.5))
     if models == "oracle":
-        from forward3d.pipelines.oracle import OracleSLAM3R
+        from forward3d.pipelines.slam3r.oracle import OracleSLAM3R
 
         net = OracleSLAM3R(scene, image_size=(64, 80), cache_frames=192)
     else:
@@ -41,11 +41,11 @@ def child(models: str, frames: int, threads: int) -> dict:
 
         net = SLAM3REngine.from_pretrained(SMALL / "i2p_weights.safetensors", SMALL / "l2w_weights.safetensors",
                                            i2p_config=SMALL / "i2p_config.json", l2w_config=SMALL / "l2w_config.json")
-    cfg = SLAM3RConfig(online=True, progress=False, num_points_save=200_000)
-    pipe = SLAM3RPipeline(net, cfg)
+    cfg = SLAM3RConfig(online=True, num_points_save=200_000)
+    pipe = SLAM3RBackend(cfg, models=net)
     t0 = time.perf_counter()
     count = 0
-    for _ in pipe.stream(scene.frames()):
+    for _ in pipe.stream(scene.frames(), progress=False):
         count += 1
     seconds = time.perf_counter() - t0
     rec = pipe.result

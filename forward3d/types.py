@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -31,6 +31,12 @@ __all__ = [
     "PointCloud",
     "Mesh",
     "Reconstruction",
+    "FrameStatus",
+    "FRAME_STATES",
+    "ATEStats",
+    "RPEStats",
+    "TrajectoryMetrics",
+    "Update",
     "Gaussians",
     "SH_C0",
 ]
@@ -209,6 +215,13 @@ class PointMap:
         return np.isfinite(self.points).all(-1) & (np.abs(self.points).sum(-1) > 0)
 
 
+def _sim3_parts(T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(T [4, 4] float64, R [3, 3])``: a Sim(3) and its rotation (scale divided out)."""
+    A = np.asarray(T, dtype=np.float64)
+    _check_shape("transform T", A, (4, 4))
+    return A, A[:3, :3] / np.cbrt(np.linalg.det(A[:3, :3]))
+
+
 @dataclass
 class PointCloud:
     """An unordered point cloud.
@@ -247,6 +260,13 @@ class PointCloud:
             None if self.normals is None else self.normals[index],
         )
 
+    def transform(self, T: np.ndarray) -> "PointCloud":
+        """Apply a Sim(3) ``T`` ``[4, 4]`` (``x' = s R x + t``); normals are rotated."""
+        A, R = _sim3_parts(T)
+        p = (self.points @ A[:3, :3].T + A[:3, 3]).astype(np.float32)
+        n = None if self.normals is None else (self.normals @ R.T).astype(np.float32)
+        return PointCloud(p, self.colors, n)
+
 
 @dataclass
 class Mesh:
@@ -277,6 +297,196 @@ class Mesh:
         if len(self.faces) and (self.faces.min() < 0 or self.faces.max() >= v):
             raise ValueError(f"Mesh faces index vertices outside [0, {v})")
 
+    def transform(self, T: np.ndarray) -> "Mesh":
+        """Apply a Sim(3) ``T`` ``[4, 4]`` (``x' = s R x + t``); normals are rotated."""
+        A, R = _sim3_parts(T)
+        v = (self.vertices @ A[:3, :3].T + A[:3, 3]).astype(np.float32)
+        n = None if self.vertex_normals is None else (self.vertex_normals @ R.T).astype(np.float32)
+        return Mesh(v, self.faces, self.vertex_colors, n)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-frame status, trajectory metrics, streaming updates
+# --------------------------------------------------------------------------------------------------
+
+FrameState = Literal["tracked", "registered", "given", "interpolated", "failed"]
+FRAME_STATES: tuple[str, ...] = get_args(FrameState)
+
+
+@dataclass(frozen=True)
+class FrameStatus:
+    """How a frame's camera was obtained.
+
+    Attributes:
+        state: ``"tracked"`` (odometry / tracking against a reference), ``"registered"`` (registered into
+            a global model: SLAM3R L2W, SfM, PnP), ``"given"`` (a known pose: ground truth, ``--poses``),
+            ``"interpolated"`` (between neighbours), ``"failed"`` (the pose is a fallback, e.g. the motion
+            prediction; the frame's geometry was not used).
+        reason: why, for ``"failed"`` (and any other state worth a note), e.g. ``"low overlap (fitness 0.12)"``.
+        keyframe: the frame is a keyframe of the back-end.
+    """
+
+    state: FrameState = "tracked"
+    reason: str = ""
+    keyframe: bool = False
+
+    def __post_init__(self) -> None:
+        if self.state not in FRAME_STATES:
+            raise ValueError(f"FrameStatus.state: expected one of {FRAME_STATES}, found {self.state!r}")
+        object.__setattr__(self, "keyframe", bool(self.keyframe))
+        object.__setattr__(self, "reason", str(self.reason))
+
+    @property
+    def ok(self) -> bool:
+        return self.state != "failed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "reason": self.reason, "keyframe": self.keyframe}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FrameStatus":
+        return cls(str(d.get("state", "tracked")), str(d.get("reason", "")), bool(d.get("keyframe", False)))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ATEStats:
+    """Absolute trajectory error after one alignment (metres; rotation in degrees).
+
+    Attributes:
+        rmse, mean, median, max: statistics of the camera-centre distances after alignment.
+        rot_rmse_deg: RMSE of the rotation angle of ``inv(gt) @ aligned`` in degrees.
+        scale: the scale of the alignment (1 for SE(3)).
+    """
+
+    rmse: float
+    mean: float
+    median: float
+    max: float
+    rot_rmse_deg: float
+    scale: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(getattr(self, k)) for k in ("rmse", "mean", "median", "max", "rot_rmse_deg", "scale")}
+
+
+@dataclass(frozen=True)
+class RPEStats:
+    """Relative pose error between consecutive frames: translation in metres, rotation in degrees."""
+
+    trans_rmse: float
+    trans_mean: float
+    rot_rmse_deg: float
+    rot_mean_deg: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(getattr(self, k)) for k in ("trans_rmse", "trans_mean", "rot_rmse_deg", "rot_mean_deg")}
+
+
+@dataclass
+class TrajectoryMetrics:
+    """ATE (SE(3) and Sim(3) alignment) and RPE of a reconstruction against ground-truth poses.
+
+    Attributes:
+        num_frames_with_gt: frames that had a ground-truth pose (the metrics use only those).
+        primary: the alignment that matters for this reconstruction: ``"se3"`` for metric-scale
+            back-ends, ``"sim3"`` for up-to-scale ones.
+        ate_se3, ate_sim3: :class:`ATEStats` of both alignments.
+        rpe: :class:`RPEStats` (None unless the frames with GT are contiguous).
+        alignment: ``[4, 4]`` the primary alignment, prediction world -> GT world.
+        aligned_c2w: ``[M, 4, 4]`` the predicted poses of the frames with GT after the primary alignment.
+        gt_c2w: ``[M, 4, 4]`` their ground-truth poses.
+        frame_indices: the M frame indices with ground truth.
+    """
+
+    num_frames_with_gt: int
+    primary: Literal["se3", "sim3"]
+    ate_se3: ATEStats
+    ate_sim3: ATEStats
+    alignment: np.ndarray
+    aligned_c2w: np.ndarray
+    gt_c2w: np.ndarray
+    frame_indices: list[int] = field(default_factory=list)
+    rpe: RPEStats | None = None
+
+    @property
+    def ate(self) -> ATEStats:
+        """The ATE of the primary alignment."""
+        return self.ate_se3 if self.primary == "se3" else self.ate_sim3
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``metrics.json`` form (arrays of the aligned trajectory left out)."""
+        out: dict[str, Any] = {"num_frames_with_gt": self.num_frames_with_gt, "primary_alignment": self.primary,
+                               "ate_se3": self.ate_se3.to_dict(), "ate_sim3": self.ate_sim3.to_dict(),
+                               "alignment": np.asarray(self.alignment).tolist()}
+        if self.rpe is not None:
+            out["rpe"] = self.rpe.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], aligned_c2w: np.ndarray, gt_c2w: np.ndarray,
+                  frame_indices: list[int] | None = None) -> "TrajectoryMetrics":
+        """Inverse of :meth:`to_dict` given the two pose arrays (as stored in a bundle)."""
+        rpe = d.get("rpe")
+        return cls(int(d["num_frames_with_gt"]), d.get("primary_alignment", "se3"), ATEStats(**d["ate_se3"]),
+                   ATEStats(**d["ate_sim3"]), np.asarray(d["alignment"], np.float64),
+                   np.asarray(aligned_c2w, np.float64), np.asarray(gt_c2w, np.float64),
+                   list(frame_indices if frame_indices is not None else d.get("frame_indices", [])),
+                   None if rpe is None else RPEStats(**rpe))
+
+
+@dataclass
+class Update:
+    """One frame's result as soon as a streaming back-end has it (what a live viewer consumes).
+
+    Attributes:
+        index: position of the frame in the processed sequence (0-based).
+        name: the frame's name.
+        c2w: ``[4, 4]`` float64 camera-to-world.
+        K: ``[3, 3]`` float64 intrinsics for ``image_size``.
+        image_size: ``(width, height)`` of the frame.
+        status: how the pose was obtained (:class:`FrameStatus`; ``status.ok`` False = tracking failed).
+        points: optional world points of this frame, ``[N, 3]`` or ``[H', W', 3]`` float32.
+        colors: optional uint8 colours of ``points`` (``[N, 3]`` or ``[H', W', 3]``).
+        confidence: optional confidences of ``points`` (``[N]`` or ``[H', W']``).
+        image: optional ``[h, w, 3]`` uint8 picture of the frame (may be a thumbnail).
+        num_frames: frames with results so far (including this one).
+        frames_per_s: processing rate so far.
+        trajectory: optional ``[M, 4, 4]`` corrected camera-to-world of ALL frames so far, set when the
+            back-end changed past poses (loop closure, global optimisation).
+        metadata: back-end specific extras (depth scale, buffer membership, fitness...).
+    """
+
+    index: int
+    name: str
+    c2w: np.ndarray
+    K: np.ndarray
+    image_size: tuple[int, int]
+    status: FrameStatus = field(default_factory=FrameStatus)
+    points: np.ndarray | None = None
+    colors: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+    image: np.ndarray | None = None
+    num_frames: int = 0
+    frames_per_s: float = 0.0
+    trajectory: np.ndarray | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.c2w = np.asarray(self.c2w, dtype=np.float64)
+        self.K = np.asarray(self.K, dtype=np.float64)
+        _check_shape("Update c2w", self.c2w, (4, 4))
+        _check_shape("Update K", self.K, (3, 3))
+        if self.points is not None and self.points.shape[-1] != 3:
+            raise ValueError(f"Update points: expected [N, 3] or [H, W, 3], found {list(self.points.shape)}")
+
+    @property
+    def tracking_ok(self) -> bool:
+        return self.status.ok
+
+    @property
+    def keyframe(self) -> bool:
+        return self.status.keyframe
+
 
 # --------------------------------------------------------------------------------------------------
 # Reconstruction
@@ -299,7 +509,15 @@ class Reconstruction:
         point_map_colors: optional ``[N, H', W', 3]`` uint8 colours of ``point_maps``.
         points: optional fused :class:`PointCloud` (world frame).
         mesh: optional :class:`Mesh` (world frame).
-        metadata: free-form JSON-serialisable information (backend, options, timings, scales...).
+        backend: name of the back-end that made it.
+        metric_scale: True when the geometry is in metres (RGB-D input, metric poses), False when it is
+            up to an unknown scale.
+        depth_scales: optional ``[N]`` float64 per-frame scales fitted to sensor depth (NaN = no fit).
+        frame_status: N :class:`FrameStatus` (default: all ``"tracked"``).
+        timings: seconds per stage (keys ending in ``_s``) and ``frames_per_s``.
+        trajectory_metrics: :class:`TrajectoryMetrics` against ground truth, when it was scored.
+        interrupted: the run stopped early (Ctrl-C, a dropped stream): a partial result.
+        metadata: free-form JSON-serialisable, back-end specific information (options, keyframes...).
     """
 
     c2w: np.ndarray
@@ -312,6 +530,13 @@ class Reconstruction:
     point_map_colors: np.ndarray | None = None
     points: PointCloud | None = None
     mesh: Mesh | None = None
+    backend: str = ""
+    metric_scale: bool = False
+    depth_scales: np.ndarray | None = None
+    frame_status: list[FrameStatus] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    trajectory_metrics: TrajectoryMetrics | None = None
+    interrupted: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -334,6 +559,24 @@ class Reconstruction:
             hw = self.point_maps.shape[1:3]
             _check_shape("Reconstruction confidences", self.confidences, (n, *hw))
             _check_shape("Reconstruction point_map_colors", self.point_map_colors, (n, *hw, 3))
+        if not self.frame_status:
+            self.frame_status = [FrameStatus() for _ in range(n)]
+        if len(self.frame_status) != n:
+            raise ValueError(f"Reconstruction: {len(self.frame_status)} frame statuses for {n} poses")
+        if self.depth_scales is not None:
+            self.depth_scales = np.asarray(self.depth_scales, dtype=np.float64)
+            _check_shape("Reconstruction depth_scales", self.depth_scales, (n,))
+        self.timings = {str(k): float(v) for k, v in self.timings.items()}
+
+    @property
+    def failures(self) -> list[tuple[int, FrameStatus]]:
+        """``(frame index, status)`` of the frames whose camera is a fallback (``state == "failed"``)."""
+        return [(i, s) for i, s in enumerate(self.frame_status) if not s.ok]
+
+    @property
+    def keyframes(self) -> list[int]:
+        """Indices of the frames marked as keyframes."""
+        return [i for i, s in enumerate(self.frame_status) if s.keyframe]
 
     def __len__(self) -> int:
         return len(self.c2w)

@@ -3,7 +3,6 @@
 import json
 import math
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -114,36 +113,22 @@ def test_eval_traj_errors(tmp_path, capsys):
     assert "max-diff" in capsys.readouterr().err
 
 
-def test_eval_nvs_is_dispatched_lazily(monkeypatch, capsys):
-    calls = {}
-    fake = types.ModuleType("forward3d.cli.eval_nvs")
-    fake.__doc__ = "fake novel-view metrics"
-
-    def add_arguments(parser):
-        parser.add_argument("renders")
-
-    def run(args):
-        calls["renders"] = args.renders
-        return 0
-
-    fake.add_arguments, fake.run = add_arguments, run
-    monkeypatch.setitem(sys.modules, "forward3d.cli.eval_nvs", fake)
-    assert main(["eval", "nvs", "some/dir"]) == 0
-    assert calls == {"renders": "some/dir"}
+def test_eval_nvs_options_come_from_its_config(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "nvs", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--protocol", "--data", "--split", "--weights", "--method", "--lpips-weights", "--device"):
+        assert flag in out, flag
+    assert "RealEstate10K" in out  # the subcommand has a description
+    assert main(["eval", "nvs", "--data", "d", "--split", "s.txt"]) == 2
+    assert "exactly one of --weights" in capsys.readouterr().err
 
 
-def test_eval_nvs_broken_dependency_does_not_break_recon(monkeypatch, tmp_path, capsys):
-    import importlib
+def test_eval_recon_does_not_import_the_nvs_stack(tmp_path):
+    import subprocess
 
-    real = importlib.import_module
-
-    def fake_import(name, *a, **k):
-        if name == "forward3d.cli.eval_nvs":
-            raise ImportError("No module named 'lpips'")
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(importlib, "import_module", fake_import)
-    assert main(["eval", "nvs", "x"]) == 2
-    assert "lpips" in capsys.readouterr().err
     write_point_cloud(tmp_path / "gt.ply", PointCloud(plane()))
-    assert main(["eval", "recon", str(tmp_path / "gt.ply"), str(tmp_path / "gt.ply")]) == 0
+    code = ("import sys; from forward3d.cli import main; "
+            f"rc = main(['eval', 'recon', {str(tmp_path / 'gt.ply')!r}, {str(tmp_path / 'gt.ply')!r}]); "
+            "assert rc == 0; assert 'forward3d.eval.nvs' not in sys.modules, 'nvs imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -11,7 +11,8 @@ import pytest
 pytest.importorskip("open3d")
 
 from forward3d.cli import main  # noqa: E402
-from forward3d.cli.recon import parse_size, staged_output  # noqa: E402
+from forward3d.api import parse_size  # noqa: E402
+from forward3d.io.atomic import OUTPUT_MARKER, staged_folder  # noqa: E402
 from forward3d.data.synthetic import SyntheticScene  # noqa: E402
 from forward3d.io.sources import write_layout  # noqa: E402
 from forward3d.io.trajectory import read_tum  # noqa: E402
@@ -95,27 +96,47 @@ def test_unknown_backend_and_bad_size(tmp_path, capsys):
     assert parse_size("640x480") == (640, 480) and parse_size("512") == 512 and parse_size(None) is None
 
 
-def test_staged_output_replaces_only_on_success(tmp_path):
+def test_staged_folder_replaces_the_whole_set_only_on_success(tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("old")
     (out / "a.txt").write_text("old")
+    with pytest.raises(ValueError, match="--overwrite"):  # a folder forward3d did not write
+        with staged_folder(out):
+            pass
     with pytest.raises(RuntimeError):
-        with staged_output(out) as stage:
+        with staged_folder(out, overwrite=True) as stage:
             (stage / "a.txt").write_text("new")
             raise RuntimeError("boom")
-    assert (out / "a.txt").read_text() == "old"
-    with staged_output(out) as stage:
+    assert (out / "a.txt").read_text() == "old" and (out / "keep.txt").is_file()
+    with staged_folder(out, overwrite=True) as stage:
         (stage / "a.txt").write_text("new")
         (stage / "sub").mkdir()
-    assert (out / "a.txt").read_text() == "new" and (out / "keep.txt").read_text() == "old"
-    assert (out / "sub").is_dir() and len(list(tmp_path.iterdir())) == 1
+    # replaced as a whole: no stale file of the previous run is left beside the new results
+    assert (out / "a.txt").read_text() == "new" and not (out / "keep.txt").exists()
+    assert (out / "sub").is_dir() and (out / OUTPUT_MARKER).is_file() and len(list(tmp_path.iterdir())) == 1
+    with staged_folder(out) as stage:  # a forward3d output folder: replaced without --overwrite
+        (stage / "b.txt").write_text("newer")
+    assert sorted(p.name for p in out.iterdir()) == sorted([OUTPUT_MARKER, "b.txt"])
 
 
 def test_missing_intrinsics_error_names_the_option(tmp_path):
     scene = SyntheticScene(num_frames=2, width=64, height=48)
     frames = [f.with_(K=None) for f in scene.frames()]
-    from forward3d.pipelines import get_pipeline
+    from forward3d.pipelines import get_backend
 
     with pytest.raises(ValueError, match="--intrinsics"):
-        get_pipeline("rgbd").run(frames)
+        get_backend("rgbd").run(frames)
+
+
+def test_backend_help_lists_its_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["recon", "--backend", "slam3r", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--i2p", "--l2w", "--online", "--keyframe-stride", "--dtype", "--stride", "--intrinsics"):
+        assert flag in out, flag
+    assert "--voxel-size" not in out  # rgbd's options only with --backend rgbd
+    with pytest.raises(SystemExit):
+        main(["recon", "--help"])
+    out = capsys.readouterr().out
+    assert "--voxel-size" in out and "--bilateral" in out and "slam3r:" in out

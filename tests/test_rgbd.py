@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import gc
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 pytest.importorskip("open3d")
 
-from forward3d.cli.demo import VisibilityMask, score_surface  # noqa: E402
+from forward3d.eval.surface import VisibilityMask, score_surface  # noqa: E402
 from forward3d.data.synthetic import SyntheticScene  # noqa: E402
 from forward3d.eval import ate  # noqa: E402
-from forward3d.pipelines import PIPELINES, available_pipelines, get_pipeline, register_pipeline  # noqa: E402
-from forward3d.pipelines.rgbd import RGBDConfig, RGBDPipeline, open3d_device_name  # noqa: E402
-from forward3d.types import Frame, PointCloud, Reconstruction  # noqa: E402
+from forward3d.pipelines import BACKENDS, Backend, Capabilities, available_backends, get_backend, register_backend  # noqa: E402
+from forward3d.pipelines.rgbd import RGBDConfig, RGBDBackend, open3d_device_name  # noqa: E402
+from forward3d.types import Frame, PointCloud, Reconstruction, Update  # noqa: E402
 
 
 def _small_scene(**kw) -> SyntheticScene:
@@ -39,7 +40,7 @@ def _score(rec: Reconstruction, scene: SyntheticScene, frames: list[Frame], alig
 def clean():
     scene = _small_scene()
     frames = list(scene.frames())
-    rec = RGBDPipeline().run(frames)
+    rec = RGBDBackend().run(frames)
     return scene, frames, rec
 
 
@@ -53,8 +54,10 @@ def test_tracks_and_fuses_small_sequence(clean):
     a, m = _score(rec, scene, frames)
     assert a["rmse"] < 0.02, a["rmse"]
     assert m["accuracy"] < 0.03 and m["completion"] < 0.03, m
-    assert rec.metadata["backend"] == "rgbd" and rec.metadata["tracking_failures"] == []
-    assert 0 < len(rec.metadata["keyframes"]) <= n and rec.metadata["keyframes"][0] == 0
+    assert rec.backend == "rgbd" and rec.failures == [] and rec.metric_scale
+    assert 0 < len(rec.keyframes) <= n and rec.keyframes[0] == 0 and rec.keyframes == rec.metadata["keyframes"]
+    assert {s.state for s in rec.frame_status} == {"tracked"}
+    assert rec.timings["frames_per_s"] > 0 and rec.timings["total_s"] > 0
     assert rec.mesh is not None and len(rec.mesh.faces) > 1000 and rec.mesh.vertex_colors is not None
     assert rec.points.colors is not None and rec.points.normals is not None
     nrm = np.linalg.norm(rec.points.normals, axis=1)
@@ -63,7 +66,7 @@ def test_tracks_and_fuses_small_sequence(clean):
 
 def test_use_gt_poses_fuses_in_the_gt_world(clean):
     scene, frames, _ = clean
-    rec = RGBDPipeline(use_gt_poses=True, mesh=False).run(frames)
+    rec = RGBDBackend(use_gt_poses=True, mesh=False).run(frames)
     np.testing.assert_allclose(rec.c2w, scene.c2w)
     assert rec.mesh is None
     _, m = _score(rec, scene, frames, align=False)  # no alignment: already in the GT world
@@ -73,7 +76,7 @@ def test_use_gt_poses_fuses_in_the_gt_world(clean):
 def test_noisy_depth_with_holes_still_tracks():
     scene = _small_scene(depth_noise=0.001, depth_holes=0.05, seed=1)
     frames = list(scene.frames())
-    rec = RGBDPipeline().run(frames)
+    rec = RGBDBackend().run(frames)
     a, m = _score(rec, scene, frames)
     assert a["rmse"] < 0.03, a["rmse"]
     assert m["accuracy"] < 0.04, m
@@ -81,7 +84,8 @@ def test_noisy_depth_with_holes_still_tracks():
 
 def test_odometry_mode_and_integrate_all():
     scene = _small_scene(num_frames=12)
-    rec = RGBDPipeline(tracking="odometry", integrate="all", mesh=False).run(scene.frames(), num_frames=12)
+    rec = RGBDBackend(tracking="odometry", integrate="all", mesh=False).run(scene.frames())
+    assert rec.metadata["config"]["tracking"] == "frame"  # the old spelling is an alias
     assert ate(rec.c2w, scene.c2w)["rmse"] < 0.02
     assert rec.metadata["num_integrated"] == 12
 
@@ -89,13 +93,13 @@ def test_odometry_mode_and_integrate_all():
 def test_model_tracking_mode(clean):
     """Frame-to-model: keyframe odometry refined by ICP against the fused surface; as accurate as keyframes."""
     scene, frames, _ = clean
-    rec = RGBDPipeline(tracking="model", mesh=False).run(frames)
+    rec = RGBDBackend(tracking="model", mesh=False).run(frames)
     a, m = _score(rec, scene, frames)
     assert a["rmse"] < 0.02, a["rmse"]
     assert m["accuracy"] < 0.03, m
     stats = rec.metadata["model_tracking"]
     assert stats["refreshes"] >= 1 and stats["refined"] >= len(frames) // 2, stats
-    assert rec.metadata["tracking_failures"] == []
+    assert rec.failures == []
 
 
 def test_model_tracker_rejects_bad_input_and_corrects_an_offset():
@@ -135,7 +139,7 @@ def test_frames_are_streamed_not_kept():
         gc.collect()
         alive_after.append(sum(r() is not None for r in refs))
 
-    RGBDPipeline(mesh=False).run(gen(), callback=callback)
+    RGBDBackend(mesh=False).run(gen(), callback=callback)
     assert max(alive_after) <= 2  # the current frame (and the generator's local) only
 
 
@@ -149,7 +153,7 @@ def test_bad_depth_values_are_ignored():
         d[20:25] = -1.0
         d[25:30] = 100.0  # beyond depth_max
         frames.append(f.with_(depth=d))
-    rec = RGBDPipeline(mesh=False).run(frames)
+    rec = RGBDBackend(mesh=False).run(frames)
     assert np.isfinite(rec.c2w).all() and np.isfinite(rec.points.points).all()
     assert ate(rec.c2w, scene.c2w)["rmse"] < 0.02
 
@@ -157,28 +161,28 @@ def test_bad_depth_values_are_ignored():
 def test_missing_intrinsics_is_a_clear_error():
     f = _small_scene(num_frames=1).frame(0)
     with pytest.raises(ValueError, match="intrinsics"):
-        RGBDPipeline().run([f.with_(K=None)])
+        RGBDBackend().run([f.with_(K=None)])
 
 
 def test_rgb_only_input_names_slam3r():
     f = _small_scene(num_frames=1).frame(0)
     with pytest.raises(ValueError, match="slam3r"):
-        RGBDPipeline().run([f.with_(depth=None)])
+        RGBDBackend().run([f.with_(depth=None)])
 
 
 def test_gt_pose_mode_needs_poses_and_input_needs_frames():
     f = _small_scene(num_frames=1).frame(0)
     with pytest.raises(ValueError, match="ground-truth pose"):
-        RGBDPipeline(use_gt_poses=True).run([f.with_(c2w=None)])
+        RGBDBackend(use_gt_poses=True).run([f.with_(c2w=None)])
     with pytest.raises(ValueError, match="no frames"):
-        RGBDPipeline().run([])
+        RGBDBackend().run([])
 
 
 def test_frame_size_change_is_an_error():
     a = _small_scene(num_frames=1).frame(0)
     b = _small_scene(num_frames=1, width=80, height=60).frame(0)
     with pytest.raises(ValueError, match="80x60"):
-        RGBDPipeline(mesh=False).run([a, b])
+        RGBDBackend(mesh=False).run([a, b])
 
 
 def test_config_validation():
@@ -191,27 +195,99 @@ def test_config_validation():
     with pytest.raises(ValueError, match="sdf_trunc"):
         RGBDConfig(voxel_size=0.02, sdf_trunc=0.01)
     with pytest.raises(ValueError, match="unknown options"):
-        RGBDPipeline(voxel=0.1)
+        RGBDBackend(voxel=0.1)
+    assert RGBDConfig(tracking="odometry").tracking == "frame"
     assert RGBDConfig(voxel_size=0.02).trunc == pytest.approx(0.08)
     assert open3d_device_name(None) == "CPU:0" and open3d_device_name("cuda:1") == "CUDA:1"
+    assert open3d_device_name("auto") == "CPU:0"  # open3d-cpu
     with pytest.raises(ValueError, match="device"):
         open3d_device_name("tpu")
 
 
 def test_registry():
-    assert "rgbd" in available_pipelines()
-    pipe = get_pipeline("rgbd", voxel_size=0.03)
-    assert isinstance(pipe, RGBDPipeline) and pipe.config.voxel_size == 0.03
-    with pytest.raises(ValueError, match="unknown pipeline"):
-        get_pipeline("nope")
-    sentinel = object()
+    assert "rgbd" in available_backends() and "slam3r" in available_backends()
+    pipe = get_backend("rgbd", voxel_size=0.03)
+    assert isinstance(pipe, RGBDBackend) and pipe.config.voxel_size == 0.03
+    with pytest.raises(ValueError, match="unknown back-end"):
+        get_backend("nope")
+    with pytest.raises(ValueError, match="unknown options"):
+        get_backend("rgbd", voxel=0.03)
+
+    @dataclass
+    class DummyConfig:
+        """Attributes:
+            k: a number."""
+        k: int = 1
+
+    class Dummy(Backend):
+        name = "test-dummy"
+        config_cls = DummyConfig
+        capabilities = Capabilities()
+
+        def run(self, frames, config=None, *, progress=True, callback=None):
+            return Reconstruction(np.eye(4)[None], np.eye(3)[None], (4, 4), backend=self.name)
+
     try:
-        register_pipeline("test-dummy", lambda **kw: sentinel)
-        assert get_pipeline("test-dummy") is sentinel
+        register_backend(Dummy)
+        assert get_backend("test-dummy", k=3).config.k == 3
+        assert get_backend("test-dummy").run([]).backend == "test-dummy"
         with pytest.raises(ValueError, match="already registered"):
-            register_pipeline("test-dummy", lambda **kw: None)
+            register_backend(type("Other", (Dummy,), {}), "test-dummy")
     finally:
-        PIPELINES.pop("test-dummy", None)
+        BACKENDS.pop("test-dummy", None)
+
+
+def test_registration_checks_the_contract():
+    @dataclass
+    class Cfg:
+        x: int = 0
+
+    class NoRun(Backend):
+        name = "bad"
+        config_cls = Cfg
+
+    class StreamingWithoutStream(Backend):
+        name = "bad"
+        config_cls = Cfg
+        capabilities = Capabilities(streaming=True)
+
+    class NoDataclass(Backend):
+        name = "bad"
+        config_cls = dict
+
+        def run(self, frames, config=None, *, progress=True, callback=None):
+            raise AssertionError
+
+    with pytest.raises(TypeError, match="must implement run"):
+        register_backend(NoRun)
+    with pytest.raises(TypeError, match="does not implement stream"):
+        register_backend(StreamingWithoutStream)
+    with pytest.raises(TypeError, match="dataclass"):
+        register_backend(NoDataclass)
+    with pytest.raises(TypeError, match="subclass"):
+        register_backend(object)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="declares name"):
+        register_backend(RGBDBackend, "other")
+    assert "bad" not in BACKENDS
+
+
+def test_stream_yields_typed_updates():
+    scene = _small_scene(num_frames=6)
+    backend = RGBDBackend(mesh=False)
+    updates = list(backend.stream(scene.frames(), progress=False))
+    assert [u.index for u in updates] == list(range(6)) and backend.result is not None
+    u = updates[3]
+    assert isinstance(u, Update) and u.status.ok and u.points.shape[1] == 3 and len(u.points) == len(u.colors)
+    np.testing.assert_allclose(u.c2w, backend.result.c2w[3])
+    # the update's points are the frame's depth in the world frame (= the first camera): mapped to the
+    # GT world they lie on the GT surface
+    from scipy.spatial import cKDTree
+
+    from forward3d.geometry.se3 import transform_points
+
+    gt = scene.surface_points(0.01).points
+    d, _ = cKDTree(gt).query(transform_points(scene.c2w[0], u.points.astype(np.float64)))
+    assert np.median(d) < 0.02
 
 
 def test_open3d_pixel_convention_of_integration():
@@ -239,9 +315,10 @@ def test_tracking_failure_falls_back_and_recovers(caplog):
     frames[5] = frames[5].with_(depth=np.zeros_like(frames[5].depth))  # sensor dropout
     rng = np.random.default_rng(0)
     frames[9] = frames[9].with_(depth=rng.uniform(0.5, 5.0, frames[9].depth.shape).astype(np.float32))  # garbage
-    rec = RGBDPipeline(mesh=False).run(frames)
-    failed = [f["index"] for f in rec.metadata["tracking_failures"]]
+    rec = RGBDBackend(mesh=False).run(frames)
+    failed = [i for i, _ in rec.failures]
+    assert all(st.reason for _, st in rec.failures)
     assert 5 in failed and 9 in failed and len(failed) <= 4, failed
     assert "tracking failed" in caplog.text
     assert ate(rec.c2w, scene.c2w)["rmse"] < 0.02
-    assert 5 not in rec.metadata["keyframes"]  # no depth: never a reference
+    assert 5 not in rec.keyframes  # no depth: never a reference

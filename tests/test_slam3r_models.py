@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from forward3d.hub import WeightsError
-from forward3d.models.slam3r import Image2Points, Local2World, SLAM3RConfig, SLAM3REngine
+from forward3d.models.slam3r import Image2Points, Local2World, SLAM3RNetConfig, SLAM3REngine
 from forward3d.models.slam3r.layers import RoPE2D, apply_rope, rope_tables
 from forward3d.models.slam3r.protocol import SLAM3RModels
 
@@ -413,7 +413,7 @@ def read_manifest(path: Path) -> list[tuple[str, tuple[int, ...]]]:
 
 @pytest.mark.parametrize("which,cls,n_params", [("i2p", Image2Points, 532_934_913), ("l2w", Local2World, 230_624_000)])
 def test_full_size_manifest_on_meta(fx, which, cls, n_params):
-    cfg = SLAM3RConfig.from_json(fx / f"hf_config_{which}.json")
+    cfg = SLAM3RNetConfig.from_json(fx / f"hf_config_{which}.json")
     assert cfg.img_size == (224, 224) and cfg.rope_base == 100.0 and cfg.conf_mode[2] == float("inf")
     with torch.device("meta"):
         m = cls(cfg)
@@ -424,15 +424,15 @@ def test_full_size_manifest_on_meta(fx, which, cls, n_params):
 
 
 def test_config_parsing(fx):
-    small = SLAM3RConfig.from_json(fx / "small" / "l2w_config.json")
+    small = SLAM3RNetConfig.from_json(fx / "small" / "l2w_config.json")
     assert small.need_encoder is False and small.img_size == (64, 80) and small.depth_mode[1] == float("-inf")
-    assert SLAM3RConfig.from_dict(small.to_dict()) == small
+    assert SLAM3RNetConfig.from_dict(small.to_dict()) == small
     with pytest.raises(ValueError, match="unknown SLAM3R config keys"):
-        SLAM3RConfig.from_dict({"enc_depht": 3}, source="x.json")
+        SLAM3RNetConfig.from_dict({"enc_depht": 3}, source="x.json")
     with pytest.raises(ValueError, match="RoPE"):
-        SLAM3RConfig.from_dict({"pos_embed": "__import__('os')"})
+        SLAM3RNetConfig.from_dict({"pos_embed": "__import__('os')"})
     with pytest.raises(ValueError, match="head_type"):
-        SLAM3RConfig.from_dict({"head_type": "dpt"})
+        SLAM3RNetConfig.from_dict({"head_type": "dpt"})
 
 
 # ---------------------------------------------------------------------------------------------- DUSt3R equivalence

@@ -10,8 +10,8 @@ from forward3d.data.synthetic import SyntheticConfig, SyntheticScene
 from forward3d.eval.recon import recon_metrics
 from forward3d.eval.traj import ate
 from forward3d.geometry.align import umeyama
-from forward3d.pipelines.oracle import OracleSLAM3R
-from forward3d.pipelines.slam3r import SLAM3RConfig, SLAM3RPipeline, crop_transform
+from forward3d.pipelines.slam3r.oracle import OracleSLAM3R
+from forward3d.pipelines.slam3r import SLAM3RBackend, SLAM3RConfig, crop_transform
 from forward3d.types import Frame
 
 IMAGE_SIZE = (64, 80)  # (H, W), the small model's size
@@ -39,9 +39,9 @@ def _gt_world(oracle: OracleSLAM3R, n: int) -> np.ndarray:
 
 def _run(scene, frames, *, oracle_kw=None, **cfg_kw):
     oracle = OracleSLAM3R(scene, image_size=IMAGE_SIZE, **(oracle_kw or {}))
-    cfg = SLAM3RConfig(progress=False, **cfg_kw)
+    cfg = SLAM3RConfig(**cfg_kw)
     updates = []
-    rec = SLAM3RPipeline(oracle, cfg).reconstruct(frames, callback=updates.append)
+    rec = SLAM3RBackend(cfg, models=oracle).run(frames, callback=updates.append)
     return rec, oracle, updates
 
 
@@ -108,8 +108,8 @@ def test_noise_still_accurate(scene, frames):
 def test_rgbd_depth_correction_recovers_metric_scale(scene, frames, online):
     sub = frames[:20]
     rec, oracle, _ = _run(scene, sub, oracle_kw=dict(scale=0.37), keyframe_stride=2, online=online)
-    assert rec.metadata["metric_scale"]
-    scales = [x for x in rec.metadata["depth_scales"] if x is not None]
+    assert rec.metric_scale
+    scales = [x for x in rec.depth_scales if np.isfinite(x)]
     assert len(scales) >= len(sub) - 1 and np.allclose(scales, 1 / 0.37, rtol=0.01)
     s, m, tr = _score(rec, oracle, scene)
     assert abs(s - 1.0) < 0.02, s  # metric without Sim(3) scale
@@ -120,7 +120,7 @@ def test_rgbd_depth_correction_recovers_metric_scale(scene, frames, online):
     # without depth the scale stays relative
     rgb = [f.with_(depth=None) for f in sub]
     rec2, oracle2, _ = _run(scene, rgb, oracle_kw=dict(scale=0.37), keyframe_stride=2, online=online)
-    assert not rec2.metadata["metric_scale"]
+    assert not rec2.metric_scale
     s2, _, _ = _score(rec2, oracle2, scene)
     assert abs(s2 - 1.0) > 0.1
 
@@ -129,8 +129,8 @@ def test_depth_correction_with_missing_depth(scene, frames):
     # every third frame has no depth (the initial reference, frame 4, has one): still metric
     sub = [f.with_(depth=None) if i % 3 == 2 else f for i, f in enumerate(frames[:18])]
     rec, oracle, _ = _run(scene, sub, oracle_kw=dict(scale=0.37), keyframe_stride=2)
-    assert rec.metadata["metric_scale"]
-    assert [x is None for x in rec.metadata["depth_scales"]] == [i % 3 == 2 for i in range(18)]
+    assert rec.metric_scale
+    assert [not np.isfinite(x) for x in rec.depth_scales] == [i % 3 == 2 for i in range(18)]
     s, _, _ = _score(rec, oracle, scene)
     assert abs(s - 1.0) < 0.02
     assert ate(rec.c2w, scene.c2w[:18], align="se3")["rmse"] < 0.03
@@ -202,7 +202,7 @@ def test_user_intrinsics_and_bad_input(scene, frames):
     with pytest.raises(ValueError, match="buffer_strategy"):
         SLAM3RConfig(buffer_strategy="lru")
     with pytest.raises(TypeError, match="SLAM3RModels"):
-        SLAM3RPipeline(object())
+        SLAM3RBackend(models=object())
 
 
 def test_crop_transform_maps_intrinsics_back():

@@ -13,7 +13,7 @@ from mjpeg_server import MJPEGServer
 
 from forward3d.data.synthetic import SyntheticConfig, SyntheticScene
 from forward3d.io.export import export_reconstruction
-from forward3d.pipelines.slam3r import SLAM3RConfig, SLAM3RPipeline
+from forward3d.pipelines.slam3r import SLAM3RBackend, SLAM3RConfig
 
 SMALL = "fixtures/slam3r/small"
 N = 10
@@ -54,19 +54,19 @@ def _check(rec, n):
 
 @pytest.mark.parametrize("online", [False, True])
 def test_small_models_end_to_end(engine, frames, tmp_path, online):
-    cfg = SLAM3RConfig(keyframe_stride=2, online=online, progress=False, conf_thres_l2w=1.5, num_points_save=5000,
+    cfg = SLAM3RConfig(keyframe_stride=2, online=online, conf_thres_l2w=1.5, num_points_save=5000,
                        i2p_batch_size=16)
     updates = []
-    a = SLAM3RPipeline(engine, cfg).reconstruct(frames, callback=updates.append)
+    a = SLAM3RBackend(cfg, models=engine).run(frames, callback=updates.append)
     _check(a, N)
     assert a.metadata["mode"] == ("online" if online else "offline")
     assert len(updates) == (N if online else 0)
-    assert a.metadata["metric_scale"]  # the synthetic frames carry depth
+    assert a.metric_scale  # the synthetic frames carry depth
     written = export_reconstruction(a, tmp_path / "out")
     for key in ("ply", "tum", "colmap", "nerfstudio", "bundle"):
         assert written[key].exists(), key
     if not online:  # determinism: a second run gives identical results
-        b = SLAM3RPipeline(engine, cfg).reconstruct(frames)
+        b = SLAM3RBackend(cfg, models=engine).run(frames)
         np.testing.assert_array_equal(a.c2w, b.c2w)
         np.testing.assert_array_equal(a.point_maps, b.point_maps)
         np.testing.assert_array_equal(a.points.points, b.points.points)
@@ -77,22 +77,23 @@ def test_online_over_dropped_mjpeg_stream_saves_partial(engine, frames, tmp_path
 
     with MJPEGServer([f.image for f in frames], drop_at=7) as url:
         src = open_frames(url, timeout=5)
-        cfg = SLAM3RConfig(keyframe_stride=1, online=True, progress=False, conf_thres_l2w=1.5, num_points_save=2000)
-        pipe = SLAM3RPipeline(engine, cfg)
+        cfg = SLAM3RConfig(keyframe_stride=1, online=True, conf_thres_l2w=1.5, num_points_save=2000)
+        pipe = SLAM3RBackend(cfg, models=engine)
         seen = [u.index for u in pipe.stream(src)]
         rec = pipe.result
     assert src.dropped and rec.metadata["stream_dropped"]
     n = len(rec)  # the frames before the drop (a half-sent JPEG may still decode)
     assert 7 <= n <= 8 and seen == list(range(n))
     _check(rec, n)
-    assert not rec.metadata["metric_scale"]  # a video stream has no depth
+    assert not rec.metric_scale  # a video stream has no depth
     written = export_reconstruction(rec, tmp_path / "partial", formats=("ply", "tum", "bundle"))
     assert all(p.exists() for p in written.values())
 
 
-def test_cli_options_and_run(small, frames, tmp_path, capsys):
+def test_cli_options_and_run(small, engine, frames, tmp_path, capsys):
+    from forward3d.api import SourceConfig
     from forward3d.cli import main
-    from forward3d.cli import recon_slam3r
+    from forward3d.cli.options import add_config_arguments, config_from_args
     from forward3d.io.sources import write_layout
 
     root = tmp_path / "tum_seq"
@@ -102,11 +103,18 @@ def test_cli_options_and_run(small, frames, tmp_path, capsys):
             "--l2w-config", small["l2w_config"], "--keyframe-stride", "2", "--buffer-strategy", "fifo",
             "--buffer-size", "20", "--win-r", "2", "--num-scene-frame", "4", "--conf-thres-l2w", "1.5",
             "--device", "cpu", "--dtype", "fp32", "--out", str(out), "--no-progress", "--num-points-save", "3000"]
-    parser = argparse.ArgumentParser()
-    recon_slam3r.add_arguments(parser)  # stand-alone parser: INPUT + every option
+    parser = argparse.ArgumentParser()  # the options generated from the configs, as forward3d recon does
+    parser.add_argument("input")
+    parser.add_argument("--out")
+    parser.add_argument("--no-progress", action="store_true")
+    src_dests = add_config_arguments(parser, SourceConfig, prefix="source_")
+    dests = add_config_arguments(parser, SLAM3RConfig, prefix="backend_")
     args = parser.parse_args(argv + ["--intrinsics", "100", "100", "60", "45"])
-    cfg = recon_slam3r.config_from_cli_args(args)
+    cfg = config_from_args(SLAM3RConfig, args, dests)
+    source = config_from_args(SourceConfig, args, src_dests)
     assert (cfg.buffer_strategy, cfg.buffer_size, cfg.win_r, cfg.num_scene_frame) == ("fifo", 20, 2, 4)
+    assert source.intrinsics == (100.0, 100.0, 60.0, 45.0) and not cfg.use_frame_intrinsics
+    cfg = SLAM3RBackend(cfg, models=engine).configure_for_source(source, cfg)
     assert cfg.use_frame_intrinsics and not cfg.online and cfg.keyframe_stride == 2
     # through the real command: forward3d recon INPUT --backend slam3r ...
     assert main(["recon", "--backend", "slam3r", "--no-previews", *argv]) == 0

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from forward3d.pipelines.slam3r_buffer import BufferingSet
-from forward3d.pipelines.slam3r_cameras import estimate_focal, robust_procrustes, weighted_umeyama
-from forward3d.pipelines.slam3r_common import (
+from forward3d.pipelines.slam3r.buffer import BufferingSet
+from forward3d.pipelines.slam3r.cameras import estimate_focal, robust_procrustes, weighted_umeyama
+from forward3d.pipelines.slam3r.common import (
     correct_points_with_depth,
     fit_depth_scale,
     fuse_point_cloud,

@@ -1,14 +1,21 @@
 """The ``forward3d`` command line: one console script with subcommands.
 
 Each subcommand lives in its own module ``forward3d/cli/<name>.py`` that defines
-``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their command
-runs, so ``forward3d --help`` stays fast and one broken optional dependency never breaks the others.
+``add_arguments(parser, argv)`` (``argv``: the whole command line, so that e.g. ``recon --backend X``
+can add X's options only) and ``run(args) -> int``. Modules are imported only when their command runs,
+so ``forward3d --help`` stays fast and one broken optional dependency never breaks the others. The
+options themselves come from the library's config dataclasses (:mod:`forward3d.cli.options`); the
+commands call the library (:mod:`forward3d.api`, ...) and print.
+
+Errors a user can fix (bad input, missing files, a missing optional dependency) are one line on stderr
+and exit status 2, never a traceback (``-v`` shows it).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import sys
 
@@ -27,24 +34,38 @@ class CLIError(Exception):
     """An error to report as one line, without a traceback."""
 
 
-def _build_parser(command: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="forward3d", description="Feed-forward 3D reconstruction.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+def _version() -> str:
+    from forward3d import __version__
+
+    return __version__
+
+
+def _build_parser(command: str | None, argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forward3d", description="Feed-forward 3D reconstruction.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"forward3d {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if name == command:
-            importlib.import_module(module).add_arguments(p)
+            add = importlib.import_module(module).add_arguments
+            if len(inspect.signature(add).parameters) >= 2:
+                add(p, argv)
+            else:
+                add(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     if command not in COMMANDS:
         command = None
     try:
-        parser = _build_parser(command)
+        parser = _build_parser(command, argv)
     except ImportError as exc:
         print(f"forward3d {command}: missing dependency: {exc}", file=sys.stderr)
         return 2
@@ -56,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
-        return int(module.run(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError, ImportError) as exc:
+        with logging_redirect_tqdm():  # log lines print above progress bars, not glued to them
+            return int(module.run(args) or 0)
+    except (CLIError, ValueError, TypeError, FileNotFoundError, ImportError, PermissionError) as exc:
         if args.verbose:
             raise
         print(f"forward3d {args.command}: error: {exc}", file=sys.stderr)

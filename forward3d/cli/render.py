@@ -13,6 +13,8 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from forward3d.device import DEVICE_HELP
+
     p.add_argument("scene", help="3DGS .ply or .splat file")
     p.add_argument("--cameras", default="orbit",
                    help="'orbit' (default), a COLMAP text model folder, or a nerfstudio transforms.json")
@@ -28,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sh-degree", type=int, default=None)
     p.add_argument("--video", choices=["mp4", "gif", "none"], default="mp4")
     p.add_argument("--no-png", action="store_true", help="only write the video")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
 
 
 def _cameras(args, gaussians):
@@ -74,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
     from forward3d.io.video import write_png, write_video
     from forward3d.render import Cameras, rasterize
 
+    from forward3d.device import resolve_device
+
+    args.device = str(resolve_device(args.device))
     gaussians = read_gaussians(args.scene).to(args.device)
     c2w, K, w, h, names = _cameras(args, gaussians)
     out = Path(args.out)

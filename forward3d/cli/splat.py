@@ -13,6 +13,8 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from forward3d.device import DEVICE_HELP
+
     p.add_argument("image", help="input image (jpg/png/webp)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--depth", help="metric depth map of the image (16-bit PNG in mm, .npy in metres, float TIFF)")
@@ -26,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cam.add_argument("--fov", type=float, default=None, help="horizontal field of view in degrees (default 60)")
     p.add_argument("--weights", help="Flash3D checkpoint (.pth/.safetensors/folder/hub id); without it the "
                                      "no-network unproject baseline is used")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
     p.add_argument("--out", default="forward3d-splat", help="output folder")
     p.add_argument("--orbit-frames", type=int, default=48, help="frames of the orbit video (0 = none)")
     p.add_argument("--video", choices=["mp4", "gif", "none"], default="mp4")
@@ -36,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from forward3d.cli.recon import staged_output
+    from forward3d.device import resolve_device
+    from forward3d.io.atomic import staged_folder
     from forward3d.models.depth import make_depth_estimator, read_image_and_depth
     from forward3d.pipelines.splat import (
         DEFAULT_MAX_GAUSSIANS,
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from forward3d.types import Intrinsics
 
+    args.device = str(resolve_device(args.device))
     image, depth = read_image_and_depth(args.image, args.depth, args.depth_scale)
     h, w = image.shape[:2]
     if args.intrinsics:
@@ -66,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("no --weights: using the no-network unproject baseline (one Gaussian per pixel)")
     cap = DEFAULT_MAX_GAUSSIANS if args.max_gaussians is None else (args.max_gaussians or None)
     result = splat_image(image, K, depth=depth, model=model, depth_model=depth_model, max_gaussians=cap)
-    with staged_output(args.out) as stage:  # an error leaves --out as it was, never half-written
+    with staged_folder(args.out) as stage:  # an error leaves --out as it was, never half-written
         paths = save_outputs(result, stage, orbit_frames=args.orbit_frames, video=args.video)
         paths = {k: Path(args.out) / Path(v).relative_to(stage) for k, v in paths.items()}
         summary = {"method": result.method, "image": str(args.image), "num_gaussians": len(result.gaussians),

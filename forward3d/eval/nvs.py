@@ -17,18 +17,23 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from forward3d.config import option
 from forward3d.data.re10k_dataset import TARGET_KINDS, RE10KEvalDataset, RE10KSample, depth_scales, scale_w2c
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["NVSPredictor", "Flash3DPredictor", "UnprojectPredictor", "OraclePredictor", "BlankPredictor",
-           "LineResult", "NVSReport", "evaluate_nvs", "score_images", "PUBLISHED_RE10K_1VIEW", "PSNR_MAX"]
+           "LineResult", "NVSReport", "evaluate_nvs", "score_images", "PUBLISHED_RE10K_1VIEW", "PSNR_MAX",
+           "NVSEvalConfig", "run_nvs_eval", "PROTOCOLS"]
+
+PROTOCOLS = ("re10k-1view",)
 
 PSNR_MAX = 100.0  # dB: MSE floor 1e-10
 # published single-view RE10K numbers (PSNR, SSIM, LPIPS) per target kind (Flash3D paper, Table 1)
@@ -293,3 +298,107 @@ def evaluate_nvs(dataset: RE10KEvalDataset, predictor: NVSPredictor, lpips=None,
     if bar is not None:
         bar.close()
     return report
+
+
+@dataclass
+class NVSEvalConfig:
+    """Options of ``forward3d eval nvs`` (novel-view synthesis from one image, RealEstate10K).
+
+    Attributes:
+        protocol: evaluation protocol.
+        data: RealEstate10K root in the Flash3D layout.
+        split: split file with lines 'seq src +5 +10 rand' (frame indices), e.g. test_files.txt.
+        index_split: which {split}.pickle.gz / frame folder.
+        weights: Flash3D checkpoint (.pth / .safetensors / folder); give this or --method.
+        method: a baseline instead of a network: unproject (one Gaussian per pixel at its depth), oracle
+            (ground truth) or blank.
+        depth_model: metric depth network for the source (unidepth[:SRC] | transformers:PATH); default:
+            the dataset's depth/ folder.
+        lpips_weights: LPIPS-VGG weights 'VGG16.pth,LIN.pth' or one combined file.
+        out: write the results as JSON here.
+        max_lines: evaluate only the first N lines.
+        height: network height (default: the model's, else 256).
+        width: network width (default: the model's, else 384).
+        pad: padding per side (default: the model's, else 32).
+        skip_bad_lines: log and skip lines whose frames cannot be read instead of stopping (listed in the JSON).
+        device: auto (CUDA when available), cpu or cuda.
+        progress: progress bar.
+    """
+
+    protocol: Literal["re10k-1view"] = "re10k-1view"
+    data: str = option("", metavar="DIR")
+    split: str = option("", metavar="FILE")
+    index_split: str = "test"
+    weights: str | None = option(None, metavar="WEIGHTS")
+    method: Literal["unproject", "oracle", "blank"] | None = None
+    depth_model: str | None = option(None, metavar="SPEC")
+    lpips_weights: str | None = option(None, metavar="FILES")
+    out: str | None = option(None, metavar="JSON")
+    max_lines: int | None = None
+    height: int | None = None
+    width: int | None = None
+    pad: int | None = None
+    skip_bad_lines: bool = False
+    device: str = "auto"
+    progress: bool = True
+
+
+def run_nvs_eval(cfg: NVSEvalConfig) -> tuple[NVSReport, dict[str, Any]]:
+    """Evaluate ``cfg.weights`` (or a baseline ``cfg.method``) with ``cfg.protocol``; write ``cfg.out``.
+
+    Returns:
+        ``(report, result)``: the :class:`NVSReport` and its JSON form with the run's settings.
+    """
+    from forward3d.device import resolve_device
+
+    if not cfg.data or not cfg.split:
+        raise ValueError("eval nvs: --data DIR and --split FILE are required")
+    if (cfg.weights is None) == (cfg.method is None):
+        raise ValueError("eval nvs: give exactly one of --weights CHECKPOINT or --method unproject|oracle|blank")
+    if cfg.max_lines is not None and cfg.max_lines < 1:
+        raise ValueError(f"--max-lines: expected >= 1, found {cfg.max_lines}")
+    device = str(resolve_device(cfg.device))
+    depth_model = None
+    if cfg.depth_model:
+        from forward3d.models.depth import make_depth_estimator
+
+        depth_model = make_depth_estimator(cfg.depth_model, device=device)
+        if not getattr(depth_model, "metric", True):
+            raise ValueError(f"--depth-model {cfg.depth_model}: expected a metric depth network, found a relative one")
+    size = (256, 384, 32)
+    predictor: NVSPredictor
+    if cfg.weights is not None:
+        from forward3d.models.flash3d import Flash3D
+
+        model = Flash3D.from_pretrained(cfg.weights, device=device)
+        c = model.config
+        size = (c.height, c.width, c.pad_border)
+        predictor = Flash3DPredictor(model, depth_model, device=device)
+    elif cfg.method == "unproject":
+        predictor = UnprojectPredictor(depth_model, device=device)
+    elif cfg.method == "oracle":
+        predictor = OraclePredictor()
+    else:
+        predictor = BlankPredictor()
+    h = cfg.height or size[0]
+    w = cfg.width or size[1]
+    pad = size[2] if cfg.pad is None else cfg.pad
+    dataset = RE10KEvalDataset(Path(cfg.data), Path(cfg.split), split=cfg.index_split, height=h, width=w, pad=pad,
+                               max_lines=cfg.max_lines, use_dataset_depth=depth_model is None)
+    lpips = None
+    if cfg.lpips_weights:
+        from forward3d.eval.lpips import load_lpips
+
+        lpips = load_lpips(cfg.lpips_weights, device=device)
+    else:
+        logger.info("LPIPS not computed: no --lpips-weights given")
+    report = evaluate_nvs(dataset, predictor, lpips=lpips, progress=cfg.progress, skip_bad_lines=cfg.skip_bad_lines)
+    result = report.to_dict()
+    result.update({"protocol": cfg.protocol, "data": cfg.data, "split_file": cfg.split, "weights": cfg.weights,
+                   "depth_model": cfg.depth_model, "image_size": [h, w], "pad": pad})
+    if cfg.out is not None:
+        from forward3d.io.jsonio import write_json
+
+        write_json(Path(cfg.out), result)
+        logger.info("wrote %s", cfg.out)
+    return report, result

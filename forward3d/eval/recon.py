@@ -17,13 +17,16 @@ Distances are in the clouds' units (metres). Nearest neighbours use ``scipy.spat
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
+from forward3d.config import option
 from forward3d.types import PointCloud
 
-__all__ = ["recon_metrics", "voxel_downsample", "nearest_distances"]
+__all__ = ["recon_metrics", "voxel_downsample", "nearest_distances", "ReconEvalConfig", "evaluate_point_cloud_files"]
 
 log = logging.getLogger(__name__)
 
@@ -165,3 +168,47 @@ def recon_metrics(pred, gt, thresholds: Sequence[float] = (0.01, 0.02, 0.05), ma
     out["num_pred"] = len(p)
     out["num_gt"] = len(g)
     return out
+
+
+@dataclass
+class ReconEvalConfig:
+    """Options of ``forward3d eval recon``: score a point cloud against a ground-truth cloud or mesh.
+
+    Attributes:
+        pred: predicted point cloud (.ply).
+        gt: ground-truth point cloud or mesh (.ply; meshes use their vertices).
+        thresholds: F-score distance thresholds in metres.
+        max_dist: clip nearest-neighbour distances to this value before averaging.
+        voxel_size: voxel-downsample both clouds to this size (metres) before scoring.
+        out: write the metrics as JSON here.
+    """
+
+    pred: str = option("", positional=True)
+    gt: str = option("", positional=True)
+    thresholds: list[float] = option(default_factory=lambda: [0.01, 0.02, 0.05], metavar="M")
+    max_dist: float | None = option(None, metavar="M")
+    voxel_size: float | None = option(None, metavar="M")
+    out: str | None = option(None, metavar="JSON")
+
+
+def evaluate_point_cloud_files(cfg: ReconEvalConfig) -> dict[str, Any]:
+    """Read ``cfg.pred`` / ``cfg.gt`` (PLY), score them with :func:`recon_metrics`, write ``cfg.out``."""
+    from forward3d.io.jsonio import write_json
+    from forward3d.io.ply import read_point_cloud
+
+    for name, path in (("PRED", cfg.pred), ("GT", cfg.gt)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{name} point cloud not found: {path}")
+    pred = read_point_cloud(cfg.pred)
+    gt = read_point_cloud(cfg.gt)
+    if len(pred) == 0:
+        raise ValueError(f"PRED {cfg.pred}: expected points, found an empty point cloud")
+    if len(gt) == 0:
+        raise ValueError(f"GT {cfg.gt}: expected points, found an empty point cloud")
+    metrics = recon_metrics(pred, gt, thresholds=cfg.thresholds, max_dist=cfg.max_dist, voxel_size=cfg.voxel_size)
+    result = {"pred": cfg.pred, "gt": cfg.gt, "thresholds": list(cfg.thresholds), "max_dist": cfg.max_dist,
+              "voxel_size": cfg.voxel_size, "metrics": metrics}
+    if cfg.out is not None:
+        write_json(Path(cfg.out), result)
+        log.info("wrote %s", cfg.out)
+    return result

@@ -16,15 +16,20 @@ of the ground truth (use :func:`associate` first for time-stamped trajectories).
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
 
+from forward3d.config import option
 from forward3d.geometry._util import to_numpy64
 from forward3d.geometry.align import umeyama
 from forward3d.geometry.se3 import inverse_se3, make_sim3, rotation_angle
+from forward3d.types import ATEStats, Frame, RPEStats, TrajectoryMetrics
 
-__all__ = ["ate", "rpe", "associate"]
+__all__ = ["ate", "rpe", "associate", "trajectory_metrics", "GroundTruthRecorder", "TrajEvalConfig",
+           "evaluate_trajectory_files", "match_trajectories"]
 
 log = logging.getLogger(__name__)
 
@@ -188,3 +193,160 @@ def associate(ts_a, ts_b, max_diff: float = 0.02, offset: float = 0.0) -> tuple[
     pairs_arr = np.array(pairs, dtype=np.int64)
     pairs_arr = pairs_arr[np.lexsort((pairs_arr[:, 0], a[pairs_arr[:, 0]]))]
     return pairs_arr[:, 0], pairs_arr[:, 1]
+
+
+def trajectory_metrics(c2w: np.ndarray, gt: list[np.ndarray | None],
+                       metric_scale: bool = True) -> TrajectoryMetrics | None:
+    """ATE (SE(3) and Sim(3) alignment) and RPE over the frames that have a ground-truth pose.
+
+    Args:
+        c2w: ``[N, 4, 4]`` estimated poses.
+        gt: N ground-truth ``[4, 4]`` poses, None where a frame has none.
+        metric_scale: the estimate is metric: SE(3) is the primary alignment, else Sim(3).
+
+    Returns:
+        a :class:`~forward3d.types.TrajectoryMetrics`, or None with fewer than 3 frames with GT.
+    """
+    idx = [i for i, g in enumerate(gt[: len(c2w)]) if g is not None]
+    if len(idx) < 3:
+        return None
+    pred, ref = np.asarray(c2w)[idx], np.stack([gt[i] for i in idx])  # type: ignore[misc]
+    primary: Literal["se3", "sim3"] = "se3" if metric_scale else "sim3"
+    stats: dict[str, ATEStats] = {}
+    alignment = aligned = None
+    for align in ("se3", "sim3"):
+        r = ate(pred, ref, align=align)
+        stats[align] = ATEStats(r["rmse"], r["mean"], r["median"], r["max"], r["rot_rmse_deg"], r["scale"])
+        if align == primary:
+            alignment, aligned = r["alignment"], r["aligned_c2w"]
+    rpe_stats = None
+    contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
+    if contiguous:
+        r = rpe(pred, ref, 1)
+        rpe_stats = RPEStats(r["trans_rmse"], r["trans_mean"], r["rot_rmse_deg"], r["rot_mean_deg"])
+    return TrajectoryMetrics(len(idx), primary, stats["se3"], stats["sim3"], alignment, aligned, ref, idx, rpe_stats)
+
+
+class GroundTruthRecorder:
+    """Passes frames through, remembering each one's ground-truth ``c2w`` (None where missing).
+
+    Wrap a frame source with it to score the reconstruction afterwards without holding the frames:
+    ``frames = GroundTruthRecorder(src); recon = backend.run(frames); trajectory_metrics(recon.c2w, frames.gt)``.
+    ``len()`` (or ``length`` for a generator) and ``dropped`` are those of the wrapped source.
+    """
+
+    def __init__(self, frames: Iterable[Frame], length: int | None = None) -> None:
+        self.frames = frames
+        self.length = length
+        self.gt: list[np.ndarray | None] = []
+
+    def __len__(self) -> int:
+        if self.length is not None:
+            return int(self.length)
+        return len(self.frames)  # type: ignore[arg-type]
+
+    @property
+    def dropped(self) -> bool:
+        return bool(getattr(self.frames, "dropped", False))
+
+    def __getattr__(self, name: str) -> Any:  # layout, has_depth, ... of the source
+        if name in ("frames", "length", "gt"):
+            raise AttributeError(name)
+        return getattr(self.frames, name)
+
+    def __iter__(self) -> Iterator[Frame]:
+        for f in self.frames:
+            ok = f.c2w is not None and np.isfinite(f.c2w).all()
+            self.gt.append(np.asarray(f.c2w, np.float64) if ok else None)
+            yield f
+
+
+def match_trajectories(ts_pred: np.ndarray | None, n_pred: int, ts_gt: np.ndarray | None, n_gt: int,
+                       max_diff: float) -> tuple[np.ndarray, np.ndarray, str]:
+    """Pair poses by timestamp (both files timed) or by index.
+
+    Returns:
+        ``(idx_pred [K], idx_gt [K], how)`` with ``how`` ``"timestamp"`` or ``"index"``.
+    """
+    if ts_pred is not None and ts_gt is not None:
+        ip, ig = associate(ts_pred, ts_gt, max_diff=max_diff)
+        if len(ip) == 0:
+            raise ValueError(f"no PRED timestamp is within {max_diff} s of a GT timestamp "
+                             f"(PRED: [{ts_pred.min():.3f}, {ts_pred.max():.3f}] s, "
+                             f"GT: [{ts_gt.min():.3f}, {ts_gt.max():.3f}] s); check --max-diff")
+        if len(ip) < n_pred:
+            log.warning("associated %d of %d predicted poses by timestamp", len(ip), n_pred)
+        return ip, ig, "timestamp"
+    if n_pred != n_gt:
+        raise ValueError(f"cannot pair poses by index: expected as many PRED as GT poses, "
+                         f"found {n_pred} and {n_gt}")
+    return np.arange(n_pred), np.arange(n_gt), "index"
+
+
+@dataclass
+class TrajEvalConfig:
+    """Options of ``forward3d eval traj``: ATE after alignment and RPE of a trajectory file.
+
+    Attributes:
+        pred: predicted trajectory (TUM .txt or Redwood .log).
+        gt: ground-truth trajectory (TUM .txt or Redwood .log).
+        align: alignment before ATE: rigid (default), rigid + scale, or none.
+        delta: frame offset of the RPE pairs.
+        max_diff: largest timestamp difference (s) when associating TUM trajectories.
+        out: write the metrics as JSON here.
+        aligned_out: write the aligned predicted trajectory (TUM format) here.
+    """
+
+    pred: str = option("", positional=True)
+    gt: str = option("", positional=True)
+    align: Literal["se3", "sim3", "none"] = "se3"
+    delta: int = 1
+    max_diff: float = 0.02
+    out: str | None = option(None, metavar="JSON")
+    aligned_out: str | None = option(None, metavar="TXT")
+
+
+def evaluate_trajectory_files(cfg: TrajEvalConfig) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """Read, associate, align and score two trajectory files; write ``cfg.out`` / ``cfg.aligned_out``.
+
+    Returns:
+        ``(result, rows)``: the JSON result and ``(label, value)`` rows for a table.
+    """
+    from forward3d.io.jsonio import write_json
+    from forward3d.io.trajectory import read_trajectory, write_tum
+
+    ts_pred, pred = read_trajectory(cfg.pred)
+    ts_gt, gt = read_trajectory(cfg.gt)
+    for name, path, c2w in (("PRED", cfg.pred, pred), ("GT", cfg.gt, gt)):
+        if len(c2w) == 0:
+            raise ValueError(f"{name} {path}: expected poses, found none")
+    ip, ig, how = match_trajectories(ts_pred, len(pred), ts_gt, len(gt), cfg.max_diff)
+    pred_m, gt_m = pred[ip], gt[ig]
+    need = 1 if cfg.align == "none" else 3
+    if len(pred_m) < need:
+        raise ValueError(f"too few matched poses for --align {cfg.align}: expected at least {need}, "
+                         f"found {len(pred_m)}")
+    a = ate(pred_m, gt_m, align=cfg.align)
+    r = rpe(a["aligned_c2w"], gt_m, delta=cfg.delta) if len(pred_m) > cfg.delta else None
+    if r is None:
+        log.warning("RPE skipped: %d matched poses for delta=%d", len(pred_m), cfg.delta)
+    ate_scalars = {k: v for k, v in a.items() if not isinstance(v, np.ndarray)}
+    rpe_scalars = {} if r is None else {k: v for k, v in r.items() if not isinstance(v, np.ndarray)}
+    rows: list[tuple[str, Any]] = [("matched poses", f"{len(pred_m)} (by {how}; {len(pred)} pred, {len(gt)} gt)"),
+                                   ("align", cfg.align)]
+    rows += [(f"ATE {k}", v) for k, v in ate_scalars.items() if k != "num_poses"]
+    rows += [(f"RPE(delta={cfg.delta}) {k}", v) for k, v in rpe_scalars.items() if k != "num_pairs"]
+    result = {
+        "pred": cfg.pred, "gt": cfg.gt, "align": cfg.align, "association": how,
+        "num_pred": len(pred), "num_gt": len(gt), "num_matched": len(pred_m),
+        "ate": {**ate_scalars, "alignment": a["alignment"]},
+        "rpe": {"delta": cfg.delta, **rpe_scalars} if r is not None else None,
+    }
+    if cfg.out is not None:
+        write_json(Path(cfg.out), result)
+        log.info("wrote %s", cfg.out)
+    if cfg.aligned_out is not None:
+        ts = ts_pred[ip] if ts_pred is not None else ts_gt[ig] if ts_gt is not None else ip.astype(np.float64)
+        write_tum(cfg.aligned_out, ts, a["aligned_c2w"])
+        log.info("wrote aligned trajectory %s", cfg.aligned_out)
+    return result, rows

@@ -14,8 +14,10 @@ under these names, each only when the field is not None:
 ``mesh_vertices`` / ``mesh_faces`` / ``mesh_vertex_colors`` / ``mesh_vertex_normals``  the :class:`Mesh`
 ==========================  ===========================================================
 
-The sibling JSON (same stem) holds ``format``/``version``, ``image_size`` ``[W, H]``, ``frame_names``,
-``metadata`` and ``arrays`` (name -> shape and dtype inventory). Arrays keep their dtypes, so a
+``depth_scales`` and, when the reconstruction was scored, ``traj_aligned_c2w`` / ``traj_gt_c2w`` are
+stored the same way. The sibling JSON (same stem) holds ``format``/``version``, ``image_size`` ``[W, H]``,
+``frame_names``, the typed fields (``backend``, ``metric_scale``, ``frame_status``, ``timings``,
+``interrupted``, ``trajectory_metrics``), ``metadata`` and ``arrays`` (name -> shape and dtype inventory). Arrays keep their dtypes, so a
 save/load round trip is exact, None fields included. Metadata must be JSON-serialisable; numpy
 scalars/arrays and paths in it are converted to plain numbers, lists and strings (tuples become lists).
 """
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from forward3d.io.atomic import atomic_path
-from forward3d.types import Mesh, PointCloud, Reconstruction
+from forward3d.types import FrameStatus, Mesh, PointCloud, Reconstruction, TrajectoryMetrics
 
 __all__ = ["save_reconstruction", "load_reconstruction", "bundle_paths"]
 
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "forward3d.reconstruction"
 VERSION = 1
-_FIELDS = ("c2w", "K", "timestamps", "point_maps", "confidences", "point_map_colors")
+_FIELDS = ("c2w", "K", "timestamps", "point_maps", "confidences", "point_map_colors", "depth_scales")
 _PC_FIELDS = {"points": "points", "point_colors": "colors", "point_normals": "normals"}
 _MESH_FIELDS = {"mesh_vertices": "vertices", "mesh_faces": "faces", "mesh_vertex_colors": "vertex_colors",
                 "mesh_vertex_normals": "vertex_normals"}
@@ -87,6 +89,10 @@ def _arrays(recon: Reconstruction) -> dict[str, np.ndarray]:
             value = getattr(src, attr)
             if value is not None:
                 arrays[key] = np.asarray(value)
+    tm = recon.trajectory_metrics
+    if tm is not None:
+        arrays["traj_aligned_c2w"] = np.asarray(tm.aligned_c2w)
+        arrays["traj_gt_c2w"] = np.asarray(tm.gt_c2w)
     for key, arr in arrays.items():
         if arr.dtype == object:
             raise ValueError(f"save_reconstruction: array {key!r} has dtype object (would need pickle)")
@@ -115,6 +121,13 @@ def save_reconstruction(path: str | os.PathLike, recon: Reconstruction, compress
         "frame_names": list(recon.frame_names),
         "has_points": recon.points is not None,
         "has_mesh": recon.mesh is not None,
+        "backend": recon.backend,
+        "metric_scale": bool(recon.metric_scale),
+        "interrupted": bool(recon.interrupted),
+        "frame_status": [st.to_dict() for st in recon.frame_status],
+        "timings": recon.timings,
+        "trajectory_metrics": None if recon.trajectory_metrics is None else {
+            **recon.trajectory_metrics.to_dict(), "frame_indices": list(recon.trajectory_metrics.frame_indices)},
         "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in arrays.items()},
         "metadata": _jsonable(recon.metadata, f"save_reconstruction {npz_path}: metadata"),
     }
@@ -163,6 +176,11 @@ def load_reconstruction(path: str | os.PathLike) -> Reconstruction:
     if header.get("has_mesh"):
         mesh = Mesh(arrays["mesh_vertices"], arrays["mesh_faces"], arrays.get("mesh_vertex_colors"),
                     arrays.get("mesh_vertex_normals"))
+    tm = header.get("trajectory_metrics")
+    if tm is not None:
+        if "traj_aligned_c2w" not in arrays or "traj_gt_c2w" not in arrays:
+            raise ValueError(f"reconstruction bundle {npz_path}: trajectory metrics without their pose arrays")
+        tm = TrajectoryMetrics.from_dict(tm, arrays["traj_aligned_c2w"], arrays["traj_gt_c2w"])
     return Reconstruction(
         c2w=arrays["c2w"],
         K=arrays["K"],
@@ -174,5 +192,12 @@ def load_reconstruction(path: str | os.PathLike) -> Reconstruction:
         point_map_colors=arrays.get("point_map_colors"),
         points=points,
         mesh=mesh,
+        backend=str(header.get("backend", "")),
+        metric_scale=bool(header.get("metric_scale", False)),
+        depth_scales=arrays.get("depth_scales"),
+        frame_status=[FrameStatus.from_dict(d) for d in header.get("frame_status", [])],
+        timings=dict(header.get("timings", {})),
+        trajectory_metrics=tm,
+        interrupted=bool(header.get("interrupted", False)),
         metadata=header.get("metadata", {}),
     )

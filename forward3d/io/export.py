@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -27,13 +27,14 @@ from forward3d.io.atomic import atomic_write
 from forward3d.io.bundle import save_reconstruction
 from forward3d.io.colmap import write_colmap_text
 from forward3d.io.glb import read_glb, write_glb
+from forward3d.io.jsonio import write_json
 from forward3d.io.nerfstudio import default_image_paths, write_transforms_json
 from forward3d.io.ply import read_mesh_ply, write_mesh_ply, write_point_cloud
 from forward3d.io.trajectory import write_tum
 from forward3d.types import Mesh, PointCloud, Reconstruction
 
-__all__ = ["export_reconstruction", "reconstruction_point_cloud", "write_mesh", "read_mesh", "write_obj", "read_obj",
-           "FORMATS"]
+__all__ = ["export_reconstruction", "write_outputs", "reconstruction_point_cloud", "write_mesh", "read_mesh",
+           "write_obj", "read_obj", "FORMATS"]
 
 log = logging.getLogger(__name__)
 
@@ -191,4 +192,57 @@ def export_reconstruction(
     if "bundle" in formats:
         written["bundle"] = save_reconstruction(out / "reconstruction.npz", recon)
     log.info("exported %s to %s", ", ".join(sorted(written)), out)
+    return written
+
+
+def write_outputs(recon: Reconstruction, out_dir: str | os.PathLike, extra_metrics: dict[str, Any] | None = None,
+                  previews: bool = True, up: np.ndarray | None = None,
+                  formats: Iterable[str] = FORMATS) -> dict[str, Path]:
+    """The whole output set of a run: :func:`export_reconstruction`, ``previews/*.png`` and ``metrics.json``.
+
+    Previews show the geometry and the trajectory; when ``recon.trajectory_metrics`` is set they show the
+    estimate aligned to the ground truth (red vs blue). ``metrics.json`` is written when there is
+    something to score (trajectory metrics or ``extra_metrics``): backend, frame count, ATE/RPE, the
+    extras, timings and the number of failed frames.
+
+    Args:
+        recon: the reconstruction (``trajectory_metrics`` set by :func:`forward3d.eval.traj.trajectory_metrics`).
+        out_dir: the output folder (usually a staging folder of :func:`forward3d.io.atomic.staged_folder`).
+        extra_metrics: more entries for ``metrics.json`` (e.g. surface scores).
+        previews: render ``previews/*.png``.
+        up: world up direction for the previews (default: the GT's or minus the first camera's y axis).
+    """
+    out = Path(out_dir)
+    written = export_reconstruction(recon, out, formats)
+    traj = recon.trajectory_metrics
+    if previews:
+        from forward3d.viz import write_previews
+
+        geometry = recon.mesh if recon.mesh is not None and len(recon.mesh.faces) else recon.points
+        if traj is not None:
+            est, gt = traj.aligned_c2w, traj.gt_c2w
+            if geometry is not None:
+                geometry = geometry.transform(traj.alignment)
+            up = up if up is not None else -gt[0][:3, 1]
+        else:
+            est, gt = recon.c2w, None
+            up = up if up is not None else -recon.c2w[0][:3, 1]  # OpenCV y points down in the image
+        if geometry is not None and len(getattr(geometry, "faces", getattr(geometry, "points", []))) == 0:
+            geometry = None
+        title = (f"{recon.backend} trajectory (red) vs ground truth (blue)" if gt is not None
+                 else "estimated trajectory")
+        if write_previews(out / "previews", geometry, est, gt, up=up, title=title):
+            written["previews"] = out / "previews"
+    if traj is not None or extra_metrics:
+        metrics: dict[str, Any] = {"backend": recon.backend, "num_frames": len(recon),
+                                   "metric_scale": recon.metric_scale}
+        if traj is not None:
+            metrics.update(traj.to_dict())
+        metrics.update(extra_metrics or {})
+        if recon.timings:
+            metrics["timings"] = recon.timings
+        metrics["tracking_failures"] = len(recon.failures)
+        if recon.interrupted:
+            metrics["partial"] = True
+        written["metrics"] = write_json(out / "metrics.json", metrics)
     return written

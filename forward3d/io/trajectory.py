@@ -28,6 +28,7 @@ __all__ = [
     "read_tum",
     "write_redwood_log",
     "read_redwood_log",
+    "read_trajectory",
     "quat_wxyz_to_rotmat",
     "rotmat_to_quat_wxyz",
 ]
@@ -181,3 +182,13 @@ def read_redwood_log(path: str | os.PathLike) -> np.ndarray:
             except ValueError:
                 raise ValueError(f"Redwood log {path}:{lineno}: expected numbers, found {' '.join(tok)!r}") from None
     return out
+
+
+def read_trajectory(path: str | os.PathLike) -> tuple[np.ndarray | None, np.ndarray]:
+    """By suffix: ``.log`` -> Redwood (no timestamps); anything else -> TUM. Returns ``(timestamps or None, c2w)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"trajectory not found: {path}")
+    if path.suffix.lower() == ".log":
+        return None, read_redwood_log(path)
+    return read_tum(path)

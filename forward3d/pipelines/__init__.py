@@ -1,19 +1,21 @@
-"""Pipelines: turn frames into a :class:`~forward3d.types.Reconstruction`.
+"""Reconstruction back-ends: frames -> :class:`~forward3d.types.Reconstruction`.
 
-Pipelines are found by name in a registry: a plain dict ``name -> factory`` (:data:`PIPELINES`) plus
-the ``importlib.metadata`` entry points of the group ``"forward3d.pipelines"`` (what a plug-in package
-declares in its ``pyproject.toml``)::
+Back-ends are :class:`~forward3d.pipelines.base.Backend` subclasses found by name in a registry: the
+dict :data:`BACKENDS` (``name -> class`` or a lazy ``"module:Class"`` reference, imported on first use so
+that importing this package never imports open3d or the networks) plus the ``importlib.metadata`` entry
+points of the group ``"forward3d.backends"``, which a plug-in package declares in its ``pyproject.toml``::
 
-    [project.entry-points."forward3d.pipelines"]
-    mybackend = "my_package.pipeline:MyPipeline"
+    [project.entry-points."forward3d.backends"]
+    mybackend = "my_package.backend:MyBackend"
 
-A factory is any callable ``factory(**config) -> pipeline``; a pipeline has
-``run(frames, num_frames=None, callback=None) -> Reconstruction`` or ``reconstruct(frames, callback=None)``.
-``forward3d recon --backend NAME`` also looks for two optional attributes on the factory:
-``add_cli_arguments(parser)`` (backend options) and ``from_cli_args(args) -> pipeline``.
+Every class is checked (:func:`~forward3d.pipelines.base.check_backend_class`) when it is registered
+or first loaded. Adding a built-in back-end is one file under ``forward3d/pipelines/`` plus one line
+below. Example::
 
-Built-in factories are given as ``"module:attribute"`` references and imported on first use, so that
-importing this package never imports open3d or torch models.
+    from forward3d.pipelines import get_backend
+    from forward3d.io.sources import open_frames
+
+    recon = get_backend("rgbd", voxel_size=0.01).run(open_frames("tum/rgbd_dataset_freiburg1_desk"))
 """
 
 from __future__ import annotations
@@ -21,32 +23,40 @@ from __future__ import annotations
 import importlib
 import logging
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
-__all__ = ["PIPELINES", "ENTRY_POINT_GROUP", "register_pipeline", "available_pipelines", "get_pipeline_factory",
-           "get_pipeline"]
+from forward3d.pipelines.base import Backend, Capabilities, check_backend_class
+
+__all__ = ["BACKENDS", "ENTRY_POINT_GROUP", "Backend", "Capabilities", "register_backend", "available_backends",
+           "get_backend_class", "get_backend"]
 
 log = logging.getLogger(__name__)
 
-ENTRY_POINT_GROUP = "forward3d.pipelines"
+ENTRY_POINT_GROUP = "forward3d.backends"
 
-# name -> factory, or a lazy "module:attribute" reference to one (resolved by get_pipeline_factory)
-PIPELINES: dict[str, Callable[..., Any] | str] = {
-    "rgbd": "forward3d.pipelines.rgbd:RGBDPipeline",
-    # get_pipeline("slam3r", i2p_source=..., l2w_source=..., config=SLAM3RConfig(...), device=...)
-    "slam3r": "forward3d.pipelines.slam3r:SLAM3RPipeline.from_pretrained",
+# name -> Backend subclass, or a lazy "module:Class" reference to one (resolved by get_backend_class)
+BACKENDS: dict[str, type[Backend] | str] = {
+    "rgbd": "forward3d.pipelines.rgbd:RGBDBackend",
+    "slam3r": "forward3d.pipelines.slam3r:SLAM3RBackend",
 }
 
 
-def register_pipeline(name: str, factory: Callable[..., Any] | str, *, overwrite: bool = False) -> None:
-    """Register ``factory`` (a callable or a ``"module:attribute"`` reference) under ``name``."""
-    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"register_pipeline: expected a name of letters, digits, '-' or '_', found {name!r}")
-    if not (callable(factory) or (isinstance(factory, str) and ":" in factory)):
-        raise TypeError(f"register_pipeline({name!r}): expected a callable or 'module:attribute', found {factory!r}")
-    if name in PIPELINES and not overwrite and PIPELINES[name] is not factory:
-        raise ValueError(f"register_pipeline: {name!r} is already registered (pass overwrite=True to replace it)")
-    PIPELINES[name] = factory
+def register_backend(cls: type[Backend] | str, name: str | None = None, *, overwrite: bool = False) -> None:
+    """Register a back-end class (checked now) or a lazy ``"module:Class"`` reference (checked when loaded).
+
+    Raises:
+        TypeError / ValueError: the class breaks the contract, or the name is taken (``overwrite=False``).
+    """
+    if isinstance(cls, str):
+        if ":" not in cls or not name:
+            raise ValueError(f"register_backend: a lazy reference needs 'module:Class' and a name, found {cls!r}")
+        key = name
+    else:
+        check_backend_class(cls, name)
+        key = cls.name
+    if key in BACKENDS and not overwrite and BACKENDS[key] is not cls:
+        raise ValueError(f"register_backend: {key!r} is already registered (pass overwrite=True to replace it)")
+    BACKENDS[key] = cls
 
 
 def _entry_points() -> dict[str, metadata.EntryPoint]:
@@ -58,12 +68,12 @@ def _entry_points() -> dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in eps}
 
 
-def available_pipelines() -> list[str]:
-    """Names of the registered and entry-point pipelines, sorted."""
-    return sorted(set(PIPELINES) | set(_entry_points()))
+def available_backends() -> list[str]:
+    """Names of the registered and entry-point back-ends, sorted."""
+    return sorted(set(BACKENDS) | set(_entry_points()))
 
 
-def _resolve(ref: str) -> Callable[..., Any]:
+def _resolve(ref: str) -> Any:
     module, _, attr = ref.partition(":")
     obj: Any = importlib.import_module(module)
     for part in attr.split("."):
@@ -71,27 +81,27 @@ def _resolve(ref: str) -> Callable[..., Any]:
     return obj
 
 
-def get_pipeline_factory(name: str) -> Callable[..., Any]:
-    """The factory registered under ``name`` (the registry dict first, then entry points).
+def get_backend_class(name: str) -> type[Backend]:
+    """The back-end class registered under ``name`` (the registry dict first, then entry points).
 
     Raises:
         ValueError: unknown name (the message lists the available ones).
-        ImportError: the pipeline's module or an optional dependency is missing.
+        ImportError: the back-end's module or one of its optional dependencies is missing.
+        TypeError: the loaded class breaks the contract.
     """
-    if name in PIPELINES:
-        factory = PIPELINES[name]
-        if isinstance(factory, str):
-            factory = _resolve(factory)
-            PIPELINES[name] = factory
-        return factory
-    eps = _entry_points()
-    if name in eps:
-        factory = eps[name].load()
-        PIPELINES[name] = factory
-        return factory
-    raise ValueError(f"unknown pipeline {name!r}: expected one of {', '.join(available_pipelines())}")
+    if name in BACKENDS:
+        entry = BACKENDS[name]
+        cls = _resolve(entry) if isinstance(entry, str) else entry
+    else:
+        eps = _entry_points()
+        if name not in eps:
+            raise ValueError(f"unknown back-end {name!r}: expected one of {', '.join(available_backends())}")
+        cls = eps[name].load()
+    cls = check_backend_class(cls, name)
+    BACKENDS[name] = cls
+    return cls
 
 
-def get_pipeline(name: str, **config: Any) -> Any:
-    """Instantiate pipeline ``name`` with ``config`` keyword options, e.g. ``get_pipeline("rgbd", voxel_size=0.01)``."""
-    return get_pipeline_factory(name)(**config)
+def get_backend(name: str, config: Any = None, **overrides: Any) -> Backend:
+    """An instance of back-end ``name``, e.g. ``get_backend("rgbd", voxel_size=0.01)``."""
+    return get_backend_class(name)(config, **overrides)

@@ -13,26 +13,33 @@ then to the prediction, with a warning; such frames are not fused.
 Example::
 
     from forward3d.io.sources import open_frames
-    from forward3d.pipelines import get_pipeline
+    from forward3d.pipelines import get_backend
 
-    recon = get_pipeline("rgbd", voxel_size=0.01).run(open_frames("redwood/livingroom1"))
+    recon = get_backend("rgbd", voxel_size=0.01).run(open_frames("redwood/livingroom1"))
     recon.mesh, recon.points, recon.c2w  # world frame = first camera
+    for update in get_backend("rgbd").stream(open_frames("http://cam/stream")):  # live
+        viewer.add(update)
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Callable, Iterable, Literal
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
 
-from forward3d.types import Frame, Reconstruction
+from forward3d.config import config_to_dict, option
+from forward3d.geometry.camera import camera_to_world, unproject
+from forward3d.pipelines.base import Backend, Capabilities
+from forward3d.progress import progress_bar
+from forward3d.types import Frame, FrameStatus, Reconstruction, Update
 
-__all__ = ["RGBDConfig", "RGBDPipeline", "RGBDUpdate", "open3d_device_name", "create"]
+__all__ = ["RGBDConfig", "RGBDBackend", "open3d_device_name", "TRACKING_MODES"]
+
+TRACKING_MODES = ("keyframe", "frame", "model")
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +52,10 @@ class RGBDConfig:
         voxel_size: TSDF voxel size in metres (0.01-0.02 for rooms; memory ~ surface / voxel_size^2).
         sdf_trunc: truncation distance in metres; None = 4 voxels.
         depth_min, depth_max: valid depth range in metres (others are ignored, as are 0/NaN/inf).
-        tracking: ``"keyframe"`` (frame-to-keyframe, default: drift only accumulates per keyframe),
-            ``"odometry"`` (frame-to-frame) or ``"model"`` (frame-to-model: the keyframe estimate is
-            refined by coarse-to-fine point-to-plane ICP against the fused surface, 4/2/1 cm).
+        tracking: ``keyframe`` (frame-to-keyframe, default: drift only accumulates per keyframe),
+            ``frame`` (frame-to-frame; ``odometry`` is the old spelling) or ``model`` (frame-to-model:
+            the keyframe estimate is refined by coarse-to-fine point-to-plane ICP against the fused
+            surface, 4/2/1 cm).
         model_refresh_keyframes: ``tracking="model"``: the model surface is re-extracted from the
             TSDF after this many new fused keyframes.
         tracking_depth_max: depth beyond this is not used for tracking (noise grows with z^2).
@@ -65,17 +73,20 @@ class RGBDConfig:
             by at least two fused frames, which drops single-frame outliers).
         mesh: extract a triangle mesh (the point cloud is always extracted).
         block_count: initial voxel-block hash-map capacity (grows on demand).
-        device: open3d device, ``"CPU:0"`` or ``"CUDA:0"``.
+        device: ``auto`` (CUDA when open3d was built with it, else CPU), ``cpu``, ``cuda[:N]`` or
+            open3d's ``CPU:0`` / ``CUDA:N``.
+        update_stride: streaming: every this-many-th pixel of a frame's depth goes into its
+            :class:`~forward3d.types.Update` (points for a live viewer).
     """
 
     voxel_size: float = 0.02
     sdf_trunc: float | None = None
     depth_min: float = 0.1
     depth_max: float = 8.0
-    tracking: Literal["keyframe", "odometry", "model"] = "keyframe"
+    tracking: Literal["keyframe", "frame", "model"] = option("keyframe", choice_aliases={"odometry": "frame"})
     model_refresh_keyframes: int = 5
     tracking_depth_max: float = 4.0
-    tracking_bilateral: bool = False
+    tracking_bilateral: bool = option(False, flag="--bilateral")
     keyframe_translation: float = 0.1
     keyframe_rotation_deg: float = 10.0
     keyframe_min_fitness: float = 0.6
@@ -83,13 +94,16 @@ class RGBDConfig:
     min_fitness: float = 0.25
     max_jump_translation: float = 0.3
     max_jump_rotation_deg: float = 30.0
-    use_gt_poses: bool = False
+    use_gt_poses: bool = option(False, help="fuse with the dataset's ground-truth poses instead of tracking")
     weight_threshold: float = 1.0
     mesh: bool = True
     block_count: int = 4096
-    device: str = "CPU:0"
+    device: str = "auto"
+    update_stride: int = 4
 
     def __post_init__(self) -> None:
+        if self.tracking == "odometry":
+            self.tracking = "frame"
         self.validate()
 
     def validate(self) -> None:
@@ -106,8 +120,8 @@ class RGBDConfig:
             raise bad("sdf_trunc", f"None or >= 2 * voxel_size = {2 * self.voxel_size:g}")
         if not 0 <= self.depth_min < self.depth_max:
             raise bad("depth_min", f"in [0, depth_max={self.depth_max:g})")
-        if self.tracking not in ("keyframe", "odometry", "model"):
-            raise bad("tracking", "'keyframe', 'odometry' or 'model'")
+        if self.tracking not in TRACKING_MODES:
+            raise bad("tracking", "'keyframe', 'frame' (or its old name 'odometry') or 'model'")
         if not (isinstance(self.model_refresh_keyframes, int) and self.model_refresh_keyframes >= 1):
             raise bad("model_refresh_keyframes", "an integer >= 1")
         if self.integrate not in ("keyframes", "all"):
@@ -119,44 +133,30 @@ class RGBDConfig:
             raise bad("weight_threshold", ">= 0")
         if int(self.block_count) < 1:
             raise bad("block_count", ">= 1")
-        if not str(self.device).upper().startswith(("CPU:", "CUDA:")):
-            raise bad("device", "'CPU:0' or 'CUDA:<n>'")
+        open3d_device_name(self.device)  # raises on a bad device string
+        if not (isinstance(self.update_stride, int) and self.update_stride >= 1):
+            raise bad("update_stride", "an integer >= 1")
 
     @property
     def trunc(self) -> float:
         return 4.0 * self.voxel_size if self.sdf_trunc is None else float(self.sdf_trunc)
 
 
-@dataclass
-class RGBDUpdate:
-    """Per-frame progress given to the ``callback`` of :meth:`RGBDPipeline.run`.
-
-    Attributes:
-        index: position in the processed sequence (0-based).
-        name: frame name.
-        c2w: ``[4, 4]`` estimated camera-to-world.
-        keyframe: whether the frame became a keyframe.
-        integrated: whether it was fused into the TSDF.
-        tracking_ok: False when tracking failed (pose = fallback).
-        fitness: tracking inlier fraction (1.0 for the first frame / ground-truth poses).
-    """
-
-    index: int
-    name: str
-    c2w: np.ndarray
-    keyframe: bool
-    integrated: bool
-    tracking_ok: bool
-    fitness: float
-
-
 _MIN_VALID_DEPTH = 0.05  # a frame with less valid depth than this fraction never becomes a reference
 
 
 def open3d_device_name(device: str | None) -> str:
-    """``None | "cpu" | "cuda" | "cuda:N" | "CPU:0" | "CUDA:N"`` -> open3d's ``"CPU:0"`` / ``"CUDA:N"``."""
-    if device is None or str(device).strip() == "":
-        return "CPU:0"
+    """``None | "auto" | "cpu" | "cuda" | "cuda:N" | "CPU:0" | "CUDA:N"`` -> open3d's ``"CPU:0"`` / ``"CUDA:N"``.
+
+    ``auto`` (and None) is CUDA:0 when open3d was built with CUDA and sees a GPU, else CPU:0.
+    """
+    if device is None or str(device).strip().lower() in ("", "auto"):
+        try:
+            import open3d as o3d
+
+            return "CUDA:0" if o3d.core.cuda.is_available() else "CPU:0"
+        except Exception:  # open3d missing: the run reports it; the name does not matter here
+            return "CPU:0"
     kind, _, idx = str(device).strip().partition(":")
     kind = kind.upper()
     if kind not in ("CPU", "CUDA") or (idx and not idx.isdigit()):
@@ -179,99 +179,66 @@ def _describe(frame: Frame) -> str:
     return frame.source or frame.name or f"frame {frame.index}"
 
 
-class RGBDPipeline:
+class RGBDBackend(Backend):
     """Weight-free RGB-D reconstruction: tracking + TSDF fusion.
 
     Args:
-        config: an :class:`RGBDConfig`; keyword overrides are applied on top (``RGBDPipeline(voxel_size=0.01)``).
+        config: an :class:`RGBDConfig`; keyword overrides are applied on top (``RGBDBackend(voxel_size=0.01)``).
     """
 
     name = "rgbd"
+    description = "weight-free RGB-D: frame tracking (open3d odometry) + TSDF fusion"
+    config_cls = RGBDConfig
+    capabilities = Capabilities(needs_depth=True, metric_scale="always", streaming=True,
+                                outputs=frozenset({"cameras", "points", "mesh"}))
 
-    def __init__(self, config: RGBDConfig | None = None, **overrides: Any) -> None:
-        known = {f.name for f in fields(RGBDConfig)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"rgbd: unknown options {unknown}; expected some of {sorted(known)}")
-        self.config = replace(config or RGBDConfig(), **overrides)
-        self.result: Reconstruction | None = None
+    def check_source(self, source: Any, where: str = "") -> None:
+        super().check_source(source, where)
+        if self.config.use_gt_poses and getattr(source, "has_gt_poses", None) is False:
+            raise ValueError(f"{where or 'input'}: --use-gt-poses needs ground-truth poses, and this "
+                             f"{getattr(source, 'layout', '')} input has none")
 
-    # -- CLI hooks (looked up by forward3d.cli.recon through the pipeline registry) -----------------
-    @staticmethod
-    def add_cli_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-        """Options of ``forward3d recon --backend rgbd``."""
-        d = RGBDConfig()
-        parser.add_argument("--voxel-size", type=float, default=d.voxel_size,
-                            help=f"rgbd: TSDF voxel size in metres (default {d.voxel_size})")
-        parser.add_argument("--sdf-trunc", type=float, default=None, help="rgbd: TSDF truncation in metres (default 4 voxels)")
-        parser.add_argument("--depth-max", type=float, default=d.depth_max,
-                            help=f"rgbd: ignore depth beyond this many metres (default {d.depth_max})")
-        parser.add_argument("--tracking", choices=["keyframe", "odometry", "model"], default=d.tracking,
-                            help="rgbd: frame-to-keyframe (default), frame-to-frame, or frame-to-model "
-                                 "(keyframe odometry refined by ICP against the fused surface)")
-        parser.add_argument("--integrate", choices=["keyframes", "all"], default=d.integrate,
-                            help="rgbd: fuse keyframes only (default) or every frame")
-        parser.add_argument("--use-gt-poses", action="store_true",
-                            help="rgbd: fuse with the dataset's ground-truth poses instead of tracking")
-        parser.add_argument("--bilateral", action="store_true", help="rgbd: bilateral-filter depth for tracking (noisy sensors)")
-        parser.add_argument("--no-mesh", action="store_true", help="rgbd: skip mesh extraction")
-
-    @classmethod
-    def from_cli_args(cls, args: argparse.Namespace) -> "RGBDPipeline":
-        """The pipeline of parsed ``forward3d recon`` arguments (``--device`` is shared with other backends)."""
-        d = RGBDConfig()
-        get = lambda name, default: getattr(args, name, default)  # noqa: E731
-        sdf_trunc = get("sdf_trunc", None)
-        return cls(RGBDConfig(
-            voxel_size=get("voxel_size", d.voxel_size), sdf_trunc=sdf_trunc, depth_max=get("depth_max", d.depth_max),
-            tracking=get("tracking", d.tracking), integrate=get("integrate", d.integrate),
-            use_gt_poses=bool(get("use_gt_poses", False)), tracking_bilateral=bool(get("bilateral", False)),
-            mesh=not get("no_mesh", False), device=open3d_device_name(get("device", None))))
-
-    # ----------------------------------------------------------------------------------------------
-    def reconstruct(self, frames: Iterable[Frame], callback: Callable[[RGBDUpdate], None] | None = None) -> Reconstruction:
-        """Same as :meth:`run` (the name the other pipelines use)."""
-        return self.run(frames, callback=callback)
-
-    def run(self, frames: Iterable[Frame], num_frames: int | None = None,
-            callback: Callable[[RGBDUpdate], None] | None = None) -> Reconstruction:
-        """Reconstruct a stream of RGB-D frames.
+    def stream(self, frames: Iterable[Frame], config: RGBDConfig | None = None, *,
+               progress: bool = True, num_frames: int | None = None) -> Iterator[Update]:
+        """Reconstruct a stream of RGB-D frames, yielding one :class:`Update` per frame.
 
         Args:
             frames: any iterable of :class:`Frame` with ``depth`` and ``K`` (e.g. ``open_frames(...)``);
                 it is consumed once and frames are not kept.
+            config: options (default: ``self.config``).
+            progress: show a progress bar (frames/s).
             num_frames: total for the progress bar (default: ``len(frames)`` when available).
-            callback: called with an :class:`RGBDUpdate` after each frame.
 
-        Returns:
-            a :class:`Reconstruction` with a ``c2w`` and ``K`` for every frame (world = first camera,
-            or the ground-truth world with ``use_gt_poses``), ``points`` (colours, normals), ``mesh``
-            and ``metadata`` (backend, config, timings, keyframes, tracking failures).
+        After the last update :attr:`result` is a :class:`Reconstruction` with a ``c2w`` and ``K`` for
+        every frame (world = first camera, or the ground-truth world with ``use_gt_poses``), ``points``
+        (colours, normals), ``mesh``, ``frame_status`` (tracked / given / failed and why, keyframes),
+        ``timings`` and ``metadata`` (config, keyframes, fusion statistics). An interrupted run (Ctrl-C)
+        or a dropped stream ends with the frames so far and ``interrupted`` set.
 
         Raises:
-            ValueError: a frame without depth (RGB-only input needs the ``slam3r`` backend), without
+            ValueError: a frame without depth (RGB-only input needs another back-end), without
                 intrinsics, of a different size than the first, or without a ground-truth pose when
                 ``use_gt_poses`` is set; or no frames at all.
         """
-        from tqdm.auto import tqdm
-
         from forward3d.pipelines.tsdf import ModelTracker, RGBDTracker, TSDFVolume
 
-        cfg = self.config
+        cfg = self.resolve_config(config)
         cfg.validate()
+        device = open3d_device_name(cfg.device)
         if num_frames is None:
             try:
                 num_frames = len(frames)  # type: ignore[arg-type]
             except TypeError:
                 num_frames = None
+        self.result = None
         volume = TSDFVolume(cfg.voxel_size, cfg.trunc, block_count=cfg.block_count, depth_min=cfg.depth_min,
-                            depth_max=cfg.depth_max, device=cfg.device)
+                            depth_max=cfg.depth_max, device=device)
         tracker = None if cfg.use_gt_poses else RGBDTracker(
             depth_max=min(cfg.tracking_depth_max, cfg.depth_max), min_fitness=cfg.min_fitness,
-            bilateral=(7, 0.1, 5.0) if cfg.tracking_bilateral else None, device=cfg.device)
+            bilateral=(7, 0.1, 5.0) if cfg.tracking_bilateral else None, device=device)
         model = None
         if cfg.tracking == "model" and not cfg.use_gt_poses:
-            model = ModelTracker(depth_max=min(cfg.tracking_depth_max, cfg.depth_max), device=cfg.device)
+            model = ModelTracker(depth_max=min(cfg.tracking_depth_max, cfg.depth_max), device=device)
         model_stats: dict[str, Any] = {"refined": 0, "rejected": 0, "refreshes": 0, "time_s": 0.0}
         model_stale = 0  # keyframes fused since the last model refresh
 
@@ -279,24 +246,24 @@ class RGBDPipeline:
         Ks: list[np.ndarray] = []
         names: list[str] = []
         stamps: list[float] = []
-        keyframes: list[int] = []
-        failures: list[dict[str, Any]] = []
+        status: list[FrameStatus] = []
         fitness_log: list[float] = []
         size: tuple[int, int] | None = None
         prev = None  # (prepared, c2w) of the previous frame
         key = None  # (prepared, c2w) of the current keyframe
         t_track = t_fuse = 0.0
+        interrupted = False
         t0 = time.perf_counter()
-        bar = tqdm(total=num_frames, desc="rgbd", unit="frame", leave=False, dynamic_ncols=True)
+        bar = progress_bar(num_frames, "rgbd", unit="frame", enabled=progress)
         try:
             for i, frame in enumerate(frames):
                 where = _describe(frame)
                 if frame.depth is None:
-                    raise ValueError(f"{where}: the rgbd backend needs depth and this frame has none; "
-                                     "RGB-only input (videos, image folders) needs the 'slam3r' backend "
+                    raise ValueError(f"{where}: the rgbd back-end needs depth and this frame has none; "
+                                     "RGB-only input (videos, image folders) needs another back-end "
                                      "(forward3d recon --backend slam3r)")
                 if frame.K is None:
-                    raise ValueError(f"{where}: the rgbd backend needs camera intrinsics and this frame has none; "
+                    raise ValueError(f"{where}: the rgbd back-end needs camera intrinsics and this frame has none; "
                                      "pass --intrinsics fx fy cx cy (or intrinsics= to open_frames) or use a "
                                      "layout that stores them")
                 if size is None:
@@ -307,25 +274,26 @@ class RGBDPipeline:
                 depth = _clean_depth(frame.depth, cfg.depth_min, cfg.depth_max)
                 K = np.asarray(frame.K, np.float64)
                 ts = time.perf_counter()
-                ok, fit, is_key = True, 1.0, False
+                ok, fit, is_key, reason = True, 1.0, False, ""
+                state = "tracked"
                 if cfg.use_gt_poses:
                     if frame.c2w is None or not np.isfinite(frame.c2w).all():
                         raise ValueError(f"{where}: use_gt_poses is set but this frame has no ground-truth pose; "
                                          "use a layout with poses (TUM, Redwood .log, ScanNet, Replica, 7-Scenes)")
                     c2w = np.asarray(frame.c2w, np.float64)
-                    is_key = True
+                    is_key, state = True, "given"
                     cur = None
                 else:
                     cur = tracker.prepare(depth, frame.image, K)  # type: ignore[union-attr]
                     if prev is None:
                         c2w, is_key = np.eye(4), True
                     else:
-                        c2w, ok, fit, reason = self._track(tracker, cur, prev, key, c2ws)
+                        c2w, ok, fit, reason = self._track(cfg, tracker, cur, prev, key, c2ws)
                         if ok and model is not None:
-                            c2w, model_stale = self._refine(model, volume, depth, K, c2w, model_stats,
+                            c2w, model_stale = self._refine(cfg, model, volume, depth, K, c2w, model_stats,
                                                             model_stale, where)
                         if not ok:
-                            failures.append({"index": i, "name": frame.name, "reason": reason})
+                            state = "failed"
                             usable = float((depth > 0).mean()) >= _MIN_VALID_DEPTH
                             log.warning("rgbd: tracking failed at %s (%s); using the motion prediction%s",
                                         where, reason, " and re-anchoring there" if usable else
@@ -335,7 +303,7 @@ class RGBDPipeline:
                                 cur = None  # keep the previous frame and keyframe as references
                         else:
                             rel = np.linalg.inv(key[1]) @ c2w  # type: ignore[index]
-                            is_key = (cfg.tracking == "odometry"
+                            is_key = (cfg.tracking == "frame"
                                       or np.linalg.norm(rel[:3, 3]) > cfg.keyframe_translation
                                       or _rotation_deg(rel[:3, :3]) > cfg.keyframe_rotation_deg
                                       or fit < cfg.keyframe_min_fitness)
@@ -347,22 +315,28 @@ class RGBDPipeline:
                     t_fuse += time.perf_counter() - ts
                     integrated = True
                     model_stale += int(is_key)
-                if is_key:
-                    keyframes.append(i)
-                    if cur is not None:
-                        key = (cur, c2w)
+                if is_key and cur is not None:
+                    key = (cur, c2w)
                 if cur is not None:
                     prev = (cur, c2w)
+                st = FrameStatus(state, reason, keyframe=is_key)
                 c2ws.append(c2w)
                 Ks.append(K)
                 names.append(frame.name or f"{frame.index:06d}")
                 stamps.append(float(frame.timestamp))
+                status.append(st)
                 fitness_log.append(fit)
                 bar.update(1)
                 if bar.n % 10 == 0:
-                    bar.set_postfix(kf=len(keyframes), fail=len(failures), refresh=False)
-                if callback is not None:
-                    callback(RGBDUpdate(i, names[-1], c2w.copy(), is_key, integrated, ok, fit))
+                    bar.set_postfix(kf=sum(s.keyframe for s in status), fail=sum(not s.ok for s in status),
+                                    refresh=False)
+                yield self._update(cfg, i, names[-1], frame, depth, K, c2w, st, size, integrated, fit,
+                                   len(c2ws), len(c2ws) / max(time.perf_counter() - t0, 1e-9))
+        except KeyboardInterrupt:
+            if not c2ws:
+                raise
+            interrupted = True
+            log.warning("rgbd: interrupted; keeping the %d frames processed so far", len(c2ws))
         finally:
             bar.close()
         if not c2ws:
@@ -376,31 +350,51 @@ class RGBDPipeline:
             log.warning("rgbd: the fused volume is empty (no valid depth within %.2f-%.2f m?)",
                         cfg.depth_min, cfg.depth_max)
         n = len(c2ws)
+        failures = sum(not s.ok for s in status)
         if failures:
-            log.warning("rgbd: tracking failed on %d of %d frames", len(failures), n)
+            log.warning("rgbd: tracking failed on %d of %d frames", failures, n)
+        keyframes = [i for i, s in enumerate(status) if s.keyframe]
         meta = {
-            "backend": "rgbd",
-            "config": asdict(cfg),
-            "num_frames": n,
+            "config": config_to_dict(cfg),
             "keyframes": keyframes,
             "num_integrated": volume.num_integrated,
-            "tracking_failures": failures,
             "tracking_fitness_mean": float(np.mean(fitness_log)),
             "num_voxel_blocks": volume.num_blocks,
-            "timings": {"total_s": t_loop + t_extract, "tracking_s": t_track, "fusion_s": t_fuse,
-                        "extraction_s": t_extract, "frames_per_s": n / max(t_loop, 1e-9)},
+            "stream_dropped": bool(getattr(frames, "dropped", False)),
         }
         if model is not None:
             meta["model_tracking"] = model_stats
+        timings = {"total_s": t_loop + t_extract, "tracking_s": t_track, "fusion_s": t_fuse,
+                   "extraction_s": t_extract, "frames_per_s": n / max(t_loop, 1e-9)}
         self.result = Reconstruction(np.stack(c2ws), np.stack(Ks), size, names, np.asarray(stamps),
-                                     points=points, mesh=mesh, metadata=meta)
+                                     points=points, mesh=mesh, backend=self.name, metric_scale=True,
+                                     frame_status=status, timings=timings,
+                                     interrupted=interrupted or meta["stream_dropped"], metadata=meta)
         log.info("rgbd: %d frames (%d keyframes, %d fused, %d failures) at %.1f frames/s; %d points, %d triangles",
-                 n, len(keyframes), volume.num_integrated, len(failures), n / max(t_loop, 1e-9), len(points),
+                 n, len(keyframes), volume.num_integrated, failures, n / max(t_loop, 1e-9), len(points),
                  0 if mesh is None else len(mesh.faces))
-        return self.result
+
+    @staticmethod
+    def _update(cfg: RGBDConfig, i: int, name: str, frame: Frame, depth: np.ndarray, K: np.ndarray,
+                c2w: np.ndarray, status: FrameStatus, size: tuple[int, int], integrated: bool, fitness: float,
+                count: int, fps: float) -> Update:
+        """The frame's :class:`Update`: its depth back-projected to world points every ``update_stride`` pixels."""
+        s = cfg.update_stride
+        d = depth[::s, ::s]
+        m = d > 0
+        points = colors = None
+        if status.ok:
+            v, u = np.nonzero(m)
+            uv = np.stack([u * s + 0.5, v * s + 0.5], -1)
+            points = camera_to_world(unproject(uv, d[m], K), c2w).astype(np.float32)
+            colors = frame.image[::s, ::s][m]
+        return Update(i, name, c2w.copy(), K, size, status, points=points, colors=colors,
+                      image=frame.image[::s, ::s], num_frames=count, frames_per_s=fps,
+                      metadata={"integrated": integrated, "fitness": fitness})
 
     # ----------------------------------------------------------------------------------------------
-    def _refine(self, model, volume, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, stats: dict[str, Any],
+    @staticmethod
+    def _refine(cfg: RGBDConfig, model, volume, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, stats: dict[str, Any],
                 stale: int, where: str) -> tuple[np.ndarray, int]:
         """Frame-to-model refinement of a tracked pose (the input pose when ICP is not trusted).
 
@@ -408,8 +402,8 @@ class RGBDPipeline:
         pose and the updated count.
         """
         ts = time.perf_counter()
-        if stale >= self.config.model_refresh_keyframes or (stale > 0 and stats["refreshes"] == 0):
-            model.refresh(volume, self.config.weight_threshold)
+        if stale >= cfg.model_refresh_keyframes or (stale > 0 and stats["refreshes"] == 0):
+            model.refresh(volume, cfg.weight_threshold)
             stats["refreshes"] += 1
             stale = 0
         res = model.refine(depth, K, c2w)
@@ -421,13 +415,13 @@ class RGBDPipeline:
         log.debug("rgbd: model refinement of %s rejected (%s); keeping the odometry pose", where, res.reason)
         return c2w, stale
 
-    def _track(self, tracker, cur, prev, key, c2ws: list[np.ndarray]) -> tuple[np.ndarray, bool, float, str]:
+    @staticmethod
+    def _track(cfg: RGBDConfig, tracker, cur, prev, key, c2ws: list[np.ndarray]) -> tuple[np.ndarray, bool, float, str]:
         """Pose of the current frame: against the keyframe, else the previous frame, else predicted."""
-        cfg = self.config
         prev_c2w = prev[1]
         velocity = np.linalg.inv(c2ws[-2]) @ c2ws[-1] if len(c2ws) >= 2 else np.eye(4)
         pred = prev_c2w @ velocity
-        targets = [prev] if cfg.tracking == "odometry" or key[0] is prev[0] else [key, prev]
+        targets = [prev] if cfg.tracking == "frame" or key[0] is prev[0] else [key, prev]
         reason = ""
         for tgt, tgt_c2w in targets:
             res = tracker.align(cur, tgt, np.linalg.inv(tgt_c2w) @ pred)
@@ -444,7 +438,3 @@ class RGBDPipeline:
             return c2w, True, res.fitness, ""
         return pred, False, 0.0, reason or "tracking failed"
 
-
-def create(**config: Any) -> RGBDPipeline:
-    """Registry factory: ``get_pipeline("rgbd", voxel_size=0.01)``."""
-    return RGBDPipeline(**config)

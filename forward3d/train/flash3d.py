@@ -32,6 +32,7 @@ from typing import Iterator, Literal
 import torch
 from torch import Tensor, nn
 
+from forward3d.config import option
 from forward3d.data.re10k_dataset import RE10KBatch, RE10KTrainDataset, collate_samples, depth_scales, scale_w2c
 from forward3d.models.flash3d import Flash3D, Flash3DConfig, save_checkpoint
 from forward3d.train.distributed import DistInfo, cleanup_distributed, init_distributed
@@ -45,11 +46,52 @@ __all__ = ["Flash3DTrainerConfig", "Flash3DTrainer", "TrainResult", "render_view
 
 @dataclass
 class Flash3DTrainerConfig:
-    """Everything a training run needs (defaults: the reference recipe; batch 16 is global)."""
+    """Everything a training run needs (defaults: the reference recipe; the batch size is global).
 
-    data: str = ""
+    Attributes:
+        data: RealEstate10K root in the Flash3D layout.
+        split: split name ({split}.pickle.gz).
+        out: output folder (checkpoints, logs).
+        steps: optimiser steps.
+        batch_size: global batch size over all processes.
+        num_layers: ResNet depth.
+        gaussians_per_pixel: Gaussian layers L.
+        height: network image height before padding.
+        width: network image width before padding.
+        pad_border: zero padding per side.
+        init_weights: initial Flash3D checkpoint (.pth/.safetensors/folder).
+        freeze_encoder: do not train the ResNet encoder.
+        num_targets: target frames per source.
+        max_frame_offset: targets within +-N frames.
+        depth_model: frozen metric depth network (unidepth[:SRC] | transformers:PATH); default: the
+            dataset's depth/ folder.
+        num_workers: data-loader worker processes.
+        l1_weight: weight of the L1 photometric term.
+        ssim_weight: weight of the 1 - SSIM term.
+        lpips_weight: weight of the LPIPS term.
+        lpips_after_step: LPIPS term from this step.
+        lpips_weights: LPIPS-VGG weights 'VGG16.pth,LIN.pth' or one combined file (LPIPS term off without them).
+        scale_reg_weight, scale_reg_threshold: regulariser on Gaussian scales above the threshold.
+        offset_reg_weight, offset_reg_threshold: regulariser on squared offsets above the threshold.
+        znear, zfar: depth range of the renderer in metres.
+        lr: Adam learning rate.
+        ema_decay: EMA decay of the weights.
+        ema_every: EMA update every N steps.
+        ema_start: first EMA step.
+        ema_warmup: EMA warm-up (decay ramps up).
+        precision: network precision: fp32, or bf16 autocast (rendering stays fp32).
+        grad_clip: gradient-norm clipping (0 = off; the reference does not clip).
+        seed: random seed.
+        device: auto (CUDA when available), cpu or cuda.
+        save_every: checkpoint every N steps.
+        log_every: log the loss every N steps.
+        resume: continue from OUT/resume.pth.
+        progress: progress bar.
+    """
+
+    data: str = option("", metavar="DIR")
     split: str = "train"
-    out: str = "runs/flash3d"
+    out: str = option("runs/flash3d", metavar="DIR")
     steps: int = 100_000
     batch_size: int = 16  # global over all DDP processes
     # model
@@ -57,20 +99,20 @@ class Flash3DTrainerConfig:
     gaussians_per_pixel: int = 2
     height: int = 256
     width: int = 384
-    pad_border: int = 32
-    init_weights: str | None = None  # Flash3D checkpoint to start from
+    pad_border: int = option(32, flag="--pad")
+    init_weights: str | None = option(None, flag="--weights", metavar="WEIGHTS")  # Flash3D checkpoint to start from
     freeze_encoder: bool = False
     # data
     num_targets: int = 3
     max_frame_offset: int = 30
-    depth_model: str | None = None  # make_depth_estimator spec; else the dataset's depth/ folder
+    depth_model: str | None = option(None, metavar="SPEC")  # make_depth_estimator spec; else the dataset's depth/
     num_workers: int = 0
     # loss
     l1_weight: float = 1.0
     ssim_weight: float = 0.85
     lpips_weight: float = 0.01
     lpips_after_step: int = 50_000
-    lpips_weights: str | None = None  # "VGG16.pth,LIN.pth" or one combined file
+    lpips_weights: str | None = option(None, metavar="FILES")  # "VGG16.pth,LIN.pth" or one combined file
     scale_reg_weight: float = 0.001
     scale_reg_threshold: float = 2.0
     offset_reg_weight: float = 0.01
@@ -83,7 +125,7 @@ class Flash3DTrainerConfig:
     ema_every: int = 10
     ema_start: int = 100
     ema_warmup: bool = True
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16"] = option("fp32", const_aliases={"--bf16": "bf16"})
     grad_clip: float = 0.0  # 0 = off (the reference does not clip)
     # bookkeeping
     seed: int = 0

@@ -4,11 +4,11 @@
 >>> engine = SLAM3REngine.from_pretrained("path/to/slam3r_i2p", "path/to/slam3r_l2w")  # doctest: +SKIP
 """
 
-from .config import SLAM3RConfig
+from .config import SLAM3RNetConfig
 from .i2p import Image2Points
 from .l2w import L2WOutput, Local2World
 
-__all__ = ["SLAM3RConfig", "Image2Points", "Local2World", "L2WOutput", "SLAM3REngine"]
+__all__ = ["SLAM3RNetConfig", "Image2Points", "Local2World", "L2WOutput", "SLAM3REngine"]
 
 
 def __getattr__(name: str):  # lazy: the engine imports the protocol and both models

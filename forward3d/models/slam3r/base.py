@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import SLAM3RConfig
+from .config import SLAM3RNetConfig
 from .heads import LinearHead
 from .layers import LN_EPS, Block, MultiviewDecoderBlock, RoPE2D
 
@@ -46,9 +46,9 @@ def _check(name: str, x: Tensor, ndim: int, last: int | None = None, what: str =
 class SLAM3RBase(nn.Module):
     """Encoder + multiview decoder + heads (subclassed by :class:`Image2Points` / :class:`Local2World`)."""
 
-    config: SLAM3RConfig
+    config: SLAM3RNetConfig
 
-    def _build(self, cfg: SLAM3RConfig) -> None:
+    def _build(self, cfg: SLAM3RNetConfig) -> None:
         self.config = cfg
         self.rope = RoPE2D(cfg.rope_base)
         C, D = cfg.enc_embed_dim, cfg.dec_embed_dim

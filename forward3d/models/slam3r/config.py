@@ -16,7 +16,7 @@ from typing import Any, Literal, Mapping
 
 from forward3d.hub import WeightsError, read_json_config
 
-__all__ = ["SLAM3RConfig", "parse_pos_embed", "I2P_FULL", "L2W_FULL"]
+__all__ = ["SLAM3RNetConfig", "parse_pos_embed", "I2P_FULL", "L2W_FULL"]
 
 # Keys the reference constructors accept that do not change the inference graph.
 _IGNORED_KEYS = frozenset({"freeze", "landscape_only", "patch_embed_cls", "mask_ratio", "norm_layer"})
@@ -45,7 +45,7 @@ def _mode(name: str, value: Any) -> tuple[str, float, float]:
 
 
 @dataclass
-class SLAM3RConfig:
+class SLAM3RNetConfig:
     """Constructor kwargs of the reference ``Image2PointsModel`` / ``Local2WorldModel``.
 
     Defaults are the published full-size I2P model (``recon.py``'s model string).
@@ -117,7 +117,7 @@ class SLAM3RConfig:
         return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "config") -> "SLAM3RConfig":
+    def from_dict(cls, d: Mapping[str, Any], source: str = "config") -> "SLAM3RNetConfig":
         """Build from a ``config.json`` dict. Unknown keys raise ``ValueError`` naming ``source``."""
         names = {f.name for f in fields(cls)} - {"extra"}
         kw: dict[str, Any] = {}
@@ -139,7 +139,7 @@ class SLAM3RConfig:
             raise ValueError(f"{source}: {exc}") from exc
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "SLAM3RConfig":
+    def from_json(cls, path: str | Path) -> "SLAM3RNetConfig":
         """Read a HF-style ``config.json`` (``Infinity`` allowed)."""
         d = read_json_config(path)
         try:
@@ -156,11 +156,11 @@ class SLAM3RConfig:
         return d
 
 
-def I2P_FULL() -> SLAM3RConfig:
+def I2P_FULL() -> SLAM3RNetConfig:
     """Config of the published ``siyan824/slam3r_i2p``."""
-    return SLAM3RConfig()
+    return SLAM3RNetConfig()
 
 
-def L2W_FULL() -> SLAM3RConfig:
+def L2W_FULL() -> SLAM3RNetConfig:
     """Config of the published ``siyan824/slam3r_l2w`` (no encoder blocks)."""
-    return SLAM3RConfig(need_encoder=False)
+    return SLAM3RNetConfig(need_encoder=False)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import SLAM3RBase, _check, check_ref_ids, merge_views, split_views
-from .config import SLAM3RConfig
+from .config import SLAM3RNetConfig
 from .layers import Mlp
 
 __all__ = ["Image2Points"]
@@ -33,9 +33,9 @@ class Image2Points(SLAM3RBase):
         pts, conf = i2p(tokens[None, :11], ref_index=5)           # [1, 11, H, W, 3], [1, 11, H, W]
     """
 
-    def __init__(self, config: SLAM3RConfig | None = None) -> None:
+    def __init__(self, config: SLAM3RNetConfig | None = None) -> None:
         super().__init__()
-        cfg = config if config is not None else SLAM3RConfig()
+        cfg = config if config is not None else SLAM3RNetConfig()
         self._build(cfg)
         D = cfg.dec_embed_dim
         self.corr_score_norm = nn.LayerNorm(D)  # eps 1e-5, as the reference

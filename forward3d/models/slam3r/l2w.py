@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import SLAM3RBase, _check, check_ref_ids, merge_views, split_views
-from .config import SLAM3RConfig
+from .config import SLAM3RNetConfig
 
 __all__ = ["Local2World", "L2WOutput"]
 
@@ -33,9 +33,9 @@ class Local2World(SLAM3RBase):
     """L2W: point-map embedding (``ponit_embedder``, sic) added to the input of every decoder layer,
     two multiview decoder stacks (scene frames / keyframes) and linear heads."""
 
-    def __init__(self, config: SLAM3RConfig | None = None) -> None:
+    def __init__(self, config: SLAM3RNetConfig | None = None) -> None:
         super().__init__()
-        cfg = config if config is not None else SLAM3RConfig(need_encoder=False)
+        cfg = config if config is not None else SLAM3RNetConfig(need_encoder=False)
         D = cfg.dec_embed_dim
         self.void_pe_token = nn.Parameter(torch.zeros(1, 1, D))  # registered first, as the reference
         self._build(cfg)

@@ -20,7 +20,7 @@ from torch import nn
 
 from forward3d.hub import WeightsError, load_state_dict, resolve_source, strict_load
 
-from .config import SLAM3RConfig
+from .config import SLAM3RNetConfig
 
 logger = logging.getLogger(__name__)
 
@@ -42,22 +42,22 @@ def dust3r_to_slam3r(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
-def _default_config(cls: type) -> SLAM3RConfig:
-    return SLAM3RConfig(need_encoder=cls.__name__ != "Local2World")
+def _default_config(cls: type) -> SLAM3RNetConfig:
+    return SLAM3RNetConfig(need_encoder=cls.__name__ != "Local2World")
 
 
-def resolve_config(cls: type, weights: Path, config: SLAM3RConfig | Mapping[str, Any] | str | os.PathLike | None) -> SLAM3RConfig:
+def resolve_config(cls: type, weights: Path, config: SLAM3RNetConfig | Mapping[str, Any] | str | os.PathLike | None) -> SLAM3RNetConfig:
     """Config for ``weights``: the ``config`` argument, else ``config.json`` beside it, else the
     published full-size default of ``cls``."""
-    if isinstance(config, SLAM3RConfig):
+    if isinstance(config, SLAM3RNetConfig):
         return config
     if isinstance(config, Mapping):
-        return SLAM3RConfig.from_dict(config, source="config argument")
+        return SLAM3RNetConfig.from_dict(config, source="config argument")
     if config is not None:
-        return SLAM3RConfig.from_json(config)
+        return SLAM3RNetConfig.from_json(config)
     sibling = weights.parent / "config.json"
     if sibling.is_file():
-        return SLAM3RConfig.from_json(sibling)
+        return SLAM3RNetConfig.from_json(sibling)
     logger.info("%s: no config given and no config.json beside it; using the published full-size %s config",
                 weights, cls.__name__)
     return _default_config(cls)
@@ -81,7 +81,7 @@ def load_pretrained(cls: type, source: str | os.PathLike, *, config: Any = None,
     Args:
         source: folder (``config.json`` + ``model.safetensors``), weights file (``.safetensors``;
             ``.pth`` loaded with ``weights_only=True``, ``{'model': ...}`` unwrapped), or hub id.
-        config: :class:`SLAM3RConfig`, a dict or a path to a ``config.json``; overrides the folder's.
+        config: :class:`SLAM3RNetConfig`, a dict or a path to a ``config.json``; overrides the folder's.
         device, dtype: where and in which parameter dtype the model ends up (checkpoints are fp32).
         init_from_dust3r: the source is a DUSt3R checkpoint: rename its decoder keys, initialise the
             keys it lacks (e.g. ``corr_score_*``), drop the ones SLAM3R lacks; both are logged and
@@ -93,7 +93,7 @@ def load_pretrained(cls: type, source: str | os.PathLike, *, config: Any = None,
     path = resolve_source(source)
     weights = _find_weights(path) if path.is_dir() else path
     if path.is_dir() and config is None and (path / "config.json").is_file():
-        cfg = SLAM3RConfig.from_json(path / "config.json")
+        cfg = SLAM3RNetConfig.from_json(path / "config.json")
     else:
         cfg = resolve_config(cls, weights, config)
     sd = load_state_dict(weights)

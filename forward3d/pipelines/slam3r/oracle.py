@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from forward3d.geometry.align import umeyama
-from forward3d.pipelines.slam3r_common import CropTransform, crop_transform
+from forward3d.pipelines.slam3r.common import CropTransform, crop_transform
 
 logger = logging.getLogger(__name__)
 

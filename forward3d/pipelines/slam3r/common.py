@@ -7,10 +7,9 @@ See ``../shared/specs/slam3r.md`` (reconstruction pipeline) for the reference be
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from forward3d.config import config_to_dict, option
 from forward3d.types import Frame, PointCloud
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,6 @@ __all__ = [
     "correct_points_with_depth",
     "retrieve_scene_frames",
     "fuse_point_cloud",
-    "SLAM3RUpdate",
 ]
 
 
@@ -46,27 +45,53 @@ __all__ = [
 class SLAM3RConfig:
     """Every option of the reference reconstruction CLI (same defaults) plus forward3d's additions.
 
-    Reference options: ``keyframe_stride`` (-1 = adaptive), ``initial_winsize``, ``win_r``,
-    ``conf_thres_i2p``, ``num_scene_frame``, ``max_num_register``, ``conf_thres_l2w``,
-    ``num_points_save``, ``update_buffer_intv`` (in units of the stride), ``buffer_size`` (<= 0 =
-    unbounded), ``buffer_strategy``, ``keyframe_adapt_min/max/stride``, ``seed``, ``retrieve_freq``
-    (online only), ``online``.
-
-    Additions:
+    Attributes:
+        i2p: I2P weights: a local folder/file or a hub id.
+        l2w: L2W weights: a local folder/file or a hub id.
+        i2p_config: config.json of the I2P weights (when it is not beside them).
+        l2w_config: config.json of the L2W weights (when it is not beside them).
+        device: auto (CUDA when available), cpu, cuda or cuda:N.
+        dtype: compute dtype of the networks.
+        online: online mode: frames one at a time, past frames only, bounded memory.
+        keyframe_stride: keyframe stride; -1 = adaptive.
+        initial_winsize: initial window size.
+        win_r: I2P window radius.
+        conf_thres_i2p: I2P confidence threshold.
+        num_scene_frame: scene frames retrieved per L2W call.
+        max_num_register: frames registered per L2W call at most.
+        conf_thres_l2w: confidence threshold of exported points.
+        num_points_save: points in point_cloud.ply.
+        update_buffer_intv: buffer update interval (in units of the stride).
+        buffer_size: buffering set capacity (<= 0: unbounded).
+        buffer_strategy: buffering set policy.
+        keyframe_adapt_min, keyframe_adapt_max, keyframe_adapt_stride: candidate strides of the adaptive
+            keyframe stride.
+        seed: random seed.
+        retrieve_freq: online: retrieve scene frames every N frames.
         init_conf_thres: mean I2P confidence under which the initial window shrinks (reference: 5).
         adapt_sample_windows: windows sampled per candidate stride (reference: 10).
-        depth_correction: fit each frame's predicted depth to its sensor depth when it has one.
-        depth_fit: ``"scale"`` or ``"scale_shift"``; depth_min / depth_max: valid sensor range (m).
-        depth_min_pixels: fewer valid pixel pairs than this -> no fit for that frame.
+        depth_correction: fit each frame's predicted depth to its sensor depth when it has one (metric
+            scale); --no-depth-correction ignores sensor depth (relative scale).
+        depth_fit: RGB-D depth correction fit.
+        depth_min, depth_max: valid sensor depth range in metres.
+        depth_min_pixels: fewer valid pixel pairs than this -> no depth fit for that frame.
         intrinsics: user ``(fx, fy, cx, cy)`` in pixels of the ORIGINAL images; None = estimate.
-        use_frame_intrinsics: use ``Frame.K`` when a frame carries one (else estimate).
+        use_frame_intrinsics: use the intrinsics the input provides (datasets, --intrinsics) instead of
+            estimating them.
         online_warmup: frames collected before choosing an adaptive stride in online mode.
-        encode_batch_size / i2p_batch_size: batch sizes of the encoder and per-frame I2P windows.
+        encode_batch_size: batch size of the encoder.
+        i2p_batch_size: batch size of the per-frame I2P windows.
         camera_max_points: points used per frame by the focal and Procrustes fits.
-        progress: show tqdm progress bars (frames/s).
-        spool_dir: online mode writes per-frame results here (None: a temporary folder).
+        spool_dir: online: keep per-frame results in this folder (default: a temporary one).
     """
 
+    i2p: str = option("siyan824/slam3r_i2p", metavar="WEIGHTS")
+    l2w: str = option("siyan824/slam3r_l2w", metavar="WEIGHTS")
+    i2p_config: str | None = option(None, metavar="JSON")
+    l2w_config: str | None = option(None, metavar="JSON")
+    device: str = "auto"
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    online: bool = False
     keyframe_stride: int = -1
     initial_winsize: int = 5
     win_r: int = 3
@@ -83,7 +108,6 @@ class SLAM3RConfig:
     keyframe_adapt_stride: int = 1
     seed: int = 42
     retrieve_freq: int = 1
-    online: bool = False
     # forward3d additions
     init_conf_thres: float = 5.0
     adapt_sample_windows: int = 10
@@ -92,18 +116,19 @@ class SLAM3RConfig:
     depth_min: float = 1e-3
     depth_max: float = 100.0
     depth_min_pixels: int = 32
-    intrinsics: tuple[float, float, float, float] | None = None
-    use_frame_intrinsics: bool = False
+    intrinsics: tuple[float, float, float, float] | None = option(None, cli=False)
+    use_frame_intrinsics: bool = option(False, aliases=("--use-dataset-intrinsics",))
     online_warmup: int = 30
     encode_batch_size: int = 16
     i2p_batch_size: int = 8
     camera_max_points: int = 4096
-    progress: bool = True
-    spool_dir: str | None = None
+    spool_dir: str | None = option(None, metavar="DIR")
 
     def __post_init__(self) -> None:
         if self.buffer_strategy not in ("reservoir", "fifo"):
             raise ValueError(f"SLAM3RConfig.buffer_strategy: expected 'reservoir' or 'fifo', found {self.buffer_strategy!r}")
+        if self.dtype not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"SLAM3RConfig.dtype: expected 'fp32', 'bf16' or 'fp16', found {self.dtype!r}")
         if self.depth_fit not in ("scale", "scale_shift"):
             raise ValueError(f"SLAM3RConfig.depth_fit: expected 'scale' or 'scale_shift', found {self.depth_fit!r}")
         if self.keyframe_stride == 0 or self.keyframe_stride < -1:
@@ -126,9 +151,7 @@ class SLAM3RConfig:
             self.intrinsics = tuple(float(v) for v in self.intrinsics)  # type: ignore[assignment]
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["intrinsics"] = None if self.intrinsics is None else list(self.intrinsics)
-        return d
+        return config_to_dict(self)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -381,39 +404,3 @@ def fuse_point_cloud(chunks, total_valid: int, num_points: int, seed: int) -> Po
         left_total -= n
         left_k -= take
     return PointCloud(pts_out[:filled], col_out[:filled])
-
-
-# --------------------------------------------------------------------------------------------------
-# Incremental updates (online mode, viewers)
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SLAM3RUpdate:
-    """One frame's result as soon as it is registered.
-
-    Attributes:
-        index: position of the frame in the processed sequence (0-based).
-        name: the frame's name.
-        points: ``[H, W, 3]`` float32 world point map at model resolution.
-        confidence: ``[H, W]`` float32 L2W confidence (I2P confidence for the initial window).
-        colors: ``[H, W, 3]`` uint8 colours of the model crop.
-        c2w: ``[4, 4]`` float64 camera-to-world.
-        K: ``[3, 3]`` float64 intrinsics of the ORIGINAL image.
-        image_size: ``(width, height)`` of the original image.
-        num_frames: frames with results so far (including this one).
-        in_buffer: whether the frame is a scene frame candidate (in the buffering set) right now.
-        metadata: extra information (depth scale, stride, ...).
-    """
-
-    index: int
-    name: str
-    points: np.ndarray
-    confidence: np.ndarray
-    colors: np.ndarray
-    c2w: np.ndarray
-    K: np.ndarray
-    image_size: tuple[int, int]
-    num_frames: int
-    in_buffer: bool = False
-    metadata: dict = field(default_factory=dict)

@@ -28,21 +28,20 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from forward3d.models.slam3r.protocol import SLAM3RModels
-from forward3d.pipelines.slam3r_buffer import BufferingSet
-from forward3d.pipelines.slam3r_common import (
+from forward3d.pipelines.slam3r.buffer import BufferingSet
+from forward3d.pipelines.slam3r.common import (
     CropTransform,
     SLAM3RConfig,
-    SLAM3RUpdate,
     fuse_point_cloud,
     prepare_frame,
     retrieve_scene_frames,
 )
-from forward3d.pipelines.slam3r_offline import choose_keyframe_stride, initialize_window, local_point_map
-from forward3d.pipelines.slam3r_result import frame_camera, valid_world_mask
-from forward3d.types import Frame, Reconstruction
+from forward3d.pipelines.slam3r.offline import choose_keyframe_stride, initialize_window, local_point_map
+from forward3d.pipelines.slam3r.result import depth_scale_array, frame_camera, valid_world_mask
+from forward3d.progress import progress_bar
+from forward3d.types import Frame, FrameStatus, Reconstruction, Update
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +128,7 @@ class OnlineSLAM3R:
     """Incremental SLAM3R: :meth:`push` one frame at a time, :meth:`flush` at the end of the input,
     then :meth:`finish` for the :class:`Reconstruction`."""
 
-    def __init__(self, models: SLAM3RModels, cfg: SLAM3RConfig) -> None:
+    def __init__(self, models: SLAM3RModels, cfg: SLAM3RConfig, progress: bool = True) -> None:
         self.models = models
         self.cfg = cfg
         self.device = torch.device(models.device)
@@ -157,7 +156,7 @@ class OnlineSLAM3R:
         self.spool = _Spool(cfg.spool_dir, self.h, self.w)
         self.t_start = time.perf_counter()
         self.timings = {"encode": 0.0, "i2p": 0.0, "l2w": 0.0, "retrieval": 0.0, "cameras": 0.0}
-        self.bar = tqdm(desc="SLAM3R online", unit="frame", disable=not cfg.progress)
+        self.bar = progress_bar(None, "SLAM3R online", unit="frame", enabled=progress)
 
     @property
     def num_frames(self) -> int:
@@ -168,7 +167,7 @@ class OnlineSLAM3R:
         return self.buffer is not None
 
     # ------------------------------------------------------------------------------------------ input
-    def push(self, frame: Frame) -> list[SLAM3RUpdate]:
+    def push(self, frame: Frame) -> list[Update]:
         """Add one frame; returns the updates of the frames that got results (usually just this one)."""
         t0 = time.perf_counter()
         p = prepare_frame(frame, (self.h, self.w))
@@ -193,7 +192,7 @@ class OnlineSLAM3R:
             return self._start()
         return []
 
-    def flush(self) -> list[SLAM3RUpdate]:
+    def flush(self) -> list[Update]:
         """End of input: initialise with what was received if that has not happened yet."""
         if not self.initialised and self.num_frames >= 2:
             return self._start()
@@ -246,7 +245,7 @@ class OnlineSLAM3R:
         self.slots[i].l2w_conf = conf
         self.l2w_conf_mean[i] = float(conf.mean())
 
-    def _start(self) -> list[SLAM3RUpdate]:
+    def _start(self) -> list[Update]:
         cfg, n = self.cfg, self.num_frames
         s = self._adapt_stride() if self.s is None else self.s
         self.s = s = max(1, min(s, n // 2))
@@ -282,7 +281,7 @@ class OnlineSLAM3R:
         return updates
 
     # ------------------------------------------------------------------------------------------ per frame
-    def _process(self, i: int) -> SLAM3RUpdate:
+    def _process(self, i: int) -> Update:
         cfg, s = self.cfg, self.s
         assert self.buffer is not None and s is not None
         cand = list(self.buffer.ids)
@@ -318,7 +317,7 @@ class OnlineSLAM3R:
             del self.slots[fid]
         self.max_slots = max(self.max_slots, len(self.slots))
 
-    def _emit(self, i: int) -> SLAM3RUpdate:
+    def _emit(self, i: int) -> Update:
         t0 = time.perf_counter()
         slot = self.slots[i]
         world = slot.world.cpu().numpy().astype(np.float32)
@@ -334,12 +333,15 @@ class OnlineSLAM3R:
         self.timings["cameras"] += time.perf_counter() - t0
         self.bar.update(1)
         fit = self.depth_fits[i]
-        return SLAM3RUpdate(
-            index=i, name=self.names[i], points=world, confidence=l2w_conf, colors=slot.colors, c2w=c2w, K=K,
-            image_size=(self.crops[i].src_w, self.crops[i].src_h), num_frames=len(self.c2w),
-            in_buffer=self.buffer is not None and i in self.buffer,
+        n = len(self.c2w)
+        return Update(
+            index=i, name=self.names[i], c2w=c2w, K=K, image_size=(self.crops[i].src_w, self.crops[i].src_h),
+            status=FrameStatus("registered", keyframe=self.s is not None and i % self.s == 0),
+            points=world, confidence=l2w_conf, colors=slot.colors, image=slot.colors, num_frames=n,
+            frames_per_s=n / max(time.perf_counter() - self.t_start, 1e-9),
             metadata={"keyframe_stride": self.s, "depth_scale": None if fit is None else fit[0],
-                      "focal_model_px": info.get("focal_model_px")})
+                      "focal_model_px": info.get("focal_model_px"),
+                      "in_buffer": self.buffer is not None and i in self.buffer})
 
     # ------------------------------------------------------------------------------------------ output
     def finish(self) -> Reconstruction:
@@ -362,9 +364,7 @@ class OnlineSLAM3R:
         points, conf, colors = spool.arrays()
         total = time.perf_counter() - self.t_start
         meta = {
-            "backend": "slam3r",
             "mode": "online",
-            "num_frames": n,
             "keyframe_stride": self.s,
             "keyframe_stride_adaptive": self.adaptive,
             "stride_scores": {str(k): v for k, v in getattr(self, "stride_scores", {}).items()},
@@ -372,19 +372,20 @@ class OnlineSLAM3R:
             "buffer_ids": [] if self.buffer is None else list(self.buffer.ids),
             "buffer_max_len": int(self.max_buffer_len),
             "max_frames_held": int(self.max_slots),
-            "metric_scale": bool(self.metric),
-            "depth_scales": [None if f is None else f[0] for f in self.depth_fits[:n]],
             "depth_shifts": [None if f is None else f[1] for f in self.depth_fits[:n]],
             "model_image_size": [self.w, self.h],
             "l2w_conf_mean": [float(x) for x in self.l2w_conf_mean[:n]],
             "i2p_conf_mean": [float(x) for x in self.i2p_conf_mean[:n]],
             "spool_dir": None if spool.temporary else os.fspath(spool.dir),
-            "timings": dict(self.timings, total=total),
-            "fps": n / max(total, 1e-9),
             "config": cfg.to_dict(),
         }
+        timings = {f"{k}_s": v for k, v in self.timings.items()}
+        timings.update(total_s=total, frames_per_s=n / max(total, 1e-9))
         first = self.crops[0]
         return Reconstruction(
             c2w=np.stack(self.c2w), K=np.stack(self.K), image_size=(first.src_w, first.src_h),
             frame_names=self.names[:n], timestamps=np.array(self.timestamps[:n]),
-            point_maps=points, confidences=conf, point_map_colors=colors, points=cloud, metadata=meta)
+            point_maps=points, confidences=conf, point_map_colors=colors, points=cloud, backend="slam3r",
+            metric_scale=bool(self.metric), depth_scales=depth_scale_array(self.depth_fits[:n]),
+            frame_status=[FrameStatus("registered", keyframe=self.s is not None and i % self.s == 0) for i in range(n)],
+            timings=timings, metadata=meta)

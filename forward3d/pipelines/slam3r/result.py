@@ -7,13 +7,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from forward3d.pipelines.slam3r_cameras import estimate_focal, robust_procrustes
-from forward3d.pipelines.slam3r_common import CropTransform, SLAM3RConfig, fuse_point_cloud
+from forward3d.pipelines.slam3r.cameras import estimate_focal, robust_procrustes
+from forward3d.pipelines.slam3r.common import CropTransform, SLAM3RConfig, fuse_point_cloud
 from forward3d.types import PointCloud
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["frame_camera", "fused_cloud_from_arrays", "valid_world_mask"]
+__all__ = ["frame_camera", "fused_cloud_from_arrays", "valid_world_mask", "depth_scale_array"]
 
 
 def _conf_weight(conf: np.ndarray) -> np.ndarray:
@@ -62,6 +62,11 @@ def frame_camera(local: np.ndarray, world: np.ndarray, i2p_conf: np.ndarray, l2w
         info["focal_model_px"] = f
         K = crop.K_to_original(np.array([[f, 0.0, w / 2.0], [0.0, f, h / 2.0], [0.0, 0.0, 1.0]]))
     return c2w, K, info
+
+
+def depth_scale_array(fits: list) -> np.ndarray:
+    """``[N]`` fitted depth scales of ``(scale, shift, inliers)`` fits, NaN where a frame had no fit."""
+    return np.array([np.nan if f is None else f[0] for f in fits], dtype=np.float64)
 
 
 def valid_world_mask(points: np.ndarray, conf: np.ndarray, thres: float) -> np.ndarray:

@@ -17,11 +17,10 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from forward3d.models.slam3r.protocol import SLAM3RModels
-from forward3d.pipelines.slam3r_buffer import BufferingSet
-from forward3d.pipelines.slam3r_common import (
+from forward3d.pipelines.slam3r.buffer import BufferingSet
+from forward3d.pipelines.slam3r.common import (
     PreparedFrame,
     SLAM3RConfig,
     correct_points_with_depth,
@@ -30,8 +29,9 @@ from forward3d.pipelines.slam3r_common import (
     prepare_frame,
     retrieve_scene_frames,
 )
-from forward3d.pipelines.slam3r_result import frame_camera, fused_cloud_from_arrays
-from forward3d.types import Frame, Reconstruction
+from forward3d.pipelines.slam3r.result import depth_scale_array, frame_camera, fused_cloud_from_arrays
+from forward3d.progress import progress_bar
+from forward3d.types import Frame, FrameStatus, Reconstruction
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,8 @@ def local_point_map(pts: Tensor, conf: Tensor, depth: np.ndarray | None, cfg: SL
 
 
 class _Offline:
-    def __init__(self, models: SLAM3RModels, cfg: SLAM3RConfig) -> None:
+    def __init__(self, models: SLAM3RModels, cfg: SLAM3RConfig, progress: bool = True) -> None:
+        self.progress = progress
         self.models = models
         self.cfg = cfg
         self.device = torch.device(models.device)
@@ -169,7 +170,7 @@ class _Offline:
         self.depths: list[np.ndarray | None] = []
         self.prepared: list[PreparedFrame] = []  # without images (freed after encoding)
         pending: list[PreparedFrame] = []
-        bar = tqdm(desc="SLAM3R encode", unit="frame", disable=not cfg.progress)
+        bar = progress_bar(None, "SLAM3R encode", unit="frame", enabled=self.progress)
 
         def flush() -> None:
             if not pending:
@@ -233,7 +234,7 @@ class _Offline:
         by_len: dict[int, list[int]] = {}
         for i, wnd in enumerate(windows):
             by_len.setdefault(len(wnd), []).append(i)
-        bar = tqdm(total=n, desc="SLAM3R I2P", unit="frame", disable=not cfg.progress)
+        bar = progress_bar(n, "SLAM3R I2P", unit="frame", enabled=self.progress)
         for _, members in sorted(by_len.items()):
             for k in range(0, len(members), cfg.i2p_batch_size):
                 chunk = members[k:k + cfg.i2p_batch_size]
@@ -284,7 +285,7 @@ class _Offline:
         cfg, n = self.cfg, self.n
         t0 = time.perf_counter()
         w = len(self.init_ids)
-        bar = tqdm(total=n, desc="SLAM3R register", unit="frame", disable=not cfg.progress)
+        bar = progress_bar(n, "SLAM3R register", unit="frame", enabled=self.progress)
         bar.update(w)
         if s > 1:  # step 5: non-keyframes inside the initial span, one at a time against the buffer
             max_mean = -1.0
@@ -356,8 +357,8 @@ class _Offline:
         rec = self.assemble(s, adaptive)
         self.timings["cameras_export"] = time.perf_counter() - t0
         self.timings["total"] = time.perf_counter() - t_start
-        rec.metadata["timings"] = dict(self.timings)
-        rec.metadata["fps"] = n / max(self.timings["total"], 1e-9)
+        rec.timings = {f"{k}_s": v for k, v in self.timings.items()}
+        rec.timings["frames_per_s"] = n / max(self.timings["total"], 1e-9)
         return rec
 
     def assemble(self, s: int, adaptive: bool) -> Reconstruction:
@@ -378,9 +379,7 @@ class _Offline:
         cloud = fused_cloud_from_arrays(world, l2w_conf, colors, cfg.conf_thres_l2w, cfg.num_points_save, cfg.seed)
         first = self.prepared[0].crop
         meta = {
-            "backend": "slam3r",
             "mode": "offline",
-            "num_frames": n,
             "keyframe_stride": s,
             "keyframe_stride_adaptive": adaptive,
             "stride_scores": {str(k): v for k, v in getattr(self, "stride_scores", {}).items()},
@@ -388,8 +387,6 @@ class _Offline:
             "init_ref": int(self.init_ids[self.init_ref]),
             "buffer_ids": list(self.buffer.ids),
             "buffer_max_len": int(self.max_buffer_len),
-            "metric_scale": bool(self.metric),
-            "depth_scales": [None if f is None else f[0] for f in self.depth_fits],
             "depth_shifts": [None if f is None else f[1] for f in self.depth_fits],
             "model_image_size": [int(self.models.image_size[1]), int(self.models.image_size[0])],
             "l2w_conf_mean": [float(x) for x in self.l2w_conf_mean],
@@ -401,9 +398,12 @@ class _Offline:
             c2w=c2w, K=K, image_size=(first.src_w, first.src_h),
             frame_names=[p.name for p in self.prepared],
             timestamps=np.array([p.timestamp for p in self.prepared]),
-            point_maps=world, confidences=l2w_conf, point_map_colors=colors, points=cloud, metadata=meta)
+            point_maps=world, confidences=l2w_conf, point_map_colors=colors, points=cloud, backend="slam3r",
+            metric_scale=bool(self.metric), depth_scales=depth_scale_array(self.depth_fits),
+            frame_status=[FrameStatus("registered", keyframe=i % s == 0) for i in range(n)], metadata=meta)
 
 
-def run_offline(models: SLAM3RModels, frames: Iterable[Frame], cfg: SLAM3RConfig) -> Reconstruction:
+def run_offline(models: SLAM3RModels, frames: Iterable[Frame], cfg: SLAM3RConfig,
+                progress: bool = True) -> Reconstruction:
     """Offline SLAM3R over all ``frames`` (see the module docstring)."""
-    return _Offline(models, cfg).run(frames)
+    return _Offline(models, cfg, progress).run(frames)

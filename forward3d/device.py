@@ -1,0 +1,40 @@
+"""One device rule for every command and back-end.
+
+``"auto"`` (the default everywhere) means CUDA when torch sees a GPU, else the CPU; anything else is a
+torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``) and is checked here, so a typo or a missing GPU
+is one clear error before any work starts.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["resolve_device", "DEVICE_HELP"]
+
+DEVICE_HELP = "compute device: auto (CUDA when available, else CPU), cpu, cuda or cuda:N"
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """``"auto" | None | "cpu" | "cuda" | "cuda:N" | torch.device`` -> a usable :class:`torch.device`.
+
+    Raises:
+        ValueError: an unknown device string, or CUDA asked for when torch has no GPU.
+    """
+    if isinstance(spec, torch.device):
+        dev = spec
+    else:
+        text = "auto" if spec is None else str(spec).strip().lower()
+        if text in ("", "auto"):
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(text)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, found {spec!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected auto, cpu, cuda or cuda:N, found {spec!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r}: torch sees no CUDA GPU on this machine (use --device cpu or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return dev
