@@ -156,7 +156,8 @@ class SevenScenesDataset(_SourceDataset):
                 want = {int(m) for ln in read_split_file(split_file) for m in _DIGITS.findall(ln)[-1:]}
                 seqs = [d for d in seqs if int(_DIGITS.findall(d.name)[-1]) in want]
             for d in seqs:
-                out.append(self._seq(f"{sd.name}/{d.name}", SevenScenesSource(d, on_error="raise")))
+                src = SevenScenesSource(sd, sequence=d.name, on_error="raise")  # intrinsics sidecar: seq or scene
+                out.append(self._seq(f"{sd.name}/{d.name}", src))
         return out
 
 
