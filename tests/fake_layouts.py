@@ -214,15 +214,20 @@ def write_habitat_sequence(folder: Path, frames, depth_format: str = "exr") -> P
 
 def fisheye_from_pinhole(image: np.ndarray, K_pin: np.ndarray, K_fish: np.ndarray, dist: np.ndarray,
                          size: tuple[int, int], interpolation: int | None = None) -> np.ndarray:
-    """Resample a (wide) pinhole image into an OPENCV_FISHEYE image of ``size`` (W, H)."""
+    """Resample a (wide) pinhole image into an OPENCV_FISHEYE image of ``size`` (W, H).
+
+    Both ``K`` are COLMAP / forward3d intrinsics (pixel centres at +0.5); OpenCV puts them at 0, so
+    its calls get ``K`` shifted by -0.5 and pinhole pixel indices are coordinates - 0.5."""
     import cv2
 
     w, h = size
+    K_cv = K_fish.copy()
+    K_cv[:2, 2] -= 0.5
     v, u = np.mgrid[0:h, 0:w].astype(np.float64)
     pts = np.stack([u, v], -1).reshape(-1, 1, 2)
-    und = cv2.fisheye.undistortPoints(pts, K_fish, dist).reshape(h, w, 2)  # normalised camera coords
-    mx = (K_pin[0, 0] * und[..., 0] + K_pin[0, 2]).astype(np.float32)
-    my = (K_pin[1, 1] * und[..., 1] + K_pin[1, 2]).astype(np.float32)
+    und = cv2.fisheye.undistortPoints(pts, K_cv, dist).reshape(h, w, 2)  # normalised camera coords
+    mx = (K_pin[0, 0] * und[..., 0] + K_pin[0, 2] - 0.5).astype(np.float32)
+    my = (K_pin[1, 1] * und[..., 1] + K_pin[1, 2] - 0.5).astype(np.float32)
     interp = cv2.INTER_LINEAR if interpolation is None else interpolation
     return cv2.remap(image, mx, my, interpolation=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
@@ -244,7 +249,7 @@ def write_scannetpp_dslr(scene_dir: Path, scene, indices: list[int], size: tuple
         fish = fisheye_from_pinhole(rgb, K_pin, K_fish, dist, size)
         _save_rgb(dslr / "resized_images" / name, fish)
         mask = np.full((h, w), 255, np.uint8)
-        mask[:4, :4] = 0  # an anonymised corner
+        mask[h // 2 - 8: h // 2 + 8, w // 2 - 8: w // 2 + 8] = 0  # an anonymised block at the centre
         (dslr / "resized_anon_masks").mkdir(parents=True, exist_ok=True)
         Image.fromarray(mask).save(dslr / "resized_anon_masks" / f"DSC{i + 1:05d}.png")
         if render_depth:

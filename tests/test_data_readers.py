@@ -37,13 +37,13 @@ def _frames(seed: int = 0, n: int = 8, w: int = W, h: int = H):
     return tuple(_scene(seed, n, w, h).frames())
 
 
-def agree(view, scene, image_tol=8.0, min_valid=0.8):
+def agree(view, scene, image_tol=8.0, min_valid=0.8, depth_median=0.011, depth_mean=0.03):
     """The view matches the scene rendered with the view's camera (see test_data_views._agree)."""
     rgb, depth = scene.render(view.c2w, view.K, view.width, view.height)
     both = (depth > 0) & view.valid
     assert both.mean() > min_valid, both.mean()
     err = np.abs(depth - view.depth)[both]
-    assert np.median(err) < 0.011 and err.mean() < 0.03, (np.median(err), err.mean())
+    assert np.median(err) < depth_median and err.mean() < depth_mean, (np.median(err), err.mean())
     assert np.abs(rgb.astype(float) - view.image.astype(float))[both].mean() < image_tol
     return both
 

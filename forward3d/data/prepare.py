@@ -8,7 +8,8 @@ What each dataset needs before its training reader can use it:
   depth to the colour size). The split files ``scannetv2_*.txt`` are copied.
 - ``scannetpp``: per scene of ``RAW/data/``: the DSLR fisheye images, anonymisation masks and the
   mesh-rendered depth of the scannetpp toolbox (``dslr/render_depth``, if rendered) are undistorted to
-  a pinhole camera with OpenCV exactly as the toolbox's ``dslr/undistort.py`` does (``balance=0``),
+  a pinhole camera with OpenCV as the toolbox's ``dslr/undistort.py`` does (``balance=0``; see
+  :func:`undistort_maps` for the half-pixel convention),
   with ``nerfstudio/transforms_undistorted.json``; the iPhone ``rgb.mkv``/``rgb.mp4`` video and
   ``depth.bin`` are decoded to ``rgb/frame_XXXXXX.jpg`` and ``depth/frame_XXXXXX.png`` (uint16 mm)
   every ``iphone_every`` frames (10 = the COLMAP frames), ``colmap/`` and ``pose_intrinsic_imu.json``
@@ -311,16 +312,24 @@ def _read_depth_u16(path: Path) -> np.ndarray:
 
 
 def undistort_maps(K: np.ndarray, dist: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The toolbox's fisheye undistortion: ``(new_K [3, 3], map_x, map_y)`` for ``cv2.remap``
-    (``estimateNewCameraMatrixForUndistortRectify`` with ``balance=0``, same size)."""
+    """Fisheye -> pinhole undistortion: ``(new_K [3, 3], map_x, map_y)`` for ``cv2.remap``.
+
+    As the scannetpp toolbox (``estimateNewCameraMatrixForUndistortRectify`` with ``balance=0``, same
+    size), except that ``K`` (COLMAP convention, pixel centres at +0.5) is shifted to OpenCV's
+    (centres at 0) for the OpenCV calls and ``new_K`` shifted back, as the SLAM3R/DUSt3R preprocessing
+    does; the toolbox skips the shift, which misplaces pixels by a fraction of a pixel where the
+    distortion is strong."""
     from forward3d.io._cv import import_cv2
 
     cv2 = import_cv2()
-    K = np.asarray(K, dtype=np.float64)
+    K = np.asarray(K, dtype=np.float64).copy()
+    K[:2, 2] -= 0.5
     D = np.asarray(dist, dtype=np.float64).reshape(4)
     new_K = cv2.fisheye.estimateNewCameraMatrixForUndistortRectify(K, D, (width, height), np.eye(3), balance=0.0)
     m1, m2 = cv2.fisheye.initUndistortRectifyMap(K, D, np.eye(3), new_K, (width, height), cv2.CV_32FC1)
-    return np.asarray(new_K, dtype=np.float64), m1, m2
+    new_K = np.asarray(new_K, dtype=np.float64).copy()
+    new_K[:2, 2] += 0.5
+    return new_K, m1, m2
 
 
 def _prepare_dslr(cfg: PrepareConfig, scene: str, sd: Path, od: Path, writer: _Writer,
@@ -465,6 +474,7 @@ def prepare(config: PrepareConfig) -> PrepareReport:
     raw, out = Path(config.raw), Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     find, run, root_files = PREPARERS[config.dataset]
+    index = _load_index(out, config.dataset)
     scenes = find(raw)
     if config.scenes:
         missing = [s for s in config.scenes if s not in scenes]
@@ -473,7 +483,6 @@ def prepare(config: PrepareConfig) -> PrepareReport:
         scenes = {s: scenes[s] for s in config.scenes}
     if not scenes:
         raise ValueError(f"prepare {config.dataset}: no scene found under {raw}")
-    index = _load_index(out, config.dataset)
     report = PrepareReport(out)
     t0 = time.monotonic()
     root_writer = _Writer(out)
