@@ -75,8 +75,7 @@ def _segment(text: str, node: ast.AST) -> str:
 
 def _where(node: ast.AST) -> str:
     col = getattr(node, "col_offset", None)
-    line = getattr(node, "lineno", None)
-    return f" (line {line}, column {col + 1})" if col is not None and line is not None else ""
+    return f" (column {col + 1})" if col is not None else ""
 
 
 _NODE_WORDS = {
@@ -218,9 +217,18 @@ class _Parser:
 
 
 def config_keys(cls: type[SequenceDataset]) -> dict[str, Any]:
-    """``{key: type annotation}`` of a dataset's config fields (the keys a mixture term accepts)."""
-    hints = typing.get_type_hints(cls.config_class)
-    return {f.name: hints[f.name] for f in fields(cls.config_class) if not f.name.startswith("_")}
+    """``{key: type annotation}`` of a dataset's config fields (the keys a mixture term accepts).
+
+    Resolved once per config class (``typing.get_type_hints`` evaluates the annotation strings of
+    OUR config modules; the mixture text itself is never evaluated)."""
+    cfg = cls.config_class
+    if cfg not in _HINTS:
+        hints = typing.get_type_hints(cfg)
+        _HINTS[cfg] = {f.name: hints[f.name] for f in fields(cfg) if not f.name.startswith("_")}
+    return _HINTS[cfg]
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
 
 
 def _is_union(tp: Any) -> bool:
@@ -312,10 +320,12 @@ def parse_mixture(text: str) -> list[MixTerm]:
         raise MixtureError(f"dataset mixture: expected a string, found {type(text).__name__}")
     if len(text) > MAX_TEXT:
         raise MixtureError(f"dataset mixture: {len(text)} characters is longer than the limit of {MAX_TEXT}")
-    src = text.strip()
+    # shell-style continuations and line breaks are spaces (the reference's strings span lines);
+    # columns in the messages count in this one-line form
+    src = text.replace("\\\n", " ").replace("\r", " ").replace("\n", " ").strip()
     if not src:
         raise MixtureError("dataset mixture: empty string (expected 'N @ Name(key=value, ...) + ...')")
-    bad = next((c for c in src if ord(c) < 32 and c not in "\t\n\r"), None)
+    bad = next((c for c in src if ord(c) < 32 and c != "\t"), None)
     if bad is not None:
         raise MixtureError(f"dataset mixture: control character {bad!r} is not allowed")
     try:
