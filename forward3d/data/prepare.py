@@ -180,13 +180,9 @@ class _Writer:
 
 
 def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: the {what} is not a JSON object")
-    return data
+    from forward3d.io.jsonio import read_json
+
+    return read_json(path, what)
 
 
 def _load_index(out: Path, dataset: str) -> dict:
@@ -202,8 +198,9 @@ def _load_index(out: Path, dataset: str) -> dict:
 
 
 def _save_json(path: Path, data: dict) -> None:
-    with atomic_write(path, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
+    from forward3d.io.jsonio import write_json
+
+    write_json(path, data)
 
 
 def _scene_intact(out: Path, entry: dict) -> bool:

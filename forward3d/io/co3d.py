@@ -151,10 +151,12 @@ def read_co3d_mask(path: str | os.PathLike, threshold: float = 0.1) -> np.ndarra
 
 def read_set_list(path: str | os.PathLike) -> dict[str, list[tuple[str, int, str]]]:
     """``set_lists_*.json`` -> ``{subset: [(sequence, frame_number, image_path), ...]}``."""
+    from forward3d.io.jsonio import read_json
+
     path = Path(path)
+    data = read_json(path, "CO3D set list")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
         return {str(k): [(str(s), int(n), str(p)) for s, n, p in v] for k, v in data.items()}
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: expected a CO3D set list {{subset: [[sequence, frame_number, path], ...]}} "
                          f"({type(exc).__name__}: {exc})") from exc

@@ -26,7 +26,6 @@ or a raw-DEFLATE block of float32 metres.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import struct
@@ -37,6 +36,7 @@ from typing import Iterator
 
 import numpy as np
 
+from forward3d.io.jsonio import read_json
 from forward3d.io.nerfstudio import opengl_to_opencv_c2w
 
 __all__ = ["FisheyeCamera", "DslrTransforms", "read_dslr_transforms", "read_train_test_lists",
@@ -88,11 +88,8 @@ def _num(path: Path, d: dict, key: str, default: float | None = None) -> float:
 def read_dslr_transforms(path: str | os.PathLike) -> DslrTransforms:
     """``dslr/nerfstudio/transforms*.json`` -> :class:`DslrTransforms` (poses converted to OpenCV)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable transforms JSON ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("frames"), list):
+    data = read_json(path, "transforms JSON")
+    if not isinstance(data.get("frames"), list):
         raise ValueError(f"{path}: expected an object with a 'frames' list")
     fx, fy, cx, cy = (_num(path, data, k) for k in ("fl_x", "fl_y", "cx", "cy"))
     w, h = int(_num(path, data, "w")), int(_num(path, data, "h"))
@@ -121,11 +118,11 @@ def read_dslr_transforms(path: str | os.PathLike) -> DslrTransforms:
 def read_train_test_lists(path: str | os.PathLike) -> dict[str, list[str]]:
     """``dslr/train_test_lists.json`` -> ``{"train": [...], "test": [...]}`` (missing keys: empty)."""
     path = Path(path)
+    data = read_json(path, "train_test_lists.json")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
         return {k: [str(n) for n in data.get(k, [])] for k in ("train", "test")}
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError) as exc:
-        raise ValueError(f"{path}: expected {{'train': [...], 'test': [...]}} ({type(exc).__name__}: {exc})") from exc
+    except TypeError as exc:
+        raise ValueError(f"{path}: expected {{'train': [...], 'test': [...]}} ({exc})") from exc
 
 
 def read_pose_intrinsic_imu(path: str | os.PathLike, key: str = "aligned_pose") -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -134,12 +131,7 @@ def read_pose_intrinsic_imu(path: str | os.PathLike, key: str = "aligned_pose") 
     ``key``: ``"aligned_pose"`` (registered to the laser scan; default) or ``"pose"`` (raw ARKit).
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable pose_intrinsic_imu.json ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object keyed by frame id, found {type(data).__name__}")
+    data = read_json(path, "pose_intrinsic_imu.json (an object keyed by frame id)")
     out = {}
     for fid in sorted(data):
         rec = data[fid]
