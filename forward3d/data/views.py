@@ -285,28 +285,23 @@ def _gray(x: np.ndarray) -> np.ndarray:
 
 
 def _rgb_to_hsv(x: np.ndarray) -> np.ndarray:
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    mx, mn = x.max(-1), x.min(-1)
+    """``[..., 3]`` RGB in [0, 1] -> HSV (hue in [0, 1)), as :func:`colorsys.rgb_to_hsv`."""
+    r, g, b = np.ascontiguousarray(np.moveaxis(x, -1, 0))  # contiguous planes: fast elementwise maths
+    mx, mn = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
     d = mx - mn
-    ds = np.where(d > 0, d, 1.0)
-    h = np.where(mx == r, ((g - b) / ds) % 6.0, np.where(mx == g, (b - r) / ds + 2.0, (r - g) / ds + 4.0)) / 6.0
-    h = np.where(d > 0, h, 0.0)
-    s = np.where(mx > 0, d / np.where(mx > 0, mx, 1.0), 0.0)
+    ds = np.where(d > 0, d, np.float32(1.0))
+    h = np.select([mx == r, mx == g], [(g - b) / ds, (b - r) / ds + 2.0], (r - g) / ds + 4.0)
+    h = np.where(d > 0, (h / 6.0) % 1.0, 0.0).astype(x.dtype)
+    s = np.where(mx > 0, d / np.where(mx > 0, mx, np.float32(1.0)), 0.0).astype(x.dtype)
     return np.stack([h, s, mx], -1)
 
 
 def _hsv_to_rgb(x: np.ndarray) -> np.ndarray:
-    h, s, v = x[..., 0], x[..., 1], x[..., 2]
-    i = np.floor(h * 6.0)
-    f = h * 6.0 - i
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    i = i.astype(np.int64) % 6
-    choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-    out = np.zeros(x.shape, dtype=x.dtype)
-    for k, (a, b, c) in enumerate(choices):
-        m = i == k
-        out[m] = np.stack([a[m], b[m], c[m]], -1)
-    return out
+    """HSV -> RGB: channel ``c = v - v s clip(min(k, 4 - k), 0, 1)`` with ``k = (n_c + 6 h) mod 6``,
+    ``n = (5, 3, 1)`` for (R, G, B) (the closed form of the hexcone, equal to :mod:`colorsys`)."""
+    h, s, v = x[..., 0:1], x[..., 1:2], x[..., 2:3]
+    k = (np.array([5.0, 3.0, 1.0], dtype=x.dtype) + 6.0 * h) % 6.0
+    return v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float = 0.5, contrast: float = 0.5,

@@ -230,25 +230,29 @@ class SensFile:
         e = self._entry(i)
         return self._read(e.color_offset + e.color_bytes, e.depth_bytes)
 
-    def read_color(self, i: int) -> np.ndarray:
-        """``[color_height, color_width, 3]`` uint8 RGB of frame ``i``."""
+    def read_color(self, i: int, size: tuple[int, int] | None = None) -> np.ndarray:
+        """``[color_height, color_width, 3]`` uint8 RGB of frame ``i``, or resized to ``size = (W, H)``
+        (a JPEG is then decoded at the smallest DCT scale that still covers ``size``: 2-4x faster)."""
         data = self.color_bytes(i)
         w, h = self.header.color_size
         kind = self.header.color_compression
         if kind == "raw":
             if len(data) != w * h * 3:
                 raise ValueError(f"{self.path}: frame {i}: raw colour has {len(data)} bytes, expected {w * h * 3}")
-            return np.frombuffer(data, dtype=np.uint8).reshape(h, w, 3).copy()
+            arr = np.frombuffer(data, dtype=np.uint8).reshape(h, w, 3).copy()
+            return arr if size is None else resize_rgb(arr, int(size[0]), int(size[1]))
         if kind not in ("jpeg", "png"):
             raise ValueError(f"{self.path}: frame {i}: colour compression {kind!r} is not supported")
         try:
             with Image.open(io.BytesIO(data)) as im:
+                if im.size != (w, h):
+                    raise ValueError(f"colour is {im.size[0]}x{im.size[1]}, header says {w}x{h}")
+                if size is not None and kind == "jpeg":
+                    im.draft("RGB", tuple(size))
                 arr = np.asarray(im.convert("RGB"))
         except Exception as exc:  # PIL raises many types on corrupt data
             raise ValueError(f"{self.path}: frame {i}: corrupt {kind} colour ({type(exc).__name__}: {exc})") from exc
-        if arr.shape[:2] != (h, w):
-            raise ValueError(f"{self.path}: frame {i}: colour is {arr.shape[1]}x{arr.shape[0]}, header says {w}x{h}")
-        return arr
+        return arr if size is None else resize_rgb(arr, int(size[0]), int(size[1]))
 
     def read_depth_raw(self, i: int) -> np.ndarray:
         """``[depth_height, depth_width]`` uint16 depth of frame ``i`` in file units (0 = invalid)."""
@@ -275,13 +279,14 @@ class SensFile:
         colour size with the colour ``K`` and the depth resized to it (nearest)."""
         self._entry(i)
         i = int(i) % len(self)
-        image, depth = self.read_color(i), self.read_depth(i)
+        depth = self.read_depth(i)
         if color_to_depth:
             w, h = self.header.depth_size
-            image = resize_rgb(image, w, h)
+            image = self.read_color(i, (w, h))
             K = self.header.depth_intrinsics.K
         else:
             w, h = self.header.color_size
+            image = self.read_color(i)
             depth = resize_depth(depth, w, h)
             K = self.header.color_intrinsics.K
         return Frame(image=image, depth=depth, K=K, c2w=self.c2w(i), timestamp=self.timestamp(i), index=i,
