@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("forward3d.cli.render", "render a 3D Gaussian scene (PLY/.splat) to images and a video"),
     "splat": ("forward3d.cli.splat", "single image (+ depth) -> 3D Gaussians"),
     "train": ("forward3d.cli.train", "train a model"),
+    "data": ("forward3d.cli.data", "prepare / check training datasets, list them, check mixture strings"),
 }
 
 

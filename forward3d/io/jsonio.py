@@ -12,7 +12,7 @@ import numpy as np
 
 from forward3d.io.atomic import atomic_write
 
-__all__ = ["to_jsonable", "write_json"]
+__all__ = ["to_jsonable", "write_json", "read_json"]
 
 
 def to_jsonable(x: Any) -> Any:
@@ -40,3 +40,16 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
         json.dump(to_jsonable(data), f, indent=2)
         f.write("\n")
     return p
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file", expect: type = dict) -> Any:
+    """Parse a JSON file whose top level must be ``expect`` (dict by default); ValueError naming the
+    file and ``what`` it should be when it cannot be read, is not JSON or has another top level."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{p}: not a readable {what} ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, expect):
+        raise ValueError(f"{p}: expected the {what} to hold a JSON {expect.__name__}, found {type(data).__name__}")
+    return data
