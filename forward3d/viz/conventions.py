@@ -73,25 +73,41 @@ def frustum_fov_aspect(K: np.ndarray, image_size: tuple[int, int]) -> tuple[floa
     return 2.0 * math.atan(h / (2.0 * K[1, 1])), w / h
 
 
-def world_up(c2w: np.ndarray) -> np.ndarray:
-    """``[3]`` unit world "up" guessed from cameras ``[N, 4, 4]``: minus their mean y axis (OpenCV y is
-    image-down); ``(0, -1, 0)`` (the OpenCV convention itself) when there are no cameras."""
+def world_up(c2w: np.ndarray, min_spread: float = 0.01) -> np.ndarray:
+    """``[3]`` unit world "up" guessed from cameras ``[N, 4, 4]``.
+
+    People hold cameras without roll, so every camera's x axis is horizontal: up is the direction
+    most perpendicular to all x axes (the smallest eigenvector of ``sum x x^T``), signed like minus
+    the mean y axis (OpenCV y is image-down). That needs x axes pointing different ways (the middle
+    eigenvalue at least ``min_spread``, about 6 degrees of turning, and an answer within 60 degrees of
+    the mean); otherwise minus the mean y axis is used (it leans by the cameras' mean pitch). No
+    cameras: ``(0, -1, 0)``, the OpenCV convention itself.
+    """
     c2w = np.asarray(c2w, dtype=np.float64).reshape(-1, 4, 4)
-    if len(c2w) == 0:
-        return np.array([0.0, -1.0, 0.0])
-    up = -c2w[:, :3, 1].mean(0)
-    n = np.linalg.norm(up)
-    if not np.isfinite(n) or n < 1e-6:
-        return np.array([0.0, -1.0, 0.0])
-    return up / n
+    fallback = np.array([0.0, -1.0, 0.0])
+    if len(c2w) == 0 or not np.isfinite(c2w).all():
+        return fallback
+    mean_up = -c2w[:, :3, 1].mean(0)
+    n = np.linalg.norm(mean_up)
+    if n < 1e-6:
+        return fallback
+    mean_up /= n
+    x = c2w[:, :3, 0]
+    w, V = np.linalg.eigh(x.T @ x / len(x))
+    if w[1] >= min_spread:
+        up = V[:, 0] * np.sign(V[:, 0] @ mean_up or 1.0)
+        if up @ mean_up >= 0.5:
+            return up
+    return mean_up
 
 
 def initial_view(c2w: np.ndarray, points: np.ndarray | None = None, up: np.ndarray | None = None,
-                 back: float = 1.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 back: float = 1.6, elevation_deg: float = 40.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A first view of a scene for the browser: ``(position, look_at, up)`` in world coordinates.
 
-    It looks at the centre of ``points`` (else of the cameras) from behind and above the first camera,
-    ``back`` times the scene radius away, so that the cameras and the geometry are both in view.
+    It looks at the centre of ``points`` (else of the cameras) from behind the cameras (their mean
+    viewing direction) and ``elevation_deg`` above, ``back`` times the scene radius away, so that the
+    cameras and the geometry are both in view.
     """
     c2w = np.asarray(c2w, dtype=np.float64).reshape(-1, 4, 4)
     up = world_up(c2w) if up is None else np.asarray(up, np.float64) / np.linalg.norm(up)
@@ -101,16 +117,20 @@ def initial_view(c2w: np.ndarray, points: np.ndarray | None = None, up: np.ndarr
         centre = (lo + hi) / 2
         radius = max(float(np.linalg.norm(hi - lo)) / 2, 1e-3)
     elif len(c2w):
-        centre = c2w[:, :3, 3].mean(0) + c2w[0, :3, 2]  # one unit in front of the cameras
+        centre = c2w[:, :3, 3].mean(0) + c2w[:, :3, 2].mean(0)  # one unit in front of the cameras
         radius = max(float(np.linalg.norm(c2w[:, :3, 3] - centre, axis=-1).max()), 1.0)
     else:
         return np.array([3.0, 3.0, 3.0]) * -up, np.zeros(3), up
-    forward = c2w[0, :3, 2] if len(c2w) else np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 0.0, 1.0])
+    other = np.array([1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.array([0.0, 0.0, 1.0])
+    forward = c2w[:, :3, 2].mean(0) if len(c2w) else np.cross(up, other)
     forward = forward - up * (forward @ up)
-    if np.linalg.norm(forward) < 1e-6:
-        forward = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 0.0, 1.0])
+    if np.linalg.norm(forward) < 1e-6:  # cameras looking every way (an orbit) or straight down
+        forward = c2w[0, :3, 2] - up * (c2w[0, :3, 2] @ up) if len(c2w) else np.cross(up, other)
+        if np.linalg.norm(forward) < 1e-6:
+            forward = np.cross(up, other)
     forward /= np.linalg.norm(forward)
-    direction = -forward * math.cos(math.radians(30)) + up * math.sin(math.radians(30))
+    el = math.radians(elevation_deg)
+    direction = -forward * math.cos(el) + up * math.sin(el)
     return centre + back * radius * direction, centre, up
 
 

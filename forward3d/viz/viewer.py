@@ -243,7 +243,7 @@ class Viewer:
         if len(c2w) > 1:
             steps = np.linalg.norm(np.diff(c2w[:, :3, 3], axis=0), axis=1)
             step = float(np.median(steps)) if len(steps) else 0.0
-            self._frustum_scale = float(np.clip(max(step * 2.0, radius * 0.03), radius * 0.01, radius * 0.1))
+            self._frustum_scale = float(np.clip(max(step * 2.0, radius * 0.04), radius * 0.02, radius * 0.15))
         else:
             self._frustum_scale = radius * 0.05
         sample = scene.select("cloud" if scene.cloud is not None else "frames", budget=50_000).points
@@ -467,7 +467,7 @@ class Viewer:
         if n > 1 and self.show_traj.value and t >= 1:
             centres = scene.c2w(upto=t)[:, :3, 3]
             segs = np.stack([centres[:-1], centres[1:]], axis=1).astype(np.float32)
-            srv.add_line_segments("/trajectory", segs, _TRAJ_COLOR, thickness=self._frustum_scale * 0.08)
+            srv.add_line_segments("/trajectory", segs, _TRAJ_COLOR, thickness=3.0, thickness_units="screen")
         else:
             srv.add_line_segments("/trajectory", np.zeros((1, 2, 3), np.float32), _TRAJ_COLOR, visible=False)
 
@@ -478,7 +478,7 @@ class Viewer:
         image = self.scene.thumbnail(pos, self.config.thumbnail_size) if thumbnail else None
         return self.server.scene.add_camera_frustum(
             name, fov=fov, aspect=aspect, scale=self._frustum_scale * scale,
-            thickness=self._frustum_scale * 0.03, color=color if fv.tracking_ok else _FAIL_COLOR,
+            thickness=2.0, thickness_units="screen", color=color if fv.tracking_ok else _FAIL_COLOR,
             image=image, format="jpeg", jpeg_quality=85, wxyz=wxyz, position=position)
 
     def _draw_static(self) -> None:
@@ -504,9 +504,8 @@ class Viewer:
         if scene.gt_c2w is not None and len(scene.gt_c2w) > 1:
             c = scene.gt_c2w[:, :3, 3]
             segs = np.stack([c[:-1], c[1:]], axis=1).astype(np.float32)
-            self._static["gt"] = srv.add_line_segments("/gt_trajectory", segs, _GT_COLOR,
-                                                       thickness=self._frustum_scale * 0.08,
-                                                       visible=bool(self.show_gt.value))
+            self._static["gt"] = srv.add_line_segments("/gt_trajectory", segs, _GT_COLOR, thickness=3.0,
+                                                       thickness_units="screen", visible=bool(self.show_gt.value))
 
     def _apply_visibility(self) -> None:
         with self._lock:
