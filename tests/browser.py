@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 __all__ = ["CHROMIUM_FLAGS", "find_chromium", "browser", "wait_for_text", "screenshot", "element_box",
-           "content_stats", "dismiss_notifications"]
+           "content_stats", "dismiss_notifications", "wait_for_download"]
 
 # flags that work in containers without a GPU, a sandbox or a network (and never phone home)
 CHROMIUM_FLAGS = (
@@ -47,7 +47,8 @@ def find_chromium() -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def browser():
-    """A headless Chromium (selenium WebDriver) with a new empty profile, closed after the module."""
+    """A headless Chromium (selenium WebDriver) with a new empty profile, closed after the module.
+    Downloads land in ``driver.download_dir`` (a new empty folder)."""
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.options import Options
@@ -59,18 +60,24 @@ def browser():
     except RuntimeError as exc:
         pytest.fail(str(exc))
     profile = tempfile.mkdtemp(prefix="forward3d-chromium-")
+    downloads = tempfile.mkdtemp(prefix="forward3d-downloads-")
     opts = Options()
     opts.binary_location = binary
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    opts.add_experimental_option("prefs", {"download.default_directory": downloads,
+                                           "download.prompt_for_download": False})
     driver = webdriver.Chrome(service=Service(driver_path), options=opts)
     driver.set_page_load_timeout(60)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": downloads})
+    driver.download_dir = Path(downloads)
     try:
         yield driver
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+        shutil.rmtree(downloads, ignore_errors=True)
 
 
 def wait_for_text(driver, *texts: str, timeout: float = 30.0) -> str:
@@ -122,6 +129,17 @@ def content_stats(image: np.ndarray) -> dict[str, float]:
     counts = np.bincount(codes.ravel(), minlength=1 << 15)
     return {"std": float(img.mean(-1).std()), "colors": int((counts > 0).sum()),
             "dominant": float(counts.max() / max(codes.size, 1))}
+
+
+def wait_for_download(driver, name: str, timeout: float = 30.0) -> Path:
+    """The file ``name`` once the browser has finished downloading it into ``driver.download_dir``."""
+    path = Path(driver.download_dir) / name
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        if path.is_file() and not path.with_name(name + ".crdownload").exists():
+            return path
+        time.sleep(0.2)
+    raise AssertionError(f"{name} was not downloaded within {timeout} s; found {sorted(os.listdir(driver.download_dir))}")
 
 
 def dismiss_notifications(driver) -> int:

@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from browser import browser, content_stats, dismiss_notifications, element_box, screenshot, wait_for_text  # noqa: F401
+from browser import (  # noqa: F401
+    browser,
+    content_stats,
+    dismiss_notifications,
+    element_box,
+    screenshot,
+    wait_for_download,
+    wait_for_text,
+)
 from forward3d.data.synthetic import SyntheticScene
 from forward3d.geometry.se3 import transform_points
 from forward3d.io.export import export_reconstruction
@@ -78,7 +86,7 @@ def _wait_drawn(driver, box, min_std: float = 15.0, timeout: float = 30.0) -> np
         time.sleep(0.5)
 
 
-def test_viewer_page_draws_the_reconstruction(browser, served):  # noqa: F811
+def test_viewer_page_draws_the_reconstruction(served, browser):  # noqa: F811
     scene = served.scene
     browser.get(served.url)
     sel = scene.select("frames", min_confidence=float(served.min_conf.value))
@@ -115,7 +123,7 @@ def test_viewer_page_draws_the_reconstruction(browser, served):  # noqa: F811
     assert changed > 0.1, changed
 
 
-def test_viewer_timeline_from_the_browser(browser, served):  # noqa: F811
+def test_viewer_timeline_from_the_browser(served, browser):  # noqa: F811
     from selenium.webdriver.common.keys import Keys
 
     budget = 20_000  # software WebGL: fewer points keep the page responsive to key presses
@@ -135,3 +143,14 @@ def test_viewer_timeline_from_the_browser(browser, served):  # noqa: F811
     wait_for_text(browser, f"frame {t + 1} / {N}", f"points shown: {format_count(sel.shown)}", timeout=30)
     assert served.current_frame() == t and abs(sel.shown - budget) < 1000
     assert sorted(served._frustums) == served.scene.frustum_positions(100, upto=t)
+
+
+def test_viewer_download_button(served, browser):  # noqa: F811
+    browser.get(served.url)
+    wait_for_text(browser, "point cloud (PLY)", timeout=60)
+    button = [b for b in browser.find_elements("css selector", "button") if b.text.strip() == "point cloud (PLY)"]
+    assert len(button) == 1
+    browser.execute_script("arguments[0].scrollIntoView()", button[0])
+    button[0].click()
+    got = wait_for_download(browser, "point_cloud.ply")
+    assert got.read_bytes() == served.scene.downloads["point cloud (PLY)"].read_bytes()

@@ -187,6 +187,8 @@ class _Stats:
     upstream_connections: int = 0
     upstream_connected: bool = False
     frames_in: int = 0
+    frames_out: int = 0
+    frames_skipped: int = 0
     frames_dropped_invalid: int = 0
     clients: int = 0
     clients_total: int = 0
@@ -273,7 +275,8 @@ class StreamProxy:
         return f"http://{host}:{self.port}/video"
 
     def stats(self) -> dict:
-        """Counters: upstream connections / state, frames in, clients now / in total / refused, last error."""
+        """Counters: upstream connections / state, frames in / out / skipped for slow clients / invalid,
+        clients now / in total / refused, the last upstream error."""
         with self._stats_lock:
             s = dict(self._stats.__dict__)
         s["uptime_s"] = time.time() - s.pop("started")
@@ -402,11 +405,13 @@ class StreamProxy:
                 got = self.hub.wait_newer(seq, timeout=0.5)
                 if got is None:
                     continue
+                skipped = got[0] - seq - 1 if seq else 0
                 seq, frame = got
                 head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(frame)}\r\n\r\n"
                         ).encode("ascii")
                 handler.wfile.write(head + frame + b"\r\n")
                 handler.wfile.flush()
+                self._bump(frames_out=1, frames_skipped=skipped)
         except (OSError, ValueError):
             pass  # the client went away (or stalled past client_timeout)
         finally:
