@@ -128,6 +128,20 @@ def test_initial_view_sees_the_scene():
     assert np.linalg.norm(pos - look) > 1.0  # outside the content
     assert np.allclose(up, [0, -1, 0])
     assert (pos - look) @ up > 0  # from above
+    pos2, look2, _ = initial_view(np.zeros((0, 4, 4)), pts)  # no cameras (a Gaussian or mesh file)
+    assert np.allclose(look2, [5, 0, 0], atol=0.1) and np.linalg.norm(pos2 - look2) > 1.0
+
+
+def test_sample_points_and_bounds_fall_back_through_the_content():
+    s = SceneModel()
+    assert len(s.sample_points()) == 0 and s.bounds()[1] == 1.0
+    g = Gaussians.from_activated(torch.randn(100, 3) + 7, torch.randn(100, 4), torch.rand(100, 3),
+                                 torch.rand(100), colors=torch.rand(100, 3))
+    s.set_geometry(gaussians=g)
+    centre, radius = s.bounds()
+    assert np.allclose(centre, 7, atol=1.0) and 0.5 < radius < 10
+    s.set_geometry(mesh=Mesh(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]]) - 3.0, np.array([[0, 1, 2]])))
+    assert np.allclose(s.sample_points().mean(0), [-2.667, -2.667, -3.0], atol=1e-3)  # the mesh before Gaussians
 
 
 def test_gaussians_to_viser_analytic():
@@ -445,3 +459,24 @@ def test_attach_ground_truth_index_and_timestamps(tmp_path):
     write_tum(tmp_path / "short.txt", recon.timestamps[:2], gt[:2])
     with pytest.raises(ValueError, match="at least 3 poses"):
         attach_ground_truth(s2, tmp_path / "short.txt")
+
+
+def test_attach_images_by_frame_name(tmp_path):
+    from PIL import Image
+
+    from forward3d.viz.load import attach_images
+
+    s = SceneModel()
+    for name in ("00003", "00007", "00011"):
+        s.add_frame(0, name, np.eye(4), np.eye(3), (8, 6))
+    (tmp_path / "imgs").mkdir()
+    for name in ("00003", "00011", "99999"):
+        Image.fromarray(np.full((6, 8, 3), 200, np.uint8)).save(tmp_path / "imgs" / f"{name}.png")
+    assert attach_images(s, tmp_path / "imgs") == 2
+    assert s.thumbnail(0).shape == (6, 8, 3) and s.thumbnail(1) is None and s.thumbnail(2).mean() == 200
+    (tmp_path / "other").mkdir()
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / "other" / "x.png")
+    with pytest.raises(ValueError, match="no picture named like the frames"):
+        attach_images(s, tmp_path / "other")
+    with pytest.raises(ValueError, match="expected a folder"):
+        attach_images(s, tmp_path / "missing")

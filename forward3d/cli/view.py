@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8080, help="port (the next free one is taken when it is busy)")
     p.add_argument("--gt", default=None, help="ground-truth trajectory (TUM .txt or Redwood .log), aligned and "
                                               "drawn in blue")
+    p.add_argument("--images", default=None, help="folder of the input images: camera thumbnails for a recon output "
+                                                  "(matched by frame name)")
     p.add_argument("--max-points", type=int, default=d.max_points, help="point budget")
     p.add_argument("--max-frustums", type=int, default=d.max_frustums, help="cameras drawn at most (every k-th)")
     p.add_argument("--max-gaussians", type=int, default=d.max_gaussians, help="Gaussians drawn at most")
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--port: expected 0..65535, found {args.port}")
     config = ViewerConfig(max_points=args.max_points, max_frustums=args.max_frustums,
                           max_gaussians=args.max_gaussians, point_size=args.point_size, fps=args.fps)
-    scene = load_scene(args.path, gt=args.gt)
+    scene = load_scene(args.path, gt=args.gt, images=args.images)
     viewer = Viewer(scene, host=args.host, port=args.port, config=config)
     s = scene.summary()
     what = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in s.items() if v)

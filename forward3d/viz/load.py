@@ -29,7 +29,7 @@ import numpy as np
 
 from forward3d.viz.scene import SceneModel
 
-__all__ = ["load_scene", "attach_ground_truth", "SUPPORTED"]
+__all__ = ["load_scene", "attach_ground_truth", "attach_images", "SUPPORTED"]
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,10 @@ _RECON_FILES = {"point cloud (PLY)": "point_cloud.ply", "mesh (GLB)": "mesh.glb"
                 "trajectory (TUM)": "trajectory_tum.txt"}
 
 
-def load_scene(path: str | os.PathLike, gt: str | os.PathLike | None = None) -> SceneModel:
-    """Read ``path`` (see the module docstring) into a scene; ``gt``: optional ground-truth trajectory.
+def load_scene(path: str | os.PathLike, gt: str | os.PathLike | None = None,
+               images: str | os.PathLike | None = None) -> SceneModel:
+    """Read ``path`` (see the module docstring) into a scene; ``gt``: optional ground-truth trajectory;
+    ``images``: optional folder of the input images, for the camera thumbnails (see :func:`attach_images`).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -54,6 +56,8 @@ def load_scene(path: str | os.PathLike, gt: str | os.PathLike | None = None) -> 
     except (struct.error, IndexError, KeyError, UnicodeDecodeError, OverflowError, EOFError, zipfile.BadZipFile) as exc:
         # a reader tripped over a damaged file in a way it does not check for: still one clear line
         raise ValueError(f"{path}: corrupt or unreadable file ({type(exc).__name__}: {exc})") from exc
+    if images is not None:
+        attach_images(scene, images)
     if gt is not None:
         attach_ground_truth(scene, gt)
     s = scene.summary()
@@ -255,6 +259,32 @@ def _camera_set_scene(cams, image_paths: list[str | None], folder: Path, kind: s
         scene.set_geometry(cloud=cams.points, notify=False)
     scene.settings = {"format": kind, "cameras": len(cams)}
     return scene
+
+
+def attach_images(scene: SceneModel, folder: str | os.PathLike) -> int:
+    """Use the pictures in ``folder`` as the thumbnails of the frames with the same name (file stem),
+    for frames that have none (a ``forward3d recon`` output keeps no images). Returns how many matched.
+
+    Raises:
+        ValueError: ``folder`` is not a folder, or no picture in it matches a frame name.
+    """
+    from forward3d.io.source_base import list_images
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"--images {folder}: expected a folder of images")
+    by_stem = {p.stem: p for p in list_images(folder)}
+    matched = 0
+    for f in scene.frames:
+        p = by_stem.get(f.name)
+        if p is not None:
+            matched += 1
+            if f.image is None:
+                f.image_path = str(p)
+    if scene.frames and matched == 0:
+        raise ValueError(f"--images {folder}: no picture named like the frames (e.g. {scene.frames[0].name!r}) "
+                         f"among its {len(by_stem)} pictures")
+    return matched
 
 
 # --------------------------------------------------------------------------------------------------

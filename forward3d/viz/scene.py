@@ -446,16 +446,22 @@ class SceneModel:
         keep = set(range(0, hi + 1, k)) | {hi} | {i for i in failed if i <= hi}
         return sorted(keep)
 
-    def bounds(self, sample: int = 200_000) -> tuple[np.ndarray, float]:
-        """``(centre [3], radius)`` of the content (2nd-98th percentile box of the points, else cameras)."""
-        sel = self.select("cloud" if self.cloud is not None and len(self.cloud) else "frames", budget=sample)
+    def sample_points(self, n: int = 200_000) -> np.ndarray:
+        """About ``n`` points ``[M, 3]`` of the content: the fused cloud, else the frames' points, else
+        the mesh vertices, else the Gaussian centres, else the camera centres (may be empty)."""
+        sel = self.select("cloud" if self.cloud is not None and len(self.cloud) else "frames", budget=n)
         pts = sel.points
         if len(pts) == 0 and self.mesh is not None and len(self.mesh.vertices):
-            pts = self.mesh.vertices[:: max(1, len(self.mesh.vertices) // sample)]
+            pts = self.mesh.vertices[:: max(1, len(self.mesh.vertices) // n)]
         if len(pts) == 0 and self.gaussians is not None and len(self.gaussians):
-            pts = self.gaussians.means.numpy()[:: max(1, len(self.gaussians) // sample)]
+            pts = self.gaussians.means.numpy()[:: max(1, len(self.gaussians) // n)]
         if len(pts) == 0:
             pts = self.c2w()[:, :3, 3]
+        return np.asarray(pts, np.float32).reshape(-1, 3)
+
+    def bounds(self, sample: int = 200_000) -> tuple[np.ndarray, float]:
+        """``(centre [3], radius)`` of the content (2nd-98th percentile box of :meth:`sample_points`)."""
+        pts = self.sample_points(sample)
         if len(pts) == 0:
             return np.zeros(3), 1.0
         lo, hi = np.percentile(pts, [2, 98], axis=0)

@@ -243,11 +243,11 @@ class Viewer:
         if len(c2w) > 1:
             steps = np.linalg.norm(np.diff(c2w[:, :3, 3], axis=0), axis=1)
             step = float(np.median(steps)) if len(steps) else 0.0
-            self._frustum_scale = float(np.clip(max(step * 2.0, radius * 0.04), radius * 0.02, radius * 0.15))
+            self._frustum_scale = float(np.clip(max(step * 2.0, radius * 0.04), radius * 0.02, radius * 0.08))
         else:
             self._frustum_scale = radius * 0.05
-        sample = scene.select("cloud" if scene.cloud is not None else "frames", budget=50_000).points
-        pos, look, up_v = initial_view(c2w if len(c2w) else np.eye(4)[None], sample if len(sample) else None, up)
+        sample = scene.sample_points(50_000)
+        pos, look, up_v = initial_view(c2w, sample if len(sample) else None, up)
         cam = self.server.initial_camera
         cam.position = tuple(float(v) for v in pos)
         cam.look_at = tuple(float(v) for v in look)
