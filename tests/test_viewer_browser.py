@@ -112,8 +112,12 @@ def test_viewer_page_draws_the_reconstruction(served, browser):  # noqa: F811
         t.value = False
     served._apply_visibility()
     assert served.wait_idle(20)
-    time.sleep(1.5)
-    blank = screenshot(browser)[crop]
+    t_end = time.monotonic() + 30  # software rendering on a busy machine: poll, do not guess a delay
+    while True:
+        blank = screenshot(browser)[crop]
+        if content_stats(blank)["dominant"] > 0.95 or time.monotonic() > t_end:
+            break
+        time.sleep(0.5)
     for t in toggles:
         t.value = True
     served._apply_visibility()
