@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "splat": ("forward3d.cli.splat", "single image (+ depth) -> 3D Gaussians"),
     "train": ("forward3d.cli.train", "train a model"),
     "data": ("forward3d.cli.data", "prepare / check training datasets, list them, check mixture strings"),
+    "view": ("forward3d.cli.view", "open a reconstruction / point cloud / mesh / 3D Gaussians in the browser (viser)"),
+    "stream-proxy": ("forward3d.cli.stream_proxy", "re-serve one MJPEG/HTTP camera to many clients"),
 }
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from forward3d.io.atomic import atomic_write
 from forward3d.types import Mesh, PointCloud
 
-__all__ = ["write_glb", "write_glb_points", "read_glb"]
+__all__ = ["write_glb", "write_glb_points", "read_glb", "glb_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,12 @@ def _pad(b: bytes, fill: bytes) -> bytes:
     return b + fill * (-len(b) % 4)
 
 
-def _write(path: Path, vertices: np.ndarray, normals: np.ndarray | None, colors: np.ndarray | None,
-           faces: np.ndarray | None, to_gltf_axes: bool, what: str) -> Path:
+def _encode(where: str, vertices: np.ndarray, normals: np.ndarray | None, colors: np.ndarray | None,
+            faces: np.ndarray | None, to_gltf_axes: bool) -> bytes:
+    """The bytes of a ``.glb`` holding one primitive (``where`` names the target in error messages)."""
     vertices = np.asarray(vertices, dtype=np.float32).reshape(-1, 3)
     if not np.isfinite(vertices).all():
-        raise ValueError(f"{what} {path}: expected finite vertex positions, found NaN/inf")
+        raise ValueError(f"{where}: expected finite vertex positions, found NaN/inf")
     if to_gltf_axes:
         vertices = vertices * _FLIP
         normals = None if normals is None else np.asarray(normals, np.float32) * _FLIP
@@ -108,7 +109,7 @@ def _write(path: Path, vertices: np.ndarray, normals: np.ndarray | None, colors:
         prim: dict = {"attributes": attrs, "mode": 0}
         if faces is not None and len(faces):
             if len(vertices) > np.iinfo(np.uint32).max:
-                raise ValueError(f"{what} {path}: too many vertices for uint32 indices: {len(vertices)}")
+                raise ValueError(f"{where}: too many vertices for uint32 indices: {len(vertices)}")
             prim["indices"] = b.add(np.asarray(faces, np.uint32).reshape(-1), 5125, "SCALAR", _ELEMENT_ARRAY_BUFFER)
             prim["mode"] = 4
         gltf["meshes"] = [{"primitives": [prim]}]
@@ -120,15 +121,31 @@ def _write(path: Path, vertices: np.ndarray, normals: np.ndarray | None, colors:
     json_chunk = _pad(json.dumps(gltf, separators=(",", ":")).encode("utf-8"), b" ")
     bin_chunk = _pad(bytes(b.blob), b"\x00")
     total = 12 + 8 + len(json_chunk) + (8 + len(bin_chunk) if bin_chunk else 0)
+    out = bytearray(struct.pack("<III", _GLB_MAGIC, 2, total))
+    out += struct.pack("<II", len(json_chunk), _CHUNK_JSON) + json_chunk
+    if bin_chunk:
+        out += struct.pack("<II", len(bin_chunk), _CHUNK_BIN) + bin_chunk
+    return bytes(out)
+
+
+def _write(path: Path, vertices: np.ndarray, normals: np.ndarray | None, colors: np.ndarray | None,
+           faces: np.ndarray | None, to_gltf_axes: bool, what: str) -> Path:
+    data = _encode(f"{what} {path}", vertices, normals, colors, faces, to_gltf_axes)
     with atomic_write(path, "wb") as f:
-        f.write(struct.pack("<III", _GLB_MAGIC, 2, total))
-        f.write(struct.pack("<II", len(json_chunk), _CHUNK_JSON))
-        f.write(json_chunk)
-        if bin_chunk:
-            f.write(struct.pack("<II", len(bin_chunk), _CHUNK_BIN))
-            f.write(bin_chunk)
+        f.write(data)
     log.debug("wrote %s (%d vertices) to %s", what, len(vertices), path)
     return path
+
+
+def glb_bytes(geometry: Mesh | PointCloud, to_gltf_axes: bool = True) -> bytes:
+    """The ``.glb`` file content of a mesh (TRIANGLES) or point cloud (POINTS), in memory (for viewers
+    and downloads); the same bytes :func:`write_glb` / :func:`write_glb_points` write."""
+    if isinstance(geometry, Mesh):
+        return _encode("glb_bytes", geometry.vertices, geometry.vertex_normals, geometry.vertex_colors,
+                       geometry.faces, to_gltf_axes)
+    if isinstance(geometry, PointCloud):
+        return _encode("glb_bytes", geometry.points, geometry.normals, geometry.colors, None, to_gltf_axes)
+    raise TypeError(f"glb_bytes: expected a Mesh or PointCloud, found {type(geometry).__name__}")
 
 
 def write_glb(path: str | os.PathLike, mesh: Mesh, to_gltf_axes: bool = True) -> Path:

@@ -29,7 +29,7 @@ import numpy as np
 from forward3d.io.atomic import atomic_write
 from forward3d.types import SH_C0, Mesh, PointCloud
 
-__all__ = ["write_point_cloud", "read_point_cloud", "write_mesh_ply", "read_mesh_ply"]
+__all__ = ["write_point_cloud", "read_point_cloud", "write_mesh_ply", "read_mesh_ply", "ply_elements", "ply_kind"]
 
 log = logging.getLogger(__name__)
 
@@ -378,6 +378,38 @@ def _read_ascii(path: Path, elements: list[_Element], data: bytes, pos: int) -> 
                 cols[p.name] = (np.asarray(lens[p.name], np.int64), flat)
         out[el.name] = cols
     return out
+
+
+def ply_elements(path: str | os.PathLike) -> dict[str, tuple[int, list[str]]]:
+    """The elements a PLY header declares, reading only the header: ``{name: (count, [property names])}``.
+
+    Raises:
+        FileNotFoundError, or ValueError naming the file when the header is not a valid PLY header.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"PLY file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(_MAX_HEADER)
+    _, elements, _ = _parse_header(path, head)
+    return {el.name: (el.count, [p.name for p in el.props]) for el in elements}
+
+
+_GAUSSIAN_PROPS = ("f_dc_0", "opacity", "scale_0", "rot_0")
+
+
+def ply_kind(path: str | os.PathLike) -> str:
+    """What a PLY file holds, from its header: ``"gaussians"`` (3DGS properties ``f_dc_0 opacity
+    scale_0 rot_0``), ``"mesh"`` (a non-empty ``face`` element) or ``"points"``."""
+    elements = ply_elements(path)
+    if "vertex" not in elements:
+        raise ValueError(f"PLY {path}: expected a 'vertex' element, found {sorted(elements)}")
+    props = set(elements["vertex"][1])
+    if all(p in props for p in _GAUSSIAN_PROPS):
+        return "gaussians"
+    if elements.get("face", (0, []))[0] > 0:
+        return "mesh"
+    return "points"
 
 
 def _read_ply(path: str | os.PathLike) -> dict[str, _Columns]:
