@@ -26,9 +26,14 @@ class WeightsError(ValueError):
     """A checkpoint could not be found, read or matched to a model."""
 
 
+# A missing path ending like a checkpoint or config file is a local path, never a hub id.
+_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".json")
+
+
 def _looks_like_hub_id(source: str) -> bool:
     parts = source.split("/")
-    return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~")) and not Path(source).exists()
+    return (len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
+            and not source.lower().endswith(_FILE_SUFFIXES) and not Path(source).exists())
 
 
 def resolve_source(source: str | os.PathLike, filenames: Iterable[str] = ("model.safetensors", "config.json")) -> Path:
