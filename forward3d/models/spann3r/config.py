@@ -230,9 +230,12 @@ class Spann3RConfig:
             "img_size", "enc_embed_dim", "enc_depth", "enc_num_heads", "dec_embed_dim", "dec_depth",
             "dec_num_heads", "mlp_ratio", "pos_embed", "depth_mode", "conf_mode") if k in bb})
         dh = d["dpt_head"]
+        D = dust3r.dec_depth
+        hooks = tuple(int(h) for h in dh["hooks"]) if "hooks" in dh else None
+        if hooks == (0, D * 2 // 4, D * 3 // 4, D):  # the reference's formula: keep it implicit
+            hooks = None
         dpt = DPTConfig(feature_dim=int(dh["feature_dim"]), last_dim=int(dh["last_dim"]),
-                        layer_dims=tuple(dh["layer_dims"]), hooks=tuple(dh["hooks"]) if "hooks" in dh else None,
-                        num_channels=int(dh.get("num_channels", 4)))
+                        layer_dims=tuple(dh["layer_dims"]), hooks=hooks, num_channels=int(dh.get("num_channels", 4)))
         if "patch_size" in dh:
             dust3r.patch_size = int(dh["patch_size"])
         sp = d.get("spann3r", {})
