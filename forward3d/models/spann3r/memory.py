@@ -6,7 +6,8 @@ an accumulated read attention and an age counter per slot ``[B, S, 1]``, and two
 
 - :meth:`SpatialMemory.read`: single-head attention of the query tokens over ALL slots,
   ``softmax(norm_q(q) norm_k(K)^T / sqrt(C))``; entries below ``attn_thresh`` are zeroed and each row
-  renormalised; the result times ``norm_v(V)`` plus the query (residual). The column sums of the
+  renormalised (a row with EVERY entry below the threshold keeps its softmax: the reference would
+  divide 0 by 0 there, which happens only for near-uniform attention over > 1/thresh slots); the result times ``norm_v(V)`` plus the query (residual). The column sums of the
   attention are added to the slots' accumulated attention.
 - :meth:`SpatialMemory.add_checked`: skip the write when the new key's token-wise cosine similarity
   with one of the last ``wm`` pseudo-frames (the last ``wm * P`` slots), averaged over tokens, is
@@ -87,6 +88,7 @@ class SpatialMemory:
         self.num_patches: int | None = None
         self.last_read_attn: Tensor | None = None  # [B, P, S] of the last read (after thresholding)
         self.last_zeroed = 0  # entries zeroed by the threshold in the last read
+        self.last_flat_rows = 0  # query rows of the last read with every entry below the threshold
 
     # ------------------------------------------------------------------ state
     @property
@@ -115,13 +117,17 @@ class SpatialMemory:
         affinity = affinity / torch.sqrt(torch.tensor(float(C)))  # fp32 scalar, as the reference
         attn = torch.softmax(affinity, dim=-1)
         thresh = float(self.config.attn_thresh)
+        self.last_zeroed = self.last_flat_rows = 0
         if thresh > 0:
             low = attn < thresh
+            # a row with every entry below the threshold (flat attention over many slots) would be
+            # 0/0 = NaN in the reference: such rows keep their softmax instead
+            flat = low.all(dim=-1, keepdim=True)
+            low = low & ~flat
             self.last_zeroed = int(low.sum())
+            self.last_flat_rows = int(flat.sum())
             attn = attn.masked_fill(low, 0.0)
             attn = attn / attn.sum(dim=-1, keepdim=True)
-        else:
-            self.last_zeroed = 0
         out = torch.einsum("bpx,bxc->bpc", attn, self.norm_v(self.values))
         if residual:
             out = out + query
