@@ -2,7 +2,7 @@
 
 - :func:`solve_pnp`: weighted PnP by orthogonal iteration (Lu, Hager & Mjolsness 2000): alternate
   the optimal translation for the rotation, the projection of the points onto their lines of sight
-  and a weighted Procrustes (:func:`forward3d.geometry.align.umeyama`, no scale). It minimises the
+  and a weighted Procrustes (the solver of :func:`forward3d.geometry.align.umeyama`, no scale). It minimises the
   weighted object-space error ``sum_i w_i |(I - V_i)(R X_i + t)|^2`` (``V_i`` the projector on pixel
   i's ray), starts from a given pose and/or a normalised DLT, trims outliers by reprojection error
   in a few rounds and ends with a Levenberg-Marquardt refinement of the weighted reprojection
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from forward3d.geometry._util import to_numpy64
-from forward3d.geometry.align import umeyama
+from forward3d.geometry.align import _solve  # the weighted Umeyama / Procrustes of align.umeyama
 from forward3d.geometry.se3 import so3_exp
 
 __all__ = ["PnPResult", "solve_pnp", "solve_pnp_ransac", "reprojection_errors"]
@@ -90,10 +90,10 @@ def _dlt(X: np.ndarray, rays: np.ndarray) -> tuple[np.ndarray, np.ndarray] | Non
     x, y = rays[:, 0:1], rays[:, 1:2]
     z4 = np.zeros_like(Xn)
     A = np.concatenate([np.concatenate([Xn, z4, -x * Xn], 1), np.concatenate([z4, Xn, -y * Xn], 1)], 0)
-    _, S, Vt = np.linalg.svd(A, full_matrices=False)
-    if S[-2] <= 1e-9 * S[0]:  # a second null vector: degenerate configuration
+    ev, vec = np.linalg.eigh(A.T @ A)  # ascending: the null vector of A is the first eigenvector
+    if ev[1] <= 1e-12 * ev[-1]:  # a second null vector: degenerate configuration (e.g. coplanar points)
         return None
-    P = Vt[-1].reshape(3, 4)
+    P = vec[:, 0].reshape(3, 4)
     M = P[:, :3]
     if np.linalg.det(M) < 0:
         P, M = -P, -M
@@ -132,7 +132,7 @@ def _iterate(X: np.ndarray, rays: np.ndarray, w: np.ndarray, R: np.ndarray, max_
     for it in range(1, max_iters + 1):
         q = X @ R.T + t
         proj = rays * (V * q).sum(1, keepdims=True)  # the points moved onto their lines of sight
-        _, R, _ = umeyama(X, proj, with_scale=False, weights=w, allow_degenerate=True)
+        _, R, _ = _solve(X, proj, w, with_scale=False, allow_degenerate=True)  # weighted Procrustes
         t = t_of(R)
         e_new = err(R, t)
         if abs(e - e_new) <= tol * max(e, 1e-30):
@@ -192,8 +192,8 @@ def _c2w(R: np.ndarray, t: np.ndarray) -> np.ndarray:
     return c2w
 
 
-def solve_pnp(points, pixels, K, weights=None, c2w_init: np.ndarray | None = None, max_iters: int = 100,
-              tol: float = 1e-10, rounds: int = 3, max_points: int | None = 4096) -> PnPResult:
+def solve_pnp(points, pixels, K, weights=None, c2w_init: np.ndarray | None = None, max_iters: int = 30,
+              tol: float = 1e-9, rounds: int = 3, max_points: int | None = 4096) -> PnPResult:
     """Weighted PnP (see the module docstring).
 
     Args:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from forward3d.models.slam3r.base import PatchEmbed
@@ -75,6 +76,14 @@ class Spann3ROutput:
     view2_pts3d: Tensor
     view2_conf: Tensor
     steps: list[Spann3RStep]
+
+
+def _as_input_dtype(ln: nn.LayerNorm):
+    """``ln`` computed in its input's dtype (parameters cast)."""
+    def norm(x: Tensor) -> Tensor:
+        return F.layer_norm(x, ln.normalized_shape, ln.weight.to(x.dtype), ln.bias.to(x.dtype), ln.eps)
+
+    return norm
 
 
 class Spann3R(nn.Module):
@@ -156,8 +165,10 @@ class Spann3R(nn.Module):
         return self.value_out(x)
 
     def new_memory(self, config: MemoryConfig | None = None, track_sources: bool = False) -> SpatialMemory:
-        """An empty :class:`SpatialMemory` reading through this model's ``norm_q/k/v``."""
-        return SpatialMemory(self.norm_q, self.norm_k, self.norm_v, config or self.config.memory, track_sources)
+        """An empty :class:`SpatialMemory` reading through this model's ``norm_q/k/v`` (their
+        parameters cast to the memory's dtype, so bf16 weights work with the fp32 memory)."""
+        return SpatialMemory(_as_input_dtype(self.norm_q), _as_input_dtype(self.norm_k), _as_input_dtype(self.norm_v),
+                             config or self.config.memory, track_sources)
 
     def session(self, memory: MemoryConfig | None = None, trace: bool = False,
                 track_sources: bool = False) -> "Spann3RSession":
@@ -218,56 +229,120 @@ class Spann3RSession:
     def _mem_dtype(self) -> torch.dtype:
         return torch.float64 if self.model.param_dtype == torch.float64 else torch.float32
 
+    def _check(self, x: Tensor, what: str) -> tuple[int, int]:
+        """Validate a frame [B, 3, H, W] against the sequence; returns (H, W)."""
+        check_images(x, self.model.config.dust3r.patch_size, what)
+        if self._shape is None:
+            self._shape = tuple(x.shape)
+        elif tuple(x.shape) != self._shape:
+            raise ValueError(f"{what}: expected the sequence's shape {list(self._shape)}, found {list(x.shape)}")
+        H, W = int(x.shape[2]), int(x.shape[3])
+        if H > W:
+            raise ValueError(f"{what}: portrait input {H}x{W} is not supported (landscape-only heads); "
+                             "crop to landscape or square")
+        return H, W
+
+    def _check_tokens(self, tokens: Tensor, image_size: tuple[int, int], what: str) -> tuple[int, int]:
+        cfg = self.model.config.dust3r
+        H, W = int(image_size[0]), int(image_size[1])
+        p = cfg.patch_size
+        if H % p or W % p or H > W:
+            raise ValueError(f"{what}: image size {H}x{W} must be landscape (or square) multiples of {p}")
+        T = (H // p) * (W // p)
+        if not isinstance(tokens, Tensor) or tokens.dim() != 3 or tuple(tokens.shape[1:]) != (T, cfg.enc_embed_dim):
+            found = list(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+            raise ValueError(f"{what}: expected encoder tokens [B, {T}, {cfg.enc_embed_dim}], found {found}")
+        if self._shape is None:
+            self._shape = (tokens.shape[0], 3, H, W)
+        elif self._shape != (tokens.shape[0], 3, H, W):
+            raise ValueError(f"{what}: expected the sequence's shape {list(self._shape)}, found tokens of "
+                             f"{tokens.shape[0]} x {H}x{W}")
+        return H, W
+
     def push(self, image: Tensor) -> Spann3RStep | None:
         """Add the next frame ``image`` [B, 3, H, W] (in [-1, 1]); see the class docstring."""
         m = self.model
-        grid = check_images(image, m.config.dust3r.patch_size, "Spann3R frame")
-        if self._shape is None:
-            self._shape = tuple(image.shape)
-        elif tuple(image.shape) != self._shape:
-            raise ValueError(f"Spann3R frame {self.num_frames}: expected the sequence's shape {list(self._shape)}, "
-                             f"found {list(image.shape)}")
-        H, W = int(image.shape[2]), int(image.shape[3])
-        if H > W:
-            raise ValueError(f"Spann3R frame {self.num_frames}: portrait input {H}x{W} is not supported "
-                             "(landscape-only heads); crop to landscape or square")
+        H, W = self._check(image, f"Spann3R frame {self.num_frames}")
         image = image.to(m.device)
-        s = self.num_frames - 1
         self.num_frames += 1
         if self._first is None and self._feat2 is None:
             self._first = image
             return None
         tr: dict[str, Any] | None = {} if self.trace else None
         if self._first is not None:  # step 0: the pair is encoded jointly
-            feat = m.encode(torch.cat((self._first, image), 0), tr)
-            feat1, feat2 = feat.chunk(2, dim=0)
+            feat1, feat2 = m.encode(torch.cat((self._first, image), 0), tr).chunk(2, dim=0)
             self._first = None
         else:
             feat1, feat2 = self._feat2, m.encode(image, tr)
-        assert feat1 is not None
+        return self._step(feat1, [feat2], (H, W), tr)[1]
+
+    def push_tokens(self, tokens: Tensor, image_size: tuple[int, int]) -> Spann3RStep | None:
+        """:meth:`push` for a frame already encoded (:meth:`Spann3R.encode`): ``tokens`` [B, T, C]."""
+        H, W = self._check_tokens(tokens, image_size, f"Spann3R frame {self.num_frames}")
+        tokens = tokens.to(self.model.device)
+        self.num_frames += 1
+        if self._feat2 is None and self._first is None:
+            self._feat2 = tokens
+            return None
+        tr: dict[str, Any] | None = {} if self.trace else None
+        return self._step(self._feat2, [tokens], (H, W), tr)[1]
+
+    def push_best(self, candidates: Sequence[Tensor], image_size: tuple[int, int]) -> tuple[int, Spann3RStep]:
+        """The offline reconstruction's next-best-view step (reference ``find_next_best_view``):
+        read the memory once, decode every candidate (encoder tokens [B, T, C]) against it and keep
+        the one with the highest mean ``(c - 1) / c`` of both heads (first maximum). Returns
+        (index into ``candidates``, its step). Needs a previous frame."""
+        if self._feat2 is None:
+            raise ValueError("Spann3RSession.push_best: push the first frame(s) before choosing the next")
+        if not candidates:
+            raise ValueError("Spann3RSession.push_best: expected at least one candidate")
+        size = (0, 0)
+        for k, c in enumerate(candidates):
+            size = self._check_tokens(c, image_size, f"Spann3R candidate {k}")
+        self.num_frames += 1
+        tr: dict[str, Any] | None = {} if self.trace else None
+        return self._step(self._feat2, [c.to(self.model.device) for c in candidates], size, tr)
+
+    def _step(self, feat1: Tensor, cands: list[Tensor], size: tuple[int, int],
+              tr: dict[str, Any] | None) -> tuple[int, Spann3RStep]:
+        m = self.model
+        s = self.num_frames - 2
+        p = m.config.dust3r.patch_size
+        grid = (size[0] // p, size[1] // p)
+        dev = feat1.device
         mdt = self._mem_dtype()
         if self._feat_k2 is not None:
-            with no_autocast(image.device):
+            with no_autocast(dev):
                 feat_fuse = self.memory.read(self._feat_k2)
             if tr is not None:
                 tr["query"], tr["read_attn"] = self._feat_k2, self.memory.last_read_attn
                 tr["attn_zeroed"] = self.memory.last_zeroed
         else:
             feat_fuse = feat1
-        if tr is not None:
-            tr["feat1"], tr["feat2"], tr["feat_fuse"] = feat1, feat2, feat_fuse
-        dec1, dec2 = m.dust3r.decode(feat_fuse.to(feat2.dtype), feat2, grid, tr)
+        best: tuple | None = None
+        best_score = 0.0
+        for k, feat2 in enumerate(cands):
+            dec1, dec2 = m.dust3r.decode(feat_fuse.to(feat2.dtype), feat2, grid, tr)
+            pts1, conf1 = m.dust3r.head(1, dec1, size, tr)
+            pts2, conf2 = m.dust3r.head(2, dec2, size, tr)
+            if len(cands) == 1:
+                best = (k, feat2, dec1, dec2, pts1, conf1, pts2, conf2)
+                break
+            score = float(((conf1 - 1) / conf1).mean() + ((conf2 - 1) / conf2).mean())
+            if score > best_score or best is None:  # the reference's strict '>' from 0: first maximum
+                best, best_score = (k, feat2, dec1, dec2, pts1, conf1, pts2, conf2), max(score, best_score)
+        assert best is not None
+        k, feat2, dec1, dec2, pts1, conf1, pts2, conf2 = best
         feat_k1 = m.key(1, feat1, dec1[-1])
         feat_k2 = m.key(2, feat2, dec2[-1])
-        pts1, conf1 = m.dust3r.head(1, dec1, (H, W), tr)
-        pts2, conf2 = m.dust3r.head(2, dec2, (H, W), tr)
         cur_v = m.value(pts1, tr)
-        with no_autocast(image.device):
+        with no_autocast(dev):
             k1 = feat_k1.to(mdt)
             event = self.memory.add_checked(k1, cur_v.to(mdt) + k1, frame_id=s)
         if tr is not None:
+            tr["feat1"], tr["feat2"], tr["feat_fuse"] = feat1, feat2, feat_fuse
             tr["dec1"], tr["dec2"] = dec1, dec2
             tr["feat_k1"], tr["feat_k2"], tr["cur_v"] = feat_k1, feat_k2, cur_v
         self._feat2 = feat2
         self._feat_k2 = feat_k2.to(mdt)
-        return Spann3RStep(s, pts1, conf1, pts2, conf2, event, tr or {})
+        return k, Spann3RStep(s, pts1, conf1, pts2, conf2, event, tr or {})
