@@ -19,7 +19,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["resolve_source", "load_state_dict", "strict_load", "read_json_config", "WeightsError"]
+__all__ = ["resolve_source", "find_weights_file", "load_state_dict", "strict_load", "read_json_config", "WeightsError"]
 
 
 class WeightsError(ValueError):
@@ -67,6 +67,20 @@ def resolve_source(source: str | os.PathLike, filenames: Iterable[str] = ("model
         raise WeightsError(f"{s}: could not download from the Hugging Face hub ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}). {hint}") from exc
     return Path(path)
+
+
+def find_weights_file(folder: Path, names: Iterable[str]) -> Path:
+    """The weights file of a checkpoint ``folder``: the first of ``names`` present, else its only
+    ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` file; WeightsError otherwise."""
+    names = list(names)
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    cands = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".pth", ".pt", ".bin"))
+    if len(cands) == 1:
+        return cands[0]
+    raise WeightsError(f"{folder}: expected {' or '.join(names[:2])} (or exactly one .safetensors/.pth file), "
+                       f"found {[p.name for p in cands] or 'none'}")
 
 
 def read_json_config(path: str | os.PathLike) -> dict[str, Any]:

@@ -420,3 +420,30 @@ def test_session_streaming_equals_sequence(model, cases):
     for s, st in enumerate(steps):
         assert st.step == s
         assert torch.equal(st.pts1, seq.steps[s].pts1) and torch.equal(st.conf2, seq.steps[s].conf2)
+
+
+def test_push_tokens_and_next_best_view(model, cases):
+    """push_tokens = push on pre-encoded frames; push_best picks the candidate a brute-force
+    search over copies of the session picks (highest mean (c-1)/c of both heads)."""
+    import copy
+
+    frames = cases["B.img"][:6]
+    with torch.no_grad():
+        tok = model.encode(frames.flatten(0, 1))[:, None]  # [6, 1, T, C]
+        a, b = model.session(), model.session()
+        a.push(frames[0])
+        b.push_tokens(tok[0], (64, 80))
+        for k in (1, 2):
+            sa, sb = a.push(frames[k]), b.push_tokens(tok[k], (64, 80))
+            assert rel_err(sb.pts1, sa.pts1) < 1e-4 and rel_err(sb.pts2, sa.pts2) < 1e-4  # joint vs separate encoding
+        scores = []
+        for c in (3, 4, 5):
+            trial = copy.deepcopy(b)
+            st = trial.push_tokens(tok[c], (64, 80))
+            scores.append(float(((st.conf1 - 1) / st.conf1).mean() + ((st.conf2 - 1) / st.conf2).mean()))
+        k, st = b.push_best([tok[3], tok[4], tok[5]], (64, 80))
+    assert k == int(np.argmax(scores)) and b.num_frames == 4
+    with pytest.raises(ValueError, match="push the first frame"):
+        model.session().push_best([tok[0]], (64, 80))
+    with pytest.raises(ValueError, match="encoder tokens"):
+        b.push_tokens(torch.zeros(1, 20, 7), (64, 80))

@@ -19,7 +19,6 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -32,7 +31,6 @@ from forward3d.pipelines.slam3r_common import (
     CropTransform,
     SLAM3RConfig,
     SLAM3RUpdate,
-    fuse_point_cloud,
     prepare_frame,
     retrieve_scene_frames,
 )
@@ -285,14 +283,7 @@ class OnlineSLAM3R:
             raise ValueError(f"SLAM3R online: expected at least 2 frames to reconstruct, found {self.num_frames}")
         cfg = self.cfg
         spool = self.spool
-
-        def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            for i in range(n):
-                pts, conf, col = spool.read(i)
-                m = valid_world_mask(pts, conf, cfg.conf_thres_l2w)
-                yield pts[m], col[m]
-
-        cloud = fuse_point_cloud(chunks, int(sum(self.valid_counts)), cfg.num_points_save, cfg.seed)
+        cloud = spool.fuse(int(sum(self.valid_counts)), cfg.conf_thres_l2w, cfg.num_points_save, cfg.seed)
         points, conf, colors = spool.arrays()
         total = time.perf_counter() - self.t_start
         meta = {

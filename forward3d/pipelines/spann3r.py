@@ -56,7 +56,6 @@ from forward3d.pipelines.slam3r_common import (
     correct_points_with_depth,
     crop_transform_dust3r,
     fit_depth_scale,
-    fuse_point_cloud,
     prepare_frame,
 )
 from forward3d.pipelines.slam3r_result import valid_world_mask
@@ -393,14 +392,7 @@ class _Run:
         if not np.array_equal(order, np.arange(n)):
             raise ValueError("Spann3R: internal error, frames were emitted out of order")
         cfg, spool = self.cfg, self.spool
-
-        def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            for i in range(n):
-                pts, conf, col = spool.read(i)
-                m = valid_world_mask(pts, conf, cfg.conf_min)
-                yield pts[m], col[m]
-
-        cloud = fuse_point_cloud(chunks, int(sum(self.valid_counts)), cfg.num_points, cfg.seed)
+        cloud = spool.fuse(int(sum(self.valid_counts)), cfg.conf_min, cfg.num_points, cfg.seed)
         points, conf, colors = spool.arrays()
         total = time.perf_counter() - self.t_start
         meta = {

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from forward3d.types import PointCloud
+
 __all__ = ["FrameSpool", "trim_heap"]
 
 _LIBC = None
@@ -74,6 +76,20 @@ class FrameSpool:
         conf = np.fromfile(self.dir / "conf.bin", np.float32, hw, offset=i * hw * 4).reshape(self.h, self.w)
         col = np.fromfile(self.dir / "colors.bin", np.uint8, hw * 3, offset=i * hw * 3).reshape(self.h, self.w, 3)
         return pts, conf, col
+
+    def fuse(self, total_valid: int, conf_min: float, num_points: int, seed: int) -> PointCloud:
+        """Uniform sample of at most ``num_points`` of the spooled points with confidence above
+        ``conf_min`` (``total_valid`` of them), read frame by frame (:func:`fuse_point_cloud`)."""
+        from forward3d.pipelines.slam3r_common import fuse_point_cloud
+        from forward3d.pipelines.slam3r_result import valid_world_mask
+
+        def chunks():
+            for i in range(self.n):
+                pts, conf, col = self.read(i)
+                m = valid_world_mask(pts, conf, conf_min)
+                yield pts[m], col[m]
+
+        return fuse_point_cloud(chunks, int(total_valid), num_points, seed)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Read-only memory maps ``[N, H, W, 3]``, ``[N, H, W]``, ``[N, H, W, 3]`` of everything written."""

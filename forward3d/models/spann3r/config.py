@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from forward3d.hub import WeightsError, read_json_config
-from forward3d.models.slam3r.config import parse_pos_embed
+from forward3d.models.slam3r.config import _mode, parse_pos_embed
 
 __all__ = ["DUSt3RConfig", "DPTConfig", "MemoryConfig", "Spann3RConfig", "SPANN3R_FULL", "PRUNE_PROTECT_EXTRA"]
 
@@ -28,15 +28,6 @@ def _positive(owner: str, **values: Any) -> None:
     for name, v in values.items():
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise ValueError(f"{owner}.{name}: expected a positive integer, found {v!r}")
-
-
-def _mode(name: str, value: Any) -> tuple[str, float, float]:
-    if not isinstance(value, (list, tuple)) or len(value) != 3 or not isinstance(value[0], str):
-        raise ValueError(f"{name}: expected [mode, vmin, vmax], found {value!r}")
-    try:
-        return (value[0], float(value[1]), float(value[2]))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: bounds must be numbers (or '-inf'/'inf'), found {value!r}") from exc
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import torch
 
-from forward3d.hub import WeightsError, load_state_dict, resolve_source, strict_load
+from forward3d.hub import WeightsError, find_weights_file, load_state_dict, resolve_source, strict_load
 
 from .config import Spann3RConfig
 
@@ -35,17 +35,6 @@ _WEIGHT_NAMES = ("spann3r.pth", "model.safetensors", "spann3r.safetensors", "mod
                  "pytorch_model.bin")
 _HUB_FILES = ("spann3r.pth", "*.safetensors", "config.json")
 _DPT_DUP = re.compile(r"^(.*\.dpt\.scratch\.)layer([1-4])_rn\.weight$")
-
-
-def _find_weights(folder: Path) -> Path:
-    for name in _WEIGHT_NAMES:
-        if (folder / name).is_file():
-            return folder / name
-    cands = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".pth", ".pt", ".bin"))
-    if len(cands) == 1:
-        return cands[0]
-    raise WeightsError(f"{folder}: expected spann3r.pth or model.safetensors (or exactly one .pth/.safetensors "
-                       f"file), found {[p.name for p in cands] or 'none'}")
 
 
 def resolve_spann3r_config(config: Spann3RConfig | Mapping[str, Any] | str | os.PathLike | None,
@@ -137,7 +126,7 @@ def load_spann3r(source: str | os.PathLike, *, config: Any = None, device: str |
     from .model import Spann3R
 
     path = resolve_source(source, filenames=_HUB_FILES)
-    weights = _find_weights(path) if path.is_dir() else path
+    weights = find_weights_file(path, _WEIGHT_NAMES) if path.is_dir() else path
     cfg_given = resolve_spann3r_config(config, path if path.is_dir() else None)
     cfg = cfg_given or Spann3RConfig()
     sd = load_state_dict(weights)
