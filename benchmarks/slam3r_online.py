@@ -33,7 +33,7 @@ def child(models: str, frames: int, threads: int) -> dict:
     scene = SyntheticScene(SyntheticConfig(seed=0, num_frames=frames, width=80, height=64, trajectory="handheld",
                                            speed=0.5))
     if models == "oracle":
-        from forward3d.pipelines.slam3r.oracle import OracleSLAM3R
+        from forward3d.pipelines.oracle import OracleSLAM3R
 
         net = OracleSLAM3R(scene, image_size=(64, 80), cache_frames=192)
     else:

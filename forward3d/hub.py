@@ -19,16 +19,21 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["resolve_source", "load_state_dict", "strict_load", "read_json_config", "WeightsError"]
+__all__ = ["resolve_source", "find_weights_file", "load_state_dict", "strict_load", "read_json_config", "WeightsError"]
 
 
 class WeightsError(ValueError):
     """A checkpoint could not be found, read or matched to a model."""
 
 
+# A missing path ending like a checkpoint or config file is a local path, never a hub id.
+_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".json")
+
+
 def _looks_like_hub_id(source: str) -> bool:
     parts = source.split("/")
-    return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~")) and not Path(source).exists()
+    return (len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
+            and not source.lower().endswith(_FILE_SUFFIXES) and not Path(source).exists())
 
 
 def resolve_source(source: str | os.PathLike, filenames: Iterable[str] = ("model.safetensors", "config.json")) -> Path:
@@ -62,6 +67,20 @@ def resolve_source(source: str | os.PathLike, filenames: Iterable[str] = ("model
         raise WeightsError(f"{s}: could not download from the Hugging Face hub ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}). {hint}") from exc
     return Path(path)
+
+
+def find_weights_file(folder: Path, names: Iterable[str]) -> Path:
+    """The weights file of a checkpoint ``folder``: the first of ``names`` present, else its only
+    ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` file; WeightsError otherwise."""
+    names = list(names)
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    cands = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".pth", ".pt", ".bin"))
+    if len(cands) == 1:
+        return cands[0]
+    raise WeightsError(f"{folder}: expected {' or '.join(names[:2])} (or exactly one .safetensors/.pth file), "
+                       f"found {[p.name for p in cands] or 'none'}")
 
 
 def read_json_config(path: str | os.PathLike) -> dict[str, Any]:

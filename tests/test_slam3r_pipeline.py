@@ -10,7 +10,7 @@ from forward3d.data.synthetic import SyntheticConfig, SyntheticScene
 from forward3d.eval.recon import recon_metrics
 from forward3d.eval.traj import ate
 from forward3d.geometry.align import umeyama
-from forward3d.pipelines.slam3r.oracle import OracleSLAM3R
+from forward3d.pipelines.oracle import OracleSLAM3R
 from forward3d.pipelines.slam3r import SLAM3RBackend, SLAM3RConfig, crop_transform
 from forward3d.types import Frame
 

@@ -49,13 +49,14 @@ def rope_tables(pos: Tensor, head_dim: int, base: float = 100.0) -> tuple[Tensor
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x`` [..., T, d] with tables [..., T, d] (broadcast); computed in fp32, returned in x.dtype.
+    """Rotate ``x`` [..., T, d] with tables [..., T, d] (broadcast); computed in fp32 (fp64 for fp64
+    inputs), returned in x.dtype.
 
     Equals ``x * cos + rotate_half(x) * sin`` per axis half, written as one multiply, one flip (the
     half swap) and one fused multiply-add.
     """
     d = x.shape[-1]
-    xf = x.float()
+    xf = x if x.dtype == torch.float64 else x.float()
     sign = (torch.arange(d, device=x.device) // (d // 4) % 2) * 2 - 1  # -1 on each first quarter-pair
     swapped = xf.unflatten(-1, (2, 2, d // 4)).flip(-2).flatten(-3)
     return torch.addcmul(xf * cos, swapped, sin * sign).to(x.dtype)
@@ -107,7 +108,7 @@ def _heads(x: Tensor, h: int) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Self-attention with RoPE on q and k (keys ``qkv``, ``proj``)."""
+    """Self-attention with RoPE on q and k (keys ``qkv``, ``proj``); no RoPE when the tables are None."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -115,12 +116,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """``x`` [N, T, C], tables [T, d] -> [N, T, C]."""
+    def forward(self, x: Tensor, cos: Tensor | None = None, sin: Tensor | None = None) -> Tensor:
+        """``x`` [N, T, C], tables [T, d] (or None: no RoPE) -> [N, T, C]."""
         N, T, C = x.shape
         h = self.num_heads
         qkv = self.qkv(x).view(N, T, 3, h, C // h).permute(2, 0, 3, 1, 4)  # [3, N, h, T, d]
-        q, k = apply_rope(qkv[:2], cos, sin).unbind(0)  # q and k rotated in one pass
+        if cos is None or sin is None:
+            q, k = qkv[0], qkv[1]
+        else:
+            q, k = apply_rope(qkv[:2], cos, sin).unbind(0)  # q and k rotated in one pass
         v = qkv[2]
         o = F.scaled_dot_product_attention(q, k, v)
         return self.proj(o.transpose(1, 2).reshape(N, T, C))
@@ -151,8 +155,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """``x`` [N, T, C] -> [N, T, C]."""
+    def forward(self, x: Tensor, cos: Tensor | None = None, sin: Tensor | None = None) -> Tensor:
+        """``x`` [N, T, C] -> [N, T, C] (RoPE tables [T, d], or None for no RoPE)."""
         x = x + self.attn(self.norm1(x), cos, sin)
         return x + self.mlp(self.norm2(x))
 

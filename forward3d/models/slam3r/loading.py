@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from forward3d.hub import WeightsError, load_state_dict, resolve_source, strict_load
+from forward3d.hub import WeightsError, find_weights_file, load_state_dict, resolve_source, strict_load
 
 from .config import SLAM3RNetConfig
 
@@ -64,14 +64,7 @@ def resolve_config(cls: type, weights: Path, config: SLAM3RNetConfig | Mapping[s
 
 
 def _find_weights(folder: Path) -> Path:
-    for name in _WEIGHT_NAMES:
-        if (folder / name).is_file():
-            return folder / name
-    cands = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".pth", ".pt", ".bin"))
-    if len(cands) == 1:
-        return cands[0]
-    raise WeightsError(f"{folder}: expected model.safetensors (or exactly one .safetensors/.pth file), "
-                       f"found {[p.name for p in cands] or 'none'}")
+    return find_weights_file(folder, _WEIGHT_NAMES)
 
 
 def load_pretrained(cls: type, source: str | os.PathLike, *, config: Any = None, device: str | torch.device = "cpu",

@@ -4,8 +4,10 @@
   retrieval and point-cloud fusion shared by both modes;
 - :mod:`.offline` / :mod:`.online`: the two reconstruction modes;
 - :mod:`.buffer`: the buffering set of scene-frame candidates;
-- :mod:`.cameras` / :mod:`.result`: cameras for every frame from the point maps;
-- :mod:`.oracle`: a ground-truth stand-in for the networks (tests, benchmarks of the pipeline logic).
+- :mod:`.cameras` / :mod:`.result`: cameras for every frame from the point maps.
+
+:mod:`forward3d.pipelines.oracle` holds ground-truth stand-ins for the networks (tests, benchmarks of
+the pipeline logic).
 """
 
 from forward3d.pipelines.slam3r.backend import SLAM3RBackend, load_models

@@ -4,7 +4,7 @@ Offline mode (all frames known, the reference ``recon.py``) and online mode (fra
 time, past frames only, bounded memory), RGB or RGB-D (Slam3DR-style depth correction to metric
 scale). The networks plug in through :class:`forward3d.models.slam3r.protocol.SLAM3RModels`: the real
 ones (``SLAM3REngine``, loaded from ``config.i2p`` / ``config.l2w`` on first use) or an oracle
-(:mod:`forward3d.pipelines.slam3r.oracle`) for tests.
+(:mod:`forward3d.pipelines.oracle`) for tests.
 
 Example::
 

@@ -26,25 +26,31 @@ def sample_indices(mask: np.ndarray, max_points: int) -> np.ndarray:
 
 
 def estimate_focal(pts_cam: np.ndarray, valid: np.ndarray | None = None, iters: int = 10,
-                   max_points: int = 4096) -> float | None:
+                   max_points: int | None = 4096, pixel_offset: float = 0.5,
+                   positive_depth_only: bool = True) -> float | None:
     """Focal length (pixels, ``fx = fy``) of a camera-frame point map ``[H, W, 3]``.
 
     The principal point is the image centre ``(W/2, H/2)``, pixel centres at +0.5. Minimises
     ``sum |f * (x/z, y/z) - (u - cx, v - cy)|`` (L1 of the 2D residual) by Weiszfeld iterations from
     the least-squares solution. ``valid``: ``[H, W]`` bool. Returns None without enough points.
+
+    ``max_points=None`` uses every point; ``pixel_offset=0, positive_depth_only=False`` is DUSt3R's
+    ``estimate_focal_knowing_depth(..., focal_mode='weiszfeld')`` exactly (integer pixel coordinates
+    against the principal point ``(W/2, H/2)``, points behind the camera included).
     """
     pts = np.asarray(pts_cam, dtype=np.float64)
     if pts.ndim != 3 or pts.shape[-1] != 3:
         raise ValueError(f"estimate_focal: expected a point map [H, W, 3], found {list(pts.shape)}")
     h, w = pts.shape[:2]
-    m = np.isfinite(pts).all(-1) & (pts[..., 2] > 1e-8)
+    z = pts[..., 2]
+    m = np.isfinite(pts).all(-1) & ((z > 1e-8) if positive_depth_only else (z != 0))
     if valid is not None:
         m &= valid
-    idx = sample_indices(m, max_points)
+    idx = sample_indices(m, max_points) if max_points is not None else np.flatnonzero(m.reshape(-1))
     if len(idx) < 8:
         return None
     v, u = np.divmod(idx, w)
-    pix = np.stack([u + 0.5 - w / 2.0, v + 0.5 - h / 2.0], -1)
+    pix = np.stack([u + pixel_offset - w / 2.0, v + pixel_offset - h / 2.0], -1)
     p = pts.reshape(-1, 3)[idx]
     xy = p[:, :2] / p[:, 2:3]
     dot_xy_px = (xy * pix).sum(-1)

@@ -26,6 +26,7 @@ __all__ = [
     "SLAM3RConfig",
     "CropTransform",
     "crop_transform",
+    "crop_transform_dust3r",
     "PreparedFrame",
     "prepare_frame",
     "normalize_points",
@@ -161,10 +162,12 @@ class SLAM3RConfig:
 
 @dataclass(frozen=True)
 class CropTransform:
-    """Resize ``src`` to ``resized`` then crop the window at ``(x0, y0)`` of size ``out``.
+    """Optionally cut the window ``[pre_x0, pre_x0 + pre_w) x [pre_y0, pre_y0 + pre_h)`` of the
+    ``src`` image (0 sizes = the whole image), resize that to ``resized``, then crop the window at
+    ``(x0, y0)`` of size ``out``.
 
     A model pixel coordinate ``(u, v)`` (continuous, pixel centres at +0.5) maps to the original
-    image as ``((u + x0) / sx, (v + y0) / sy)`` with ``sx = resized_w / src_w``.
+    image as ``((u + x0) / sx + pre_x0, (v + y0) / sy + pre_y0)`` with ``sx = resized_w / window_w``.
     """
 
     src_w: int
@@ -175,18 +178,33 @@ class CropTransform:
     y0: int
     out_w: int
     out_h: int
+    pre_x0: int = 0
+    pre_y0: int = 0
+    pre_w: int = 0
+    pre_h: int = 0
+
+    @property
+    def window_w(self) -> int:
+        """Width of the part of the source image that is resized."""
+        return self.pre_w or self.src_w
+
+    @property
+    def window_h(self) -> int:
+        return self.pre_h or self.src_h
 
     @property
     def sx(self) -> float:
-        return self.resized_w / self.src_w
+        return self.resized_w / self.window_w
 
     @property
     def sy(self) -> float:
-        return self.resized_h / self.src_h
+        return self.resized_h / self.window_h
 
     def K_to_model(self, K: np.ndarray) -> np.ndarray:
         """``[3, 3]`` intrinsics of the original image -> intrinsics of the model crop."""
         K = np.asarray(K, dtype=np.float64).copy()
+        K[0, 2] -= self.pre_x0
+        K[1, 2] -= self.pre_y0
         K[0] *= self.sx
         K[1] *= self.sy
         K[0, 2] -= self.x0
@@ -201,12 +219,14 @@ class CropTransform:
         K[..., 1, 2] += self.y0
         K[..., 0, :] /= self.sx
         K[..., 1, :] /= self.sy
+        K[..., 0, 2] += self.pre_x0 * K[..., 2, 2]
+        K[..., 1, 2] += self.pre_y0 * K[..., 2, 2]
         return K
 
     def source_pixels(self) -> tuple[np.ndarray, np.ndarray]:
         """Integer source pixel (row, col) nearest to every model pixel centre: ``[H]``, ``[W]``."""
-        u = (np.arange(self.out_w) + 0.5 + self.x0) / self.sx
-        v = (np.arange(self.out_h) + 0.5 + self.y0) / self.sy
+        u = (np.arange(self.out_w) + 0.5 + self.x0) / self.sx + self.pre_x0
+        v = (np.arange(self.out_h) + 0.5 + self.y0) / self.sy + self.pre_y0
         cols = np.clip(np.floor(u).astype(np.int64), 0, self.src_w - 1)
         rows = np.clip(np.floor(v).astype(np.int64), 0, self.src_h - 1)
         return rows, cols
@@ -224,6 +244,22 @@ def crop_transform(src_w: int, src_h: int, image_size: tuple[int, int]) -> CropT
     rw = max(out_w, int(round(src_w * scale)))
     rh = max(out_h, int(round(src_h * scale)))
     return CropTransform(int(src_w), int(src_h), rw, rh, (rw - out_w) // 2, (rh - out_h) // 2, out_w, out_h)
+
+
+def crop_transform_dust3r(src_w: int, src_h: int, image_size: tuple[int, int]) -> CropTransform:
+    """The DUSt3R / Spann3R dataset crop (``_crop_resize_if_necessary`` with the demo's principal
+    point ``(W // 2, H // 2)``): cut the centred window ``2 (W // 2) x 2 (H // 2)`` (drops the last
+    column / row of odd sizes), resize by ``max(out / size) + 1e-8`` with the sizes floored, then
+    crop the centre with offsets ``round_half_even(margin / 2)``.
+    """
+    out_h, out_w = int(image_size[0]), int(image_size[1])
+    if src_w < 2 or src_h < 2:
+        raise ValueError(f"crop_transform_dust3r: expected an image of at least 2x2 pixels, found {src_w}x{src_h}")
+    ww, wh = 2 * (src_w // 2), 2 * (src_h // 2)
+    scale = max(out_w / ww, out_h / wh) + 1e-8
+    rw, rh = int(np.floor(ww * scale)), int(np.floor(wh * scale))
+    x0, y0 = int(np.round(0.5 * (rw - out_w))), int(np.round(0.5 * (rh - out_h)))
+    return CropTransform(int(src_w), int(src_h), rw, rh, x0, y0, out_w, out_h, 0, 0, ww, wh)
 
 
 @dataclass
@@ -249,12 +285,20 @@ class PreparedFrame:
     index: int
 
 
-def prepare_frame(frame: Frame, image_size: tuple[int, int]) -> PreparedFrame:
-    """Resize to cover, centre-crop, normalise to [-1, 1]; resample the depth (nearest) to the crop."""
-    crop = crop_transform(frame.width, frame.height, image_size)
+def prepare_frame(frame: Frame, image_size: tuple[int, int], crop: CropTransform | None = None) -> PreparedFrame:
+    """Resize to cover, centre-crop, normalise to [-1, 1]; resample the depth (nearest) to the crop.
+
+    ``crop``: the transform to apply (default :func:`crop_transform` of the frame's size).
+    """
+    crop = crop or crop_transform(frame.width, frame.height, image_size)
+    if (crop.src_w, crop.src_h) != (frame.width, frame.height):
+        raise ValueError(f"prepare_frame ({frame.source or frame.name}): crop transform for "
+                         f"{crop.src_w}x{crop.src_h}, image is {frame.width}x{frame.height}")
     img = Image.fromarray(frame.image)
-    if (crop.resized_w, crop.resized_h) != (frame.width, frame.height):
-        down = crop.resized_w < frame.width
+    if (crop.window_w, crop.window_h) != (frame.width, frame.height):
+        img = img.crop((crop.pre_x0, crop.pre_y0, crop.pre_x0 + crop.window_w, crop.pre_y0 + crop.window_h))
+    if (crop.resized_w, crop.resized_h) != (crop.window_w, crop.window_h):
+        down = crop.resized_w < crop.window_w
         img = img.resize((crop.resized_w, crop.resized_h), Image.LANCZOS if down else Image.BICUBIC)
     img = img.crop((crop.x0, crop.y0, crop.x0 + crop.out_w, crop.y0 + crop.out_h))
     colors = np.array(img, dtype=np.uint8)

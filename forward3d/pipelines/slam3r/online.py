@@ -14,16 +14,11 @@ before the stride is chosen on them; their results come out together once it is.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -40,6 +35,7 @@ from forward3d.pipelines.slam3r.common import (
 )
 from forward3d.pipelines.slam3r.offline import choose_keyframe_stride, initialize_window, local_point_map
 from forward3d.pipelines.slam3r.result import depth_scale_array, frame_camera, valid_world_mask
+from forward3d.pipelines.spool import FrameSpool, trim_heap
 from forward3d.progress import progress_bar
 from forward3d.types import Frame, FrameStatus, Reconstruction, Update
 
@@ -59,69 +55,6 @@ class _Slot:
     i2p_conf: Tensor | None = None  # [H, W]
     world: Tensor | None = None  # [H, W, 3]
     l2w_conf: Tensor | None = None  # [H, W]
-
-
-def _trim_heap() -> None:
-    """Give freed heap memory back to the OS (glibc ``malloc_trim``): without it the many per-frame
-    allocations of varying sizes fragment the heap and the RSS creeps up with the frame count."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-_LIBC = None
-
-
-class _Spool:
-    """Append-only per-frame result files (no memory mapping while writing: RSS stays flat)."""
-
-    def __init__(self, folder: str | None, h: int, w: int) -> None:
-        self.temporary = folder is None
-        self.dir = Path(tempfile.mkdtemp(prefix="forward3d-slam3r-")) if folder is None else Path(folder)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.h, self.w = h, w
-        self.files = {name: open(self.dir / f"{name}.bin", "wb") for name in ("points", "conf", "colors")}
-        self.n = 0
-
-    def write(self, points: np.ndarray, conf: np.ndarray, colors: np.ndarray) -> None:
-        for name, arr, dt in (("points", points, np.float32), ("conf", conf, np.float32), ("colors", colors, np.uint8)):
-            self.files[name].write(memoryview(np.ascontiguousarray(arr, dtype=dt)).cast("B"))
-        self.n += 1
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-
-    def discard(self) -> None:
-        """Close and, for a temporary spool, delete the files (after a failed run)."""
-        self.close()
-        if self.temporary:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def read(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        hw = self.h * self.w
-        pts = np.fromfile(self.dir / "points.bin", np.float32, hw * 3, offset=i * hw * 12).reshape(self.h, self.w, 3)
-        conf = np.fromfile(self.dir / "conf.bin", np.float32, hw, offset=i * hw * 4).reshape(self.h, self.w)
-        col = np.fromfile(self.dir / "colors.bin", np.uint8, hw * 3, offset=i * hw * 3).reshape(self.h, self.w, 3)
-        return pts, conf, col
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Read-only memory maps ``[N, H, W, 3]``, ``[N, H, W]``, ``[N, H, W, 3]`` of everything written."""
-        n, h, w = self.n, self.h, self.w
-        if n == 0:
-            return np.zeros((0, h, w, 3), np.float32), np.zeros((0, h, w), np.float32), np.zeros((0, h, w, 3), np.uint8)
-        out = (np.memmap(self.dir / "points.bin", np.float32, "r", shape=(n, h, w, 3)),
-               np.memmap(self.dir / "conf.bin", np.float32, "r", shape=(n, h, w)),
-               np.memmap(self.dir / "colors.bin", np.uint8, "r", shape=(n, h, w, 3)))
-        if self.temporary:  # the maps stay valid after the files are unlinked
-            shutil.rmtree(self.dir, ignore_errors=True)
-        return out
 
 
 class OnlineSLAM3R:
@@ -153,7 +86,7 @@ class OnlineSLAM3R:
         self.last_sel: list[int] = []
         self.max_buffer_len = 0
         self.max_slots = 0
-        self.spool = _Spool(cfg.spool_dir, self.h, self.w)
+        self.spool = FrameSpool(cfg.spool_dir, self.h, self.w, prefix="forward3d-slam3r-")
         self.t_start = time.perf_counter()
         self.timings = {"encode": 0.0, "i2p": 0.0, "l2w": 0.0, "retrieval": 0.0, "cameras": 0.0}
         self.bar = progress_bar(None, "SLAM3R online", unit="frame", enabled=progress)
@@ -306,7 +239,7 @@ class OnlineSLAM3R:
         update = self._emit(i)
         self._evict(i)
         if i % 64 == 0:
-            _trim_heap()
+            trim_heap()
         return update
 
     def _evict(self, i: int) -> None:
@@ -353,14 +286,7 @@ class OnlineSLAM3R:
             raise ValueError(f"SLAM3R online: expected at least 2 frames to reconstruct, found {self.num_frames}")
         cfg = self.cfg
         spool = self.spool
-
-        def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            for i in range(n):
-                pts, conf, col = spool.read(i)
-                m = valid_world_mask(pts, conf, cfg.conf_thres_l2w)
-                yield pts[m], col[m]
-
-        cloud = fuse_point_cloud(chunks, int(sum(self.valid_counts)), cfg.num_points_save, cfg.seed)
+        cloud = spool.fuse(int(sum(self.valid_counts)), cfg.conf_thres_l2w, cfg.num_points_save, cfg.seed)
         points, conf, colors = spool.arrays()
         total = time.perf_counter() - self.t_start
         meta = {

@@ -1,4 +1,4 @@
-"""An oracle implementing the SLAM3R model protocol with the ground truth of a synthetic scene.
+"""Oracles implementing the SLAM3R and Spann3R model protocols with the ground truth of a synthetic scene.
 
 It lets the tests exercise the pipeline's own logic (initialisation, registration order, buffering,
 retrieval, depth correction, camera extraction, export) with known answers:
@@ -31,7 +31,7 @@ from forward3d.pipelines.slam3r.common import CropTransform, crop_transform
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OracleSLAM3R"]
+__all__ = ["OracleSLAM3R", "OracleSpann3R"]
 
 
 class OracleSLAM3R:
@@ -221,3 +221,85 @@ class OracleSLAM3R:
             pts[k] = np.where(valid[..., None], p, 0.0)
             conf[k] = np.where(valid, self.conf, 1.01)
         return torch.from_numpy(pts).to(self.device), torch.from_numpy(conf).to(self.device)
+
+
+class _OracleSpann3RStream:
+    def __init__(self, oracle: "OracleSpann3R") -> None:
+        self.oracle = oracle
+        self.first: int | None = None
+        self.last: int | None = None
+        self.count = 0
+
+    def push(self, image: Tensor, frame_id: int) -> list:
+        h, w = self.oracle.image_size
+        if not isinstance(image, Tensor) or tuple(image.shape) != (3, h, w):
+            raise ValueError(f"OracleSpann3R: expected an image [3, {h}, {w}], found "
+                             f"{list(image.shape) if isinstance(image, Tensor) else type(image).__name__}")
+        self.count += 1
+        self.oracle.calls["push"] += 1
+        prev, self.last = self.last, int(frame_id)
+        if self.first is None:
+            self.first = int(frame_id)
+            return []
+        return [self.oracle.predict(prev, self.first)]
+
+    def finish(self) -> list:
+        if self.count < 2:
+            raise ValueError(f"OracleSpann3R: expected at least 2 frames, found {self.count}")
+        return [self.oracle.predict(self.last, self.first)]
+
+
+class OracleSpann3R(OracleSLAM3R):
+    """Ground-truth Spann3R "model" (:class:`forward3d.models.spann3r.protocol.Spann3RModels`).
+
+    Every frame's prediction is its exact point map in the camera frame of the sequence's first
+    frame, rendered at the pipeline's crop intrinsics (default: :func:`crop_transform_dust3r` of the
+    scene's image size), times ``scale``, plus noise; confidence ``conf`` where the scene is hit
+    (1.01 elsewhere, points 0). Frame ids are the scene's frame indices.
+
+    Args:
+        offline_order: the processing order the offline mode returns (default: starting from the
+            middle frame, then alternating outwards), so that the pipeline's reordering is tested.
+        (others as :class:`OracleSLAM3R`)
+    """
+
+    def __init__(self, scene, image_size: tuple[int, int] = (224, 224), noise: float = 0.0, scale: float = 1.0,
+                 conf: float = 20.0, crop: CropTransform | None = None, device: str | torch.device = "cpu",
+                 seed: int = 0, cache_frames: int = 64, offline_order: Sequence[int] | None = None) -> None:
+        from forward3d.pipelines.slam3r.common import crop_transform_dust3r
+
+        crop = crop or crop_transform_dust3r(int(scene.config.width), int(scene.config.height), image_size)
+        super().__init__(scene, image_size=image_size, noise=noise, scale=scale, conf=conf, crop=crop, device=device,
+                         seed=seed, cache_frames=cache_frames)
+        self.offline_order = None if offline_order is None else [int(i) for i in offline_order]
+        self.calls.update(push=0, offline=0)
+
+    def predict(self, fid: int, ref: int):
+        """Frame ``fid``'s :class:`FramePrediction` in frame ``ref``'s camera (times ``scale``)."""
+        from forward3d.models.spann3r.protocol import FramePrediction
+
+        _, world, valid = self._gt(fid)
+        w2c = np.linalg.inv(self.scene.c2w[ref])
+        p = (world @ w2c[:3, :3].T + w2c[:3, 3]) * self.scale
+        p = self._noisy(p, self._rng(3, [fid]), self.noise * self.scale)
+        pts = np.where(valid[..., None], p, 0.0).astype(np.float32)
+        conf = np.where(valid, self.conf, 1.01).astype(np.float32)
+        return FramePrediction(int(fid), torch.from_numpy(pts), torch.from_numpy(conf),
+                               {"memory_size": 0, "skipped": False, "pruned": False})
+
+    def start(self, memory=None) -> _OracleSpann3RStream:
+        return _OracleSpann3RStream(self)
+
+    def offline(self, images: Tensor, frame_ids: Sequence[int], memory=None) -> tuple[list[int], list]:
+        self.calls["offline"] += 1
+        ids = [int(i) for i in frame_ids]
+        if images.shape[0] != len(ids) or len(ids) < 2:
+            raise ValueError(f"OracleSpann3R.offline: expected >= 2 images with one id each, found "
+                             f"{images.shape[0]} and {len(ids)}")
+        if self.offline_order is not None:
+            order = list(self.offline_order)
+        else:
+            mid = len(ids) // 2
+            order = [mid] + [i for k in range(1, len(ids)) for i in (mid + k, mid - k) if 0 <= i < len(ids)]
+        order = [ids[i] for i in order]
+        return order, [self.predict(i, order[0]) for i in order]
