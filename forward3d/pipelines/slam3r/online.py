@@ -29,7 +29,6 @@ from forward3d.pipelines.slam3r.buffer import BufferingSet
 from forward3d.pipelines.slam3r.common import (
     CropTransform,
     SLAM3RConfig,
-    fuse_point_cloud,
     prepare_frame,
     retrieve_scene_frames,
 )
