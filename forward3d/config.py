@@ -13,12 +13,13 @@ Nothing here imports argparse: the hints are plain data that the CLI layer reads
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import re
 from dataclasses import MISSING, field
 from typing import Any
 
-__all__ = ["option", "field_help", "plain_text", "config_to_dict", "FIELD_META_KEY"]
+__all__ = ["option", "field_help", "plain_text", "config_to_dict", "import_reference", "FIELD_META_KEY"]
 
 FIELD_META_KEY = "forward3d"
 
@@ -117,3 +118,15 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         return str(v)
 
     return conv(config)
+
+
+def import_reference(ref: str) -> Any:
+    """The object a ``"package.module:attr.sub"`` reference names (registries keep these lazy strings so
+    that listing plug-ins imports nothing heavy)."""
+    module, sep, attr = str(ref).partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"expected a 'module:attribute' reference, found {ref!r}")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -15,11 +15,11 @@ Results are printed as a table and, with ``--out``, written as JSON.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 from typing import Any
 
 from forward3d.cli.options import add_config_arguments, config_from_args
+from forward3d.config import import_reference
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +40,13 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _config_class(ref: str) -> type:
-    module, _, name = ref.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def add_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="eval_command", metavar="SUBCOMMAND", required=True)
     argv = argv or []
     for name, (help_, desc, ref) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_, description=desc.replace("%", "%%"))
         if name in argv:  # only the chosen evaluation's module is imported
-            cls = _config_class(ref)
+            cls = import_reference(ref)
             p.set_defaults(_eval_dests=add_config_arguments(p, cls), _eval_cls=cls)
 
 

@@ -8,11 +8,11 @@ Launch on several GPUs/processes with torchrun, e.g.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 from typing import Any, Callable
 
 from forward3d.cli.options import add_config_arguments, config_from_args
+from forward3d.config import import_reference
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +31,13 @@ TRAINERS: dict[str, tuple[str, str, str, Callable[[Any], None], tuple[str, ...]]
 }
 
 
-def _load(ref: str) -> Any:
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 def add_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="train_model", metavar="MODEL", required=True)
     argv = argv or []
     for name, (help_, cfg_ref, _, _, required) in TRAINERS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if name in argv:  # only the chosen trainer's module is imported
-            cls = _load(cfg_ref)
+            cls = import_reference(cfg_ref)
             dests = add_config_arguments(p, cls)
             p.set_defaults(_train_dests=dests, _train_required=required)
         p.set_defaults(_train_name=name)
@@ -53,10 +48,10 @@ def run(args: argparse.Namespace) -> int:
     if name is None:
         raise ValueError(f"expected a model to train: {', '.join(TRAINERS)}")
     _, cfg_ref, fn_ref, report, required = TRAINERS[name]
-    cls = _load(cfg_ref)
+    cls = import_reference(cfg_ref)
     for field_name in required:
         if not getattr(args, field_name, None):
             raise ValueError(f"forward3d train {name}: --{field_name.replace('_', '-')} is required")
     cfg = config_from_args(cls, args, args._train_dests)
-    report(_load(fn_ref)(cfg))
+    report(import_reference(fn_ref)(cfg))
     return 0

@@ -20,11 +20,11 @@ below. Example::
 
 from __future__ import annotations
 
-import importlib
 import logging
 from importlib import metadata
 from typing import Any
 
+from forward3d.config import import_reference
 from forward3d.pipelines.base import Backend, Capabilities, check_backend_class
 
 __all__ = ["BACKENDS", "ENTRY_POINT_GROUP", "Backend", "Capabilities", "register_backend", "available_backends",
@@ -73,14 +73,6 @@ def available_backends() -> list[str]:
     return sorted(set(BACKENDS) | set(_entry_points()))
 
 
-def _resolve(ref: str) -> Any:
-    module, _, attr = ref.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def get_backend_class(name: str) -> type[Backend]:
     """The back-end class registered under ``name`` (the registry dict first, then entry points).
 
@@ -91,7 +83,7 @@ def get_backend_class(name: str) -> type[Backend]:
     """
     if name in BACKENDS:
         entry = BACKENDS[name]
-        cls = _resolve(entry) if isinstance(entry, str) else entry
+        cls = import_reference(entry) if isinstance(entry, str) else entry
     else:
         eps = _entry_points()
         if name not in eps:
