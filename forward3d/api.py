@@ -16,18 +16,22 @@ is scored when the input has ground truth; the outputs are written into a stagin
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from forward3d.config import option
 from forward3d.pipelines import get_backend_class
 from forward3d.pipelines.base import Backend, UpdateCallback
 from forward3d.types import Reconstruction
 
-__all__ = ["SourceConfig", "RunResult", "reconstruct", "parse_size", "open_source"]
+__all__ = ["SourceConfig", "RunResult", "reconstruct", "parse_size", "open_source", "StoppableFrames",
+           "stop_on_sigint"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,60 @@ def open_source(path: str | Path, source: SourceConfig | None = None):
                        depth_scale=s.depth_scale, intrinsics=s.intrinsics, layout=s.layout)
 
 
+class StoppableFrames:
+    """Passes frames through until :meth:`stop` is called; then the iteration ends after the current
+    frame and ``dropped`` is True, so every back-end finishes and marks its result as partial (as for a
+    live stream that drops). ``len()``, ``layout``, ``has_depth``... are the wrapped source's."""
+
+    def __init__(self, frames: Iterable[Any]) -> None:
+        self.frames = frames
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    @property
+    def dropped(self) -> bool:
+        return self.stopped.is_set() or bool(getattr(self.frames, "dropped", False))
+
+    def __len__(self) -> int:
+        return len(self.frames)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("frames", "stopped"):
+            raise AttributeError(name)
+        return getattr(self.frames, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        for f in self.frames:
+            if self.stopped.is_set():
+                return
+            yield f
+
+
+@contextlib.contextmanager
+def stop_on_sigint(frames: StoppableFrames) -> Iterator[None]:
+    """While active (main thread only), the first Ctrl-C / SIGINT stops ``frames`` after the current frame
+    (the run then saves a partial result); a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):  # noqa: ARG001
+        if frames.stopped.is_set():
+            raise KeyboardInterrupt
+        log.warning("interrupted: finishing the current frame and saving a partial result "
+                    "(press Ctrl-C again to abort without saving)")
+        frames.stop()
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @dataclass
 class RunResult:
     """What :func:`reconstruct` returns.
@@ -103,6 +161,7 @@ class RunResult:
         out: the output folder, or None.
         seconds: wall time of the whole run.
         source_layout: the input's layout.
+        user_interrupted: the run was stopped by Ctrl-C / SIGINT (the result is partial).
     """
 
     recon: Reconstruction
@@ -110,6 +169,7 @@ class RunResult:
     out: Path | None = None
     seconds: float = 0.0
     source_layout: str = ""
+    user_interrupted: bool = False
 
 
 def reconstruct(input: str | Path, backend: str | Backend = "rgbd", config: Any = None, *,  # noqa: A002
@@ -129,6 +189,10 @@ def reconstruct(input: str | Path, backend: str | Backend = "rgbd", config: Any 
         progress: progress bars.
         callback: receives each streaming :class:`~forward3d.types.Update`.
         extra_metrics: more entries for ``metrics.json``.
+
+    The first Ctrl-C (SIGINT) during the run stops reading the input after the current frame; what was
+    reconstructed so far is scored and written as a partial result (``recon.interrupted``; ``"partial":
+    true`` in ``metrics.json``).
     """
     from forward3d.eval.traj import GroundTruthRecorder, trajectory_metrics
     from forward3d.io.atomic import check_output_folder, staged_folder
@@ -144,8 +208,12 @@ def reconstruct(input: str | Path, backend: str | Backend = "rgbd", config: Any 
     impl.config = impl.configure_for_source(source, impl.config)
     src = open_source(input, source)
     impl.check_source(src, str(input))
-    frames = GroundTruthRecorder(src)
-    recon = impl.run(frames, progress=progress, callback=callback)
+    stoppable = StoppableFrames(src)
+    frames = GroundTruthRecorder(stoppable)
+    with stop_on_sigint(stoppable):
+        recon = impl.run(frames, progress=progress, callback=callback)
+    if stoppable.stopped.is_set():
+        recon.interrupted = True
     if getattr(src, "has_gt_poses", False):
         recon.trajectory_metrics = trajectory_metrics(recon.c2w, frames.gt, metric_scale=recon.metric_scale)
     files: dict[str, Path] = {}
@@ -155,4 +223,4 @@ def reconstruct(input: str | Path, backend: str | Backend = "rgbd", config: Any 
             written = write_outputs(recon, stage, extra_metrics, previews=previews)
         files = {k: out / Path(v).relative_to(stage) for k, v in written.items()}
     return RunResult(recon, files, None if out is None else Path(out), time.perf_counter() - t0,
-                     str(getattr(src, "layout", "")))
+                     str(getattr(src, "layout", "")), stoppable.stopped.is_set())

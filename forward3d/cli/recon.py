@@ -119,4 +119,4 @@ def run(args: argparse.Namespace) -> int:
                          previews=not args.no_previews, progress=not args.no_progress)
     for line in _summary(result):
         print(line)
-    return 0
+    return 130 if result.user_interrupted else 0  # Ctrl-C: the partial result is saved, the status says so

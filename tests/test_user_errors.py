@@ -1,0 +1,167 @@
+"""What a new user hits first on real input (issue 12): interrupted runs, output folders, permissions,
+messages, degenerate metrics, CLI polish."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mjpeg_server import LiveMJPEGServer
+
+from forward3d.cli import main
+from forward3d.data.synthetic import SyntheticConfig, SyntheticScene
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = "fixtures/slam3r/small"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", FORWARD3D_NO_PROGRESS="1")
+    return env
+
+
+def test_sigint_saves_a_partial_result(shared_dir, tmp_path):
+    """Ctrl-C on a running live reconstruction: the frame is finished, what exists is saved, marked partial."""
+    small = shared_dir / SMALL
+    scene = SyntheticScene(SyntheticConfig(seed=3, num_frames=12, width=120, height=90, trajectory="handheld"))
+    server = LiveMJPEGServer([f.image for f in scene.frames()], fps=15)
+    server.start()
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "forward3d", "recon", server.url, "--backend", "slam3r", "--online",
+           "--i2p", str(small / "i2p_weights.safetensors"), "--l2w", str(small / "l2w_weights.safetensors"),
+           "--i2p-config", str(small / "i2p_config.json"), "--l2w-config", str(small / "l2w_config.json"),
+           "--keyframe-stride", "1", "--conf-thres-l2w", "1.5", "--num-points-save", "2000", "--device", "cpu",
+           "--no-previews", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while server.frames_sent < 30 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "partial" in stderr.lower() and "PARTIAL" in stdout
+    header = json.loads((out / "reconstruction.json").read_text())
+    assert header["interrupted"] is True and len(header["frame_names"]) >= 5
+    assert (out / "point_cloud.ply").is_file() and (out / "trajectory_tum.txt").is_file()
+    assert not list(tmp_path.glob(".out.*"))  # no staging folder left behind
+
+
+def _tum(root: Path, n: int = 6) -> Path:
+    from forward3d.io.sources import write_layout
+
+    write_layout(SyntheticScene(num_frames=n, width=96, height=72).frames(), root, "tum")
+    return root
+
+
+def test_outputs_honour_the_umask(tmp_path):
+    data = _tum(tmp_path / "tum")
+    old = os.umask(0o022)
+    try:
+        assert main(["recon", str(data), "--out", str(tmp_path / "out"), "--no-previews", "--voxel-size", "0.04"]) == 0
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    assert (out.stat().st_mode & 0o777) == 0o755
+    for p in out.rglob("*"):
+        want = 0o755 if p.is_dir() else 0o644
+        assert (p.stat().st_mode & 0o777) == want, (p, oct(p.stat().st_mode))
+
+
+def _as_other_user(args: list[str]) -> subprocess.CompletedProcess:
+    """Run ``python -m forward3d ARGS`` as an unprivileged user: uid 65534 (nobody) when the tests run as
+    root (with the system Python 3.11 and this venv's packages, since the venv's interpreter lives under
+    /root), else as ourselves."""
+    import sysconfig
+
+    env = _env()
+    exe, pre = sys.executable, None
+    if os.geteuid() == 0:
+        exe = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+        assert os.path.exists(exe), f"{exe} is needed to run as another user"
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), sysconfig.get_paths()["purelib"]])
+        env["HOME"] = "/tmp"
+
+        def pre():
+            os.setgid(65534)
+            os.setuid(65534)
+    return subprocess.run([exe, "-m", "forward3d", *args], env=env, capture_output=True, text=True,
+                          preexec_fn=pre, timeout=300)
+
+
+@pytest.fixture
+def shared_tmp():
+    """A temporary folder other users can enter (pytest's tmp_path lives under a 0700 folder)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="forward3d-perm-"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_unwritable_out_is_refused_before_any_work(shared_tmp):
+    data = _tum(shared_tmp / "tum")
+    for p in [data, *data.rglob("*")]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    ro = shared_tmp / "readonly"
+    ro.mkdir()
+    os.chmod(ro, 0o555)
+    t0 = time.perf_counter()
+    r = _as_other_user(["recon", str(data), "--out", str(ro / "out")])
+    assert r.returncode == 2, r
+    assert "not writable" in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert time.perf_counter() - t0 < 60 and not (ro / "out").exists()
+    # another user can read what forward3d wrote (files were 0600 before)
+    old = os.umask(0o022)
+    try:
+        assert main(["recon", str(data), "--out", str(shared_tmp / "out"), "--no-previews", "--voxel-size", "0.04"]) == 0
+    finally:
+        os.umask(old)
+    r = _as_other_user(["eval", "traj", str(shared_tmp / "out" / "trajectory_tum.txt"), str(data / "groundtruth.txt")])
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("kind", ["file", "under-file"])
+def test_out_that_is_or_lies_under_a_file(tmp_path, capsys, kind):
+    data = _tum(tmp_path / "tum", 3)
+    f = tmp_path / "f"
+    f.write_text("x")
+    out = f if kind == "file" else f / "sub"
+    assert main(["recon", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(f) in err and ("a file" in err) and len(err.strip().splitlines()) == 1
+    assert f.read_text() == "x"
+
+
+def test_rerun_replaces_the_whole_output_set(tmp_path):
+    data = _tum(tmp_path / "tum")
+    out = tmp_path / "out"
+    assert main(["recon", str(data), "--out", str(out), "--voxel-size", "0.04"]) == 0
+    assert (out / "previews").is_dir() and (out / "metrics.json").is_file()
+    stale = out / "previews" / "stale.png"
+    stale.write_bytes(b"x")
+    assert main(["recon", str(data), "--out", str(out), "--no-previews", "--voxel-size", "0.04"]) == 0
+    assert not (out / "previews").exists()  # no old previews beside the new results
+    (out / "notes.txt").write_text("mine")  # foreign content appears in a forward3d folder: still ours
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep")
+    assert main(["recon", str(data), "--out", str(foreign)]) == 2
+    assert (foreign / "thesis.tex").read_text() == "keep"
+    assert main(["recon", str(data), "--out", str(foreign), "--overwrite", "--no-previews"]) == 0
+    assert not (foreign / "thesis.tex").exists()
