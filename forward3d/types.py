@@ -396,6 +396,9 @@ class TrajectoryMetrics:
         aligned_c2w: ``[M, 4, 4]`` the predicted poses of the frames with GT after the primary alignment.
         gt_c2w: ``[M, 4, 4]`` their ground-truth poses.
         frame_indices: the M frame indices with ground truth.
+        alignment_degenerate: the GT centres are nearly collinear, so the Umeyama alignment's rotation
+            (about the path) is undetermined and its rotation error meaningless.
+        ate_first_pose: then also the ATE after aligning on the first pose (labelled as such).
     """
 
     num_frames_with_gt: int
@@ -407,6 +410,8 @@ class TrajectoryMetrics:
     gt_c2w: np.ndarray
     frame_indices: list[int] = field(default_factory=list)
     rpe: RPEStats | None = None
+    alignment_degenerate: bool = False
+    ate_first_pose: ATEStats | None = None
 
     @property
     def ate(self) -> ATEStats:
@@ -420,18 +425,23 @@ class TrajectoryMetrics:
                                "alignment": np.asarray(self.alignment).tolist()}
         if self.rpe is not None:
             out["rpe"] = self.rpe.to_dict()
+        if self.alignment_degenerate:
+            out["alignment_degenerate"] = True
+        if self.ate_first_pose is not None:
+            out["ate_first_pose"] = self.ate_first_pose.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], aligned_c2w: np.ndarray, gt_c2w: np.ndarray,
                   frame_indices: list[int] | None = None) -> "TrajectoryMetrics":
         """Inverse of :meth:`to_dict` given the two pose arrays (as stored in a bundle)."""
-        rpe = d.get("rpe")
+        rpe, first = d.get("rpe"), d.get("ate_first_pose")
         return cls(int(d["num_frames_with_gt"]), d.get("primary_alignment", "se3"), ATEStats(**d["ate_se3"]),
                    ATEStats(**d["ate_sim3"]), np.asarray(d["alignment"], np.float64),
                    np.asarray(aligned_c2w, np.float64), np.asarray(gt_c2w, np.float64),
                    list(frame_indices if frame_indices is not None else d.get("frame_indices", [])),
-                   None if rpe is None else RPEStats(**rpe))
+                   None if rpe is None else RPEStats(**rpe), bool(d.get("alignment_degenerate", False)),
+                   None if first is None else ATEStats(**first))
 
 
 @dataclass

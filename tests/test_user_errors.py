@@ -165,3 +165,43 @@ def test_rerun_replaces_the_whole_output_set(tmp_path):
     assert (foreign / "thesis.tex").read_text() == "keep"
     assert main(["recon", str(data), "--out", str(foreign), "--overwrite", "--no-previews"]) == 0
     assert not (foreign / "thesis.tex").exists()
+
+
+def _straight_path(n=20, length=0.1, noise=2e-4, seed=0):
+    from forward3d.geometry import make_se3, so3_exp
+
+    rng = np.random.default_rng(seed)
+    R = so3_exp([0.1, 0.4, -0.2])
+    gt = np.stack([make_se3(R, [length * i / (n - 1), 0.0, 0.0]) for i in range(n)])
+    pred = gt.copy()
+    pred[:, :3, 3] += rng.normal(0, noise, (n, 3))
+    return pred, gt
+
+
+def test_degenerate_ate_alignment_is_detected_and_reported(tmp_path, capsys, caplog):
+    from forward3d.eval.traj import ate, trajectory_metrics
+    from forward3d.io.trajectory import write_tum
+
+    pred, gt = _straight_path()
+    a = ate(pred, gt, "se3")
+    assert a["degenerate"] and a["conditioning"] < 0.05
+    assert a["rot_rmse_deg"] > 1.0  # Umeyama's free rotation about the line: a lie of degrees
+    f = ate(pred, gt, "first")
+    assert not f["degenerate"] and f["rot_rmse_deg"] < 0.1 and f["rmse"] < 1e-3
+    tm = trajectory_metrics(pred, list(gt))
+    assert tm.alignment_degenerate and tm.ate_first_pose.rot_rmse_deg < 0.1
+    assert "nearly collinear" in caplog.text
+    assert tm.to_dict()["ate_first_pose"]["rot_rmse_deg"] < 0.1
+    write_tum(tmp_path / "p.txt", np.arange(20.0), pred)
+    write_tum(tmp_path / "g.txt", np.arange(20.0), gt)
+    assert main(["eval", "traj", str(tmp_path / "p.txt"), str(tmp_path / "g.txt"), "--out", str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    assert "ILL-POSED" in out and "ATE first-pose rot_rmse_deg [deg]" in out
+    assert all("[" in ln for ln in out.splitlines() if ln.startswith(("ATE", "RPE")))  # units on every metric
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["ate"]["degenerate"] and m["ate_first_pose"]["rot_rmse_deg"] < 0.1
+    # a well-conditioned trajectory is not flagged
+    from forward3d.data.synthetic import SyntheticScene
+
+    c2w = SyntheticScene(num_frames=20, width=32, height=24).c2w
+    assert not ate(c2w, c2w, "se3")["degenerate"]

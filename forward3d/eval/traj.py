@@ -64,33 +64,68 @@ def _stats(prefix: str, e: np.ndarray) -> dict[str, float]:
     }
 
 
-def ate(pred_c2w, gt_c2w, align: Literal["se3", "sim3", "none"] = "se3") -> dict[str, Any]:
+DEGENERATE_CONDITIONING = 0.05
+"""ATE alignment is ill-posed when the ground-truth camera centres are nearly collinear: the ratio of the
+second to the first singular value of the centred centres below this (or a spread under 1 mm)."""
+
+
+def alignment_conditioning(centres: np.ndarray) -> float:
+    """``sigma_2 / sigma_1`` of the centred camera centres ``[N, 3]`` (0 for collinear or static ones)."""
+    c = np.asarray(centres, np.float64)
+    sv = np.linalg.svd(c - c.mean(0), compute_uv=False)
+    return float(sv[1] / sv[0]) if sv[0] > 1e-3 else 0.0
+
+
+def _first_pose_alignment(pred: np.ndarray, gt: np.ndarray, with_scale: bool) -> tuple[float, np.ndarray, np.ndarray]:
+    """``(s, R, t)`` mapping the first predicted pose onto the first ground-truth pose (the scale, for
+    Sim(3), from the ratio of the distances travelled from the first camera)."""
+    R = gt[0, :3, :3] @ pred[0, :3, :3].T
+    s = 1.0
+    if with_scale:
+        dp = np.linalg.norm(pred[:, :3, 3] - pred[0, :3, 3], axis=1).sum()
+        dg = np.linalg.norm(gt[:, :3, 3] - gt[0, :3, 3], axis=1).sum()
+        s = float(dg / dp) if dp > 1e-12 else 1.0
+    t = gt[0, :3, 3] - s * R @ pred[0, :3, 3]
+    return s, R, t
+
+
+def ate(pred_c2w, gt_c2w, align: Literal["se3", "sim3", "none", "first", "first-sim3"] = "se3") -> dict[str, Any]:
     """Absolute trajectory error of camera centres after aligning ``pred`` to ``gt``.
 
     Args:
         pred_c2w, gt_c2w: ``[N, 4, 4]`` corresponding poses.
-        align: ``"se3"`` (rigid), ``"sim3"`` (rigid + scale; for up-to-scale methods) or ``"none"``.
+        align: ``"se3"`` (rigid, Umeyama on the centres), ``"sim3"`` (rigid + scale; for up-to-scale
+            methods), ``"none"``, or ``"first"`` / ``"first-sim3"`` (the first predicted pose onto the first
+            ground-truth pose, the scale from the distances travelled: the fallback when the centres are
+            nearly collinear and Umeyama's rotation about the path is undetermined).
 
     Returns:
         dict with ``rmse, mean, median, std, min, max`` (metres) of the centre errors,
         ``rot_rmse_deg, rot_mean_deg, rot_median_deg`` (orientation error after alignment),
         ``scale`` (float), ``alignment`` (``[4, 4]`` Sim(3) mapping the prediction's world to the
-        ground truth's), ``aligned_c2w`` (``[N, 4, 4]`` rigid poses), ``errors`` (``[N]``), ``num_poses``.
+        ground truth's), ``aligned_c2w`` (``[N, 4, 4]`` rigid poses), ``errors`` (``[N]``), ``num_poses``,
+        ``conditioning`` (:func:`alignment_conditioning` of the GT centres) and ``degenerate`` (an
+        se3/sim3 alignment on nearly collinear centres: its rotation numbers are not meaningful).
 
     Raises:
         ValueError: shapes, non-finite poses, different lengths, fewer than 3 poses (alignment) or
             1 (no alignment), or an unknown ``align``.
     """
-    if align not in ("se3", "sim3", "none"):
-        raise ValueError(f"ate: expected align in ('se3', 'sim3', 'none'), found {align!r}")
+    modes = ("se3", "sim3", "none", "first", "first-sim3")
+    if align not in modes:
+        raise ValueError(f"ate: expected align in {modes}, found {align!r}")
     pred, gt = _check_pair(pred_c2w, gt_c2w, "ate")
     n = len(pred)
-    need = 1 if align == "none" else 3
+    need = 3 if align in ("se3", "sim3") else 1
     if n < need:
         raise ValueError(f"ate: too few poses for align={align!r}: expected at least {need}, found {n}")
     c_pred, c_gt = pred[:, :3, 3], gt[:, :3, 3]
+    cond = alignment_conditioning(c_gt) if n >= 2 else 0.0
+    degenerate = align in ("se3", "sim3") and cond < DEGENERATE_CONDITIONING
     if align == "none":
         s, R, t = 1.0, np.eye(3), np.zeros(3)
+    elif align in ("first", "first-sim3"):
+        s, R, t = _first_pose_alignment(pred, gt, with_scale=align == "first-sim3")
     else:
         # degenerate (collinear / static) trajectories still have a well-defined minimal error
         s, R, t = umeyama(c_pred, c_gt, with_scale=align == "sim3", allow_degenerate=True)
@@ -111,6 +146,8 @@ def ate(pred_c2w, gt_c2w, align: Literal["se3", "sim3", "none"] = "se3") -> dict
         "aligned_c2w": aligned,
         "errors": err,
         "num_poses": n,
+        "conditioning": cond,
+        "degenerate": bool(degenerate),
     })
     return out
 
@@ -214,17 +251,28 @@ def trajectory_metrics(c2w: np.ndarray, gt: list[np.ndarray | None],
     primary: Literal["se3", "sim3"] = "se3" if metric_scale else "sim3"
     stats: dict[str, ATEStats] = {}
     alignment = aligned = None
+    degenerate = False
     for align in ("se3", "sim3"):
         r = ate(pred, ref, align=align)
         stats[align] = ATEStats(r["rmse"], r["mean"], r["median"], r["max"], r["rot_rmse_deg"], r["scale"])
+        degenerate = r["degenerate"]
         if align == primary:
             alignment, aligned = r["alignment"], r["aligned_c2w"]
+    first = None
+    if degenerate:
+        r = ate(pred, ref, align="first" if metric_scale else "first-sim3")
+        first = ATEStats(r["rmse"], r["mean"], r["median"], r["max"], r["rot_rmse_deg"], r["scale"])
+        log.warning("ATE: the ground-truth camera centres are nearly collinear (conditioning %.3g < %g): the "
+                    "alignment's rotation about the path is undetermined, so its rotation error is not "
+                    "meaningful; the first-pose alignment gives %.3g deg", r["conditioning"],
+                    DEGENERATE_CONDITIONING, first.rot_rmse_deg)
     rpe_stats = None
     contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
     if contiguous:
         r = rpe(pred, ref, 1)
         rpe_stats = RPEStats(r["trans_rmse"], r["trans_mean"], r["rot_rmse_deg"], r["rot_mean_deg"])
-    return TrajectoryMetrics(len(idx), primary, stats["se3"], stats["sim3"], alignment, aligned, ref, idx, rpe_stats)
+    return TrajectoryMetrics(len(idx), primary, stats["se3"], stats["sim3"], alignment, aligned, ref, idx, rpe_stats,
+                             alignment_degenerate=degenerate, ate_first_pose=first)
 
 
 class GroundTruthRecorder:
@@ -259,6 +307,15 @@ class GroundTruthRecorder:
             ok = f.c2w is not None and np.isfinite(f.c2w).all()
             self.gt.append(np.asarray(f.c2w, np.float64) if ok else None)
             yield f
+
+
+def _unit(key: str) -> str:
+    """The unit of an ATE/RPE statistic for table rows."""
+    if key.endswith("_deg"):
+        return "deg"
+    if key in ("scale", "conditioning"):
+        return "-"
+    return "m"
 
 
 def match_trajectories(ts_pred: np.ndarray | None, n_pred: int, ts_gt: np.ndarray | None, n_gt: int,
@@ -330,18 +387,30 @@ def evaluate_trajectory_files(cfg: TrajEvalConfig) -> tuple[dict[str, Any], list
     r = rpe(a["aligned_c2w"], gt_m, delta=cfg.delta) if len(pred_m) > cfg.delta else None
     if r is None:
         log.warning("RPE skipped: %d matched poses for delta=%d", len(pred_m), cfg.delta)
+    first = None
+    if a["degenerate"]:
+        first = ate(pred_m, gt_m, align="first" if cfg.align == "se3" else "first-sim3")
+        log.warning("ATE: the ground-truth camera centres are nearly collinear (conditioning %.3g): the %s "
+                    "alignment's rotation about the path is undetermined; the first-pose alignment is reported "
+                    "beside it", a["conditioning"], cfg.align)
     ate_scalars = {k: v for k, v in a.items() if not isinstance(v, np.ndarray)}
     rpe_scalars = {} if r is None else {k: v for k, v in r.items() if not isinstance(v, np.ndarray)}
     rows: list[tuple[str, Any]] = [("matched poses", f"{len(pred_m)} (by {how}; {len(pred)} pred, {len(gt)} gt)"),
-                                   ("align", cfg.align)]
-    rows += [(f"ATE {k}", v) for k, v in ate_scalars.items() if k != "num_poses"]
-    rows += [(f"RPE(delta={cfg.delta}) {k}", v) for k, v in rpe_scalars.items() if k != "num_pairs"]
+                                   ("align", cfg.align + (" (ILL-POSED: nearly collinear centres)" if a["degenerate"]
+                                                          else ""))]
+    rows += [(f"ATE {k} [{_unit(k)}]", v) for k, v in ate_scalars.items() if k not in ("num_poses", "degenerate")]
+    if first is not None:
+        rows += [(f"ATE first-pose {k} [{_unit(k)}]", first[k]) for k in ("rmse", "rot_rmse_deg", "scale")]
+    rows += [(f"RPE(delta={cfg.delta}) {k} [{_unit(k)}]", v) for k, v in rpe_scalars.items() if k != "num_pairs"]
     result = {
         "pred": cfg.pred, "gt": cfg.gt, "align": cfg.align, "association": how,
         "num_pred": len(pred), "num_gt": len(gt), "num_matched": len(pred_m),
         "ate": {**ate_scalars, "alignment": a["alignment"]},
         "rpe": {"delta": cfg.delta, **rpe_scalars} if r is not None else None,
+        "units": {"translation": "m (units of the trajectory files)", "rotation": "deg"},
     }
+    if first is not None:
+        result["ate_first_pose"] = {k: v for k, v in first.items() if not isinstance(v, np.ndarray)}
     if cfg.out is not None:
         write_json(Path(cfg.out), result)
         log.info("wrote %s", cfg.out)
