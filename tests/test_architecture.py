@@ -62,7 +62,7 @@ def test_every_backend_is_registered_and_documented():
         assert missing == [], f"{name}: config fields without help text: {missing}"
 
 
-@pytest.mark.parametrize("module", ["forward3d.demo", "forward3d.api", "forward3d.train.flash3d",
+@pytest.mark.parametrize("module", ["forward3d.demo", "forward3d.api", "forward3d.train.flash3d", "forward3d.viz.render_files",
                                     "forward3d.eval.nvs", "forward3d.eval.traj", "forward3d.eval.recon"])
 def test_cli_configs_document_every_field(module):
     import dataclasses
