@@ -30,7 +30,7 @@ from forward3d.pipelines import get_backend_class
 from forward3d.pipelines.base import Backend, UpdateCallback
 from forward3d.types import Reconstruction
 
-__all__ = ["SourceConfig", "RunResult", "reconstruct", "parse_size", "open_source", "StoppableFrames",
+__all__ = ["SourceConfig", "RunResult", "reconstruct", "parse_size", "open_source", "StoppableFrames", "PredictedDepthFrames",
            "stop_on_sigint"]
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,9 @@ class SourceConfig:
         stride: use every N-th frame.
         max_frames: use at most N frames.
         size: working resolution, WxH or the long side.
+        depth_model: metric depth network for frames without depth (a transformers model folder or hub
+            id, transformers:PATH, unidepth[:SOURCE]): RGB-only input then works with RGB-D back-ends
+            such as rgbd (monocular depth + fusion). Needs --intrinsics when the input has none.
     """
 
     layout: str = "auto"
@@ -79,6 +82,7 @@ class SourceConfig:
     stride: int = option(1, metavar="N")
     max_frames: int | None = option(None, metavar="N")
     size: str | None = option(None, metavar="WxH")
+    depth_model: str | None = option(None, metavar="MODEL")
 
     def __post_init__(self) -> None:
         if int(self.stride) < 1:
@@ -88,13 +92,62 @@ class SourceConfig:
         parse_size(self.size)
 
 
-def open_source(path: str | Path, source: SourceConfig | None = None):
-    """``open_frames(path, ...)`` with the options of ``source``."""
+class PredictedDepthFrames:
+    """Frames whose missing depth is predicted by a metric depth network (``predict(image [1, 3, H, W] in
+    [0, 1], K [1, 3, 3] | None) -> depth [1, H, W]``, e.g. :func:`forward3d.models.depth.make_depth_estimator`).
+
+    Frames that carry depth keep it. ``has_depth`` is True; ``len()``, ``layout``, ``dropped``... are the
+    wrapped source's.
+    """
+
+    def __init__(self, frames: Iterable[Any], estimator: Any) -> None:
+        if not getattr(estimator, "metric", True):
+            raise ValueError(f"--depth-model {getattr(estimator, 'name', estimator)}: expected a METRIC depth network "
+                             "(a relative one gives depth up to an unknown scale and shift per frame)")
+        self.frames = frames
+        self.estimator = estimator
+        self.has_depth = True
+
+    def __len__(self) -> int:
+        return len(self.frames)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("frames", "estimator"):
+            raise AttributeError(name)
+        return getattr(self.frames, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        import numpy as np
+        import torch
+
+        for f in self.frames:
+            if f.depth is None:
+                img = torch.from_numpy(f.image).permute(2, 0, 1)[None].float() / 255.0
+                K = None if f.K is None else torch.as_tensor(f.K, dtype=torch.float32)[None]
+                with torch.no_grad():
+                    d = self.estimator.predict(img, K)
+                d = np.asarray(d.detach().float().cpu().numpy()[0], np.float32)
+                if d.shape != f.image.shape[:2]:
+                    raise ValueError(f"--depth-model: predicted depth {list(d.shape)} for a "
+                                     f"{f.width}x{f.height} frame ({f.source or f.name})")
+                f = f.with_(depth=d)
+            yield f
+
+
+def open_source(path: str | Path, source: SourceConfig | None = None, depth_estimator: Any = None):
+    """``open_frames(path, ...)`` with the options of ``source``; frames without depth get it from
+    ``depth_estimator`` (or ``source.depth_model``) when one is given."""
     from forward3d.io.sources import open_frames
 
     s = source or SourceConfig()
-    return open_frames(path, stride=s.stride, max_frames=s.max_frames, size=parse_size(s.size),
-                       depth_scale=s.depth_scale, intrinsics=s.intrinsics, layout=s.layout)
+    src = open_frames(path, stride=s.stride, max_frames=s.max_frames, size=parse_size(s.size),
+                      depth_scale=s.depth_scale, intrinsics=s.intrinsics, layout=s.layout)
+    if depth_estimator is None and s.depth_model:
+        from forward3d.device import resolve_device
+        from forward3d.models.depth import make_depth_estimator
+
+        depth_estimator = make_depth_estimator(s.depth_model, device=resolve_device("auto"))
+    return src if depth_estimator is None else PredictedDepthFrames(src, depth_estimator)
 
 
 class StoppableFrames:
@@ -175,7 +228,7 @@ class RunResult:
 def reconstruct(input: str | Path, backend: str | Backend = "rgbd", config: Any = None, *,  # noqa: A002
                 source: SourceConfig | None = None, out: str | Path | None = None, overwrite: bool = False,
                 previews: bool = True, progress: bool = True, callback: UpdateCallback | None = None,
-                extra_metrics: dict[str, Any] | None = None) -> RunResult:
+                extra_metrics: dict[str, Any] | None = None, depth_estimator: Any = None) -> RunResult:
     """Reconstruct ``input`` with ``backend`` and (with ``out``) write the whole output set.
 
     Args:
@@ -189,6 +242,7 @@ def reconstruct(input: str | Path, backend: str | Backend = "rgbd", config: Any 
         progress: progress bars.
         callback: receives each streaming :class:`~forward3d.types.Update`.
         extra_metrics: more entries for ``metrics.json``.
+        depth_estimator: a depth network object for frames without depth (instead of ``source.depth_model``).
 
     The first Ctrl-C (SIGINT) during the run stops reading the input after the current frame; what was
     reconstructed so far is scored and written as a partial result (``recon.interrupted``; ``"partial":
@@ -206,7 +260,7 @@ def reconstruct(input: str | Path, backend: str | Backend = "rgbd", config: Any 
     if isinstance(backend, Backend) and config is not None:
         impl.config = impl.resolve_config(config)
     impl.config = impl.configure_for_source(source, impl.config)
-    src = open_source(input, source)
+    src = open_source(input, source, depth_estimator)
     impl.check_source(src, str(input))
     stoppable = StoppableFrames(src)
     frames = GroundTruthRecorder(stoppable)

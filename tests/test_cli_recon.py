@@ -72,7 +72,7 @@ def test_rgb_only_input_is_a_one_line_error(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["recon", str(tmp_path / "imgs"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "slam3r" in err and "depth" in err and len(err.strip().splitlines()) == 1
+    assert "slam3r" in err and "--depth-model" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 

@@ -157,7 +157,8 @@ class Backend:
             hint = (f"forward3d recon INPUT --backend {others[0]}" + (f" (or {', '.join(others[1:])})"
                                                                       if others[1:] else "")) if others else ""
             raise ValueError(f"{where or 'input'}: the {self.name} back-end needs depth, and this {layout} input "
-                             f"has none; RGB-only input (videos, image folders) needs another back-end: {hint}")
+                             f"has none; RGB-only input (videos, image folders) needs another back-end: {hint}; or predict depth "
+                             f"with --depth-model MODEL (a metric depth network) and give --intrinsics")
 
     def configure_for_source(self, source: Any, config: Any) -> Any:
         """The config to use with input read with ``source`` (a :class:`forward3d.api.SourceConfig`);
