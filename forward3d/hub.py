@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -49,23 +50,24 @@ def resolve_source(source: str | os.PathLike, filenames: Iterable[str] = ("model
     if p.exists():
         return p
     if not _looks_like_hub_id(s):
-        raise WeightsError(f"{s}: no such file or folder (expected a local checkpoint path or a hub id 'owner/name')")
-    hint = (f"Download the files of '{s}' (e.g. model.safetensors and config.json) on a machine with network "
-            f"access and pass the local folder or file path instead of the hub id.")
+        raise WeightsError(f"{s}: no such file or folder (expected a checkpoint file or folder, or a hub id 'owner/name')")
+    hint = (f"If it is a local checkpoint, check the path; if it is a hub id, download its files (e.g. "
+            f"model.safetensors and config.json) on a machine with network access and pass the local path.")
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
     if offline:
-        raise WeightsError(f"{s}: HF_HUB_OFFLINE is set, so the hub cannot be reached. {hint}")
+        raise WeightsError(f"{s}: no such file or folder; as a hub id 'owner/name' it cannot be fetched "
+                           f"either, because HF_HUB_OFFLINE is set. {hint}")
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:
-        raise WeightsError(f"{s}: looks like a hub id but huggingface_hub is not installed "
-                           f"(pip install 'forward3d[hub]'). {hint}") from exc
+        raise WeightsError(f"{s}: no such file or folder; as a hub id it needs huggingface_hub, which is "
+                           f"not installed (pip install 'forward3d[hub]'). {hint}") from exc
     try:
         # etag_timeout short and no retries loop: fail fast when there is no network.
         path = snapshot_download(repo_id=s, allow_patterns=list(filenames), etag_timeout=5)
     except Exception as exc:  # noqa: BLE001 - hub errors come in many types
-        raise WeightsError(f"{s}: could not download from the Hugging Face hub ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''}). {hint}") from exc
+        raise WeightsError(f"{s}: no such file or folder, and downloading it as a hub id failed "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). {hint}") from exc
     return Path(path)
 
 
@@ -117,8 +119,7 @@ def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle errors come in many types
-        raise WeightsError(f"{p}: cannot load as a tensors-only checkpoint (weights_only=True): "
-                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise WeightsError(_unpickling_message(p, exc)) from None
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
             if key in obj and isinstance(obj[key], dict):
@@ -130,6 +131,23 @@ def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{p}: expected a state_dict of tensors (optionally under 'model')")
     return obj
+
+
+_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)|global '?([A-Za-z_][\w.]*)")
+
+
+def _unpickling_message(path: Path, exc: Exception) -> str:
+    """One clear line for a checkpoint ``torch.load(weights_only=True)`` refused, without torch's hint to
+    retry with ``weights_only=False`` (which would run the file's code)."""
+    text = str(exc)
+    m = _GLOBAL.search(text)
+    if m and ("weights_only" in text or "Unsupported global" in text or "allowed global" in text):
+        name = m.group(1) or m.group(2)
+        return (f"{path}: the file contains pickled code, not just tensors (it tries to load the Python object "
+                f"'{name}'); forward3d never loads such files. Use a checkpoint of tensors (safetensors, or a "
+                f".pth saved from a state_dict)")
+    first = next((ln for ln in text.splitlines() if ln.strip() and "weights_only=False" not in ln), type(exc).__name__)
+    return f"{path}: not a readable tensors-only checkpoint ({first.strip()})"
 
 
 def strict_load(

@@ -255,3 +255,32 @@ def test_depth_model_option_on_the_command_line(tmp_path, capsys):
                *map(str, (K[0, 0], K[1, 1], K[0, 2], K[1, 2])), "--out", str(tmp_path / "out"), "--no-previews"])
     assert rc == 0, capsys.readouterr().err  # random weights: poor geometry, but the route runs end to end
     assert (tmp_path / "out" / "trajectory_tum.txt").is_file()
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/forward3d-pwned",))
+
+
+def test_weights_messages_say_what_is_wrong(tmp_path, capsys):
+    import torch
+
+    from forward3d.hub import WeightsError, load_state_dict, resolve_source
+
+    for missing in ("ckpt/slam3r_i2p", str(tmp_path / "nope.pth"), "nope.pth"):
+        with pytest.raises(WeightsError, match="no such file or folder") as ei:
+            resolve_source(missing)
+        assert ("HF_HUB_OFFLINE" in str(ei.value)) == (missing == "ckpt/slam3r_i2p")  # the hub only for hub-like ids
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "x": _Evil()}, evil)
+    with pytest.raises(WeightsError) as ei:
+        load_state_dict(evil)
+    msg = str(ei.value)
+    assert "pickled code" in msg and "system" in msg and "never loads" in msg
+    assert "weights_only=False" not in msg and not Path("/tmp/forward3d-pwned").exists()
+    from forward3d.io.sources import write_layout
+
+    write_layout(SyntheticScene(num_frames=3, width=64, height=48).frames(), tmp_path / "imgs", "images")
+    rc = main(["recon", str(tmp_path / "imgs"), "--backend", "slam3r", "--i2p", str(evil), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pickled code" in err and len(err.strip().splitlines()) == 1
