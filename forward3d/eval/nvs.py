@@ -78,7 +78,7 @@ class Flash3DPredictor:
 
     @torch.no_grad()
     def predict(self, sample: RE10KSample) -> Tensor:
-        from forward3d.train.flash3d import render_views
+        from forward3d.render.batch import render_views
 
         dev = self.device
         depth = _source_depth(sample, self.depth_model, dev)

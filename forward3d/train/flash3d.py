@@ -37,11 +37,12 @@ from forward3d.data.re10k_dataset import RE10KBatch, RE10KTrainDataset, collate_
 from forward3d.models.flash3d import Flash3D, Flash3DConfig, save_checkpoint
 from forward3d.train.distributed import DistInfo, cleanup_distributed, init_distributed
 from forward3d.train.ema import EMA
+from forward3d.render.batch import render_views  # noqa: F401  (re-exported: older imports)
 from forward3d.train.losses import offset_regulariser, photometric_loss, scale_regulariser
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Flash3DTrainerConfig", "Flash3DTrainer", "TrainResult", "render_views", "train_flash3d"]
+__all__ = ["Flash3DTrainerConfig", "Flash3DTrainer", "TrainResult", "train_flash3d"]
 
 
 @dataclass
@@ -162,32 +163,6 @@ class TrainResult:
     step: int = 0
     checkpoint: Path | None = None
     resume_checkpoint: Path | None = None
-
-
-def render_views(model_out, w2c: Tensor, K_tgt: Tensor, width: int, height: int, background: Tensor,
-                 near: float = 0.01, far: float = 100.0) -> Tensor:
-    """Render the Gaussians of each image into its views.
-
-    Args:
-        model_out: :class:`Flash3DOutput` of ``B`` images.
-        w2c: ``[B, V, 4, 4]`` source camera -> view camera (metres). ``K_tgt``: ``[B, 3, 3]`` or ``[B, V, 3, 3]``.
-        background: ``[B, 3]`` colours.
-
-    Returns ``[B, V, 3, H, W]`` in float32.
-    """
-    from forward3d.render import Cameras, rasterize
-    from forward3d.types import Gaussians
-
-    B, V = w2c.shape[:2]
-    outs = []
-    for b in range(B):
-        g = model_out.gaussians(b)
-        g = Gaussians(g.means.float(), g.quats.float(), g.log_scales.float(), g.opacity_logits.float(), g.sh.float())
-        K = K_tgt[b] if K_tgt.ndim == 4 else K_tgt[b].expand(V, 3, 3)
-        cams = Cameras(w2c[b].float(), K.float(), width, height)
-        r = rasterize(g, cams, background=background[b].float(), near=near, far=far)
-        outs.append(r.colors.permute(0, 3, 1, 2))
-    return torch.stack(outs)
 
 
 class _BatchSampler:
