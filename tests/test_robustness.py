@@ -312,7 +312,7 @@ def test_depth_npy_layouts(tmp_path):
         np.save(tmp_path / "d.npy", np.full(shape, 2.0, np.float32))
         assert read_depth_file(tmp_path / "d.npy").shape == (6, 8)
     np.save(tmp_path / "d.npy", np.full((6, 8, 3), 2.0, np.float32))  # used to take channel 0 silently
-    with pytest.raises(ValueError, match=r"d.npy: expected a single-channel depth map, found shape \[6, 8, 3\]"):
+    with pytest.raises(ValueError, match=r"d.npy: expected a single-channel \[H, W\] depth map, found shape \[6, 8, 3\]"):
         read_depth_file(tmp_path / "d.npy")
 
 

@@ -284,3 +284,77 @@ def test_weights_messages_say_what_is_wrong(tmp_path, capsys):
     rc = main(["recon", str(tmp_path / "imgs"), "--backend", "slam3r", "--i2p", str(evil), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "pickled code" in err and len(err.strip().splitlines()) == 1
+
+
+def test_short_clip_is_not_silently_empty(tmp_path):
+    """5 frames moving < 10 cm made one keyframe; a voxel needed two fused frames: 0 points, exit 0."""
+    from forward3d.io.sources import write_layout
+
+    scene = SyntheticScene(num_frames=5, width=96, height=72, speed=0.4)
+    assert np.linalg.norm(scene.c2w[-1][:3, 3] - scene.c2w[0][:3, 3]) < 0.1
+    write_layout(scene.frames(), tmp_path / "clip", "tum")
+    out = tmp_path / "out"
+    assert main(["recon", str(tmp_path / "clip"), "--out", str(out), "--no-previews"]) == 0
+    rec = json.loads((out / "reconstruction.json").read_text())
+    assert rec["metadata"]["num_integrated"] == 5 and len(rec["metadata"]["keyframes"]) == 1
+    from forward3d.io.ply import read_point_cloud
+
+    assert len(read_point_cloud(out / "point_cloud.ply").points) > 1000
+
+
+def test_single_fused_frame_lowers_the_weight_threshold():
+    from forward3d.pipelines.rgbd import RGBDBackend, RGBDConfig
+
+    scene = SyntheticScene(num_frames=3, width=96, height=72, speed=0.2)
+    rec = RGBDBackend(RGBDConfig(fuse_first=0)).run(list(scene.frames()), progress=False)
+    assert rec.metadata["num_integrated"] == 1 and rec.metadata["weight_threshold"] == 0.0
+    assert len(rec.points) > 1000 and len(rec.mesh.faces) > 1000
+
+
+def test_depth_out_of_range_names_the_scale(tmp_path, capsys):
+    """Depth stored in 0.1 mm but read as mm (10x too deep): every pixel beyond --depth-max, an empty
+    volume and an open3d traceback. Now one message with the factor and the option."""
+    from forward3d.io.sources import write_layout
+
+    scene = SyntheticScene(num_frames=4, width=96, height=72)
+    write_layout(scene.frames(), tmp_path / "rw", "redwood", depth_scale=10000)
+    assert main(["recon", str(tmp_path / "rw"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "beyond --depth-max" in err and "--depth-scale 10000" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    assert main(["recon", str(tmp_path / "rw"), "--depth-scale", "10000", "--out", str(tmp_path / "ok"),
+                 "--no-previews"]) == 0
+
+
+def test_metres_saved_as_integers_are_called_so(tmp_path, capsys):
+    from forward3d.io.sources import write_layout
+
+    scene = SyntheticScene(num_frames=4, width=96, height=72)
+    write_layout(scene.frames(), tmp_path / "rw", "redwood", depth_scale=1)  # uint16 values 1..4
+    assert main(["recon", str(tmp_path / "rw"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "metres saved as integers" in err and "rw/depth/000000.png" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("case", ["mm_as_metres_png", "float_mm"])
+def test_splat_depth_unit_mismatch(tmp_path, capsys, case):
+    """A depth PNG of 3 mm values (metres saved as mm) or float millimetres (3000 m) rendered six black views."""
+    from PIL import Image
+
+    from forward3d.io.depth_units import suggest_depth_scale
+
+    img = np.random.default_rng(0).integers(0, 255, (24, 32, 3), np.uint8)
+    Image.fromarray(img).save(tmp_path / "im.png")
+    if case == "mm_as_metres_png":
+        Image.fromarray(np.full((24, 32), 3, np.uint16)).save(tmp_path / "d.png")
+        dpath, expect = tmp_path / "d.png", "metres saved as integers"
+    else:
+        np.save(tmp_path / "d.npy", np.full((24, 32), 3000.0, np.float32))
+        dpath, expect = tmp_path / "d.npy", "--depth-scale 1000"
+    assert main(["splat", str(tmp_path / "im.png"), "--depth", str(dpath), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert expect in err and dpath.name in err and "Traceback" not in err
+    assert suggest_depth_scale(3000.0) == 1000.0 and suggest_depth_scale(15000.0) in (4000.0, 5000.0, 10000.0)
+    if case == "float_mm":  # the suggested option works
+        assert main(["splat", str(tmp_path / "im.png"), "--depth", str(dpath), "--depth-scale", "1000",
+                     "--orbit-frames", "0", "--out", str(tmp_path / "o")]) == 0

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from forward3d.types import Frame, Intrinsics
+from forward3d.io.depth_units import DepthUnitError, check_depth_units
 
 __all__ = [
     "IMAGE_EXTS",
@@ -140,12 +141,16 @@ def apply_exif_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
     return res.astype(a.dtype)
 
 
-def read_depth(path: Path, scale: float, invalid: Sequence[int] = ()) -> np.ndarray:
+def read_depth(path: Path, scale: float, invalid: Sequence[int] = (), *, float_scale: float = 1.0,
+               check_units: bool = False, explicit_scale: bool = False) -> np.ndarray:
     """Decode a depth map to ``[H, W]`` float32 metres, 0 = invalid.
 
     Integer data (16-bit PNG/TIFF, integer ``.npy``) is divided by ``scale``; values listed in
-    ``invalid`` become 0. Float data (32-bit TIFF, float ``.npy``) is taken as metres. Non-finite and
-    negative values become 0. A map without any valid pixel raises ``ValueError``.
+    ``invalid`` become 0. Float data (32-bit TIFF, float ``.npy``) is divided by ``float_scale``
+    (1: metres). ``[1, H, W]`` arrays (a saved network output) are squeezed. Non-finite and negative
+    values become 0. A map without any valid pixel raises ``ValueError``. ``check_units``: refuse a
+    median depth implausible for the scale (:func:`forward3d.io.depth_units.check_depth_units`; a
+    warning only when ``explicit_scale``, i.e. the user chose it).
     """
     path = Path(path)
     _check_nonempty(path, "a depth map")
@@ -158,24 +163,30 @@ def read_depth(path: Path, scale: float, invalid: Sequence[int] = ()) -> np.ndar
                     raise ValueError(f"expected a 16-bit or float single-channel depth image, found PIL mode {im.mode}")
                 raw = np.asarray(im)
     except ValueError as exc:
-        raise ValueError(f"{path}: not a readable depth map ({exc})") from exc
+        raise ValueError(f"{path}: cannot read depth map ({exc})") from exc
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable depth map ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(f"{path}: cannot read depth map ({type(exc).__name__}: {exc})") from exc
     if raw.ndim == 3 and raw.shape[2] == 1:
         raw = raw[..., 0]
+    elif raw.ndim == 3 and raw.shape[0] == 1:
+        raw = raw[0]
     if raw.ndim != 2 or raw.size == 0:
-        raise ValueError(f"{path}: expected a [H, W] depth map, found shape {list(raw.shape)}")
+        raise ValueError(f"{path}: expected a single-channel [H, W] depth map, found shape {list(raw.shape)}")
     if raw.dtype.kind in "iub":
+        applied = float(scale)
         depth = raw.astype(np.float32) / np.float32(scale)
         for v in invalid:
             depth[raw == v] = 0.0
     elif raw.dtype.kind == "f":
-        depth = raw.astype(np.float32)
+        applied = float(float_scale)
+        depth = raw.astype(np.float32) / np.float32(float_scale)
     else:
         raise ValueError(f"{path}: expected integer or float depth values, found dtype {raw.dtype}")
     depth[~np.isfinite(depth) | (depth < 0)] = 0.0
     if not (depth > 0).any():
         raise ValueError(f"{path}: depth map has no valid pixel (all zero, negative or NaN)")
+    if check_units:
+        check_depth_units(depth, applied, str(path), raw_integer=raw.dtype.kind in "iub", explicit=explicit_scale)
     return depth
 
 
@@ -498,6 +509,7 @@ class IndexedSource(FrameSource):
         self.records: list[FrameRecord] = []
         self._native_size: tuple[int, int] | None = None  # (W, H) of the first frame read
         self._warned_resize = False
+        self._depth_checked = False  # the first depth map read is checked for its unit (depth_units)
         self.intrinsics: Intrinsics | None = None
 
     @property
@@ -526,7 +538,10 @@ class IndexedSource(FrameSource):
         image = read_rgb(rec.image_path)
         depth = None
         if rec.depth_path is not None:
-            depth = read_depth(rec.depth_path, self.scale, self.depth_invalid)
+            depth = read_depth(rec.depth_path, self.scale, self.depth_invalid,
+                               float_scale=self.user_depth_scale or 1.0, check_units=not self._depth_checked,
+                               explicit_scale=self.user_depth_scale is not None)
+            self._depth_checked = True
             (h, w), (hd, wd) = image.shape[:2], depth.shape
             if (h, w) != (hd, wd) and (hd, wd) == (w, h) and exif_orientation(rec.image_path) in (5, 6, 7, 8):
                 # the colour image was EXIF-rotated; the depth map (no EXIF) is in the stored orientation
@@ -571,6 +586,8 @@ class IndexedSource(FrameSource):
         for rec in selected:
             try:
                 frame = self.load(rec)
+            except DepthUnitError:
+                raise  # a wrong unit is the whole source's problem, not this frame's
             except ValueError as exc:
                 if self.on_error == "raise" or len(selected) == 1:
                     raise

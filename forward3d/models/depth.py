@@ -50,42 +50,18 @@ class DepthEstimator:
 
 
 def read_depth_file(path: str | os.PathLike, scale: float | None = None) -> np.ndarray:
-    """Read a depth map: 16-bit PNG (divided by ``scale``, default 1000 = millimetres), ``.npy``
-    (metres), or a 32-bit float TIFF (metres). Returns ``[H, W]`` float32, 0 = invalid."""
+    """Read a depth map: integer data (16-bit PNG/TIFF, integer ``.npy``) divided by ``scale`` (default
+    1000 = millimetres), float data (``.npy``, 32-bit TIFF) in metres (divided by ``scale`` when given).
+    Returns ``[H, W]`` float32, 0 = invalid. A median depth implausible for the unit is refused with the
+    ``--depth-scale`` that fits (a warning only when ``scale`` was given):
+    :func:`forward3d.io.depth_units.check_depth_units`."""
+    from forward3d.io.source_base import read_depth
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: depth file not found")
-    try:
-        if p.suffix.lower() == ".npy":
-            d = np.load(p, allow_pickle=False).astype(np.float32)
-            s = 1.0 if scale is None else scale
-        else:
-            from PIL import Image
-
-            with Image.open(p) as im:
-                if im.mode in ("L", "P", "RGB", "RGBA", "LA", "1", "CMYK", "YCbCr"):
-                    # an 8-bit or colour picture is a depth VISUALISATION (or the wrong file), not metres
-                    raise ValueError(f"expected a 16-bit or float single-channel depth image, found PIL mode "
-                                     f"{im.mode} (an 8-bit/colour picture of depth cannot be read as metres)")
-                d = np.asarray(im)
-            if d.dtype == np.uint16 or d.dtype == np.int32 or d.dtype == np.uint8:
-                s = 1000.0 if scale is None else scale
-            else:
-                s = 1.0 if scale is None else scale
-            d = d.astype(np.float32)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{p}: cannot read depth map ({exc})") from exc
-    if d.ndim == 3 and d.shape[-1] == 1:
-        d = d[..., 0]
-    elif d.ndim == 3 and d.shape[0] == 1:  # [1, H, W] (a saved network output)
-        d = d[0]
-    if d.ndim != 2:
-        raise ValueError(f"{p}: expected a single-channel depth map, found shape {list(d.shape)}")
-    d = d / s
-    d[~np.isfinite(d) | (d < 0)] = 0.0
-    if not (d > 0).any():
-        raise ValueError(f"{p}: depth map has no valid (> 0) value")
-    return d
+    return read_depth(p, 1000.0 if scale is None else scale, float_scale=1.0 if scale is None else scale,
+                      check_units=True, explicit_scale=scale is not None)
 
 
 def read_image_and_depth(image_path: str | os.PathLike, depth_path: str | os.PathLike | None = None,

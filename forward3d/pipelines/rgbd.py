@@ -65,12 +65,15 @@ class RGBDConfig:
         keyframe_min_fitness: overlap (inlier fraction) with the keyframe below which the frame
             becomes a keyframe.
         integrate: ``"keyframes"`` (fuse keyframes only) or ``"all"`` (every tracked frame).
+        fuse_first: the first this-many tracked frames are all fused whatever ``integrate`` says, so a
+            short clip (a few keyframes) still gives a surface; 0 turns this off.
         min_fitness: tracking failure below this inlier fraction.
         max_jump_translation, max_jump_rotation_deg: tracking failure when the estimate differs
             this much from the constant-velocity prediction.
         use_gt_poses: fuse with the frames' ground-truth ``c2w`` instead of tracking.
         weight_threshold: surface points / mesh vertices need a TSDF weight above this (1.0: seen
-            by at least two fused frames, which drops single-frame outliers).
+            by at least two fused frames, which drops single-frame outliers). Lowered to
+            ``fused frames - 1`` when fewer frames were fused (one fused frame: every observed voxel).
         mesh: extract a triangle mesh (the point cloud is always extracted).
         block_count: initial voxel-block hash-map capacity (grows on demand).
         device: ``auto`` (CUDA when open3d was built with it, else CPU), ``cpu``, ``cuda[:N]`` or
@@ -91,6 +94,7 @@ class RGBDConfig:
     keyframe_rotation_deg: float = 10.0
     keyframe_min_fitness: float = 0.6
     integrate: Literal["keyframes", "all"] = "keyframes"
+    fuse_first: int = 5
     min_fitness: float = 0.25
     max_jump_translation: float = 0.3
     max_jump_rotation_deg: float = 30.0
@@ -136,6 +140,8 @@ class RGBDConfig:
         open3d_device_name(self.device)  # raises on a bad device string
         if not (isinstance(self.update_stride, int) and self.update_stride >= 1):
             raise bad("update_stride", "an integer >= 1")
+        if not (isinstance(self.fuse_first, int) and self.fuse_first >= 0):
+            raise bad("fuse_first", "an integer >= 0")
 
     @property
     def trunc(self) -> float:
@@ -173,6 +179,48 @@ def _clean_depth(depth: np.ndarray, dmin: float, dmax: float) -> np.ndarray:
     d = np.asarray(depth, dtype=np.float32)
     ok = np.isfinite(d) & (d > dmin) & (d <= dmax)
     return np.where(ok, d, np.float32(0.0)).astype(np.float32)
+
+
+def effective_weight_threshold(threshold: float, num_integrated: int) -> float:
+    """The extraction weight threshold: ``threshold``, lowered to ``num_integrated - 1`` (>= 0) when
+    fewer frames were fused than it asks for (each fused frame adds at most 1 to a voxel's weight)."""
+    wt = min(float(threshold), max(0.0, num_integrated - 1.0))
+    if wt < threshold:
+        log.info("rgbd: %d frame(s) fused: surface weight threshold lowered from %g to %g",
+                 num_integrated, threshold, wt)
+    return wt
+
+
+def check_depth_range(raw: np.ndarray, clean: np.ndarray, cfg: RGBDConfig, where: str) -> None:
+    """Refuse a first frame whose valid depth lies (almost) all outside ``depth_min..depth_max``:
+    the TSDF would stay empty. The message gives the depth seen and the options that fix it."""
+    d = np.asarray(raw, np.float64)
+    valid = d[np.isfinite(d) & (d > 0)]
+    if valid.size == 0 or np.count_nonzero(clean) >= 0.01 * valid.size:
+        return
+    med = float(np.median(valid))
+    side = "beyond --depth-max" if med > cfg.depth_max else "below --depth-min"
+    msg = (f"{where}: {100 * (1 - np.count_nonzero(clean) / valid.size):.0f}% of the valid depth is {side} "
+           f"(median depth {med:.3g} m, range {cfg.depth_min:g}-{cfg.depth_max:g} m), so nothing can be fused.")
+    f = 10.0 ** round(math.log10(med / 2.0))  # the power of ten that brings the median near 2 m
+    hint = ""
+    if f != 1.0 and cfg.depth_min < med / f <= cfg.depth_max:
+        hint = (f" The values look {f:g}x too {'large' if f > 1 else 'small'}: if the depth is stored in another "
+                f"unit, multiply the layout's --depth-scale by {f:g} (e.g. --depth-scale {1000 * f:g} for a "
+                "millimetre layout)")
+    raise ValueError(msg + hint + f"; if the scene really is this deep, set --depth-max {max(med * 2, 1):.3g}"
+                     + (" (and --voxel-size to suit)" if med > cfg.depth_max else ""))
+
+
+def _empty_result_message(cfg: RGBDConfig, fused: int, n: int, status: list[FrameStatus]) -> str:
+    tracked = sum(s.ok for s in status)
+    msg = (f"rgbd: the reconstruction is empty: {fused} of {n} frames were fused ({tracked} tracked) "
+           f"and no voxel of {cfg.voxel_size:g} m has a surface")
+    if fused == 0:
+        return msg + ": tracking failed on every frame after the first or no frame had usable depth; check the depth"
+    return (msg + f" with weight above {effective_weight_threshold(cfg.weight_threshold, fused):g}; try "
+            "--integrate all, a larger --voxel-size, --weight-threshold 0, or check --depth-min/--depth-max "
+            "and --depth-scale")
 
 
 def _describe(frame: Frame) -> str:
@@ -272,6 +320,8 @@ class RGBDBackend(Backend):
                     raise ValueError(f"{where}: expected every frame at {size[0]}x{size[1]} like the first, "
                                      f"found {frame.width}x{frame.height}")
                 depth = _clean_depth(frame.depth, cfg.depth_min, cfg.depth_max)
+                if i == 0:
+                    check_depth_range(frame.depth, depth, cfg, where)
                 K = np.asarray(frame.K, np.float64)
                 ts = time.perf_counter()
                 ok, fit, is_key, reason = True, 1.0, False, ""
@@ -309,7 +359,7 @@ class RGBDBackend(Backend):
                                       or fit < cfg.keyframe_min_fitness)
                 t_track += time.perf_counter() - ts
                 integrated = False
-                if ok and (is_key or cfg.integrate == "all"):
+                if ok and (is_key or cfg.integrate == "all" or volume.num_integrated < cfg.fuse_first):
                     ts = time.perf_counter()
                     volume.integrate(depth, frame.image, K, c2w)
                     t_fuse += time.perf_counter() - ts
@@ -343,12 +393,12 @@ class RGBDBackend(Backend):
             raise ValueError("rgbd: no frames to reconstruct (the input is empty)")
         t_loop = time.perf_counter() - t0
         ts = time.perf_counter()
-        points = volume.point_cloud(cfg.weight_threshold)
-        mesh = volume.mesh(cfg.weight_threshold) if cfg.mesh else None
+        wt = effective_weight_threshold(cfg.weight_threshold, volume.num_integrated)
+        points = volume.point_cloud(wt)
+        mesh = volume.mesh(wt) if cfg.mesh else None
         t_extract = time.perf_counter() - ts
         if len(points) == 0:
-            log.warning("rgbd: the fused volume is empty (no valid depth within %.2f-%.2f m?)",
-                        cfg.depth_min, cfg.depth_max)
+            raise ValueError(_empty_result_message(cfg, volume.num_integrated, len(c2ws), status))
         n = len(c2ws)
         failures = sum(not s.ok for s in status)
         if failures:
@@ -358,6 +408,7 @@ class RGBDBackend(Backend):
             "config": config_to_dict(cfg),
             "keyframes": keyframes,
             "num_integrated": volume.num_integrated,
+            "weight_threshold": wt,
             "tracking_fitness_mean": float(np.mean(fitness_log)),
             "num_voxel_blocks": volume.num_blocks,
             "stream_dropped": bool(getattr(frames, "dropped", False)),
