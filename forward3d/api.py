@@ -122,7 +122,7 @@ class PredictedDepthFrames:
 
         for f in self.frames:
             if f.depth is None:
-                img = torch.from_numpy(f.image).permute(2, 0, 1)[None].float() / 255.0
+                img = torch.from_numpy(np.array(f.image)).permute(2, 0, 1)[None].float() / 255.0
                 K = None if f.K is None else torch.as_tensor(f.K, dtype=torch.float32)[None]
                 with torch.no_grad():
                     d = self.estimator.predict(img, K)

@@ -358,3 +358,41 @@ def test_splat_depth_unit_mismatch(tmp_path, capsys, case):
     if case == "float_mm":  # the suggested option works
         assert main(["splat", str(tmp_path / "im.png"), "--depth", str(dpath), "--depth-scale", "1000",
                      "--orbit-frames", "0", "--out", str(tmp_path / "o")]) == 0
+
+
+def test_splat_help_defaults_progress_and_cheap_orbit(tmp_path, capsys, monkeypatch):
+    """`splat` looked hung: ~400 s rendering a 48-frame 1024 px orbit with no progress; options lacked help."""
+    from PIL import Image
+
+    from forward3d.pipelines.splat import SplatConfig
+
+    with pytest.raises(SystemExit):
+        main(["splat", "--help"])
+    helptext = capsys.readouterr().out
+    helptext = helptext[helptext.index("options:"):]
+    for opt in ("--video", "--background", "--orbit-frames", "--orbit-size", "--device", "--out"):
+        line = helptext[helptext.index("\n  " + opt):].split("\n  --")[1]
+        assert len(line.split(None, 1)) == 2 and ("default" in line or opt == "--orbit-size"), line
+    assert "(default: forward3d-splat)" in " ".join(helptext.split())
+    cfg = SplatConfig()
+    assert cfg.orbit_frames * cfg.orbit_size ** 2 * 20 <= 48 * 1024 ** 2  # >= 20x cheaper than before
+    img = np.random.default_rng(0).integers(0, 255, (24, 32, 3), np.uint8)
+    Image.fromarray(img).save(tmp_path / "im.png")
+    Image.fromarray(np.full((24, 32), 2000, np.uint16)).save(tmp_path / "d.png")
+    monkeypatch.delenv("FORWARD3D_NO_PROGRESS", raising=False)
+    assert main(["splat", str(tmp_path / "im.png"), "--depth", str(tmp_path / "d.png"), "--orbit-frames", "3",
+                 "--video", "gif", "--fov", "60", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "views:" in err and "/6" in err and "orbit:" in err and "/3" in err  # a bar per render loop
+    assert (tmp_path / "o" / "orbit.gif").is_file()
+
+
+def test_flash3d_wrong_keys_name_the_file(tmp_path):
+    import torch
+
+    from forward3d.hub import WeightsError
+    from forward3d.models.flash3d import Flash3D
+
+    torch.save({"model": {"foo.weight": torch.zeros(3)}}, tmp_path / "other.pth")
+    with pytest.raises(WeightsError, match=r"other.pth: not a Flash3D checkpoint.*foo.weight"):
+        Flash3D.from_pretrained(tmp_path / "other.pth")

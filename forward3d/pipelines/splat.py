@@ -14,11 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from typing import Literal
+
+from forward3d.config import option
 from forward3d.types import SH_C0, Gaussians
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["unproject_gaussians", "SplatResult", "splat_image", "render_views", "colorize_depth"]
+__all__ = ["SplatConfig", "unproject_gaussians", "SplatResult", "splat_image", "render_views", "colorize_depth"]
 
 
 def unproject_gaussians(image: np.ndarray, depth: np.ndarray, K: np.ndarray, footprint: float = 0.5,
@@ -114,6 +117,70 @@ class SplatResult:
 
 
 DEFAULT_MAX_GAUSSIANS = 1_000_000
+
+
+@dataclass
+class SplatConfig:
+    """Options of ``forward3d splat`` (single image + depth -> 3D Gaussians, renders, orbit video).
+
+    Attributes:
+        image: input photo (jpg/png/webp; EXIF orientation applied).
+        depth: metric depth map of the image: 16-bit PNG (divided by --depth-scale, default millimetres),
+            .npy or float TIFF (metres).
+        depth_model: depth network instead of --depth: a transformers model folder or hub id,
+            'transformers:PATH' or 'unidepth[:SOURCE]' (needs the UniDepth package).
+        depth_scale: raw depth units per metre (default 1000 for 16-bit files, 1 for float files).
+        intrinsics: pinhole intrinsics of the image in pixels.
+        fov: horizontal field of view in degrees when --intrinsics is not given (default 60, with a warning).
+        weights: Flash3D checkpoint (.pth / .safetensors / folder / hub id); without it the no-network
+            unproject baseline (one Gaussian per pixel) is used.
+        device: auto (CUDA when available), cpu, cuda or cuda:N.
+        out: output folder (replaced as a whole).
+        overwrite: replace --out even when it holds files forward3d did not write.
+        max_gaussians: unproject baseline: cap on the number of Gaussians (every n-th pixel above it;
+            0 = no cap).
+        view_size: long side in pixels of the six preview renders (views/*.png).
+        orbit_frames: frames of the orbit video (0 = no video).
+        orbit_size: long side in pixels of the orbit video frames (small, so a CPU run takes seconds;
+            full quality: 1024 with --orbit-frames 48).
+        video: orbit video format (none: no video).
+        fps: orbit video frame rate.
+        background: background colour R G B in [0, 1] of the renders.
+    """
+
+    image: str = option("", positional=True)
+    depth: str | None = option(None, metavar="FILE")
+    depth_model: str | None = option(None, metavar="MODEL")
+    depth_scale: float | None = option(None, metavar="S")
+    intrinsics: tuple[float, float, float, float] | None = option(None, metavar=("FX", "FY", "CX", "CY"))
+    fov: float | None = option(None, metavar="DEG")
+    weights: str | None = option(None, metavar="CKPT")
+    device: str = "auto"
+    out: str = option("forward3d-splat", metavar="DIR")
+    overwrite: bool = False
+    max_gaussians: int = DEFAULT_MAX_GAUSSIANS
+    view_size: int = option(512, metavar="PX")
+    orbit_frames: int = 24
+    orbit_size: int = option(320, metavar="PX")
+    video: Literal["mp4", "gif", "none"] = "mp4"
+    fps: int = 24
+    background: tuple[float, float, float] = option((0.0, 0.0, 0.0), metavar=("R", "G", "B"))
+
+    def __post_init__(self) -> None:
+        if self.depth is not None and self.depth_model is not None:
+            raise ValueError("--depth and --depth-model: give one of them")
+        if self.intrinsics is not None and self.fov is not None:
+            raise ValueError("--intrinsics and --fov: give one of them")
+        if self.fov is not None and not 0 < self.fov < 180:
+            raise ValueError(f"--fov: expected a value in (0, 180) degrees, found {self.fov}")
+        for name in ("view_size", "orbit_size", "fps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')}: expected >= 1, found {getattr(self, name)}")
+        for name in ("orbit_frames", "max_gaussians"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')}: expected >= 0, found {getattr(self, name)}")
+        if not all(0.0 <= c <= 1.0 for c in self.background):
+            raise ValueError(f"--background: expected R G B in [0, 1], found {self.background}")
 """The unproject baseline's default cap: one Gaussian per pixel of a 12 MP photo would need ~3 GB and
 seconds per rendered view; above the cap every ``stride``-th pixel is used (logged)."""
 
@@ -168,12 +235,13 @@ def splat_image(image: np.ndarray, K: np.ndarray, depth: np.ndarray | None = Non
                        {"num_gaussians": len(g), "stride": stride})
 
 
-def render_views(result: SplatResult, c2w: np.ndarray, background: float = 0.0,
-                 max_side: int | None = None) -> np.ndarray:
+def render_views(result: SplatResult, c2w: np.ndarray, background: float | tuple[float, float, float] = 0.0,
+                 max_side: int | None = None, progress: bool = False, desc: str = "render") -> np.ndarray:
     """Render ``[V, 4, 4]`` camera poses (source camera = identity) -> ``[V, H, W, 3]`` uint8.
 
     ``max_side``: render at most this many pixels along the long side (K scaled; previews of a
-    12 MP photo need not be 12 MP)."""
+    12 MP photo need not be 12 MP). ``progress``: a progress bar over the views."""
+    from forward3d.progress import progress_bar
     from forward3d.render import Cameras, rasterize
 
     c2w = np.asarray(c2w, np.float64).reshape(-1, 4, 4)
@@ -183,13 +251,16 @@ def render_views(result: SplatResult, c2w: np.ndarray, background: float = 0.0,
         w, h = max(1, round(w * s)), max(1, round(h * s))
         K[0] *= w / result.width
         K[1] *= h / result.height
+    bg = torch.as_tensor(np.broadcast_to(np.asarray(background, np.float32), (3,)).copy())
     frames = []
-    for i in range(len(c2w)):  # one camera at a time keeps memory bounded
-        cams = Cameras.from_c2w(torch.as_tensor(c2w[i], dtype=torch.float32),
-                                torch.as_tensor(K, dtype=torch.float32), w, h)
-        with torch.no_grad():
-            out = rasterize(result.gaussians, cams, background=torch.full((3,), float(background)))
-        frames.append((out.colors[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy())
+    with progress_bar(len(c2w), desc, unit="view", enabled=progress) as bar:
+        for i in range(len(c2w)):  # one camera at a time keeps memory bounded
+            cams = Cameras.from_c2w(torch.as_tensor(c2w[i], dtype=torch.float32),
+                                    torch.as_tensor(K, dtype=torch.float32), w, h)
+            with torch.no_grad():
+                out = rasterize(result.gaussians, cams, background=bg)
+            frames.append((out.colors[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy())
+            bar.update(1)
     return np.stack(frames)
 
 
@@ -211,10 +282,11 @@ def default_novel_views(depth: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def save_outputs(result: SplatResult, out_dir: str | Path, orbit_frames: int = 48, video: str = "mp4",
-                 max_side: int | None = 1024) -> dict:
+def save_outputs(result: SplatResult, out_dir: str | Path, orbit_frames: int = 24, video: str = "mp4",
+                 max_side: int | None = 512, orbit_size: int | None = 320, fps: int = 24,
+                 background: float | tuple[float, float, float] = 0.0, progress: bool = False) -> dict:
     """Write scene.ply, scene.splat, depth.png, views/*.png and an orbit video; returns the paths.
-    Views and video are rendered at most ``max_side`` pixels along the long side."""
+    Views are rendered at most ``max_side`` pixels along the long side, the orbit at ``orbit_size``."""
     from forward3d.io.gaussians import write_gaussians_ply, write_splat
     from forward3d.io.video import write_png, write_video
     from forward3d.viz.paths import orbit_around_camera
@@ -226,7 +298,8 @@ def save_outputs(result: SplatResult, out_dir: str | Path, orbit_frames: int = 4
     write_splat(paths["splat"], result.gaussians)
     write_png(paths["depth"], colorize_depth(result.depth))
     views = default_novel_views(result.depth)
-    imgs = render_views(result, np.stack(list(views.values())), max_side=max_side)
+    imgs = render_views(result, np.stack(list(views.values())), background, max_side=max_side, progress=progress,
+                        desc="views")
     for name, img in zip(views, imgs):
         p = out / "views" / f"{name}.png"
         p.parent.mkdir(exist_ok=True)
@@ -235,6 +308,7 @@ def save_outputs(result: SplatResult, out_dir: str | Path, orbit_frames: int = 4
     if orbit_frames > 0 and video != "none":
         valid = result.depth[np.isfinite(result.depth) & (result.depth > 0)]
         m = float(np.median(valid)) if valid.size else 1.0
-        frames = render_views(result, orbit_around_camera(m, n=orbit_frames, radius_fraction=0.08), max_side=max_side)
-        paths["video"] = write_video(out / f"orbit.{video}", frames, fps=24)
+        frames = render_views(result, orbit_around_camera(m, n=orbit_frames, radius_fraction=0.08), background,
+                              max_side=orbit_size, progress=progress, desc="orbit")
+        paths["video"] = write_video(out / f"orbit.{video}", frames, fps=fps)
     return paths

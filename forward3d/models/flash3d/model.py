@@ -421,7 +421,11 @@ class Flash3D(nn.Module):
                 cfg_dict = read_json_config(path.parent / "config.json")
         sd = load_state_dict(weights)
         if config is None:
-            config = Flash3DConfig.from_dict(cfg_dict) if cfg_dict else Flash3DConfig.infer_from_state_dict(sd)
+            try:
+                config = Flash3DConfig.from_dict(cfg_dict) if cfg_dict else Flash3DConfig.infer_from_state_dict(sd)
+            except WeightsError as exc:
+                some = ", ".join(sorted(sd)[:3]) + (", ..." if len(sd) > 3 else "")
+                raise WeightsError(f"{weights}: {exc} (its {len(sd)} keys start: {some})") from None
         model = cls(config)
         model.load_checkpoint_state_dict(sd, source=str(weights))
         return model.to(device).eval()
