@@ -51,8 +51,8 @@ def resolve_source(source: str | os.PathLike, filenames: Iterable[str] = ("model
         return p
     if not _looks_like_hub_id(s):
         raise WeightsError(f"{s}: no such file or folder (expected a checkpoint file or folder, or a hub id 'owner/name')")
-    hint = (f"If it is a local checkpoint, check the path; if it is a hub id, download its files (e.g. "
-            f"model.safetensors and config.json) on a machine with network access and pass the local path.")
+    hint = ("If it is a local checkpoint, check the path; if it is a hub id, download its files (e.g. "
+            "model.safetensors and config.json) on a machine with network access and pass the local path.")
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
     if offline:
         raise WeightsError(f"{s}: no such file or folder; as a hub id 'owner/name' it cannot be fetched "

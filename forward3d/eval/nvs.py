@@ -107,6 +107,7 @@ class UnprojectPredictor:
 
     @torch.no_grad()
     def predict(self, sample: RE10KSample) -> Tensor:
+        from forward3d.geometry.camera import depth_to_points_torch
         from forward3d.render import Cameras, rasterize
         from forward3d.types import Gaussians
 
@@ -119,12 +120,8 @@ class UnprojectPredictor:
         K = sample.K_tgt.to(dev).double()
         z = depth[0, 0, pad:pad + h, pad:pad + w].double()
         img = sample.image[:, pad:pad + h, pad:pad + w].to(dev)
-        v, u = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float64),
-                              torch.arange(w, device=dev, dtype=torch.float64), indexing="ij")
-        x = (u + 0.5 - K[0, 2]) / K[0, 0] * z
-        y = (v + 0.5 - K[1, 2]) / K[1, 1] * z
         keep = (z > 0).flatten()
-        means = torch.stack([x, y, z], -1).reshape(-1, 3)[keep].float()
+        means = depth_to_points_torch(z, K).reshape(-1, 3)[keep].float()  # pixel centres at +0.5
         n = means.shape[0]
         s = (self.sigma_px * z / K[0, 0]).flatten()[keep].float()
         g = Gaussians.from_activated(means, torch.tensor([1.0, 0, 0, 0], device=dev).expand(n, 4),

@@ -23,6 +23,8 @@ from torch import Tensor
 from forward3d.geometry.se3 import inverse_se3, transform_points
 
 __all__ = [
+    "scale_K",
+    "crop_K",
     "pixel_grid",
     "project",
     "unproject",
@@ -55,6 +57,25 @@ def _intrinsics(K, ndim: int):
 # --------------------------------------------------------------------------------------------------
 # numpy
 # --------------------------------------------------------------------------------------------------
+
+
+def scale_K(K: np.ndarray, sx: float, sy: float | None = None) -> np.ndarray:
+    """``[..., 3, 3]`` intrinsics after resizing the image by ``sx`` (and ``sy``, default ``sx``):
+    rows 0 and 1 scale (pixel centres at +0.5 map to +0.5). Returns a float64 copy."""
+    out = np.array(K, dtype=np.float64)
+    _check_K("scale_K", out)
+    out[..., 0, :] *= sx
+    out[..., 1, :] *= sx if sy is None else sy
+    return out
+
+
+def crop_K(K: np.ndarray, x0: float, y0: float) -> np.ndarray:
+    """``[..., 3, 3]`` intrinsics after cropping the image at ``(x0, y0)``. Returns a float64 copy."""
+    out = np.array(K, dtype=np.float64)
+    _check_K("crop_K", out)
+    out[..., 0, 2] -= x0
+    out[..., 1, 2] -= y0
+    return out
 
 
 def pixel_grid(height: int, width: int) -> np.ndarray:

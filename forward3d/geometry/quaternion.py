@@ -1,8 +1,8 @@
 """Unit quaternions, ``wxyz`` order, and their rotation matrices.
 
-numpy (float64) functions are the primary API; the ``*_torch`` variants are the same maths on
-tensors (they delegate to the implementation in :mod:`forward3d.types` that the Gaussians use, so
-there is exactly one torch implementation in the package).
+numpy (float64) functions are the primary API; the ``*_torch`` variants take tensors. Both run the one
+implementation in :mod:`forward3d.types` that the Gaussians use (numpy through float64 tensors), so
+the maths exists once in the package.
 
 Canonical form: :func:`rotmat_to_quat` returns unit quaternions with ``w >= 0``. File formats that
 store ``xyzw`` (TUM trajectories, scipy) convert at the boundary with :func:`xyzw_to_wxyz` /
@@ -12,6 +12,7 @@ store ``xyzw`` (TUM trajectories, scipy) convert at the boundary with :func:`xyz
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from forward3d.types import _quat_to_rotmat, _rotmat_to_quat
@@ -47,17 +48,7 @@ def quat_normalize(q: np.ndarray) -> np.ndarray:
 
 def quat_to_rotmat(q: np.ndarray) -> np.ndarray:
     """``q`` ``[..., 4]`` wxyz (normalised inside) -> rotation matrices ``[..., 3, 3]`` float64."""
-    q = quat_normalize(q)
-    w, x, y, z = np.moveaxis(q, -1, 0)
-    R = np.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        axis=-1,
-    )
-    return R.reshape(*q.shape[:-1], 3, 3)
+    return _quat_to_rotmat(torch.from_numpy(quat_normalize(q))).numpy()
 
 
 def rotmat_to_quat(R: np.ndarray) -> np.ndarray:
@@ -69,21 +60,7 @@ def rotmat_to_quat(R: np.ndarray) -> np.ndarray:
     m = np.asarray(R, dtype=np.float64)
     if m.ndim < 2 or m.shape[-2:] != (3, 3):
         raise ValueError(f"rotmat_to_quat R: expected shape [..., 3, 3], found {list(m.shape)}")
-    t = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
-    cands = np.stack(
-        [
-            np.stack([1 + t, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-            np.stack([m[..., 2, 1] - m[..., 1, 2], 1 + 2 * m[..., 0, 0] - t, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
-            np.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 + 2 * m[..., 1, 1] - t, m[..., 1, 2] + m[..., 2, 1]], -1),
-            np.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], 1 + 2 * m[..., 2, 2] - t], -1),
-        ],
-        axis=-2,
-    )  # [..., 4, 4]; candidate k is accurate when component k is the largest
-    diag = np.stack([t, m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]], -1)
-    best = diag.argmax(-1)
-    q = np.take_along_axis(cands, best[..., None, None], axis=-2)[..., 0, :]
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    return np.where(q[..., :1] < 0, -q, q)
+    return _rotmat_to_quat(torch.from_numpy(np.ascontiguousarray(m))).numpy()
 
 
 def quat_multiply(q1: np.ndarray, q2: np.ndarray) -> np.ndarray:

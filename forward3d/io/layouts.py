@@ -109,28 +109,11 @@ def _read_tum_list(path: Path, min_cols: int, what: str) -> list[list[str]]:
 
 
 def associate_timestamps(a: np.ndarray, b: np.ndarray, max_diff: float = 0.02) -> list[tuple[int, int]]:
-    """Greedy one-to-one nearest-timestamp matching (TUM ``associate.py``), sorted by ``a``.
+    """Pairs ``(i, j)`` of :func:`forward3d.io.trajectory.associate` (TUM ``associate.py``), sorted by ``a``."""
+    from forward3d.io.trajectory import associate
 
-    Returns pairs ``(i, j)`` with ``|a[i] - b[j]| < max_diff``, closest pairs matched first.
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    order = np.argsort(b, kind="stable")
-    bs = b[order]
-    cands = []
-    for i, t in enumerate(a):
-        lo, hi = np.searchsorted(bs, t - max_diff), np.searchsorted(bs, t + max_diff, side="right")
-        for k in range(lo, hi):
-            d = abs(t - bs[k])
-            if d < max_diff:
-                cands.append((d, i, int(order[k])))
-    cands.sort()
-    used_a, used_b, pairs = set(), set(), []
-    for _, i, j in cands:
-        if i not in used_a and j not in used_b:
-            used_a.add(i)
-            used_b.add(j)
-            pairs.append((i, j))
-    return sorted(pairs)
+    ia, ib = associate(a, b, max_diff=max_diff)
+    return list(zip(ia.tolist(), ib.tolist()))
 
 
 def _tum_intrinsics(root: Path) -> Intrinsics:

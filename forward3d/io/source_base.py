@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,33 +334,16 @@ def checked_c2w(c2w: np.ndarray, where: str) -> np.ndarray | None:
 
 def quat_xyzw_to_rotmat(q: np.ndarray) -> np.ndarray:
     """``[4]`` quaternion in xyzw order (TUM files) -> ``[3, 3]`` rotation (normalised inside)."""
-    x, y, z, w = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    from forward3d.geometry.quaternion import quat_to_rotmat, xyzw_to_wxyz
+
+    return quat_to_rotmat(xyzw_to_wxyz(q))
 
 
 def rotmat_to_quat_xyzw(R: np.ndarray) -> np.ndarray:
     """``[3, 3]`` rotation -> ``[4]`` xyzw quaternion with w >= 0 (Shepperd's method)."""
-    m = np.asarray(R, dtype=np.float64)
-    t = np.trace(m)
-    if t > max(m[0, 0], m[1, 1], m[2, 2]):
-        s = 2.0 * math.sqrt(1.0 + t)
-        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s]
-    elif m[0, 0] >= m[1, 1] and m[0, 0] >= m[2, 2]:
-        s = 2.0 * math.sqrt(max(1.0 + m[0, 0] - m[1, 1] - m[2, 2], 1e-300))
-        q = [0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s]
-    elif m[1, 1] >= m[2, 2]:
-        s = 2.0 * math.sqrt(max(1.0 + m[1, 1] - m[0, 0] - m[2, 2], 1e-300))
-        q = [(m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s]
-    else:
-        s = 2.0 * math.sqrt(max(1.0 + m[2, 2] - m[0, 0] - m[1, 1], 1e-300))
-        q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s]
-    q = np.asarray(q)
-    q /= np.linalg.norm(q)
-    return -q if q[3] < 0 else q
+    from forward3d.geometry.quaternion import rotmat_to_quat, wxyz_to_xyzw
+
+    return wxyz_to_xyzw(rotmat_to_quat(R))
 
 
 # --------------------------------------------------------------------------------------------------

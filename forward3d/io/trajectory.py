@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from forward3d.geometry._util import to_numpy64
 from forward3d.geometry.quaternion import quat_to_rotmat, rotmat_to_quat
 from forward3d.io.atomic import atomic_write
 
@@ -31,6 +32,7 @@ __all__ = [
     "read_trajectory",
     "quat_wxyz_to_rotmat",
     "rotmat_to_quat_wxyz",
+    "associate",
 ]
 
 log = logging.getLogger(__name__)
@@ -192,3 +194,48 @@ def read_trajectory(path: str | os.PathLike) -> tuple[np.ndarray | None, np.ndar
     if path.suffix.lower() == ".log":
         return None, read_redwood_log(path)
     return read_tum(path)
+
+
+def associate(ts_a, ts_b, max_diff: float = 0.02, offset: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Match two lists of timestamps one-to-one (TUM ``associate.py``).
+
+    Candidate pairs have ``|a - (b + offset)| < max_diff``; they are taken greedily, closest first,
+    each timestamp used at most once.
+
+    Args:
+        ts_a: ``[N]`` seconds. ts_b: ``[M]`` seconds.
+        max_diff: largest accepted time difference (seconds).
+        offset: added to ``ts_b`` before matching.
+
+    Returns:
+        ``(idx_a [K], idx_b [K])`` int64 indices, sorted by ``idx_a``'s timestamps.
+    """
+    a = to_numpy64("associate ts_a", ts_a).reshape(-1)
+    b = to_numpy64("associate ts_b", ts_b).reshape(-1) + offset
+    if not max_diff > 0:
+        raise ValueError(f"associate: expected max_diff > 0, found {max_diff}")
+    order_b = np.argsort(b, kind="stable")
+    bs = b[order_b]
+    lo = np.searchsorted(bs, a - max_diff, side="left")
+    hi = np.searchsorted(bs, a + max_diff, side="right")
+    counts = hi - lo
+    ia = np.repeat(np.arange(len(a)), counts)
+    starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
+    jb_sorted = np.arange(len(ia)) + starts
+    ib = order_b[jb_sorted] if len(ia) else np.zeros(0, dtype=np.int64)
+    diff = np.abs(a[ia] - b[ib])
+    keep = diff < max_diff
+    ia, ib, diff = ia[keep], ib[keep], diff[keep]
+    used_a = np.zeros(len(a), dtype=bool)
+    used_b = np.zeros(len(b), dtype=bool)
+    pairs = []
+    for k in np.lexsort((ib, ia, diff)):
+        i, j = ia[k], ib[k]
+        if not used_a[i] and not used_b[j]:
+            used_a[i] = used_b[j] = True
+            pairs.append((i, j))
+    if not pairs:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    pairs_arr = np.array(pairs, dtype=np.int64)
+    pairs_arr = pairs_arr[np.lexsort((pairs_arr[:, 0], a[pairs_arr[:, 0]]))]
+    return pairs_arr[:, 0], pairs_arr[:, 1]

@@ -17,6 +17,7 @@ import torch
 from typing import Literal
 
 from forward3d.config import option
+from forward3d.geometry.camera import unproject
 from forward3d.types import SH_C0, Gaussians
 
 logger = logging.getLogger(__name__)
@@ -50,10 +51,8 @@ def unproject_gaussians(image: np.ndarray, depth: np.ndarray, K: np.ndarray, foo
     ok = np.isfinite(d) & (d > 0)
     if not ok.any():
         raise ValueError("unproject: the depth map has no valid pixel")
-    u, v, z = us[ok] + 0.5, vs[ok] + 0.5, d[ok]
-    x = (u - K[0, 2]) / K[0, 0] * z
-    y = (v - K[1, 2]) / K[1, 1] * z
-    means = np.stack([x, y, z], -1)
+    z = d[ok]
+    means = unproject(np.stack([us[ok] + 0.5, vs[ok] + 0.5], -1), z, K)  # pixel centres at +0.5
     sx = footprint * stride * z / K[0, 0]
     sy = footprint * stride * z / K[1, 1]
     scales = np.stack([sx, sy, thickness * np.minimum(sx, sy)], -1)
@@ -241,6 +240,7 @@ def render_views(result: SplatResult, c2w: np.ndarray, background: float | tuple
 
     ``max_side``: render at most this many pixels along the long side (K scaled; previews of a
     12 MP photo need not be 12 MP). ``progress``: a progress bar over the views."""
+    from forward3d.geometry.camera import scale_K
     from forward3d.progress import progress_bar
     from forward3d.render import Cameras, rasterize
 
@@ -249,8 +249,7 @@ def render_views(result: SplatResult, c2w: np.ndarray, background: float | tuple
     if max_side is not None and max(w, h) > max_side:
         s = max_side / max(w, h)
         w, h = max(1, round(w * s)), max(1, round(h * s))
-        K[0] *= w / result.width
-        K[1] *= h / result.height
+        K = scale_K(K, w / result.width, h / result.height)
     bg = torch.as_tensor(np.broadcast_to(np.asarray(background, np.float32), (3,)).copy())
     frames = []
     with progress_bar(len(c2w), desc, unit="view", enabled=progress) as bar:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from forward3d.geometry.camera import unproject
 from forward3d.types import Mesh, PointCloud
 
 __all__ = ["import_open3d", "open3d_odometry_K", "TSDFVolume", "RGBDTracker", "ModelTracker", "TrackResult"]
@@ -397,10 +398,9 @@ class ModelTracker:
                 s = stride * 2 ** (n - 1 - i)
                 v, u = np.nonzero(valid[s // 2::s, s // 2::s])
                 z = depth[v * s + s // 2, u * s + s // 2].astype(np.float64)
-                x = ((u * s + s // 2 + 0.5) - K[0, 2]) / K[0, 0] * z  # pixel centres at +0.5
-                y = ((v * s + s // 2 + 0.5) - K[1, 2]) / K[1, 1] * z
+                uv = np.stack([u * s + s // 2 + 0.5, v * s + s // 2 + 0.5], 1)  # pixel centres at +0.5
                 source = o3d.t.geometry.PointCloud(self.device)
-                source.point.positions = _tensor(np.stack([x, y, z], 1), o3c.float32, self.device)
+                source.point.positions = _tensor(unproject(uv, z, K), o3c.float32, self.device)
                 if id(pts) not in crops:
                     sel = self._frustum(pts, K, w2c, w, h, zmax)
                     if int(sel.sum()) < self.min_model_points:

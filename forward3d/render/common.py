@@ -11,7 +11,7 @@ from torch import Tensor
 from ..types import Gaussians
 from .cameras import Cameras
 from .projection import Projected, project_gaussians
-from .sh import sh_to_color
+from .sh import SH_C0, sh_to_color
 
 __all__ = ["RenderMode", "RenderOutput", "RenderMeta", "MAX_ALPHA", "T_EPS", "RENDER_MODES", "Prepared"]
 
@@ -138,7 +138,7 @@ def prepare(
     if render_mode.startswith("RGB"):
         n_color = 3
         if sh_degree == 0:
-            rgb = (0.5 + gaussians.sh[:, 0] * 0.28209479177387814).clamp_min(0.0)[None].expand(C, -1, -1)
+            rgb = (0.5 + gaussians.sh[:, 0] * SH_C0).clamp_min(0.0)[None].expand(C, -1, -1)
         else:
             centers = torch.linalg.inv(w2c)[:, :3, 3]  # [C, 3]
             dirs = gaussians.means[None] - centers[:, None]  # [C, N, 3]

@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from forward3d.types import SH_C0  # one home: the data model's constant
+
 __all__ = ["SH_C0", "SH_C1", "SH_C2", "SH_C3", "sh_basis", "eval_sh", "sh_to_color", "num_sh_bases"]
 
-SH_C0 = 0.28209479177387814
 SH_C1 = 0.4886025119029199
 SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
 SH_C3 = (

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import Tensor
 
 from forward3d.config import config_to_dict, option
+from forward3d.geometry.camera import crop_K, scale_K
 from forward3d.types import Frame, PointCloud
 
 logger = logging.getLogger(__name__)
@@ -202,13 +203,7 @@ class CropTransform:
 
     def K_to_model(self, K: np.ndarray) -> np.ndarray:
         """``[3, 3]`` intrinsics of the original image -> intrinsics of the model crop."""
-        K = np.asarray(K, dtype=np.float64).copy()
-        K[0, 2] -= self.pre_x0
-        K[1, 2] -= self.pre_y0
-        K[0] *= self.sx
-        K[1] *= self.sy
-        K[0, 2] -= self.x0
-        K[1, 2] -= self.y0
+        K = crop_K(scale_K(crop_K(K, self.pre_x0, self.pre_y0), self.sx, self.sy), self.x0, self.y0)
         K[2] = [0.0, 0.0, 1.0]
         return K
 
