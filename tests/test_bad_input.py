@@ -187,10 +187,10 @@ def test_tum_missing_and_malformed_entries(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("layout,target,content,match", [
-    ("tum", "groundtruth.txt", "# ts tx ty tz qx qy qz qw\n1.0 0 0 0 0 0 0\n", "malformed groundtruth.txt line"),
+    ("tum", "groundtruth.txt", "# ts tx ty tz qx qy qz qw\n1.0 0 0 0 0 0 0\n", r"groundtruth.txt:2: expected 8 values"),
     ("tum", "groundtruth.txt", "1.0 0 0 0 0 0 0 0\n", "zero quaternion"),
     ("replica", "traj.txt", "1 0 0 0 0 1 0 0 0 0 1 0 0 0 0\n", "malformed pose line"),
-    ("redwood", "trajectory.log", "0 0 1\n1 0 0 0\n0 1 0 0\n0 0 1 x\n0 0 0 1\n", "malformed .log block"),
+    ("redwood", "trajectory.log", "0 0 1\n1 0 0 0\n0 1 0 0\n0 0 1 x\n0 0 0 1\n", r"trajectory.log:4: expected numbers"),
     ("scannet", "pose/0.txt", "1 0 0 0\n0 1 0 0\n0 0 1 0\n", "expected 16 numbers"),
     ("7scenes", "seq-01/frame-000000.pose.txt", "not a pose\n", "not a 4x4 matrix"),
 ])

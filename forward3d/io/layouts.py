@@ -227,25 +227,14 @@ class TumSource(IndexedSource):
 
     @staticmethod
     def _read_groundtruth(path: Path) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``groundtruth.txt`` (TUM: ``timestamp tx ty tz qx qy qz qw``) sorted by time, or ``(None, None)``."""
+        from forward3d.io.trajectory import read_tum
+
         if not path.is_file():
             return None, None
-        rows = _read_tum_list(path, 8, "groundtruth.txt")
-        ts, c2w = [], []
-        for k, r in enumerate(rows):
-            try:
-                v = np.asarray([float(x) for x in r[:8]])
-            except ValueError as exc:
-                raise ValueError(f"{path}: malformed pose row {k + 1}: expected 8 numbers "
-                                 f"'timestamp tx ty tz qx qy qz qw', found {' '.join(r)[:80]!r}") from exc
-            if not np.isfinite(v).all() or np.linalg.norm(v[4:8]) < 1e-8:
-                raise ValueError(f"{path}: malformed pose row {k + 1}: non-finite values or a zero quaternion")
-            T = np.eye(4)
-            T[:3, :3] = quat_xyzw_to_rotmat(v[4:8])
-            T[:3, 3] = v[1:4]
-            ts.append(v[0])
-            c2w.append(T)
+        ts, c2w = read_tum(path)
         order = np.argsort(ts, kind="stable")
-        return np.asarray(ts)[order], np.asarray(c2w).reshape(-1, 4, 4)[order]
+        return ts[order], c2w[order]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -254,27 +243,12 @@ class TumSource(IndexedSource):
 
 
 def read_open3d_log(path: Path) -> dict[int, np.ndarray]:
-    """Open3D/Redwood ``.log`` trajectory: per frame a ``i j n`` line then a 4x4 c2w. ``{i: c2w}``."""
-    try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read trajectory ({exc})") from exc
-    if len(lines) % 5:
-        raise ValueError(f"{path}: malformed .log trajectory: expected blocks of 5 lines ('i j n' + 4x4 c2w), "
-                         f"found {len(lines)} lines")
-    out: dict[int, np.ndarray] = {}
-    for b in range(0, len(lines), 5):
-        head = lines[b].split()
-        try:
-            frame_id = int(head[0])
-            if len(head) != 3:
-                raise ValueError("expected 3 integers")
-            m = read_matrix_txt(path, text="\n".join(lines[b + 1: b + 5]))
-        except ValueError as exc:
-            raise ValueError(f"{path}: malformed .log block at line {b + 1}: expected 'i j n' then a 4x4 matrix "
-                             f"({exc})") from exc
-        out[frame_id] = m
-    return out
+    """Open3D/Redwood ``.log`` trajectory: per frame a ``i j n`` line then a 4x4 c2w. ``{i: c2w}``
+    (:func:`forward3d.io.trajectory.read_redwood_log_ids`)."""
+    from forward3d.io.trajectory import read_redwood_log_ids
+
+    ids, c2w = read_redwood_log_ids(path)
+    return {int(i): m for i, m in zip(ids, c2w)}
 
 
 def _find_intrinsic_json(*folders: Path) -> Path | None:

@@ -29,6 +29,7 @@ __all__ = [
     "read_tum",
     "write_redwood_log",
     "read_redwood_log",
+    "read_redwood_log_ids",
     "read_trajectory",
     "quat_wxyz_to_rotmat",
     "rotmat_to_quat_wxyz",
@@ -160,21 +161,37 @@ def read_redwood_log(path: str | os.PathLike) -> np.ndarray:
     """Read a Redwood / Open3D ``.log`` trajectory.
 
     Returns:
-        c2w ``[N, 4, 4]`` float64.
+        c2w ``[N, 4, 4]`` float64, in file order (:func:`read_redwood_log_ids` also gives the frame ids).
     """
+    return read_redwood_log_ids(path)[1]
+
+
+def read_redwood_log_ids(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a Redwood / Open3D ``.log`` trajectory: per frame an ``i j n`` line (``i``: the frame id)
+    then the 4x4 c2w. Returns ``(ids [N] int64, c2w [N, 4, 4] float64)``; malformed files raise
+    ``ValueError`` naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Redwood log not found: {path}")
-    lines = [(i, s.split()) for i, s in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"Redwood log {path}: cannot read trajectory ({exc})") from exc
+    lines = [(i, s.split()) for i, s in enumerate(text.splitlines(), start=1)
              if s.strip() and not s.lstrip().startswith("#")]
     if len(lines) % 5:
-        raise ValueError(f"Redwood log {path}: expected 5 lines per frame (metadata + 4 matrix rows), "
+        raise ValueError(f"Redwood log {path}: expected 5 lines per frame ('i j n' + 4 matrix rows), "
                          f"found {len(lines)} non-empty lines")
     out = np.empty((len(lines) // 5, 4, 4), dtype=np.float64)
+    ids = np.empty(len(out), dtype=np.int64)
     for k in range(len(out)):
         lineno, meta = lines[5 * k]
-        if len(meta) != 3:
-            raise ValueError(f"Redwood log {path}:{lineno}: expected 3 integers of metadata, found {' '.join(meta)!r}")
+        try:
+            if len(meta) != 3:
+                raise ValueError
+            ids[k] = int(meta[0])
+        except ValueError:
+            raise ValueError(f"Redwood log {path}:{lineno}: expected 3 integers 'i j n', found {' '.join(meta)!r}") from None
         for r in range(4):
             lineno, tok = lines[5 * k + 1 + r]
             if len(tok) != 4:
@@ -183,7 +200,9 @@ def read_redwood_log(path: str | os.PathLike) -> np.ndarray:
                 out[k, r] = [float(t) for t in tok]
             except ValueError:
                 raise ValueError(f"Redwood log {path}:{lineno}: expected numbers, found {' '.join(tok)!r}") from None
-    return out
+    if not np.isfinite(out).all():
+        raise ValueError(f"Redwood log {path}: non-finite matrix values")
+    return ids, out
 
 
 def read_trajectory(path: str | os.PathLike) -> tuple[np.ndarray | None, np.ndarray]:
