@@ -5,11 +5,13 @@ import time
 import numpy as np
 import pytest
 import torch
+
 from safetensors.torch import load_file, save_file
 
 from forward3d.hub import WeightsError
 from forward3d.models.flash3d import Flash3D, Flash3DConfig, prepare_input, save_checkpoint
 from forward3d.models.flash3d.model import PREFIX
+from forward3d.pipelines.splat import predict_flash3d
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def test_config_inferred_from_checkpoint(fx):
 def test_parity_outputs_and_intermediates(fx, small_model):
     inp, out, mid = fx["inputs"], fx["outputs"], fx["intermediates"]
     with torch.no_grad():
-        o = small_model.forward_padded(inp["color_aug"], inp["unidepth_depth"], inp["K_src"])
+        o = small_model(inp["color_aug"], inp["unidepth_depth"], inp["K_src"])
     _close(o.encoder_input, mid["encoder_input_normalised"])
     for i in range(5):
         _close(o.features[i], mid[f"encoder_feature_{i}"])
@@ -57,7 +59,7 @@ def test_parity_outputs_and_intermediates(fx, small_model):
 def test_gaussians_view_matches_reference_layout(fx, small_model):
     inp = fx["inputs"]
     with torch.no_grad():
-        o = small_model.forward_padded(inp["color_aug"], inp["unidepth_depth"], inp["K_src"])
+        o = small_model(inp["color_aug"], inp["unidepth_depth"], inp["K_src"])
     g = o.gaussians(0)
     hw = 128 * 160
     assert len(g) == 2 * hw and g.sh_degree == 1
@@ -134,11 +136,11 @@ def test_user_api_image_and_depth(small_model):
     depth = np.full((48, 80), 2.0, np.float32)
     depth[:5, :5] = 0  # holes are filled
     with torch.no_grad():
-        g = small_model(image, K, depth=depth)
+        g = predict_flash3d(small_model, image, K, depth)[0].gaussians(0)
     assert len(g) == 2 * 128 * 160 and torch.isfinite(g.means).all()
     # layer-0 Gaussian of an interior pixel sits near its ray at 2 m (offset small at random init)
     inp = prepare_input(image, K, 64, 96, 32, depth)
     assert inp.K_src[0, 0, 2].item() == pytest.approx(40 * 96 / 80 + 32)
     assert inp.depth.shape == (1, 1, 128, 160) and (inp.depth > 0).all()
     with pytest.raises(ValueError, match="depth"):
-        small_model(image, K)
+        predict_flash3d(small_model, image, K)

@@ -85,7 +85,7 @@ class Flash3DPredictor:
         pad = (sample.image.shape[-1] - sample.views.shape[-1]) // 2
         scale = depth_scales(depth, pad, [sample.sparse_xys], [sample.sparse_z], mode="ransac")
         w2c = scale_w2c(sample.w2c_rel[None].to(dev), scale)
-        out = self.model.forward_padded(sample.image[None].to(dev), depth, sample.K_src[None].to(dev))
+        out = self.model(sample.image[None].to(dev), depth, sample.K_src[None].to(dev))
         h, w = sample.views.shape[-2:]
         bg = torch.full((1, 3), self.background, device=dev)
         return render_views(out, w2c, sample.K_tgt[None].to(dev), w, h, bg)[0].clamp(0, 1).cpu()

@@ -22,7 +22,7 @@ from forward3d.types import SH_C0, Gaussians
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SplatConfig", "unproject_gaussians", "SplatResult", "splat_image", "render_views", "colorize_depth"]
+__all__ = ["SplatConfig", "predict_flash3d", "unproject_gaussians", "SplatResult", "splat_image", "render_views", "colorize_depth"]
 
 
 def unproject_gaussians(image: np.ndarray, depth: np.ndarray, K: np.ndarray, footprint: float = 0.5,
@@ -194,6 +194,34 @@ def unproject_stride(num_pixels: int, max_gaussians: int | None) -> int:
     return stride
 
 
+def predict_flash3d(model, image, K, depth=None, depth_model=None):
+    """A photo -> Flash3D outputs: preprocessing (resize, pad, depth), then ``model(...)``.
+
+    Args:
+        model: a :class:`~forward3d.models.flash3d.Flash3D`.
+        image: ``[H, W, 3]`` uint8 (any size; resized to the network size) or ``[3, H, W]`` float.
+        K: ``[3, 3]`` intrinsics of ``image`` in pixels.
+        depth: optional ``[H, W]`` metric z-depth of ``image`` (holes filled); without it
+            ``depth_model`` (a :class:`~forward3d.models.depth.DepthEstimator`) estimates it on the
+            padded network input.
+
+    Returns:
+        ``(Flash3DOutput, Flash3DInput)``; ``out.gaussians(0)`` are Gaussians in the camera frame of
+        ``image`` (OpenCV axes, metres).
+    """
+    from forward3d.models.flash3d.preprocess import prepare_input
+
+    c = model.config
+    device = next(model.parameters()).device
+    inp = prepare_input(image, K, c.height, c.width, c.pad_border, depth)
+    if inp.depth is None:
+        if depth_model is None:
+            raise ValueError("Flash3D needs metric depth: pass depth=... or a depth_model (see forward3d.models.depth)")
+        d = depth_model.predict(inp.image.to(device), inp.K_src.to(device))
+        inp.depth = d.reshape(1, 1, *inp.image.shape[-2:]).float()
+    return model(inp.image.to(device), inp.depth.to(device), inp.K_src.to(device)), inp
+
+
 def splat_image(image: np.ndarray, K: np.ndarray, depth: np.ndarray | None = None, model=None,
                 depth_model=None, max_gaussians: int | None = DEFAULT_MAX_GAUSSIANS) -> SplatResult:
     """Single image -> Gaussians. With ``model`` (a :class:`~forward3d.models.flash3d.Flash3D`)
@@ -209,10 +237,8 @@ def splat_image(image: np.ndarray, K: np.ndarray, depth: np.ndarray | None = Non
     if depth is None and depth_model is None:
         raise ValueError("splat needs depth: give a depth map (--depth) or a depth model (--depth-model)")
     if model is not None:
-        if depth_model is not None and depth is None:
-            model.set_depth_model(depth_model)
         with torch.inference_mode():
-            out, inp = model.predict(image, K, depth)
+            out, inp = predict_flash3d(model, image, K, depth, depth_model)
         g = out.gaussians(0)
         c = model.config
         d = out.depth[0, 0, c.pad_border:c.pad_border + c.height, c.pad_border:c.pad_border + c.width].cpu().numpy()

@@ -418,7 +418,7 @@ class _Forward(nn.Module):
         self.model = model
 
     def forward(self, image: Tensor, depth: Tensor, K_src: Tensor):
-        return self.model.forward_padded(image, depth, K_src)
+        return self.model(image, depth, K_src)
 
 
 def train_flash3d(config: Flash3DTrainerConfig) -> TrainResult:

@@ -20,7 +20,6 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +28,6 @@ from torch import Tensor, nn
 from forward3d.hub import WeightsError, load_state_dict, read_json_config, resolve_source, strict_load
 from forward3d.models.resnet import ResNet
 from forward3d.types import Gaussians
-
-if TYPE_CHECKING:
-    from forward3d.models.flash3d.preprocess import Flash3DInput
 
 logger = logging.getLogger(__name__)
 
@@ -296,43 +292,10 @@ class Flash3D(nn.Module):
         x = torch.cat([image, depth / c.depth_input_scale], 1)
         return (x - c.norm_mean) / c.norm_std
 
-    def set_depth_model(self, depth_model) -> "Flash3D":
-        """Attach a depth estimator (``forward3d.models.depth.DepthEstimator``) used by
-        :meth:`forward` when no depth is given. It is not part of the state_dict."""
-        self.__dict__["depth_model"] = depth_model
-        return self
-
-    def forward(self, image, K, depth=None, crop_border: int = 0) -> Gaussians:
-        """Single image -> Gaussians in the camera frame of ``image`` (OpenCV axes, metres).
-
-        Args:
-            image: ``[H, W, 3]`` uint8 (any size; resized to the network size) or ``[3, H, W]`` float.
-            K: ``[3, 3]`` intrinsics of ``image`` in pixels.
-            depth: optional ``[H, W]`` metric z-depth of ``image``; otherwise the attached depth model
-                (:meth:`set_depth_model`) estimates it on the padded network input.
-        """
-        out, _ = self.predict(image, K, depth)
-        return out.gaussians(0, crop_border=crop_border)
-
-    def predict(self, image, K, depth=None) -> tuple[Flash3DOutput, "Flash3DInput"]:
-        """Like :meth:`forward` but returns the raw outputs and the prepared input."""
-        from forward3d.models.flash3d.preprocess import prepare_input
-
-        c = self.config
-        device = next(self.parameters()).device
-        inp = prepare_input(image, K, c.height, c.width, c.pad_border, depth)
-        if inp.depth is None:
-            depth_model = self.__dict__.get("depth_model")
-            if depth_model is None:
-                raise ValueError("Flash3D needs metric depth: pass depth=... or attach a depth model with "
-                                 "set_depth_model() (see forward3d.models.depth)")
-            d = depth_model.predict(inp.image.to(device), inp.K_src.to(device))
-            inp.depth = d.reshape(1, 1, *inp.image.shape[-2:]).float()
-        out = self.forward_padded(inp.image.to(device), inp.depth.to(device), inp.K_src.to(device))
-        return out, inp
-
-    def forward_padded(self, image: Tensor, depth: Tensor, K_src: Tensor) -> Flash3DOutput:
-        """The reference network function on prepared inputs.
+    def forward(self, image: Tensor, depth: Tensor, K_src: Tensor) -> Flash3DOutput:
+        """The network (the reference's function) on prepared inputs; preprocessing (resize, pad,
+        depth) is :func:`forward3d.models.flash3d.preprocess.prepare_input`, a whole photo ->
+        Gaussians is :func:`forward3d.pipelines.splat.predict_flash3d`.
 
         Args:
             image: ``[B, 3, Hp, Wp]`` RGB in [0, 1], zero-padded.
