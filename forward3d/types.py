@@ -45,15 +45,10 @@ SH_C0 = 0.28209479177387814
 
 
 def _check_shape(name: str, arr: np.ndarray | Tensor | None, shape: tuple, where: str = "") -> None:
-    """Raise ValueError unless ``arr`` has ``shape`` (``-1`` matches any size)."""
-    if arr is None:
-        return
-    found = tuple(arr.shape)
-    ok = len(found) == len(shape) and all(s == -1 or s == f for s, f in zip(shape, found))
-    if not ok:
-        exp = "x".join("N" if s == -1 else str(s) for s in shape)
-        loc = f" ({where})" if where else ""
-        raise ValueError(f"{name}{loc}: expected shape [{exp}], found {list(found)}")
+    """Raise ValueError unless ``arr`` has ``shape`` (``-1`` matches any size): :func:`forward3d.checks.check_shape`."""
+    from forward3d.checks import check_shape
+
+    check_shape(arr, " ".join("*" if s == -1 else str(s) for s in shape), name, where)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -79,3 +79,22 @@ def test_cli_configs_document_every_field(module):
         shown = {f.name for f in dataclasses.fields(cls) if f.metadata.get(FIELD_META_KEY, {}).get("cli", True)}
         missing = sorted(n for n in shown if not helps[n].strip())
         assert missing == [], f"{cls.__name__}: fields without help text: {missing}"
+
+
+def test_check_shape_helper():
+    import numpy as np
+    import pytest
+
+    from forward3d.checks import check_shape
+
+    assert check_shape(np.zeros((5, 3)), "N 3", "points") == {"N": 5}
+    assert check_shape(np.zeros((2, 7, 3, 3)), "... 3 3", "K") == {}
+    assert check_shape(np.zeros((3, 3)), "... 3 3", "K") == {}
+    assert check_shape(None, "N 3") == {}
+    assert check_shape(np.zeros((2, 4, 4)), "B H H", "x") == {"B": 2, "H": 4}
+    with pytest.raises(ValueError, match=r"points \(a.ply\): expected shape \[N, 3\], found \[5, 4\]"):
+        check_shape(np.zeros((5, 4)), "N 3", "points", "a.ply")
+    with pytest.raises(ValueError, match=r"expected shape \[B, H, H\]"):
+        check_shape(np.zeros((2, 4, 5)), "B H H", "x")
+    with pytest.raises(ValueError, match=r"K: expected shape \[\.\.\., 3, 3\], found \[3\]"):
+        check_shape(np.zeros(3), "... 3 3", "K")

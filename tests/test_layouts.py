@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
+from forward3d.data.synthetic import SyntheticScene
 from forward3d.io.layouts import (
     PRIMESENSE_INTRINSICS,
     REPLICA_INTRINSICS,
@@ -37,41 +38,20 @@ def _rot_y(th: float) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _synthetic(n: int, w: int, h: int) -> tuple[Frame, ...] | None:
-    try:
-        from forward3d.data.synthetic import SyntheticScene
-
-        frames = tuple(SyntheticScene(num_frames=n, width=w, height=h).frames())
-    except Exception:  # generator missing or a different API: fall back to hand-made frames
-        return None
-    ok = len(frames) == n and all(f.depth is not None and f.K is not None and f.c2w is not None for f in frames)
-    return frames if ok else None
+def _synthetic(n: int, w: int, h: int) -> tuple[Frame, ...]:
+    frames = tuple(SyntheticScene(num_frames=n, width=w, height=h).frames())
+    assert len(frames) == n and all(f.depth is not None and f.K is not None and f.c2w is not None for f in frames)
+    return frames
 
 
 def make_frames(n: int = 6, w: int = W, h: int = H) -> list[Frame]:
-    """Frames of the synthetic generator (fresh copies, a few invalid depth pixels, timestamps
-    1 + i/30 s), or small hand-made ones when the generator is not available."""
-    synth = _synthetic(n, w, h)
-    if synth is not None:
-        out = []
-        for i, f in enumerate(synth):
-            depth = f.depth.copy()
-            depth[:2, :3] = 0.0
-            out.append(f.with_(image=f.image.copy(), depth=depth, timestamp=1.0 + i / 30.0, index=i, name=f"{i}"))
-        return out
-    rng = np.random.default_rng(0)
-    K = Intrinsics(0.9 * w, 0.9 * w, w / 2, h / 2, w, h).K
-    yy, xx = np.mgrid[0:h, 0:w]
+    """Frames of the synthetic generator (fresh copies, a few invalid depth pixels, timestamps 1 + i/30 s).
+    A broken generator fails these tests (no silent fallback to other frames)."""
     out = []
-    for i in range(n):
-        img = np.stack([(xx * 4 + i * 10) % 256, (yy * 5) % 256, ((xx + yy) * 2 + 40 * i) % 256], -1).astype(np.uint8)
-        img = np.clip(img.astype(int) + rng.integers(-3, 4, img.shape), 0, 255).astype(np.uint8)
-        depth = (1.0 + 0.02 * xx + 0.03 * yy + 0.1 * i).astype(np.float32)
+    for i, f in enumerate(_synthetic(n, w, h)):
+        depth = f.depth.copy()
         depth[:2, :3] = 0.0  # invalid pixels survive the round trip as 0
-        c2w = np.eye(4)
-        c2w[:3, :3] = _rot_y(0.05 * i)
-        c2w[:3, 3] = [0.1 * i, -0.02 * i, 0.3]
-        out.append(Frame(img, depth, K, c2w, timestamp=1.0 + i / 30.0, index=i, name=f"{i}"))
+        out.append(f.with_(image=f.image.copy(), depth=depth, timestamp=1.0 + i / 30.0, index=i, name=f"{i}"))
     return out
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from forward3d.checks import check_shape
 from forward3d.geometry.se3 import inverse_se3, transform_points
 
 __all__ = [
@@ -40,9 +41,7 @@ __all__ = [
 
 
 def _check_K(name: str, K) -> None:
-    shape = tuple(K.shape)
-    if len(shape) < 2 or shape[-2:] != (3, 3):
-        raise ValueError(f"{name} K: expected shape [3, 3] or [..., 3, 3], found {list(shape)}")
+    check_shape(K, "... 3 3", f"{name} K")
 
 
 def _expand(a, ndim: int):

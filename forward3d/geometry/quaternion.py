@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from forward3d.checks import check_shape
 from forward3d.types import _quat_to_rotmat, _rotmat_to_quat
 
 __all__ = [
@@ -32,8 +33,7 @@ __all__ = [
 
 def _as_last(name: str, arr, size: int) -> np.ndarray:
     a = np.asarray(arr, dtype=np.float64)
-    if a.ndim == 0 or a.shape[-1] != size:
-        raise ValueError(f"{name}: expected shape [..., {size}], found {list(a.shape)}")
+    check_shape(a, f"... {size}", name)
     return a
 
 
@@ -58,8 +58,7 @@ def rotmat_to_quat(R: np.ndarray) -> np.ndarray:
     which is accurate for every rotation, including angles near 180 degrees.
     """
     m = np.asarray(R, dtype=np.float64)
-    if m.ndim < 2 or m.shape[-2:] != (3, 3):
-        raise ValueError(f"rotmat_to_quat R: expected shape [..., 3, 3], found {list(m.shape)}")
+    check_shape(m, "... 3 3", "rotmat_to_quat R")
     return _rotmat_to_quat(torch.from_numpy(np.ascontiguousarray(m))).numpy()
 
 
@@ -100,13 +99,11 @@ def wxyz_to_xyzw(q: np.ndarray) -> np.ndarray:
 
 def quat_to_rotmat_torch(q: Tensor) -> Tensor:
     """Tensor ``[..., 4]`` wxyz (normalised inside) -> ``[..., 3, 3]``; differentiable."""
-    if q.ndim == 0 or q.shape[-1] != 4:
-        raise ValueError(f"quat_to_rotmat_torch q: expected shape [..., 4], found {list(q.shape)}")
+    check_shape(q, "... 4", "quat_to_rotmat_torch q")
     return _quat_to_rotmat(q)
 
 
 def rotmat_to_quat_torch(R: Tensor) -> Tensor:
     """Tensor ``[..., 3, 3]`` -> ``[..., 4]`` wxyz unit quaternions with ``w >= 0``."""
-    if R.ndim < 2 or tuple(R.shape[-2:]) != (3, 3):
-        raise ValueError(f"rotmat_to_quat_torch R: expected shape [..., 3, 3], found {list(R.shape)}")
+    check_shape(R, "... 3 3", "rotmat_to_quat_torch R")
     return _rotmat_to_quat(R)
