@@ -37,10 +37,17 @@ def test_config_inferred_from_checkpoint(fx):
     assert (cfg.num_layers, cfg.gaussians_per_pixel, cfg.sh_degree) == (18, 2, 1)
 
 
-def test_parity_outputs_and_intermediates(fx, small_model):
-    inp, out, mid = fx["inputs"], fx["outputs"], fx["intermediates"]
+def test_parity_outputs_and_intermediates(fx, small_model, device):
+    """On every device present (conftest's ``device``: cpu, and cuda on a GPU machine)."""
+    inp, mid = {k: v.to(device) for k, v in fx["inputs"].items()}, fx["intermediates"]
+    out = fx["outputs"]
+    model = small_model.to(device)
     with torch.no_grad():
-        o = small_model(inp["color_aug"], inp["unidepth_depth"], inp["K_src"])
+        o = model(inp["color_aug"], inp["unidepth_depth"], inp["K_src"])
+    small_model.to("cpu")
+    o = type(o)(**{k: (v.cpu() if torch.is_tensor(v) else [t.cpu() for t in v] if isinstance(v, list) else v)
+                   for k, v in vars(o).items()})
+    inp = {k: v.cpu() for k, v in inp.items()}
     _close(o.encoder_input, mid["encoder_input_normalised"])
     for i in range(5):
         _close(o.features[i], mid[f"encoder_feature_{i}"])

@@ -356,3 +356,33 @@ def test_garden_crop_fast_matches_reference():
     assert_outputs_close(ref, out, atol=5e-5)
     assert_outputs_close(out, full, atol=1e-6)
     assert (ref.alphas > 0.5).float().mean() > 0.5
+
+
+# --------------------------------------------------------------------------------------------------
+# every device present x float32/float64 (conftest: ``device``, ``float_dtype``)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sh3_nonsquare_offcentre", "two_cameras"])
+def test_fast_matches_reference_per_device_and_dtype(name, device, float_dtype):
+    cfg = SCENES[name]
+    g = random_scene(**cfg["scene"], dtype=float_dtype).to(device)
+    cams = make_cams(**cfg["cams"], dtype=float_dtype).to(device)
+    bg = torch.tensor([0.3, 0.1, 0.7], dtype=float_dtype, device=device)
+    ref = rasterize(g, cams, backend="reference", background=bg, render_mode="RGB+D")
+    out = rasterize(g, cams, backend="torch", background=bg, render_mode="RGB+D")
+    assert out.colors.device.type == torch.device(device).type and out.colors.dtype == float_dtype
+    assert_outputs_close(ref, out)
+
+
+def test_gradients_per_device(device):
+    g = random_scene(12, deg=1, seed=5).to(device)
+    cams = make_cams(W=12, H=10).to(device)
+    params = [p.clone().requires_grad_(True) for p in (g.means, g.quats, g.log_scales, g.opacity_logits, g.sh)]
+    grads = []
+    for backend in ("reference", "torch"):
+        out = rasterize(Gaussians(*params), cams, backend=backend, render_mode="RGB+D")
+        loss = out.colors.square().sum() + out.depths.sum()
+        grads.append(torch.autograd.grad(loss, params))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)

@@ -499,3 +499,17 @@ def test_two_view_i2p_equals_dust3r_decoder(i2p, cases):
     close(pts[:, 1], p2, tol=1e-5)
     close(conf[:, 0], c1, tol=1e-5)
     close(conf[:, 1], c2, tol=1e-5)
+
+
+@torch.inference_mode()
+def test_i2p_parity_per_device(i2p, cases, device):
+    """The parity case on every device present (conftest: cpu, and cuda on a GPU machine)."""
+    p = "i2p_forward"
+    model = i2p.to(device)
+    try:
+        imgs = views(cases, p, "img", 5).to(device)
+        pts, conf = model.forward_images(imgs, ref_index=0)
+    finally:
+        i2p.to("cpu")
+    assert pts.device.type == torch.device(device).type
+    check_i2p_outputs(cases, p, pts.cpu(), conf.cpu(), 0)
