@@ -151,3 +151,10 @@ def test_user_api_image_and_depth(small_model):
     assert inp.depth.shape == (1, 1, 128, 160) and (inp.depth > 0).all()
     with pytest.raises(ValueError, match="depth"):
         predict_flash3d(small_model, image, K)
+
+
+def test_image_size_read_off_the_checkpoint(fx, tmp_path):
+    """from_pretrained used the default 256x384 for a checkpoint trained at another size."""
+    save_file(fx["weights"], str(tmp_path / "small.safetensors"))
+    m = Flash3D.from_pretrained(tmp_path / "small.safetensors")
+    assert (m.config.height, m.config.width) == (64, 96)  # from backproject_depth.0.id_coords (128x160 padded)

@@ -513,3 +513,27 @@ def test_i2p_parity_per_device(i2p, cases, device):
         i2p.to("cpu")
     assert pts.device.type == torch.device(device).type
     check_i2p_outputs(cases, p, pts.cpu(), conf.cpu(), 0)
+
+
+def test_bare_weights_without_config_are_refused_not_guessed(fx, tmp_path):
+    """A bare weights file without config.json silently got the full-size config (then a key dump)."""
+    shutil.copy(fx / "small" / "i2p_weights.safetensors", tmp_path / "i2p.safetensors")
+    with pytest.raises(WeightsError, match=r"i2p.safetensors: no config.json beside these weights.*"
+                                           r"encoder width 128.*config="):
+        Image2Points.from_pretrained(tmp_path / "i2p.safetensors")
+    shutil.copy(fx / "small" / "i2p_config.json", tmp_path / "config.json")  # with it: loads
+    assert Image2Points.from_pretrained(tmp_path / "i2p.safetensors").config.img_size == (64, 80)
+
+
+def test_l2w_output_is_keyword_only(l2w, cases):
+    """L2W takes scene frames first but returned keyframes first: positional unpacking is refused."""
+    from forward3d.models.slam3r.l2w import L2WOutput
+
+    tok, pts = l2w_inputs(cases, "l2w_forward", [0, 1, 2], 5)
+    with torch.inference_mode():
+        out = l2w(tok[:, :3], pts[:, :3], tok[:, 3:], pts[:, 3:])
+    assert out.src_pts.shape[1] == 2 and out.ref_pts.shape[1] == 3
+    with pytest.raises(TypeError):
+        a, b, c, d = out
+    with pytest.raises(TypeError):
+        L2WOutput(out.src_pts, out.src_conf)

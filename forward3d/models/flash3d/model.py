@@ -86,7 +86,8 @@ class Flash3DConfig:
 
     @classmethod
     def infer_from_state_dict(cls, sd: dict[str, Tensor], **overrides) -> "Flash3DConfig":
-        """Read the ResNet depth, L and SH degree off a checkpoint's keys and shapes."""
+        """Read the ResNet depth, L, SH degree and the network input size (from the reference's
+        ``backproject_depth.0.id_coords`` buffer, padded size minus the border) off a checkpoint."""
         enc = PREFIX + "encoder.encoder."
         if enc + "conv1.weight" not in sd:
             raise WeightsError(f"not a Flash3D checkpoint: no '{enc}conv1.weight'")
@@ -104,6 +105,16 @@ class Flash3DConfig:
             k = (out.shape[0] - 11) // 3
             sh_degree = int(round(k**0.5)) - 1
         kw = dict(num_layers=num_layers, gaussians_per_pixel=max(L, 1), sh_degree=sh_degree)
+        ids = sd.get("backproject_depth.0.id_coords")  # [.., Hp, Wp]: the padded network input size
+        if ids is not None and ids.ndim >= 2 and "height" not in overrides and "width" not in overrides:
+            pad = int(overrides.get("pad_border", cls.pad_border))
+            hp, wp = int(ids.shape[-2]), int(ids.shape[-1])
+            if hp > 2 * pad and wp > 2 * pad:
+                kw.update(height=hp - 2 * pad, width=wp - 2 * pad)
+        elif "height" not in overrides:
+            logger.warning("Flash3D checkpoint: no backproject_depth buffers, so the network input size is not "
+                           "known; using %dx%d (pass a config with height/width if it was trained at another size)",
+                           cls.width, cls.height)
         kw.update(overrides)
         return cls(**kw)
 

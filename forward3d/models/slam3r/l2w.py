@@ -8,7 +8,8 @@ cached tokens and applies its own ``enc_norm``.
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple, cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -19,14 +20,20 @@ from .config import SLAM3RNetConfig
 __all__ = ["Local2World", "L2WOutput"]
 
 
-class L2WOutput(NamedTuple):
+@dataclass(frozen=True, kw_only=True)
+class L2WOutput:
     """World point maps [B, R|S, H, W, 3] and confidences [B, R|S, H, W]; ``ref_*`` are None when
-    ``need_ref_output=False``."""
+    ``need_ref_output=False``.
+
+    Fields are keyword-only and the object does not unpack: ``forward`` takes the scene frames first
+    (``ref_*``) and the keyframes second (``src_*``), so a positional ``a, b, c, d = out`` would read
+    them in an order easy to get wrong. Read ``out.src_pts`` etc.
+    """
 
     src_pts: Tensor
     src_conf: Tensor
-    ref_pts: Tensor | None
-    ref_conf: Tensor | None
+    ref_pts: Tensor | None = None
+    ref_conf: Tensor | None = None
 
 
 class Local2World(SLAM3RBase):
@@ -110,9 +117,9 @@ class Local2World(SLAM3RBase):
         r, s = self._decode(xr, xs, grid, pe_r, pe_s, need_ref=need_ref_output, trace=trace)
         ps, cs = self._head(cast(Tensor, s), 2, grid, trace, "src")
         if not need_ref_output:
-            return L2WOutput(ps, cs, None, None)
+            return L2WOutput(src_pts=ps, src_conf=cs)
         pr, cr = self._head(cast(Tensor, r), 1, grid, trace, "ref")
-        return L2WOutput(ps, cs, pr, cr)
+        return L2WOutput(src_pts=ps, src_conf=cs, ref_pts=pr, ref_conf=cr)
 
     def forward_views(self, tokens: Tensor, pts: Tensor, ref_ids: list[int], *, patch_mask: Tensor | None = None,
                       image_size: tuple[int, int] | None = None, trace: dict[str, Any] | None = None) -> tuple[Tensor, Tensor]:

@@ -63,6 +63,34 @@ def resolve_config(cls: type, weights: Path, config: SLAM3RNetConfig | Mapping[s
     return _default_config(cls)
 
 
+def _depth(sd: Mapping[str, Any], prefix: str) -> int:
+    return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
+
+
+def _check_default_fits(cls: type, cfg: SLAM3RNetConfig, sd: Mapping[str, Any], name: str) -> None:
+    """A bare weights file (no config.json) gets the published full-size config only when every tensor
+    fits it; otherwise refuse, saying what the weights look like (head counts and the image size cannot
+    be read off the tensors, so no config is guessed)."""
+    with torch.device("meta"):
+        own = cls(cfg).state_dict()
+    bad = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if not bad and set(own) == set(sd):
+        return
+    pe = sd.get("patch_embed.proj.weight")
+    de = sd.get("decoder_embed.weight")
+    seen = []
+    if pe is not None:
+        seen.append(f"encoder width {pe.shape[0]}, patch {pe.shape[-1]}, {_depth(sd, 'enc_blocks.')} encoder blocks")
+    if de is not None:
+        seen.append(f"decoder width {de.shape[0]}, {_depth(sd, 'mv_dec_blocks1.')} decoder blocks")
+    raise WeightsError(
+        f"{name}: no config.json beside these weights and they do not fit the published full-size "
+        f"{cls.__name__} config ({len(bad)} tensors of another shape, e.g. {bad[:2]}; "
+        f"{len(set(own) ^ set(sd))} keys differ){': ' + '; '.join(seen) if seen else ''}. "
+        "Put the model's config.json beside the file or pass config= (head counts and the image size "
+        "cannot be read off the tensors)")
+
+
 def _find_weights(folder: Path) -> Path:
     return find_weights_file(folder, _WEIGHT_NAMES)
 
@@ -91,6 +119,9 @@ def load_pretrained(cls: type, source: str | os.PathLike, *, config: Any = None,
         cfg = resolve_config(cls, weights, config)
     sd = load_state_dict(weights)
     name = str(weights)
+    if not init_from_dust3r and config is None and not (weights.parent / "config.json").is_file() and not (
+            path.is_dir() and (path / "config.json").is_file()):
+        _check_default_fits(cls, cfg, sd, name)
     if init_from_dust3r:
         sd = dust3r_to_slam3r(sd)
         model = cls(cfg)
