@@ -15,8 +15,8 @@ odometry edges. Each new keyframe looks for loops:
 Every candidate is verified geometrically before it enters the graph: RGB-D odometry
 (:class:`~forward3d.pipelines.tsdf.RGBDTracker`) of the two stored keyframes from their relative
 pose under the current estimate, accepted only when the inlier fraction, the inlier RMSE, the
-information (smallest eigenvalue of the ``[6, 6]`` odometry information matrix, per 1,000 pixels of
-the stored keyframe) and the correction size are all plausible (a wrong loop is worse than none).
+information (smallest eigenvalue of open3d's ``[6, 6]`` odometry information matrix, per 1,000
+pixels of the stored keyframe: about the number of correspondences constraining the weakest direction) and the correction size are all plausible (a wrong loop is worse than none).
 Accepted loops trigger the robust global optimisation (open3d, line process); every frame's pose
 is then its keyframe's corrected pose times the frame's pose relative to it.
 """
@@ -59,8 +59,8 @@ class LoopClosureOptions:
         max_correspondence_distance: information matrices and the line-process scale (metres).
         edge_prune_threshold: loops whose line-process weight falls below this are dropped.
         depth_max: depth beyond this is not used for verification (metres).
-        verify: geometric verification on (off only for diagnostics: every candidate whose
-            odometry converges is accepted).
+        verify: geometric verification on (off only for diagnostics: every candidate is accepted,
+            with the odometry's transform when it converges, else with the proposed guess).
     """
 
     downsample: int = 2
@@ -306,7 +306,7 @@ class LoopCloser:
             kf.prepared = prepared
         return prepared
 
-    def _information(self, src: StoredKeyframe, tgt: StoredKeyframe, T: np.ndarray) -> np.ndarray:
+    def _information(self, src: StoredKeyframe, tgt: StoredKeyframe, T: np.ndarray, full: bool = False) -> np.ndarray:
         """``[6, 6]`` information of the pair at ``T`` (source -> target): open3d's odometry information
         with the rotation-translation coupling blocks dropped.
 
@@ -324,6 +324,8 @@ class LoopCloser:
             _tensor(open3d_odometry_K(src.K), o3d.core.float64), _tensor(T, o3d.core.float64),
             self.o.max_correspondence_distance, 1.0, self.o.depth_max)
         info = info.cpu().numpy().astype(np.float64)
+        if full:
+            return info
         info[:3, 3:] = 0.0
         info[3:, :3] = 0.0
         return info
@@ -386,16 +388,21 @@ class LoopCloser:
         res = self.tracker.align(self._prepared(src, keep=source == len(self.keyframes) - 1), self._prepared(tgt), init)
         T = res.src_to_tgt
         r = LoopResult(source, target, kind, False, T, res.fitness, res.rmse)
-        if not res.ok or not np.isfinite(res.rmse):
+        if not o.verify:  # diagnostics: the candidate is trusted (the odometry's result, else the guess)
+            r.accepted = True
+            self.graph.add_edge(source, target, T if res.ok else init, self._information(src, tgt, T if res.ok else init),
+                                loop=True)
+        elif not res.ok or not np.isfinite(res.rmse):
             r.reason = res.reason or "odometry failed"
         else:
-            info = self._information(src, tgt, T)
-            r.information = float(np.linalg.eigvalsh(info)[0]) * 1000.0 / src.depth.size
+            full = self._information(src, tgt, T, full=True)
+            r.information = float(np.linalg.eigvalsh(full)[0]) * 1000.0 / src.depth.size
+            info = full.copy()
+            info[:3, 3:] = 0.0  # see _information
+            info[3:, :3] = 0.0
             delta = np.linalg.inv(init) @ T
             dt, dr = float(np.linalg.norm(delta[:3, 3])), float(np.degrees(rotation_angle(delta[:3, :3])))
-            if not o.verify:
-                r.accepted = True
-            elif res.fitness < o.min_fitness:
+            if res.fitness < o.min_fitness:
                 r.reason = f"fitness {res.fitness:.2f} < {o.min_fitness:.2f}"
             elif res.rmse > o.max_rmse:
                 r.reason = f"rmse {res.rmse * 1000:.1f} mm > {o.max_rmse * 1000:.1f} mm"
