@@ -58,6 +58,9 @@ class LoopClosureOptions:
         max_correction_deg: ... and this (degrees) from the current estimate.
         max_correspondence_distance: information matrices and the line-process scale (metres).
         edge_prune_threshold: loops whose line-process weight falls below this are dropped.
+        optimize_translation, optimize_rotation_deg: accepted loops that differ less than this from
+            the current estimate join the graph without an immediate optimisation (the next one, or
+            :meth:`LoopCloser.finish`, uses them): revisiting a corrected place costs no optimisation.
         depth_max: depth beyond this is not used for verification (metres).
         verify: geometric verification on (off only for diagnostics: every candidate is accepted,
             with the odometry's transform when it converges, else with the proposed guess).
@@ -76,6 +79,8 @@ class LoopClosureOptions:
     max_correction_deg: float = 15.0
     max_correspondence_distance: float = 0.03
     edge_prune_threshold: float = 0.25
+    optimize_translation: float = 0.003
+    optimize_rotation_deg: float = 0.2
     depth_max: float = 4.0
     verify: bool = True
 
@@ -232,6 +237,7 @@ class LoopCloser:
         self._anchor: list[int] = []  # per frame: its keyframe node (-1 before the first)
         self._rel: list[np.ndarray] = []  # per frame: inverse(c2w_keyframe) @ c2w_frame at tracking time
         self._descriptors = np.zeros((0, 768), np.float32)
+        self._pending = False  # loop edges added since the last optimisation
 
     # ---------------------------------------------------------------------------------------------
     def add_frame(self, c2w: np.ndarray, keyframe: bool, depth: np.ndarray, image: np.ndarray, K: np.ndarray,
@@ -264,9 +270,26 @@ class LoopCloser:
             self.keyframes[node - 1].prepared = None  # only the newest keyframe keeps its open3d maps
         changed = False
         if accepted:
-            changed = self.optimize()
+            self._pending = True
+            if max(self._disagreement(r) for r in accepted) > 1.0:
+                changed = self.optimize()
         self.time_s += time.perf_counter() - ts
         return changed
+
+    def finish(self) -> bool:
+        """Optimise once more if loops joined the graph since the last optimisation; True when poses moved."""
+        if not self._pending:
+            return False
+        ts = time.perf_counter()
+        changed = self.optimize()
+        self.time_s += time.perf_counter() - ts
+        return changed
+
+    def _disagreement(self, r: LoopResult) -> float:
+        """How far a loop's measurement is from the current estimate, in units of the optimise thresholds."""
+        D = np.linalg.inv(np.linalg.inv(self.graph.c2w[r.target]) @ self.graph.c2w[r.source]) @ r.source_to_target
+        return max(float(np.linalg.norm(D[:3, 3])) / self.o.optimize_translation,
+                   float(np.degrees(rotation_angle(D[:3, :3]))) / self.o.optimize_rotation_deg)
 
     def __len__(self) -> int:
         return len(self._anchor)
@@ -423,6 +446,7 @@ class LoopCloser:
         """Run the robust global optimisation; returns True when poses moved."""
         res = self.graph.optimize(self.o.max_correspondence_distance, self.o.edge_prune_threshold)
         self.optimizations += 1
+        self._pending = False
         if res.loops_pruned:
             log.info("loop closure: the optimisation dropped %d inconsistent loop(s)", res.loops_pruned)
         self._grid = _CentreGrid(self.o.radius)

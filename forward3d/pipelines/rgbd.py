@@ -411,6 +411,9 @@ class RGBDBackend(Backend):
         t_loop = time.perf_counter() - t0
         ts = time.perf_counter()
         t_refuse = 0.0
+        if closer is not None and closer.finish():
+            corrected = True
+            c2ws[:] = list(closer.trajectory())
         if closer is not None and corrected:
             volume = closer.rebuild(new_volume, progress=progress)
             t_refuse = time.perf_counter() - ts
