@@ -7,8 +7,10 @@ Frames are rendered lazily inside the loop; their rendering time is measured and
     python benchmarks/rgbd.py            # 320x240 and 640x480, 100 and 1000 frames
     python benchmarks/rgbd.py --quick    # 320x240, 30 and 100 frames
     python benchmarks/rgbd.py --configs 320x240:100 640x480:1000
+    python benchmarks/rgbd.py --loops    # loop closure on/off (synthetic 3 loops + hololens_000),
+                                         # and the tracking modes on the real sequence
 
-Writes ``benchmarks/results/rgbd.json`` (or ``--out``) and prints a table.
+Writes ``benchmarks/results/rgbd.json`` (``rgbd_loops.json`` with ``--loops``; or ``--out``) and prints a table.
 """
 
 from __future__ import annotations
@@ -91,30 +93,64 @@ def _child(spec: str, voxel: float, noise: float) -> dict:
     }
 
 
+LOOP_RUNS = ["synthetic:keyframe:off", "synthetic:keyframe:on", "hololens:keyframe:off", "hololens:keyframe:on",
+             "hololens:frame:off", "hololens:frame:on", "hololens:model:off", "hololens:model:on"]
+HOLOLENS = ROOT.parent / "shared" / "data" / "hololens_000"
+
+
+def _child_loops(spec: str) -> dict:
+    """One loop-closure run ``dataset:tracking:on|off`` (``synthetic``: 300 frames = 3 loops at 320x240,
+    depth noise 0.002, 5 % holes; ``hololens``: ``../shared/data/hololens_000``, ATE against its poses)."""
+    import numpy as np
+
+    from forward3d.eval import ate
+    from forward3d.pipelines.rgbd import RGBDBackend
+
+    dataset, tracking, lc = spec.split(":")
+    if dataset == "synthetic":
+        from forward3d.data.synthetic import SyntheticScene
+
+        scene = SyntheticScene(num_frames=300, width=320, height=240, seed=0, depth_noise=0.002, depth_holes=0.05)
+        frames, gt = list(scene.frames()), scene.c2w
+    else:
+        from forward3d.io.sources import open_frames
+
+        frames = list(open_frames(HOLOLENS, intrinsics=np.loadtxt(HOLOLENS / "K.txt")))
+        gt = np.loadtxt(HOLOLENS / "poses.txt").reshape(-1, 4, 4)
+    t0 = time.perf_counter()
+    rec = RGBDBackend(tracking=tracking, loop_closure=lc == "on").run(frames, progress=False)
+    wall = time.perf_counter() - t0
+    lcm = rec.metadata.get("loop_closure", {})
+    return {"config": spec, "frames": len(frames), "ate_rmse_m": ate(rec.c2w, gt)["rmse"], "wall_s": wall,
+            "fps": len(frames) / max(rec.timings["total_s"] - rec.timings["extraction_s"], 1e-9),
+            "loop_closure_s": rec.timings.get("loop_closure_s", 0.0), "refuse_s": lcm.get("refused_s", 0.0),
+            "loops_kept": lcm.get("kept", 0), "loop_candidates": lcm.get("candidates", 0),
+            "loops_rejected": lcm.get("rejected", 0), "keyframes": len(rec.keyframes),
+            "tracking_failures": len(rec.failures), "keyframe_store_mb": lcm.get("keyframe_store_mb", 0.0),
+            "peak_rss_mb": _rss_mb()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     p.add_argument("--configs", nargs="+", default=None, metavar="WxH:N", help="configurations to run")
     p.add_argument("--voxel-size", type=float, default=0.02)
     p.add_argument("--noise", type=float, default=0.0, help="depth noise coefficient (sigma = K z^2)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rgbd.json"))
+    p.add_argument("--loops", nargs="*", default=None, metavar="DATA:TRACKING:on|off",
+                   help=f"loop closure runs (default: {' '.join(LOOP_RUNS)})")
+    p.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/rgbd.json or rgbd_loops.json)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args.child, args.voxel_size, args.noise)))
+        child = _child_loops(args.child) if args.child.count(":") == 2 else _child(args.child, args.voxel_size, args.noise)
+        print(json.dumps(child))
         return 0
+    if args.out is None:
+        args.out = str(ROOT / "benchmarks" / "results" / ("rgbd_loops.json" if args.loops is not None else "rgbd.json"))
+    if args.loops is not None:
+        return _main_loops(args.loops or LOOP_RUNS, Path(args.out))
     configs = args.configs or (QUICK if args.quick else DEFAULT)
-    results = []
-    for spec in configs:
-        print(f"running {spec} ...", file=sys.stderr, flush=True)
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        cmd = [sys.executable, __file__, "--child", spec, "--voxel-size", str(args.voxel_size), "--noise", str(args.noise)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            print(proc.stderr[-2000:], file=sys.stderr)
-            results.append({"config": spec, "error": proc.stderr.strip().splitlines()[-1:]})
-            continue
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    results = _run_children(configs, ["--voxel-size", str(args.voxel_size), "--noise", str(args.noise)])
     head = f"{'config':<14}{'fps':>7}{'fps+rnd':>9}{'ATE cm':>8}{'acc cm':>8}{'comp cm':>9}{'F@2cm':>7}{'blocks':>8}{'RSS0 MB':>9}{'peak MB':>9}"
     print(head)
     for r in results:
@@ -124,14 +160,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['config']:<14}{r['fps']:>7.1f}{r['fps_with_render']:>9.1f}{100 * r['ate_rmse_m']:>8.2f}"
               f"{100 * r['accuracy_m']:>8.2f}{100 * r['completion_m']:>9.2f}{r['fscore@0.02']:>7.3f}"
               f"{r['voxel_blocks']:>8d}{r['rss_before_mb']:>9.0f}{r['peak_rss_mb']:>9.0f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _write(Path(args.out), results)
+    return 0
+
+
+def _run_children(specs: list[str], extra: list[str]) -> list[dict]:
+    """Each spec in its own subprocess (its own peak RSS); a failed one is recorded with its error."""
+    results = []
+    for spec in specs:
+        print(f"running {spec} ...", file=sys.stderr, flush=True)
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        proc = subprocess.run([sys.executable, __file__, "--child", spec, *extra], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            print(proc.stderr[-2000:], file=sys.stderr)
+            results.append({"config": spec, "error": proc.stderr.strip().splitlines()[-1:]})
+            continue
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def _write(out: Path, results: list[dict]) -> None:
     meta = {"machine": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "note": "2 shared cores, other jobs running"}
-    tmp = out.with_suffix(".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")  # atomic: the parent does not import forward3d
     tmp.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     tmp.replace(out)
     print(f"wrote {out}")
+
+
+def _main_loops(specs: list[str], out: Path) -> int:
+    results = _run_children(specs, [])
+    print(f"{'run':<24}{'ATE cm':>8}{'wall s':>8}{'fps':>7}{'LC s':>7}{'refuse s':>9}{'loops':>7}{'rej':>6}{'kf':>6}{'fail':>6}{'peak MB':>9}")
+    for r in results:
+        if "error" in r:
+            print(f"{r['config']:<24} failed: {r['error']}")
+            continue
+        print(f"{r['config']:<24}{100 * r['ate_rmse_m']:>8.2f}{r['wall_s']:>8.1f}{r['fps']:>7.1f}{r['loop_closure_s']:>7.1f}"
+              f"{r['refuse_s']:>9.1f}{r['loops_kept']:>7d}{r['loops_rejected']:>6d}{r['keyframes']:>6d}"
+              f"{r['tracking_failures']:>6d}{r['peak_rss_mb']:>9.0f}")
+    _write(out, results)
     return 0
 
 

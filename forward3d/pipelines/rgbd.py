@@ -80,6 +80,17 @@ class RGBDConfig:
             open3d's ``CPU:0`` / ``CUDA:N``.
         update_stride: streaming: every this-many-th pixel of a frame's depth goes into its
             :class:`~forward3d.types.Update` (points for a live viewer).
+        loop_closure: detect loops (by place and by appearance), verify them geometrically and
+            optimise the keyframe pose graph (:mod:`forward3d.pipelines.loopclosure`); when a loop
+            closes the trajectory is corrected and the TSDF re-fused from the corrected keyframes.
+        loop_radius: loop candidates by place: keyframe centres within this distance (metres).
+        loop_min_gap: a loop joins keyframes at least this many keyframes apart.
+        loop_min_appearance: loop candidates by appearance: thumbnail correlation above this.
+        loop_min_fitness: loop verification: odometry inlier fraction at least this.
+        loop_max_rmse: loop verification: odometry inlier RMSE at most this (metres).
+        loop_min_information: loop verification: smallest eigenvalue of the odometry information
+            matrix per 1,000 stored pixels at least this.
+        loop_downsample: keyframes are stored (verified and re-fused) at 1/this resolution.
     """
 
     voxel_size: float = 0.02
@@ -104,6 +115,14 @@ class RGBDConfig:
     block_count: int = 4096
     device: str = "auto"
     update_stride: int = 4
+    loop_closure: bool = True
+    loop_radius: float = 0.5
+    loop_min_gap: int = 10
+    loop_min_appearance: float = 0.85
+    loop_min_fitness: float = 0.5
+    loop_max_rmse: float = 0.015
+    loop_min_information: float = 5.0
+    loop_downsample: int = 2
 
     def __post_init__(self) -> None:
         if self.tracking == "odometry":
@@ -142,10 +161,33 @@ class RGBDConfig:
             raise bad("update_stride", "an integer >= 1")
         if not (isinstance(self.fuse_first, int) and self.fuse_first >= 0):
             raise bad("fuse_first", "an integer >= 0")
+        for name in ("loop_radius", "loop_max_rmse"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise bad(name, "a finite number > 0")
+        for name in ("loop_min_gap", "loop_downsample"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise bad(name, "an integer >= 1")
+        if not -1.0 <= self.loop_min_appearance <= 1.0:
+            raise bad("loop_min_appearance", "a correlation in [-1, 1]")
+        if not 0.0 <= self.loop_min_fitness <= 1.0:
+            raise bad("loop_min_fitness", "a fraction in [0, 1]")
+        if not self.loop_min_information >= 0:
+            raise bad("loop_min_information", ">= 0")
 
     @property
     def trunc(self) -> float:
         return 4.0 * self.voxel_size if self.sdf_trunc is None else float(self.sdf_trunc)
+
+    def loop_options(self):
+        """The :class:`~forward3d.pipelines.loopclosure.LoopClosureOptions` of these settings."""
+        from forward3d.pipelines.loopclosure import LoopClosureOptions
+
+        return LoopClosureOptions(downsample=self.loop_downsample, min_gap=self.loop_min_gap, radius=self.loop_radius,
+                                  min_appearance=self.loop_min_appearance, min_fitness=self.loop_min_fitness,
+                                  max_rmse=self.loop_max_rmse, min_information=self.loop_min_information,
+                                  depth_max=min(self.tracking_depth_max, self.depth_max),
+                                  max_correspondence_distance=max(0.03, 1.5 * self.voxel_size))
 
 
 _MIN_VALID_DEPTH = 0.05  # a frame with less valid depth than this fraction never becomes a reference
@@ -279,8 +321,17 @@ class RGBDBackend(Backend):
             except TypeError:
                 num_frames = None
         self.result = None
-        volume = TSDFVolume(cfg.voxel_size, cfg.trunc, block_count=cfg.block_count, depth_min=cfg.depth_min,
-                            depth_max=cfg.depth_max, device=device)
+        def new_volume() -> TSDFVolume:
+            return TSDFVolume(cfg.voxel_size, cfg.trunc, block_count=cfg.block_count, depth_min=cfg.depth_min,
+                              depth_max=cfg.depth_max, device=device)
+
+        volume = new_volume()
+        closer = None
+        if cfg.loop_closure and not cfg.use_gt_poses:
+            from forward3d.pipelines.loopclosure import LoopCloser
+
+            closer = LoopCloser(cfg.loop_options(), device=device)
+        corrected = False  # a loop closure moved past poses: the volume is re-fused at the end
         tracker = None if cfg.use_gt_poses else RGBDTracker(
             depth_max=min(cfg.tracking_depth_max, cfg.depth_max), min_fitness=cfg.min_fitness,
             bilateral=(7, 0.1, 5.0) if cfg.tracking_bilateral else None, device=device)
@@ -299,6 +350,7 @@ class RGBDBackend(Backend):
         size: tuple[int, int] | None = None
         prev = None  # (prepared, c2w) of the previous frame
         key = None  # (prepared, c2w) of the current keyframe
+        prev_i = key_i = 0  # their frame indices
         t_track = t_fuse = 0.0
         interrupted = False
         t0 = time.perf_counter()
@@ -358,6 +410,19 @@ class RGBDBackend(Backend):
                                       or _rotation_deg(rel[:3, :3]) > cfg.keyframe_rotation_deg
                                       or fit < cfg.keyframe_min_fitness)
                 t_track += time.perf_counter() - ts
+                trajectory = None
+                if closer is not None:
+                    if closer.add_frame(c2w, is_key and cur is not None, depth, frame.image, K, tracked=ok):
+                        trajectory = closer.trajectory()  # every frame so far, this one included
+                        c2ws[:] = list(trajectory[:-1])
+                        c2w = trajectory[-1]
+                        if key is not None:
+                            key = (key[0], trajectory[key_i])
+                            prev = (prev[0], trajectory[prev_i])  # type: ignore[index]
+                        corrected = True
+                        if model is not None:  # the model surface must follow the corrected poses
+                            volume = closer.rebuild(new_volume)
+                            model_stale = cfg.model_refresh_keyframes
                 integrated = False
                 if ok and (is_key or cfg.integrate == "all" or volume.num_integrated < cfg.fuse_first):
                     ts = time.perf_counter()
@@ -366,9 +431,9 @@ class RGBDBackend(Backend):
                     integrated = True
                     model_stale += int(is_key)
                 if is_key and cur is not None:
-                    key = (cur, c2w)
+                    key, key_i = (cur, c2w), i
                 if cur is not None:
-                    prev = (cur, c2w)
+                    prev, prev_i = (cur, c2w), i
                 st = FrameStatus(state, reason, keyframe=is_key)
                 c2ws.append(c2w)
                 Ks.append(K)
@@ -380,8 +445,10 @@ class RGBDBackend(Backend):
                 if bar.n % 10 == 0:
                     bar.set_postfix(kf=sum(s.keyframe for s in status), fail=sum(not s.ok for s in status),
                                     refresh=False)
-                yield self._update(cfg, i, names[-1], frame, depth, K, c2w, st, size, integrated, fit,
-                                   len(c2ws), len(c2ws) / max(time.perf_counter() - t0, 1e-9))
+                update = self._update(cfg, i, names[-1], frame, depth, K, c2w, st, size, integrated, fit,
+                                      len(c2ws), len(c2ws) / max(time.perf_counter() - t0, 1e-9))
+                update.trajectory = trajectory
+                yield update
         except KeyboardInterrupt:
             if not c2ws:
                 raise
@@ -393,6 +460,15 @@ class RGBDBackend(Backend):
             raise ValueError("rgbd: no frames to reconstruct (the input is empty)")
         t_loop = time.perf_counter() - t0
         ts = time.perf_counter()
+        t_refuse = 0.0
+        if closer is not None and closer.finish():
+            corrected = True
+            c2ws[:] = list(closer.trajectory())
+        if closer is not None and corrected:
+            volume = closer.rebuild(new_volume, progress=progress)
+            t_refuse = time.perf_counter() - ts
+            log.info("rgbd: %d loop closure(s); trajectory corrected, %d keyframes re-fused in %.1f s",
+                     len(closer.loops), len(closer.keyframes), t_refuse)
         wt = effective_weight_threshold(cfg.weight_threshold, volume.num_integrated)
         points = volume.point_cloud(wt)
         mesh = volume.mesh(wt) if cfg.mesh else None
@@ -415,8 +491,12 @@ class RGBDBackend(Backend):
         }
         if model is not None:
             meta["model_tracking"] = model_stats
+        if closer is not None:
+            meta["loop_closure"] = dict(closer.stats(), refused_s=t_refuse)
         timings = {"total_s": t_loop + t_extract, "tracking_s": t_track, "fusion_s": t_fuse,
                    "extraction_s": t_extract, "frames_per_s": n / max(t_loop, 1e-9)}
+        if closer is not None:
+            timings["loop_closure_s"] = closer.time_s
         self.result = Reconstruction(np.stack(c2ws), np.stack(Ks), size, names, np.asarray(stamps),
                                      points=points, mesh=mesh, backend=self.name, metric_scale=True,
                                      frame_status=status, timings=timings,
