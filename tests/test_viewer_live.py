@@ -89,6 +89,44 @@ def test_live_viewer_shows_a_run_that_streamed_nothing():
         assert len(live.scene) == 4 and "**frame 4 / 4**" in live.viewer.stats_md.content
 
 
+@pytest.mark.parametrize("name", ["rgbd", "slam3r-online", "spann3r"])
+def test_streaming_backends_feed_the_live_view(name, tmp_path, one_thread):
+    """Every streaming back-end through ``reconstruct(..., callback=live.push)`` (oracles for the
+    networks): one frame in the view per frame of the run, the final result shown after it."""
+    from forward3d.api import reconstruct
+    from forward3d.data.synthetic import SyntheticConfig, SyntheticScene
+    from forward3d.io.sources import write_layout
+    from forward3d.pipelines import get_backend
+    from forward3d.pipelines.oracle import OracleSLAM3R, OracleSpann3R
+
+    n = 8
+    scene = SyntheticScene(SyntheticConfig(seed=1, num_frames=n, width=160, height=128))
+    data = write_layout(scene.frames(), tmp_path / "redwood", "redwood")
+    if name == "rgbd":
+        pytest.importorskip("open3d")
+        backend = get_backend("rgbd")
+    elif name == "slam3r-online":
+        from forward3d.pipelines.slam3r import SLAM3RBackend
+
+        backend = SLAM3RBackend(models=OracleSLAM3R(scene, image_size=(64, 80)), online=True, keyframe_stride=1,
+                                initial_winsize=3, online_warmup=4)
+    else:
+        from forward3d.pipelines.spann3r import Spann3RPipeline
+
+        backend = Spann3RPipeline(models=OracleSpann3R(scene, image_size=(64, 80)), depth_warmup=2)
+    with LiveViewer(LiveViewConfig(view=True, port=0, interval=0.05)) as live:
+        run = reconstruct(data, backend, progress=False, callback=live.push)
+        assert live.received == n
+        live.finish(run.recon, seconds=run.seconds)
+        assert live.wait_idle(20)
+        assert len(live.scene) == n and live.scene.has_frame_points and live.scene.cloud is not None
+        np.testing.assert_allclose(live.scene.c2w(), run.recon.c2w, atol=1e-9)
+        assert f"**frame {n} / {n}**" in live.viewer.stats_md.content
+        assert live.viewer.live_md.content.startswith(f"**done**: {n} frames")
+        if run.recon.mesh is not None:
+            assert "mesh" in live.viewer._static
+
+
 def test_view_config_and_non_streaming_backend(tmp_path, capsys):
     with pytest.raises(ValueError, match="--view-port"):
         LiveViewConfig(port=70000)
