@@ -11,8 +11,9 @@ after the warm-up and at the end, proxy CPU time.
 
 live: ``forward3d recon`` (:func:`forward3d.api.reconstruct`, in-process, no output folder) on a synthetic
 input with the live view (``--view``: a :class:`~forward3d.viz.live.LiveViewer` as the callback) vs without:
-wall time of the run (median of ``--repeats``, runs alternated), the slowdown in %, the updates the view
-received and how many refreshes it made; ``view+browser`` also has a headless Chromium (SwiftShader, i.e.
+wall time of the run (median of ``--repeats``, runs alternated), the slowdown in %, the CPU time of this
+process (the run plus the view's threads; less sensitive than the wall time to what else runs on the
+machine) and its overhead in %, the updates the view received and how many refreshes it made; ``view+browser`` also has a headless Chromium (SwiftShader, i.e.
 software WebGL on the same 2 CPU cores) showing the page. Back-ends: ``spann3r`` with the fixture's small
 network (80 x 64, ~5 frames/s on one thread) on a 160 x 128 video, and ``rgbd`` (odometry + TSDF) on a
 320 x 240 Redwood layout. Target: <= 10 % slower with the view.
@@ -188,6 +189,7 @@ def bench_live(frames: int, repeats: int, browser: bool) -> list[dict]:
             for name, (path, make) in inputs.items():
                 reconstruct(path, make(), progress=False)  # warm-up (file cache, first-use imports)
                 times: dict[str, list[float]] = {m: [] for m in modes}
+                cpu: dict[str, list[float]] = {m: [] for m in modes}
                 extra: dict[str, dict] = {}
                 for _ in range(repeats):
                     for mode in modes:
@@ -197,19 +199,21 @@ def bench_live(frames: int, repeats: int, browser: bool) -> list[dict]:
                             if driver is not None and mode == "view+browser":
                                 driver.get(live.url)
                                 time.sleep(2.0)  # the page is up and connected before the run starts
-                        t0 = time.perf_counter()
+                        t0, c0 = time.perf_counter(), time.process_time()
                         run = reconstruct(path, make(), progress=False, callback=None if live is None else live.push)
                         times[mode].append(time.perf_counter() - t0)
+                        cpu[mode].append(time.process_time() - c0)  # this process: the run + the view's threads
                         if live is not None:
                             live.finish(run.recon)
                             extra[mode] = {"updates": live.received, "refreshes": live.passes,
                                            "push_ms_per_update": 1e3 * live.push_seconds / max(live.received, 1)}
                             live.stop()
-                base = float(np.median(times["off"]))
+                base, base_cpu = float(np.median(times["off"])), float(np.median(cpu["off"]))
                 for mode in modes:
-                    t = float(np.median(times[mode]))
+                    t, c = float(np.median(times[mode])), float(np.median(cpu[mode]))
                     rows.append({"backend": name, "frames": frames, "mode": mode, "seconds": t, "runs": len(times[mode]),
-                                 "slowdown_pct": 100.0 * (t / base - 1.0), **extra.get(mode, {}),
+                                 "slowdown_pct": 100.0 * (t / base - 1.0), "cpu_s": c,
+                                 "cpu_overhead_pct": 100.0 * (c / base_cpu - 1.0), **extra.get(mode, {}),
                                  "loadavg": os.getloadavg()[0]})
                     print(rows[-1], flush=True)
         finally:
@@ -241,8 +245,8 @@ def main() -> None:
         out["proxy"] = rows
     if args.only in (None, "live"):
         rows = bench_live(args.frames, args.repeats, not args.no_browser)
-        print_table(rows, ["backend", "frames", "mode", "seconds", "slowdown_pct", "updates", "refreshes",
-                           "push_ms_per_update", "loadavg"])
+        print_table(rows, ["backend", "frames", "mode", "seconds", "slowdown_pct", "cpu_s", "cpu_overhead_pct", "updates",
+                           "refreshes", "push_ms_per_update", "loadavg"])
         out["live"] = rows
     path = RESULTS / "viewer.json"
     if args.only is not None and path.is_file():  # one part re-run: keep the other parts' numbers

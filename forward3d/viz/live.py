@@ -23,6 +23,8 @@ __all__ = ["LiveViewer", "LiveViewConfig", "live_status_text"]
 
 log = logging.getLogger(__name__)
 
+_PACE = 4.0  # pause between two live refreshes >= this x the last redraw (drawing <= ~1/5 of a core)
+
 
 @dataclass
 class LiveViewConfig:
@@ -34,7 +36,9 @@ class LiveViewConfig:
         host: address the viewer listens on (127.0.0.1: this machine only).
         port: viewer port (the next free one is taken when it is busy).
         exit: with --view: stop the viewer when the run ends instead of serving the result (scripts, tests).
-        interval: seconds between two refreshes of the view (frames arriving in between are shown together).
+        interval: seconds between two refreshes of the view at least (frames arriving in between are
+            shown together); the pause is also at least 4x the last redraw, so that drawing takes at
+            most about a fifth of a core however large the scene grows.
         max_points: point budget of the view (points drawn at most).
         max_points_per_frame: world points kept per frame (a fixed random subset beyond it; bounds memory).
     """
@@ -78,12 +82,12 @@ class LiveViewer:
     :class:`~forward3d.viz.scene.SceneModel`; the trajectory grows with it; an update that carries a
     corrected ``trajectory`` (loop closure) moves the past cameras and their points. :meth:`push`
     never blocks the producer: it only appends to a list, and a worker thread takes everything that
-    arrived since its last pass, every ``interval`` seconds, into the scene in one go (one redraw
-    per pass, coalesced by the viewer).
+    arrived since its last pass into the scene in one go (one redraw per pass, coalesced by the
+    viewer), pausing between passes ``interval`` seconds or 4x the last redraw, whichever is longer.
 
     Example::
 
-        live = LiveViewer(port=8080)
+        live = LiveViewer(LiveViewConfig(view=True, port=8080))
         print(live.url)
         recon = backend.run(frames, callback=live.push)   # or reconstruct(..., callback=live.push)
         live.finish(recon)                                 # the fused cloud, metrics, final poses
@@ -140,7 +144,7 @@ class LiveViewer:
                 self._apply_pending()
             except Exception:  # a bad update must not kill the view (the reconstruction goes on)
                 log.exception("live viewer: could not show an update")
-            self._stop.wait(self.config.interval)
+            self._stop.wait(max(self.config.interval, _PACE * self.viewer.last_redraw_s))
 
     def _take(self) -> list[Any]:
         with self._pending_lock:

@@ -182,6 +182,7 @@ class Viewer:
         self._static_version = -1
         self._geometry_version = 0
         self.redraws = 0
+        self.last_redraw_s = 0.0  # seconds the last redraw took (the live view paces itself on it)
         self.last_selection: Selection | None = None
         self._known_frames = len(scene)  # frames the GUI knows of (the timeline follows the last one)
         with _quiet():  # viser prints its own banner; the caller prints :attr:`url`
@@ -458,6 +459,7 @@ class Viewer:
         return min(int(self.frame_slider.value), n - 1) if n else -1
 
     def _redraw(self) -> None:
+        t0 = time.perf_counter()
         with self._lock:
             scene = self.scene
             srv = self.server.scene
@@ -488,6 +490,7 @@ class Viewer:
             name = scene.frames[t].name if n else ""
             self.stats_md.content = stats_text(t, n, name, sel, fails)
             self.redraws += 1
+            self.last_redraw_s = time.perf_counter() - t0
 
     def _draw_cameras(self, t: int) -> None:
         scene, srv = self.scene, self.server.scene
