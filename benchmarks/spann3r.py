@@ -6,7 +6,7 @@ stacks, both DPT heads, keys, value encoder, memory write), for fp32, bf16 autoc
 and bf16 weights, with an almost empty memory (2 frames) and a full one (4000 + 5 x 196 slots, the
 eval cap); plus the per-component split of one fp32 step. Each dtype runs in its own subprocess.
 
-Part ``rss``: the whole streaming pipeline (crop, model, cameras, spool, fused cloud) over a
+Part ``rss``: the whole streaming ``spann3r`` back-end (crop, model, cameras, spool, fused cloud) over a
 synthetic 80 x 64 video of 200 and of 2,000 frames, each in its own subprocess, with the fixture's
 SMALL random-weight network (``../shared/fixtures/spann3r``; the full-size model would take hours
 for 2,000 frames on this CPU; its memory is forced to fill and prune: every write kept, cap 150 +
@@ -139,26 +139,27 @@ def child_rss(models: str, frames: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     scene = SyntheticScene(SyntheticConfig(seed=0, num_frames=frames, width=80, height=64, trajectory="handheld",
                                            speed=0.5))
+    # sim_thresh=1.0 (never skip a write): the random small model, fed similar frames, would skip
+    # almost every write; forcing every write makes the memory reach its cap and prune all along
+    cfg = Spann3RPipelineConfig(num_points=200_000, image_size=(64, 80), long_mem_size=150, work_mem_size=2,
+                                attn_thresh=5e-4, sim_thresh=1.0)
     if models == "oracle":
         from forward3d.pipelines.oracle import OracleSpann3R
 
-        net = OracleSpann3R(scene, image_size=(64, 80), cache_frames=8)
-    else:
+        pipe = Spann3RPipeline(cfg, models=OracleSpann3R(scene, image_size=(64, 80), cache_frames=8))
+    else:  # the back-end loads the weights itself, as `forward3d recon --backend spann3r --weights ...` does
+        import tempfile
+
         from forward3d.models.spann3r import Spann3RConfig
-        from forward3d.models.spann3r.engine import Spann3REngine
 
-        net = Spann3REngine.from_pretrained(FIXTURE / "weights.safetensors", image_size=(64, 80),
-                                            config=Spann3RConfig.from_json(FIXTURE / "config.json", section="small"))
-    # sim_thresh=1.0 (never skip a write): the random small model, fed similar frames, would skip
-    # almost every write; forcing every write makes the memory reach its cap and prune all along
-    from forward3d.models.spann3r import MemoryConfig
-
-    mem = MemoryConfig(long_mem_size=150, work_mem_size=2, attn_thresh=5e-4, sim_thresh=1.0)
-    cfg = Spann3RPipelineConfig(progress=False, num_points=200_000, memory=mem)
-    pipe = Spann3RPipeline(net, cfg)
+        tmp = Path(tempfile.mkdtemp(prefix="forward3d-bench-"))
+        (tmp / "config.json").write_text(json.dumps(
+            Spann3RConfig.from_json(FIXTURE / "config.json", section="small").to_dict()))
+        pipe = Spann3RPipeline(cfg, weights=str(FIXTURE / "weights.safetensors"), model_config=str(tmp / "config.json"),
+                               device="cpu")
     t0 = time.perf_counter()
     count = 0
-    for _ in pipe.stream(scene.frames()):
+    for _ in pipe.stream(scene.frames(), progress=False):
         count += 1
     seconds = time.perf_counter() - t0
     rec = pipe.result

@@ -60,7 +60,8 @@ def gt_c2w(scene, n=N) -> np.ndarray:
 
 def run(models, frames, **cfg):
     updates = []
-    rec = Spann3RPipeline(models, Spann3RPipelineConfig(progress=False, **cfg)).run(frames, updates.append)
+    rec = Spann3RPipeline(Spann3RPipelineConfig(**cfg), models=models).run(frames, progress=False,
+                                                                           callback=updates.append)
     return rec, updates
 
 
@@ -218,7 +219,7 @@ def test_bad_input(scene, rgb):
     with pytest.raises(ValueError, match="offline_max_frames"):
         run(oracle, rgb, offline=True, offline_max_frames=4)
     with pytest.raises(TypeError, match="Spann3RModels protocol"):
-        Spann3RPipeline(object())
+        Spann3RPipeline(models=object())
     with pytest.raises(ValueError, match="pose_solver"):
         Spann3RPipelineConfig(pose_solver="magic")
     with pytest.raises(ValueError, match="conf_thresh"):
@@ -230,7 +231,7 @@ def test_bad_input(scene, rgb):
 # ---------------------------------------------------------------------------------------- real network
 def test_engine_end_to_end_deterministic_and_export(engine, rgb, tmp_path):
     rec1, ups = run(engine, rgb)
-    rec2 = run_spann3r(engine, rgb, Spann3RPipelineConfig(progress=False))
+    rec2 = run_spann3r(engine, rgb, Spann3RPipelineConfig())
     assert len(rec1) == N and [u.index for u in ups] == list(range(N))
     np.testing.assert_array_equal(rec1.c2w, rec2.c2w)
     np.testing.assert_array_equal(np.asarray(rec1.point_maps), np.asarray(rec2.point_maps))

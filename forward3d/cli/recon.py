@@ -5,12 +5,16 @@ back-end's config dataclass (``forward3d recon --backend NAME --help`` lists NAM
 :func:`forward3d.api.reconstruct`. Outputs: ``point_cloud.ply``, ``mesh.ply`` + ``mesh.glb`` (when the
 back-end makes a mesh), ``trajectory_tum.txt``, ``colmap/``, ``transforms.json``, ``reconstruction.npz``
 (+ ``.json``), ``previews/*.png`` and, when the input has ground-truth poses, ``metrics.json``.
+
+``--view`` (:class:`forward3d.viz.live.LiveViewConfig`) shows the run live in the browser (a streaming
+back-end's updates through :class:`forward3d.viz.live.LiveViewer`), then serves the result until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from forward3d.cli.options import add_config_arguments, config_from_args
@@ -64,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     dests = add_config_arguments(parser, SourceConfig, prefix="source_", title="input")
     parser.set_defaults(_source_dests=dests)
+    from forward3d.viz.live import LiveViewConfig
+
+    dests = add_config_arguments(parser, LiveViewConfig, prefix="view_", title="live view (forward3d[viewer])")
+    parser.set_defaults(_view_dests=dests)
     try:
         cls = get_backend_class(backend)
     except (ValueError, ImportError, TypeError) as exc:  # reported by run() with the same message
@@ -112,11 +120,50 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--backend {args.backend}: give it as '--backend NAME' or '--backend=NAME'")
     from forward3d.pipelines import get_backend_class
 
+    from forward3d.viz.live import LiveViewConfig
+
     source = config_from_args(SourceConfig, args, args._source_dests)
+    view = config_from_args(LiveViewConfig, args, args._view_dests)
     cls = get_backend_class(args.backend)
     config = config_from_args(cls.config_cls, args, args._backend_dests)
-    result = reconstruct(args.input, cls(config), source=source, out=args.out, overwrite=args.overwrite,
-                         previews=not args.no_previews, progress=not args.no_progress)
+    live = _open_live_view(view, cls, args.input) if view.view else None
+    try:
+        result = reconstruct(args.input, cls(config), source=source, out=args.out, overwrite=args.overwrite,
+                             previews=not args.no_previews, progress=not args.no_progress,
+                             callback=None if live is None else live.push)
+    except BaseException:
+        if live is not None:
+            live.stop()
+        raise
     for line in _summary(result):
         print(line)
+    if live is not None:
+        _serve_result(live, result, view)
     return 130 if result.user_interrupted else 0  # Ctrl-C: the partial result is saved, the status says so
+
+
+def _open_live_view(view: Any, cls: Any, input_path: str) -> Any:
+    from forward3d.viz.live import LiveViewer
+
+    if not cls.capabilities.streaming:
+        raise ValueError(f"--view: the {cls.name} back-end does not stream its frames; run it without --view and "
+                         f"open the result with 'forward3d view OUT'")
+    live = LiveViewer(view, title=f"{Path(str(input_path).rstrip('/')).name or input_path} ({cls.name})")
+    if view.port and live.port != view.port:
+        log.warning("--view-port %d is busy, using %d", view.port, live.port)
+    print(f"forward3d recon: live view at {live.url} (open it in a browser)", flush=True)
+    return live
+
+
+def _serve_result(live: Any, result: Any, view: Any) -> None:
+    metrics = {}
+    tm = result.recon.trajectory_metrics
+    if tm is not None:
+        metrics = {f"ATE {tm.primary} RMSE (m)": tm.ate.rmse, "frames with GT": tm.num_frames_with_gt}
+    live.finish(result.recon, metrics=metrics, seconds=result.seconds)
+    if view.exit:
+        live.stop()
+        return
+    print(f"forward3d recon: serving the result at {live.url} (Ctrl-C to stop)", flush=True)
+    live.serve_forever()
+    print("forward3d recon: viewer stopped", flush=True)

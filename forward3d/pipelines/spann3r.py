@@ -25,12 +25,16 @@ Cameras (everything is in the camera frame of the first frame = the world frame)
   optionally each frame's points corrected to its sensor depth along the rays (as SLAM3R's local
   maps). Without depth the scale is the network's (relative).
 
+The back-end is registered as ``spann3r`` (``forward3d recon VIDEO --backend spann3r --weights
+spann3r.pth``); every option is a field of :class:`Spann3RPipelineConfig`.
+
 Example::
 
-    pipe = Spann3RPipeline.from_pretrained("checkpoints/spann3r.pth", device="cuda")
-    for update in pipe.stream(open_frames("video.mp4")):
+    pipe = Spann3RPipeline(weights="checkpoints/spann3r.pth", device="cuda")   # loaded on first use
+    for update in pipe.stream(open_frames("video.mp4")):                       # forward3d.types.Update
         viewer.add(update.points, update.colors, update.c2w)
     recon = pipe.result
+    recon = Spann3RPipeline(models=OracleSpann3R(scene)).run(frames)          # any Spann3RModels
 """
 
 from __future__ import annotations
@@ -40,12 +44,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from forward3d.config import option
+from forward3d.device import resolve_device
 from forward3d.geometry.camera import pixel_grid
 from forward3d.geometry.pnp import solve_pnp, solve_pnp_ransac
 from forward3d.models.spann3r.config import MemoryConfig
@@ -58,13 +64,17 @@ from forward3d.pipelines.slam3r.common import (
     fit_depth_scale,
     prepare_frame,
 )
-from forward3d.pipelines.slam3r.result import valid_world_mask
+from forward3d.pipelines.base import Backend, Capabilities
+from forward3d.pipelines.slam3r.backend import DTYPES
+from forward3d.pipelines.slam3r.result import depth_scale_array, valid_world_mask
 from forward3d.pipelines.spool import FrameSpool, trim_heap
-from forward3d.types import Frame, Reconstruction
+from forward3d.types import Frame, FrameStatus, Reconstruction, Update
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Spann3RPipelineConfig", "Spann3RUpdate", "Spann3RPipeline", "run_spann3r"]
+__all__ = ["Spann3RPipelineConfig", "Spann3RPipeline", "run_spann3r"]
+
+_MEMORY_FIELDS = ("long_mem_size", "work_mem_size", "attn_thresh", "sim_thresh")
 
 
 @dataclass
@@ -72,10 +82,22 @@ class Spann3RPipelineConfig:
     """Options of the Spann3R back-end.
 
     Attributes:
+        weights: Spann3R weights: the official ``spann3r.pth``, a ``.safetensors`` file, a folder
+            (weights + optional config.json) or a hub id.
+        model_config: config.json of the weights when it is not beside them (other sizes than the
+            official model).
+        device: auto (CUDA when available), cpu, cuda or cuda:N.
+        dtype: compute dtype (bf16/fp16: autocast; the heads and the memory stay fp32).
+        image_size: (H, W) the frames are cropped to (the official model: 224 224).
         offline: the reference's offline reconstruction instead of streaming (all frames in RAM).
         offline_max_frames: refuse longer inputs in offline mode (N^2 decodes).
-        memory: overrides the network's spatial-memory sizes/thresholds (None = the model's:
-            ``long_mem_size=4000, work_mem_size=5, attn_thresh=5e-4, sim_thresh=0.95``).
+        memory: a whole MemoryConfig overriding the network's spatial memory (Python only; None = the
+            model's: ``long_mem_size=4000, work_mem_size=5, attn_thresh=5e-4, sim_thresh=0.95``).
+        long_mem_size: long-term memory slots kept by a prune (None: the model's, 4000).
+        work_mem_size: frames in the working memory (None: the model's, 5).
+        attn_thresh: memory read attention entries below it are zeroed (None: the model's, 5e-4).
+        sim_thresh: skip a memory write whose key is more similar than this to the working memory
+            (None: the model's, 0.95; 1 = never skip).
         conf_thresh: a point is valid when ``(c - 1) / c > conf_thresh`` (reference demo: 1e-3).
         num_points: the fused cloud is a uniform sample of at most this many valid points.
         intrinsics: ``(fx, fy, cx, cy)`` in pixels of the ORIGINAL images; None = estimate.
@@ -89,17 +111,25 @@ class Spann3RPipelineConfig:
         depth_fit: per-frame fit, ``"scale"`` or ``"scale_shift"``.
         depth_min, depth_max, depth_min_pixels: valid sensor range (m) and minimum pixel pairs.
         spool_dir: per-frame results go here (None: a temporary folder).
-        progress: tqdm progress bars (frames/s).
         seed: seed of the fused-cloud sampling.
     """
 
+    weights: str = option("spann3r.pth", metavar="WEIGHTS")
+    model_config: str | None = option(None, metavar="JSON")
+    device: str = "auto"
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    image_size: tuple[int, int] = option((224, 224), metavar=("H", "W"))
     offline: bool = False
     offline_max_frames: int = 200
-    memory: MemoryConfig | None = None
+    memory: MemoryConfig | None = option(None, cli=False)
+    long_mem_size: int | None = option(None, metavar="N")
+    work_mem_size: int | None = option(None, metavar="N")
+    attn_thresh: float | None = option(None, metavar="X")
+    sim_thresh: float | None = option(None, metavar="X")
     conf_thresh: float = 1e-3
     num_points: int = 2_000_000
-    intrinsics: tuple[float, float, float, float] | None = None
-    use_frame_intrinsics: bool = False
+    intrinsics: tuple[float, float, float, float] | None = option(None, cli=False)
+    use_frame_intrinsics: bool = option(False, aliases=("--use-dataset-intrinsics",))
     pose_solver: Literal["pnp", "opencv"] = "pnp"
     camera_max_points: int = 4096
     depth_correction: bool = True
@@ -109,13 +139,17 @@ class Spann3RPipelineConfig:
     depth_min: float = 1e-3
     depth_max: float = 100.0
     depth_min_pixels: int = 32
-    spool_dir: str | None = None
-    progress: bool = True
+    spool_dir: str | None = option(None, metavar="DIR")
     seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.memory, dict):
             self.memory = MemoryConfig(**self.memory)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"Spann3RPipelineConfig.dtype: expected one of {sorted(DTYPES)}, found {self.dtype!r}")
+        if len(tuple(self.image_size)) != 2 or min(int(v) for v in self.image_size) < 1:
+            raise ValueError(f"Spann3RPipelineConfig.image_size: expected (H, W), found {self.image_size!r}")
+        self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
         if self.pose_solver not in ("pnp", "opencv"):
             raise ValueError(f"Spann3RPipelineConfig.pose_solver: expected 'pnp' or 'opencv', found {self.pose_solver!r}")
         if self.depth_fit not in ("scale", "scale_shift"):
@@ -134,6 +168,15 @@ class Spann3RPipelineConfig:
                                  f"found {self.intrinsics}")
             self.intrinsics = tuple(float(v) for v in self.intrinsics)  # type: ignore[assignment]
 
+    def memory_config(self, model_memory: MemoryConfig | None = None) -> MemoryConfig | None:
+        """The spatial memory to run with: :attr:`memory` (else ``model_memory``, the network's) with
+        the fields given one by one (``long_mem_size``...) on top; None = the network's unchanged."""
+        given = {k: getattr(self, k) for k in _MEMORY_FIELDS if getattr(self, k) is not None}
+        if not given:
+            return self.memory
+        base = self.memory or model_memory or MemoryConfig()
+        return dataclasses.replace(base, **given)
+
     @property
     def conf_min(self) -> float:
         """The confidence ``c`` above which a point is valid: ``(c - 1) / c > conf_thresh``."""
@@ -142,35 +185,8 @@ class Spann3RPipelineConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["intrinsics"] = None if self.intrinsics is None else list(self.intrinsics)
+        d["image_size"] = list(self.image_size)
         return d
-
-
-@dataclass
-class Spann3RUpdate:
-    """One frame's final result, as soon as it is known (one frame behind the input).
-
-    Attributes:
-        index: position of the frame in the processed sequence (0-based).
-        name: the frame's name.
-        points: ``[H, W, 3]`` float32 world point map at model resolution (metric with RGB-D).
-        confidence: ``[H, W]`` float32 (``1 + exp(x)``).
-        colors: ``[H, W, 3]`` uint8 colours of the model crop.
-        c2w: ``[4, 4]`` float64 camera-to-world; K: ``[3, 3]`` intrinsics of the ORIGINAL image.
-        image_size: ``(width, height)`` of the original image.
-        num_frames: frames with results so far (including this one).
-        metadata: memory information (size, skipped write, prune), depth scale, pose residual.
-    """
-
-    index: int
-    name: str
-    points: np.ndarray
-    confidence: np.ndarray
-    colors: np.ndarray
-    c2w: np.ndarray
-    K: np.ndarray
-    image_size: tuple[int, int]
-    num_frames: int
-    metadata: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -182,6 +198,7 @@ class _Held:
     c2w: np.ndarray | None = None  # model units
     K_model: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    status: FrameStatus = field(default_factory=lambda: FrameStatus("registered"))
 
 
 def _conf_weight(conf: np.ndarray) -> np.ndarray:
@@ -191,7 +208,7 @@ def _conf_weight(conf: np.ndarray) -> np.ndarray:
 class _Run:
     """One reconstruction: cameras, scale, spool and the final :class:`Reconstruction`."""
 
-    def __init__(self, models: Spann3RModels, cfg: Spann3RPipelineConfig, mode: str) -> None:
+    def __init__(self, models: Spann3RModels, cfg: Spann3RPipelineConfig, mode: str, progress: bool = True) -> None:
         self.models, self.cfg, self.mode = models, cfg, mode
         self.h, self.w = (int(x) for x in models.image_size)
         self.pixels = pixel_grid(self.h, self.w).reshape(-1, 2)
@@ -203,6 +220,7 @@ class _Run:
         self.K: list[np.ndarray] = []
         self.valid_counts: list[int] = []
         self.infos: list[dict] = []
+        self.status: list[FrameStatus] = []
         self.image_size: tuple[int, int] | None = None
         self.K_model: np.ndarray | None = None  # the shared model-crop intrinsics
         self.focal: float | None = None
@@ -216,7 +234,7 @@ class _Run:
         self.extra: dict = {}
         self.max_held = 0  # frames held in memory at once (streaming: 2, plus the depth warm-up)
         self.t_start = time.perf_counter()
-        self.bar = tqdm(desc=f"Spann3R {mode}", unit="frame", disable=not cfg.progress)
+        self.bar = tqdm(desc=f"Spann3R {mode}", unit="frame", disable=not progress)
 
     # ------------------------------------------------------------------ input
     def prepare(self, frame: Frame, k: int) -> PreparedFrame:
@@ -261,6 +279,7 @@ class _Run:
         if first:
             held.c2w = np.eye(4)
             held.info["pose"] = "reference frame"
+            held.status = FrameStatus("registered", reason="the world frame")
         else:
             flat = valid.reshape(-1)
             X, uv = pts.reshape(-1, 3)[flat], self.pixels[flat]
@@ -275,6 +294,9 @@ class _Run:
             held.c2w = r.c2w if r.ok else (self.prev_c2w.copy() if self.prev_c2w is not None else np.eye(4))
             held.info.update(pose="pnp" if r.ok else "previous", pose_error_px=r.median_error,
                              pose_inliers=r.inlier_ratio)
+            held.status = (FrameStatus("registered") if r.ok else
+                           FrameStatus("failed", reason=f"pose not determined ({int(flat.sum())} valid points); "
+                                                        "the previous pose"))
         self.prev_c2w = held.c2w
         self.timings["cameras"] += time.perf_counter() - t0
 
@@ -289,7 +311,7 @@ class _Run:
         cfg = self.cfg
         return fit_depth_scale(z, depth, valid, fit, cfg.depth_min, cfg.depth_max, cfg.depth_min_pixels, seed)
 
-    def add_prediction(self, pred: FramePrediction, first: bool) -> list[Spann3RUpdate]:
+    def add_prediction(self, pred: FramePrediction, first: bool) -> list[Update]:
         """A frame's final prediction: its camera, then its update once the scale is known."""
         held = self.attach(pred)
         self.camera(held, first)
@@ -304,7 +326,7 @@ class _Run:
         held.info.update(pred.info)
         return held
 
-    def scale_and_emit(self, k: int) -> list[Spann3RUpdate]:
+    def scale_and_emit(self, k: int) -> list[Update]:
         """Emit frame ``k`` (camera known); during the depth warm-up, hold it until the scale is."""
         held, cfg = self.held[k], self.cfg
         assert held.pred is not None and held.c2w is not None
@@ -338,13 +360,13 @@ class _Run:
         out, self.waiting = self.waiting, []
         return out
 
-    def flush(self) -> list[Spann3RUpdate]:
+    def flush(self) -> list[Update]:
         if self.waiting and self.scale is None:
             self._fix_scale()
         return [self.emit(i) for i in self._take_waiting()]
 
     # ------------------------------------------------------------------ output
-    def emit(self, k: int) -> Spann3RUpdate:
+    def emit(self, k: int) -> Update:
         t0 = time.perf_counter()
         cfg = self.cfg
         held = self.held.pop(k)
@@ -375,12 +397,15 @@ class _Run:
         self.c2w.append(c2w)
         self.K.append(K)
         self.infos.append(info)
+        self.status.append(held.status)
         self.bar.update(1)
         self.timings["cameras"] += time.perf_counter() - t0
         if len(self.done) % 64 == 0:
             trim_heap()
-        return Spann3RUpdate(index=k, name=p.name, points=pts32, confidence=conf, colors=p.colors, c2w=c2w, K=K,
-                             image_size=(p.crop.src_w, p.crop.src_h), num_frames=len(self.done), metadata=info)
+        n = len(self.done)
+        return Update(index=k, name=p.name, c2w=c2w, K=K, image_size=(p.crop.src_w, p.crop.src_h), status=held.status,
+                      points=pts32, colors=p.colors, confidence=conf, image=p.colors, num_frames=n,
+                      frames_per_s=n / max(time.perf_counter() - self.t_start, 1e-9), metadata=info)
 
     def finish(self, extra: dict) -> Reconstruction:
         self.bar.close()
@@ -411,75 +436,107 @@ class _Run:
             "intrinsics": self.infos[0].get("intrinsics"),
             "max_frames_held": int(self.max_held),
             "spool_dir": None if spool.temporary else os.fspath(spool.dir),
-            "timings": dict(self.timings, total=total),
             "fps": n / max(total, 1e-9),
             "config": cfg.to_dict(),
             **self.extra,
             **extra,
         }
+        timings = {f"{k}_s": v for k, v in self.timings.items()}
+        timings.update(total_s=total, frames_per_s=n / max(total, 1e-9))
+        fits = [None if i.get("frame_depth_scale") is None else (i["frame_depth_scale"],) for i in self.infos]
         w, h = self.image_size or (self.w, self.h)
         return Reconstruction(c2w=np.stack(self.c2w), K=np.stack(self.K), image_size=(w, h),
                               frame_names=list(self.names), timestamps=np.array(self.timestamps),
-                              point_maps=points, confidences=conf, point_map_colors=colors, points=cloud, metadata=meta)
+                              point_maps=points, confidences=conf, point_map_colors=colors, points=cloud,
+                              backend="spann3r", metric_scale=bool(self.metric), depth_scales=depth_scale_array(fits),
+                              frame_status=list(self.status), timings=timings,
+                              interrupted=bool(extra.get("interrupted") or extra.get("stream_dropped")), metadata=meta)
 
 
-class Spann3RPipeline:
-    """Spann3R over any :class:`~forward3d.models.spann3r.protocol.Spann3RModels` (the real
-    ``Spann3REngine`` or an oracle).
+class Spann3RPipeline(Backend):
+    """The ``spann3r`` back-end over any :class:`~forward3d.models.spann3r.protocol.Spann3RModels`
+    (the real ``Spann3REngine``, loaded from ``config.weights`` on first use, or an oracle).
 
     Args:
-        models: the network behind the protocol.
-        config: :class:`Spann3RPipelineConfig`.
+        config: :class:`Spann3RPipelineConfig` (or a dict of its fields); ``overrides`` on top.
+        models: the network behind the protocol; default: loaded from ``config.weights``.
     """
 
     name = "spann3r"
+    description = "Spann3R-compatible streaming reconstruction with spatial memory (official spann3r.pth)"
+    config_cls = Spann3RPipelineConfig
+    capabilities = Capabilities(uses_depth=True, needs_weights=True, metric_scale="with_depth", streaming=True,
+                                outputs=frozenset({"cameras", "point_maps", "points"}))
 
-    def __init__(self, models: Spann3RModels, config: Spann3RPipelineConfig | None = None) -> None:
-        if not isinstance(models, Spann3RModels):
+    def __init__(self, config: Spann3RPipelineConfig | dict | None = None, *, models: Spann3RModels | None = None,
+                 **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        if models is not None and not isinstance(models, Spann3RModels):
             raise TypeError(f"Spann3RPipeline: expected an object with the Spann3RModels protocol "
                             f"(image_size, device, start, offline), found {type(models).__name__}")
-        if config is not None and not isinstance(config, Spann3RPipelineConfig):
-            raise TypeError(f"Spann3RPipeline: expected a Spann3RPipelineConfig, found {type(config).__name__}")
-        self.models = models
-        self.config = config or Spann3RPipelineConfig()
-        self.result: Reconstruction | None = None
+        self._models = models
+
+    @property
+    def models(self) -> Spann3RModels:
+        """The network (loaded from ``config.weights`` on first access when none was given)."""
+        if self._models is None:
+            from forward3d.models.spann3r.engine import Spann3REngine
+
+            cfg = self.config
+            self._models = Spann3REngine.from_pretrained(
+                cfg.weights, device=resolve_device(cfg.device), dtype=DTYPES[cfg.dtype], config=cfg.model_config,
+                image_size=cfg.image_size)
+        return self._models
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, config: Spann3RPipelineConfig | None = None,
                         device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                         **engine_kwargs) -> "Spann3RPipeline":
-        """Load the network (``spann3r.pth``, safetensors, folder or hub id) into a ``Spann3REngine``."""
+        """Load the network (``spann3r.pth``, safetensors, folder or hub id) into a ``Spann3REngine`` now."""
         from forward3d.models.spann3r.engine import Spann3REngine
 
         kw = dict(engine_kwargs)
         if dtype is not None:
             kw["dtype"] = dtype
-        cfg = config or Spann3RPipelineConfig()
-        kw.setdefault("progress", cfg.progress)
-        return cls(Spann3REngine.from_pretrained(source, device=device, **kw), cfg)
+        return cls(config, models=Spann3REngine.from_pretrained(source, device=device, **kw))
+
+    def configure_for_source(self, source: Any, config: Spann3RPipelineConfig) -> Spann3RPipelineConfig:
+        """Intrinsics given for the input (``--intrinsics``) are used as given, not estimated."""
+        if getattr(source, "intrinsics", None) is not None and not config.use_frame_intrinsics:
+            return dataclasses.replace(config, use_frame_intrinsics=True)
+        return config
+
+    def check_source(self, source: Any, where: str = "") -> None:
+        """Refuse, before any work, an offline run over more frames than ``offline_max_frames``."""
+        super().check_source(source, where)
+        cfg = self.config
+        try:
+            n = len(source)
+        except TypeError:  # a live stream: unknown length
+            return
+        if cfg.offline and n > cfg.offline_max_frames:
+            raise ValueError(f"{where or 'input'}: {n} frames for the Spann3R offline mode, which decodes N^2 pairs "
+                             f"(at most --offline-max-frames {cfg.offline_max_frames}); use --stride / --max-frames or "
+                             "the streaming mode (--no-offline)")
 
     # ------------------------------------------------------------------------------------------
-    def run(self, frames: Iterable[Frame], progress: Callable[[Spann3RUpdate], None] | None = None) -> Reconstruction:
-        """Reconstruct ``frames``; ``progress`` receives every :class:`Spann3RUpdate` as it comes."""
-        for update in self.stream(frames):
-            if progress is not None:
-                progress(update)
-        assert self.result is not None
-        return self.result
-
-    def stream(self, frames: Iterable[Frame]) -> Iterator[Spann3RUpdate]:
-        """Updates frame by frame (offline mode: all at the end); :attr:`result` holds the final
-        :class:`Reconstruction` once the generator is exhausted. An interruption (Ctrl-C) keeps
-        the frames processed so far (``metadata["interrupted"]``)."""
+    def stream(self, frames: Iterable[Frame], config: Spann3RPipelineConfig | None = None, *,
+               progress: bool = True) -> Iterator[Update]:
+        """Per-frame :class:`~forward3d.types.Update` s, one frame behind the input (offline mode: all
+        at the end); :attr:`result` holds the final :class:`Reconstruction` once the generator is
+        exhausted. An interruption (Ctrl-C) or a dropped stream keeps the frames processed so far
+        (``interrupted``)."""
         self.result = None
-        cfg = self.config
-        run = _Run(self.models, cfg, "offline" if cfg.offline else "online")
+        cfg = self.resolve_config(config)
+        models = self.models
+        memory = cfg.memory_config(getattr(models, "memory", None))
+        run = _Run(models, cfg, "offline" if cfg.offline else "online", progress=progress)
         interrupted = False
         try:
             if cfg.offline:
-                yield from self._offline(run, frames)
+                yield from self._offline(run, frames, cfg, memory)
             else:
-                stream = self.models.start(cfg.memory)
+                stream = models.start(memory)
                 first = True
                 k = 0
                 try:
@@ -508,8 +565,8 @@ class Spann3RPipeline:
             raise
         self.result = rec
 
-    def _offline(self, run: _Run, frames: Iterable[Frame]) -> Iterator[Spann3RUpdate]:
-        cfg = self.config
+    def _offline(self, run: _Run, frames: Iterable[Frame], cfg: Spann3RPipelineConfig,
+                 memory: MemoryConfig | None) -> Iterator[Update]:
         images = []
         for k, frame in enumerate(frames):
             if k >= cfg.offline_max_frames:
@@ -521,7 +578,7 @@ class Spann3RPipeline:
         if len(images) < 2:
             raise ValueError(f"Spann3R: expected at least 2 frames, found {len(images)}")
         t0 = time.perf_counter()
-        order, preds = self.models.offline(torch.stack(images), list(range(len(images))), cfg.memory)
+        order, preds = run.models.offline(torch.stack(images), list(range(len(images))), memory)
         run.timings["model"] += time.perf_counter() - t0
         del images
         if sorted(order) != list(range(len(preds))) or [p.frame_id for p in preds] != list(order):
@@ -539,6 +596,6 @@ class Spann3RPipeline:
 
 
 def run_spann3r(models: Spann3RModels, frames: Iterable[Frame], config: Spann3RPipelineConfig | None = None,
-                progress: Callable[[Spann3RUpdate], None] | None = None) -> Reconstruction:
+                callback: Callable[[Update], None] | None = None, progress: bool = False) -> Reconstruction:
     """Functional form of :meth:`Spann3RPipeline.run`."""
-    return Spann3RPipeline(models, config).run(frames, progress)
+    return Spann3RPipeline(config, models=models).run(frames, progress=progress, callback=callback)

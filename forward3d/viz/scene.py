@@ -32,7 +32,7 @@ __all__ = ["FrameView", "SceneModel", "Selection", "SceneEvent"]
 
 log = logging.getLogger(__name__)
 
-SceneEvent = Literal["frame", "frame_updated", "geometry", "info"]
+SceneEvent = Literal["frame", "frame_updated", "poses", "geometry", "info"]
 _KEY_SEED = 20240917
 
 
@@ -188,6 +188,7 @@ class SceneModel:
         """Call ``listener(event, payload)`` after every change; returns a function that unsubscribes.
 
         Events: ``"frame"`` (a new :class:`FrameView`), ``"frame_updated"`` (an existing one changed),
+        ``"poses"`` (the poses of frames ``0..M-1`` were corrected; payload M),
         ``"geometry"`` (cloud / mesh / Gaussians / GT replaced; payload None), ``"info"`` (metrics,
         settings, downloads). Listeners run on the caller's thread and must not block.
         """
@@ -208,6 +209,10 @@ class SceneModel:
                 fn(event, payload)
             except Exception:  # a broken listener must not break the producer (the reconstruction)
                 log.exception("scene listener failed on %s", event)
+
+    def notify(self, event: SceneEvent, payload: Any = None) -> None:
+        """Tell the listeners about changes made with ``notify=False`` (a batch of frames: one event)."""
+        self._emit(event, payload)
 
     # -- filling -----------------------------------------------------------------------------------
     def _keys(self, n: int) -> np.ndarray:
@@ -253,6 +258,32 @@ class SceneModel:
             fv = self.frames[position]
             fv.tracking_ok = bool(ok)
         self._emit("frame_updated", fv)
+
+    def set_poses(self, c2w: np.ndarray, *, move_points: bool = True, notify: bool = True) -> int:
+        """Correct the poses of the first ``M`` frames (a loop closure, a global optimisation).
+
+        Args:
+            c2w: ``[M, 4, 4]`` camera-to-world of frames ``0..M-1`` (positions in :attr:`frames`);
+                ``M`` may be smaller than the number of frames (later frames keep theirs).
+            move_points: move each frame's world points rigidly with its camera
+                (``new_c2w @ inv(old_c2w)``), as the back-end's corrected map would be.
+
+        Returns:
+            the number of frames changed.
+        """
+        c2w = np.asarray(c2w, dtype=np.float64)
+        if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or not np.isfinite(c2w).all():
+            raise ValueError(f"SceneModel.set_poses: expected finite c2w of shape [M, 4, 4], found {list(c2w.shape)}")
+        with self._lock:
+            m = min(len(c2w), len(self.frames))
+            for fv, new in zip(self.frames[:m], c2w[:m]):
+                if move_points and fv.points is not None and len(fv.points):
+                    delta = new @ np.linalg.inv(fv.c2w)
+                    fv.points = (fv.points @ delta[:3, :3].T.astype(np.float32) + delta[:3, 3].astype(np.float32))
+                fv.c2w = new.copy()
+        if notify and m:
+            self._emit("poses", m)
+        return m
 
     def set_geometry(self, *, cloud: PointCloud | None = None, cloud_confidence: np.ndarray | None = None,
                      mesh: Mesh | None = None, gaussians: Gaussians | None = None,

@@ -7,6 +7,8 @@ frame timeline (slider + play) replaying the per-frame point maps, the metrics a
 and buttons to download the PLY / GLB files. It listens to the scene, so frames added while it runs
 (a live reconstruction) appear as they come; redraws run on one worker thread and are coalesced (a
 burst of changes costs one redraw), so the producer never waits for the browser.
+:class:`~forward3d.viz.live.LiveViewer` (also importable from here) feeds one with a back-end's
+streaming updates (``forward3d recon INPUT --view``).
 
 Camera conventions are converted in :mod:`forward3d.viz.conventions` only. The server binds
 127.0.0.1 unless told otherwise.
@@ -44,7 +46,7 @@ from forward3d.viz.conventions import (
 )
 from forward3d.viz.scene import SceneModel, Selection
 
-__all__ = ["Viewer", "ViewerConfig", "stats_text", "format_count"]
+__all__ = ["Viewer", "ViewerConfig", "stats_text", "format_count"]  # + LiveViewer, LiveViewConfig (module __getattr__)
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +182,9 @@ class Viewer:
         self._static_version = -1
         self._geometry_version = 0
         self.redraws = 0
+        self.last_redraw_s = 0.0  # seconds the last redraw took (the live view paces itself on it)
         self.last_selection: Selection | None = None
+        self._known_frames = len(scene)  # frames the GUI knows of (the timeline follows the last one)
         with _quiet():  # viser prints its own banner; the caller prints :attr:`url`
             self.server = viser.ViserServer(host=host, port=port, label="forward3d", verbose=False)
         self._host = host
@@ -248,10 +252,39 @@ class Viewer:
             self._frustum_scale = radius * 0.05
         sample = scene.sample_points(50_000)
         pos, look, up_v = initial_view(c2w, sample if len(sample) else None, up)
+        self._view = tuple(tuple(float(v) for v in x) for x in (pos, look, up_v))
         cam = self.server.initial_camera
-        cam.position = tuple(float(v) for v in pos)
-        cam.look_at = tuple(float(v) for v in look)
-        cam.up = tuple(float(v) for v in up_v)
+        cam.position, cam.look_at, cam.up = self._view
+
+    def refit(self, move_cameras: bool = False) -> None:
+        """Fit the world to the scene as it is now (a live scene that started empty or has grown): up
+        direction, frustum size, point size and confidence ranges, the initial camera; with
+        ``move_cameras`` the connected browsers' cameras too. Redraws every camera."""
+        with self._lock:
+            self._setup_world()
+            size = self.config.point_size or self._radius / 400.0
+            self.point_size.min, self.point_size.max, self.point_size.step = size / 10, size * 10, size / 10
+            self.point_size.value = size
+            rng = self.scene.confidence_range()
+            if rng is not None:
+                lo, hi = rng
+                first = not self.min_conf.visible
+                self.min_conf.min, self.min_conf.max, self.min_conf.step = lo, hi, (hi - lo) / 100
+                if first:
+                    self.min_conf.value = lo
+                self.min_conf.visible = True
+            self.points_source.visible = self.scene.has_frame_points and self.scene.cloud is not None
+            for pos in list(self._frustums):
+                self._frustums.pop(pos).remove()
+            if move_cameras:
+                for client in self.server.get_clients().values():
+                    client.camera.position, client.camera.look_at, client.camera.up = self._view
+        self.request_redraw()
+
+    def set_live_status(self, text: str) -> None:
+        """Show ``text`` (markdown) under the frame / point counts; empty hides it."""
+        self.live_md.content = text or " "
+        self.live_md.visible = bool(text)
 
     def _build_gui(self) -> None:
         gui = self.server.gui
@@ -260,6 +293,7 @@ class Viewer:
         gui.configure_theme(control_width="medium", show_logo=False, show_share_button=False)
         self.title_md = gui.add_markdown(f"### {scene.title or 'forward3d'}")
         self.stats_md = gui.add_markdown("loading ...")
+        self.live_md = gui.add_markdown(" ", visible=False)
         with gui.add_folder("Display"):
             self.show_points = gui.add_checkbox("points", True)
             both = scene.has_frame_points and scene.cloud is not None
@@ -359,7 +393,8 @@ class Viewer:
     def _on_scene_event(self, event: str, payload: Any) -> None:
         if event == "frame":
             n = len(self.scene)
-            follow = self.frame_slider.value >= self.frame_slider.max - 0 or n <= 2
+            prev, self._known_frames = self._known_frames, n
+            follow = prev == 0 or self.frame_slider.value >= prev - 1 or n <= 2  # it showed the last frame
             self.frame_slider.max = max(n - 1, 1)
             self.frame_slider.disabled = n < 2
             self.play_button.disabled = n < 2
@@ -374,6 +409,11 @@ class Viewer:
             if payload is not None:
                 pos = next((i for i, f in enumerate(self.scene.frames) if f is payload), None)
                 if pos is not None and pos in self._frustums:
+                    self._frustums.pop(pos).remove()
+            self.request_redraw()
+        elif event == "poses":
+            with self._lock:
+                for pos in list(self._frustums):
                     self._frustums.pop(pos).remove()
             self.request_redraw()
         elif event == "geometry":
@@ -419,6 +459,7 @@ class Viewer:
         return min(int(self.frame_slider.value), n - 1) if n else -1
 
     def _redraw(self) -> None:
+        t0 = time.perf_counter()
         with self._lock:
             scene = self.scene
             srv = self.server.scene
@@ -449,6 +490,7 @@ class Viewer:
             name = scene.frames[t].name if n else ""
             self.stats_md.content = stats_text(t, n, name, sel, fails)
             self.redraws += 1
+            self.last_redraw_s = time.perf_counter() - t0
 
     def _draw_cameras(self, t: int) -> None:
         scene, srv = self.scene, self.server.scene
@@ -538,3 +580,14 @@ class Viewer:
             self.frame_slider.value = t + 1
             dt = 1.0 / max(float(self.fps.value), 0.1)
             self._closed.wait(max(0.0, dt - (time.monotonic() - t0)))
+
+
+
+def __getattr__(name: str) -> Any:
+    """``LiveViewer``, ``LiveViewConfig``, ``live_status_text`` live in :mod:`forward3d.viz.live`
+    (imported on first use; ``from forward3d.viz.viewer import LiveViewer`` works)."""
+    if name in ("LiveViewer", "LiveViewConfig", "live_status_text"):
+        from forward3d.viz import live
+
+        return getattr(live, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
