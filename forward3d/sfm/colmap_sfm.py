@@ -8,11 +8,12 @@ COLMAP speaks the OpenCV camera axes and puts pixel centres at +0.5 like forward
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -105,11 +106,18 @@ def run_colmap(image_dir: Path, names: list[str], pairs: set[tuple[int, int]], p
         ValueError: too few images with texture (SIFT features), or no model (what to try is in the message).
     """
     pycolmap = import_pycolmap()
+    with quiet_colmap(pycolmap):
+        return _run_colmap(pycolmap, image_dir, names, pairs, prior, cfg, workdir)
+
+
+@contextlib.contextmanager
+def quiet_colmap(pycolmap: Any) -> Iterator[None]:
+    """COLMAP's log (glog) at warnings and above while active, unless this module logs at DEBUG."""
     glog = pycolmap.logging
     previous = glog.minloglevel
     glog.minloglevel = 0 if log.isEnabledFor(logging.DEBUG) else 1
     try:
-        return _run_colmap(pycolmap, image_dir, names, pairs, prior, cfg, workdir)
+        yield
     finally:
         glog.minloglevel = previous
 
@@ -257,15 +265,16 @@ class SiftMatcher:
         opts.num_threads = cfg.threads
         opts.max_image_size = cfg.max_image_size if cfg.max_image_size > 0 else -1
         opts.sift.max_num_features = cfg.max_features
-        self._extractor = pycolmap.FeatureExtractor.create(opts, pycolmap.Device.cpu)
+        with quiet_colmap(pycolmap):
+            self._extractor = pycolmap.FeatureExtractor.create(opts, pycolmap.Device.cpu)
 
     def extract(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``[H, W, 3]`` uint8 RGB -> keypoints ``[k, 2]`` (pixels, centres at +0.5) and unit descriptors ``[k, 128]``."""
         grey = np.ascontiguousarray((image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
                                     .round().clip(0, 255).astype(np.uint8))
         kp, desc = self._extractor.extract_from_uint8_array(grey)
-        kp = np.asarray(kp.data if hasattr(kp, "data") else kp, np.float64)
-        desc = np.asarray(desc.data if hasattr(desc, "data") else desc)
+        kp = np.asarray(self._pycolmap.keypoints_to_matrix(kp), np.float64).reshape(-1, 4)
+        desc = np.asarray(desc.data).reshape(len(kp), -1)
         return kp[:, :2].copy(), _unit_rows(desc)
 
     @staticmethod
@@ -275,7 +284,7 @@ class SiftMatcher:
             return np.zeros((0, 2), np.int64)
         sim = desc_a @ desc_b.T
         d = np.sqrt(np.maximum(2.0 - 2.0 * sim, 0.0))
-        nn = np.argsort(d, axis=1)[:, :2]
+        nn = np.argpartition(d, 1, axis=1)[:, :2]
         best, second = d[np.arange(len(d)), nn[:, 0]], d[np.arange(len(d)), nn[:, 1]]
         back = np.argmin(d, axis=0)
         i = np.arange(len(d))
