@@ -147,7 +147,7 @@ def global_descriptors(thumbs: list[np.ndarray]) -> np.ndarray:
 
     out = np.zeros((len(thumbs), _DESC_SIZE[0] * _DESC_SIZE[1]), np.float32)
     for i, t in enumerate(thumbs):
-        small = np.asarray(Image.fromarray(t).resize(_DESC_SIZE, Image.BOX), np.float32).reshape(-1)
+        small = np.array(Image.fromarray(t).resize(_DESC_SIZE, Image.BOX), np.float32).reshape(-1)
         small -= small.mean()
         out[i] = small / max(float(np.linalg.norm(small)), 1e-12)
     return out

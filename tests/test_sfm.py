@@ -1,0 +1,122 @@
+"""Structure from motion (forward3d.sfm) and the ``sfm`` back-end: keyframes, pose files, bad input,
+synthetic RGB room end to end, the fern photos, known poses, the CLI and the demo."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from forward3d.data.synthetic import SyntheticConfig, SyntheticScene
+from forward3d.eval.traj import ate
+from forward3d.io.poses import match_poses, read_pose_file
+from forward3d.sfm.config import SfMConfig
+from forward3d.sfm.keyframes import (
+    FrameStats,
+    global_descriptors,
+    image_shift,
+    loop_pairs,
+    select_keyframes,
+    sequential_pairs,
+    sharpness,
+    thumbnail,
+)
+from forward3d.types import Frame
+
+
+def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.random((h // 4 + 1, w // 4 + 1))
+    return np.kron(base, np.ones((4, 4)))[:h, :w].astype(np.float32)
+
+
+def _room_frames(n: int, size=(320, 240), seed: int = 0, speed: float = 1.0) -> list[Frame]:
+    scene = SyntheticScene(SyntheticConfig(seed=seed, num_frames=n, width=size[0], height=size[1], speed=speed))
+    return [f.with_(depth=None) for f in scene.frames()]
+
+
+# -- keyframes / pairs (no pycolmap) --------------------------------------------------------------
+
+def test_image_shift_recovers_translation():
+    big = _texture(200, 260)
+    a, b = big[20:116, 20:148], big[27:123, 11:139]  # content moves by (+9, -7) px from a to b
+    dx, dy, peak = image_shift(a, b)
+    assert (dx, dy) == (9.0, -7.0) and peak > 0.3
+    _, _, low = image_shift(a, _texture(96, 128, seed=5))
+    assert low < peak / 3
+    with pytest.raises(ValueError, match="one size"):
+        image_shift(a, b[:50])
+
+
+def test_sharpness_drops_with_blur():
+    img = _texture(96, 128)
+    blurred = (img + np.roll(img, 1, 0) + np.roll(img, 1, 1) + np.roll(img, (1, 1), (0, 1))) / 4
+    assert sharpness(blurred) < 0.5 * sharpness(img)
+    assert thumbnail((np.stack([img] * 3, -1) * 255).astype(np.uint8), 64).shape == (48, 64)
+
+
+def test_select_keyframes_by_parallax_and_sharpness():
+    big = _texture(120, 600)
+    thumbs = [big[10:106, 4 * i:4 * i + 128] for i in range(40)]  # 4 px (3 % of the width) per frame
+    sharp = np.ones(40)
+    sharp[12] = 5.0  # the sharpest of its window wins
+    keys = select_keyframes(FrameStats(thumbs, sharp, np.full(40, 0.2)), min_parallax=0.06, window=3)
+    assert keys[0] in (0, 1, 2) and 12 in keys
+    steps = np.diff(keys)
+    assert steps.min() >= 1 and steps.max() <= 5 and len(keys) >= 8
+    static = select_keyframes(FrameStats([thumbs[0]] * 20, np.ones(20), np.full(20, 0.2)), 0.06, 3)
+    assert len(static) == 1  # no parallax: one keyframe
+    assert select_keyframes(FrameStats([thumbs[0]] * 5, np.ones(5), np.zeros(5)), 0.06, 3) == []
+
+
+def test_loop_pairs_find_a_revisit():
+    views = [_texture(96, 128, seed=s) for s in range(12)]
+    views[11] = views[1] + 0.01  # the end revisits the start
+    desc = global_descriptors(views)
+    loops = loop_pairs(desc, overlap=3, per_image=1)
+    assert (1, 11) in loops and all(j - i > 3 for i, j in loops)
+    assert sequential_pairs(4, 2) == {(0, 1), (0, 2), (1, 2), (1, 3), (2, 3)}
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="min_parallax"):
+        SfMConfig(min_parallax=0.0)
+    with pytest.raises(ValueError, match="mapper"):
+        SfMConfig(mapper="magic")  # type: ignore[arg-type]
+
+
+# -- pose files ---------------------------------------------------------------------------------
+
+def test_pose_files_all_formats(tmp_path):
+    from forward3d.io.colmap import write_colmap_text
+    from forward3d.io.nerfstudio import write_transforms_json
+    from forward3d.io.trajectory import write_tum
+    from forward3d.types import Reconstruction
+
+    frames = _room_frames(4, size=(64, 48))
+    c2w = np.stack([f.c2w for f in frames])
+    names = [f.name for f in frames]
+    (tmp_path / "m.txt").write_text("# c2w per line\n" + "".join(" ".join(f"{v:.12g}" for v in T.reshape(-1)) + "\n"
+                                                                for T in c2w))
+    write_tum(tmp_path / "t.txt", np.arange(4) * 0.1, c2w)
+    K = np.stack([f.K for f in frames])
+    rec = Reconstruction(c2w, K, (64, 48), frame_names=names)
+    write_colmap_text(tmp_path / "colmap", rec, image_names=[n + ".png" for n in names])
+    write_transforms_json(tmp_path / "transforms.json", rec)
+    for path, fmt in ((tmp_path / "m.txt", "matrices"), (tmp_path / "t.txt", "tum"), (tmp_path / "colmap", "colmap"),
+                      (tmp_path / "transforms.json", "transforms")):
+        pf = read_pose_file(path)
+        assert pf.format == fmt
+        np.testing.assert_allclose(pf.c2w, c2w, atol=1e-5)
+        if fmt in ("colmap", "transforms"):
+            np.testing.assert_allclose(pf.K, K, atol=1e-6)
+            assert match_poses(pf, names[::-1], np.zeros(4)).tolist() == [3, 2, 1, 0]  # by image name
+    pf = read_pose_file(tmp_path / "t.txt")
+    idx = match_poses(pf, names[::-1], np.arange(4)[::-1] * 0.1)
+    assert idx.tolist() == [3, 2, 1, 0]  # by timestamp
+    with pytest.raises(ValueError, match="4 poses for 5 frames"):
+        match_poses(read_pose_file(tmp_path / "m.txt"), names + ["x"], np.zeros(5))
+    (tmp_path / "bad.txt").write_text("1 2 3\n")
+    with pytest.raises(ValueError, match="bad.txt:1: expected 16 numbers"):
+        read_pose_file(tmp_path / "bad.txt")
