@@ -120,3 +120,133 @@ def test_pose_files_all_formats(tmp_path):
     (tmp_path / "bad.txt").write_text("1 2 3\n")
     with pytest.raises(ValueError, match="bad.txt:1: expected 16 numbers"):
         read_pose_file(tmp_path / "bad.txt")
+
+
+# -- end to end (pycolmap) ----------------------------------------------------------------------
+
+pycolmap = pytest.importorskip("pycolmap")
+
+from forward3d.pipelines.sfm import SfMBackend, mvs_available  # noqa: E402
+
+
+def _fast(**kw) -> SfMBackend:
+    return SfMBackend(dense="none", threads=1, max_features=2048, **kw)
+
+
+def test_synthetic_room_every_frame_posed():
+    """Textured room, RGB only, 20 frames 256x192: keyframes by parallax, the rest by PnP; ATE after Sim(3)."""
+    frames = _room_frames(20, size=(256, 192))
+    recon = _fast(keyframes="select").run(frames, progress=False)
+    gt = np.stack([f.c2w for f in frames])
+    states = [s.state for s in recon.frame_status]
+    assert len(recon) == 20 and set(states) <= {"registered", "interpolated"}
+    assert 3 <= len(recon.keyframes) < 20
+    assert any("PnP" in s.reason for s in recon.frame_status)  # non-keyframes registered against the model
+    assert recon.metadata["sfm_registered"] == recon.metadata["sfm_images"]
+    assert recon.metadata["mean_reprojection_error_px"] < 0.5
+    a = ate(recon.c2w, gt, align="sim3")
+    assert a["rmse"] < 0.01, a["rmse"]  # metres, room ~6 x 3 x 5 m
+    np.testing.assert_allclose(recon.K, np.stack([f.K for f in frames]))  # known intrinsics kept fixed
+    assert recon.points is not None and len(recon.points) > 300 and not recon.metric_scale
+
+
+@pytest.mark.parametrize("n, make, match", [
+    (2, lambda i: _texture(96, 128, seed=i), "at least 3 views, found 2"),
+    (5, lambda i: np.ones((96, 128), np.float32), "uniform images"),
+    (6, lambda i: _texture(96, 128), "same image"),
+])
+def test_bad_input_one_clear_error(n, make, match):
+    frames = [Frame((np.stack([make(i)] * 3, -1) * 255).astype(np.uint8), index=i, name=f"{i:03d}") for i in range(n)]
+    with pytest.raises(ValueError, match=match):
+        _fast().run(frames, progress=False)
+
+
+def test_known_poses_skip_sfm(tmp_path):
+    frames = _room_frames(6, size=(96, 72))
+    c2w = np.stack([f.c2w for f in frames])
+    (tmp_path / "poses.txt").write_text("".join(" ".join(f"{v:.15g}" for v in T.reshape(-1)) + "\n" for T in c2w))
+    recon = _fast(poses=str(tmp_path / "poses.txt")).run(frames, progress=False)
+    assert all(s.state == "given" for s in recon.frame_status) and recon.metric_scale
+    np.testing.assert_allclose(recon.c2w, c2w, atol=1e-9)
+    bare = [f.with_(K=None) for f in frames]
+    with pytest.raises(ValueError, match="no intrinsics"):
+        _fast(poses=str(tmp_path / "poses.txt")).run(bare, progress=False)
+
+
+def _fern_check(recon, shared):
+    from forward3d.geometry.align import umeyama
+
+    pb = np.load(shared / "data" / "fern" / "poses_bounds.npy")
+    gt_centres = pb[:, :15].reshape(-1, 3, 5)[:, :, 3]
+    assert len(recon) == 20 and all(s.state == "registered" and s.reason == "SfM" for s in recon.frame_status)
+    assert recon.metadata["mean_reprojection_error_px"] < 1.0
+    s, R, t = umeyama(recon.c2w[:, :3, 3], gt_centres, with_scale=True)
+    aligned = s * recon.c2w[:, :3, 3] @ R.T + t
+    scene = float(pb[:, 16].max())  # the far depth bound: the scene's depth extent, in poses_bounds units
+    err = np.linalg.norm(aligned - gt_centres, axis=1)
+    assert err.max() < 0.01 * scene, (err.max(), scene)
+    return err, scene
+
+
+def test_fern_reduced_resolution(shared_dir):
+    """The 20 fern photos at 252x189: all registered, reprojection < 1 px, centres within 1 % of the scene."""
+    from forward3d.io.sources import open_frames
+
+    recon = _fast().run(open_frames(shared_dir / "data" / "fern" / "images_8", size=252), progress=False)
+    _fern_check(recon, shared_dir)
+
+
+@pytest.mark.slow
+def test_fern_native_resolution_cli(shared_dir, tmp_path):
+    """``forward3d recon fern --backend sfm`` at 504x378: the whole output set and the same checks."""
+    from forward3d.api import reconstruct
+
+    run = reconstruct(shared_dir / "data" / "fern" / "images_8", "sfm", {"dense": "none", "threads": 1},
+                      out=tmp_path / "out", progress=False, previews=False)
+    _fern_check(run.recon, shared_dir)
+    assert (tmp_path / "out" / "colmap" / "images.txt").is_file() and (tmp_path / "out" / "point_cloud.ply").is_file()
+
+
+def test_cli_help_lists_sfm_options(capsys):
+    from forward3d.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["recon", "x", "--backend", "sfm", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--mapper", "--poses", "--dense", "--intrinsics-file", "--matching", "--keyframes"):
+        assert flag in out
+
+
+def test_rgb_refusal_points_to_sfm(tmp_path):
+    from forward3d.pipelines import get_backend
+
+    class Src:
+        has_depth = False
+        layout = "video"
+
+    with pytest.raises(ValueError, match="--backend sfm"):
+        get_backend("rgbd").check_source(Src(), "clip.mp4")
+
+
+@pytest.mark.slow
+def test_demo_rgb(tmp_path):
+    from forward3d.demo import DemoConfig, run_demo
+
+    res = run_demo(DemoConfig(out=str(tmp_path / "demo"), frames=24, rgb=True, previews=False), progress=False)
+    assert res.recon.backend == "sfm" and res.recon.trajectory_metrics.ate_sim3.rmse < 0.01
+    assert json.loads((tmp_path / "demo" / "metrics.json").read_text())
+
+
+@pytest.mark.skipif(not mvs_available(), reason="forward3d.mvs (dense stereo, branch mvs) is not on this branch yet")
+def test_sfm_with_dense_mvs():
+    """SfM poses -> forward3d.mvs.dense_reconstruct -> dense points after Sim(3) close to the true surface."""
+    from forward3d.eval.surface import score_surface
+
+    scene = SyntheticScene(SyntheticConfig(seed=0, num_frames=12, width=160, height=120))
+    frames = [f.with_(depth=None) for f in scene.frames()]
+    recon = SfMBackend(dense="mvs", threads=1).run(frames, progress=False)
+    gt = np.stack([f.c2w for f in frames])
+    a = ate(recon.c2w, gt, align="sim3")
+    assert recon.points is not None and len(recon.points) > 1000
+    scores = score_surface(recon.points.transform(a["alignment"]), scene.surface_points(0.02))
+    assert scores["accuracy"] < 0.05
