@@ -136,8 +136,10 @@ def _fast(**kw) -> SfMBackend:
 def test_synthetic_room_every_frame_posed():
     """Textured room, RGB only, 20 frames 256x192: keyframes by parallax, the rest by PnP; ATE after Sim(3)."""
     frames = _room_frames(20, size=(256, 192))
-    recon = _fast(keyframes="select").run(frames, progress=False)
+    updates = []
+    recon = _fast(keyframes="select").run(frames, progress=False, callback=updates.append)
     gt = np.stack([f.c2w for f in frames])
+    assert [u.index for u in updates] == list(range(20)) and updates[-1].trajectory.shape == (20, 4, 4)
     states = [s.state for s in recon.frame_status]
     assert len(recon) == 20 and set(states) <= {"registered", "interpolated"}
     assert 3 <= len(recon.keyframes) < 20
@@ -148,6 +150,17 @@ def test_synthetic_room_every_frame_posed():
     assert a["rmse"] < 0.01, a["rmse"]  # metres, room ~6 x 3 x 5 m
     np.testing.assert_allclose(recon.K, np.stack([f.K for f in frames]))  # known intrinsics kept fixed
     assert recon.points is not None and len(recon.points) > 300 and not recon.metric_scale
+
+
+def test_rgbd_input_is_scaled_to_metric():
+    """Frames with depth: the SfM result is scaled to the sensor depth (metric, ATE after SE(3))."""
+    scene = SyntheticScene(SyntheticConfig(seed=1, num_frames=10, width=192, height=144))
+    frames = list(scene.frames())
+    recon = _fast().run(frames, progress=False)
+    gt = np.stack([f.c2w for f in frames])
+    assert recon.metric_scale and abs(recon.metadata["depth_scale"]) > 0
+    assert ate(recon.c2w, gt, align="se3")["rmse"] < 0.01
+    np.testing.assert_allclose(np.nanmedian(recon.depth_scales), 1.0, atol=0.01)
 
 
 @pytest.mark.parametrize("n, make, match", [

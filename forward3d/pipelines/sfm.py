@@ -30,7 +30,7 @@ import numpy as np
 from forward3d.config import config_to_dict, option
 from forward3d.pipelines.base import Backend, Capabilities, UpdateCallback
 from forward3d.sfm.config import SfMConfig
-from forward3d.types import Frame, FrameStatus, Mesh, PointCloud, Reconstruction
+from forward3d.types import Frame, FrameStatus, Mesh, PointCloud, Reconstruction, Update
 
 __all__ = ["SfMBackendConfig", "SfMBackend", "known_poses", "mvs_available"]
 
@@ -106,7 +106,7 @@ class SfMBackend(Backend):
     name = "sfm"
     description = "weight-free RGB: structure from motion (pycolmap) + dense multi-view stereo (forward3d.mvs)"
     config_cls = SfMBackendConfig
-    capabilities = Capabilities(metric_scale="with_depth", outputs=frozenset({"cameras", "points", "mesh"}))
+    capabilities = Capabilities(uses_depth=True, metric_scale="with_depth", outputs=frozenset({"cameras", "points", "mesh"}))
 
     def run(self, frames: Iterable[Frame], config: SfMBackendConfig | None = None, *, progress: bool = True,
             callback: UpdateCallback | None = None) -> Reconstruction:
@@ -116,7 +116,8 @@ class SfMBackend(Backend):
             a :class:`Reconstruction` with a camera for every frame (``frame_status``: ``registered`` by SfM
             or PnP, ``interpolated``, or ``given`` with ``--poses``; keyframes = the SfM images), ``points``
             (dense with mvs, else the sparse SfM points), ``mesh`` (mvs with a mesh), ``timings`` and
-            ``metadata`` (SfM counts, reprojection error, camera, options).
+            ``metadata`` (SfM counts, reprojection error, camera, options). ``callback`` receives one
+            :class:`Update` per frame (its pose, status and the sparse points it sees) once SfM is done.
 
         Raises:
             ValueError: too few views, no texture, identical frames, no SfM model, unmatched poses.
@@ -135,23 +136,24 @@ class SfMBackend(Backend):
         t0 = time.perf_counter()
         where = str(getattr(frames, "path", "") or "input")
         with tempfile.TemporaryDirectory(prefix="forward3d-sfm-") as tmp:
-            spooled = spool_frames(frames, tmp, progress, where=where)
+            spooled = spool_frames(frames, tmp, progress, where=where, keep_depth=cfg.fit_depth and not cfg.poses)
             timings = {"read_s": time.perf_counter() - t0}
             meta: dict[str, Any] = {"config": config_to_dict(cfg), "dense": dense}
             if cfg.poses:
                 c2w, K, points = known_poses(spooled, cfg)
                 keys = choose_keyframes(spooled, cfg)
                 status = [FrameStatus("given", f"--poses {Path(cfg.poses).name}", i in keys) for i in range(len(spooled))]
-                visibility = None
+                visibility, metric, depth_scales = None, True, None
                 meta["poses"] = str(cfg.poses)
             else:
                 res = run_sfm(spooled, cfg, tmp, progress)
                 c2w, K, points, keys, status = res.c2w, res.K, res.points, res.keyframes, res.status
-                visibility = res.visibility
+                visibility, metric, depth_scales = res.visibility, res.metric, res.depth_scales
                 timings.update(res.timings)
                 meta.update(res.metadata)
                 meta["camera"] = res.camera
             mesh: Mesh | None = None
+            sparse = points
             if dense == "mvs":
                 points, mesh, dense_meta = self._dense(spooled, keys, status, c2w, K, points, visibility, cfg, progress)
                 timings["dense_s"] = dense_meta.pop("seconds")
@@ -160,8 +162,16 @@ class SfMBackend(Backend):
         timings["total_s"] = time.perf_counter() - t0
         timings["frames_per_s"] = n / max(timings["total_s"], 1e-9)
         meta["keyframes"] = list(keys)
+        if callback is not None:  # a batch back-end: the per-frame updates come once everything is solved
+            for i in range(n):
+                seen = None if visibility is None or sparse is None else visibility[i]
+                callback(Update(i, spooled.frame_names[i], c2w[i], K[i], spooled.size, status[i],
+                                points=None if seen is None else sparse.points[seen],
+                                colors=None if seen is None or sparse.colors is None else sparse.colors[seen],
+                                num_frames=i + 1, frames_per_s=timings["frames_per_s"],
+                                trajectory=c2w if i == n - 1 else None))
         return Reconstruction(c2w, K, spooled.size, frame_names=spooled.frame_names, timestamps=spooled.timestamps,
-                              points=points, mesh=mesh, backend=self.name, metric_scale=bool(cfg.poses),
+                              points=points, mesh=mesh, backend=self.name, metric_scale=metric, depth_scales=depth_scales,
                               frame_status=status, timings=timings, interrupted=spooled.interrupted, metadata=meta)
 
     @staticmethod

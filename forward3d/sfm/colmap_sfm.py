@@ -282,13 +282,16 @@ class SiftMatcher:
         """``[m, 2]`` index pairs ``(i in a, j in b)``: mutual nearest neighbours passing the ratio test."""
         if len(desc_a) < 2 or len(desc_b) < 2:
             return np.zeros((0, 2), np.int64)
-        sim = desc_a @ desc_b.T
-        d = np.sqrt(np.maximum(2.0 - 2.0 * sim, 0.0))
-        nn = np.argpartition(d, 1, axis=1)[:, :2]
-        best, second = d[np.arange(len(d)), nn[:, 0]], d[np.arange(len(d)), nn[:, 1]]
-        back = np.argmin(d, axis=0)
-        i = np.arange(len(d))
-        keep = (best < ratio * second) & (back[nn[:, 0]] == i)
+        sim = desc_a @ desc_b.T  # unit descriptors: distance^2 = 2 - 2 sim, so rank by similarity
+        i = np.arange(len(sim))
+        first = np.argmax(sim, axis=1)
+        s1 = sim[i, first]
+        sim[i, first] = -np.inf
+        s2 = sim.max(axis=1)
+        best, second = np.sqrt(np.maximum(2.0 - 2.0 * s1, 0.0)), np.sqrt(np.maximum(2.0 - 2.0 * s2, 0.0))
+        back = np.argmax(desc_b @ desc_a.T, axis=1)  # row-wise (contiguous) is much faster than axis=0
+        keep = (best < ratio * second) & (back[first] == i)
+        nn = first[:, None]
         return np.stack([i[keep], nn[keep, 0]], 1).astype(np.int64)
 
     def absolute_pose(self, uv: np.ndarray, xyz: np.ndarray, K: np.ndarray, width: int, height: int

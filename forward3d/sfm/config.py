@@ -50,6 +50,8 @@ class SfMConfig:
             registered keyframes' 3D points, then LO-RANSAC PnP; else interpolation) or ``interpolate``.
         pnp_min_inliers: a PnP pose needs this many inlier 2D-3D matches (else the frame is interpolated).
         min_features: an SfM image with fewer SIFT features counts as textureless.
+        fit_depth: when the frames carry depth (RGB-D input), scale the SfM result to it (a robust fit of
+            the sparse points' depths to the sensor depth): metric output.
         threads: CPU threads of pycolmap (-1 = all).
         seed: random seed of pycolmap's RANSAC and mapping.
     """
@@ -74,6 +76,7 @@ class SfMConfig:
     register_others: Literal["pnp", "interpolate"] = "pnp"
     pnp_min_inliers: int = option(30, metavar="N")
     min_features: int = option(50, metavar="N")
+    fit_depth: bool = True
     threads: int = option(-1, metavar="N")
     seed: int = 0
 

@@ -41,7 +41,7 @@ from forward3d.sfm.keyframes import (
 from forward3d.types import Frame, FrameStatus, PointCloud
 
 __all__ = ["SpooledFrames", "SfMResult", "spool_frames", "camera_prior", "read_camera_file", "choose_keyframes",
-           "choose_pairs", "run_sfm", "MIN_VIEWS"]
+           "choose_pairs", "fit_depth_scale", "run_sfm", "MIN_VIEWS"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class SpooledFrames:
         K: N ``[3, 3]`` intrinsics carried by the frames (None where a frame has none).
         sources: N source paths (for messages and EXIF).
         stats: thumbnails, sharpness and contrast per frame.
+        has_depth: N bools: the frame carried depth (kept as ``folder/../depth/NAME.npy``).
         where: a label of the input for messages.
         interrupted: the input stopped early (a dropped stream).
     """
@@ -71,11 +72,18 @@ class SpooledFrames:
     K: list[np.ndarray | None]
     sources: list[str]
     stats: FrameStats
+    has_depth: list[bool] = field(default_factory=list)
     where: str = "input"
     interrupted: bool = False
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def depth(self, i: int) -> np.ndarray | None:
+        """Frame ``i``'s ``[H, W]`` float32 metric depth, or None."""
+        if not self.has_depth or not self.has_depth[i]:
+            return None
+        return np.load(self.folder.parent / "depth" / (Path(self.names[i]).stem + ".npy"))
 
     def image(self, i: int) -> np.ndarray:
         """Frame ``i``'s ``[H, W, 3]`` uint8 RGB."""
@@ -84,9 +92,10 @@ class SpooledFrames:
         return read_rgb(self.folder / self.names[i])
 
 
-def spool_frames(frames: Iterable[Frame], workdir: str | Path, progress: bool = True, where: str = "input") -> SpooledFrames:
-    """Write every frame to ``workdir/images`` (PNG) and compute its :class:`FrameStats`, holding only
-    thumbnails in memory.
+def spool_frames(frames: Iterable[Frame], workdir: str | Path, progress: bool = True, where: str = "input",
+                 keep_depth: bool = True) -> SpooledFrames:
+    """Write every frame to ``workdir/images`` (PNG; its depth, if any and ``keep_depth``, to
+    ``workdir/depth`` as .npy) and compute its :class:`FrameStats`, holding only thumbnails in memory.
 
     Raises:
         ValueError: frames of different sizes, or fewer than :data:`MIN_VIEWS` frames.
@@ -96,6 +105,7 @@ def spool_frames(frames: Iterable[Frame], workdir: str | Path, progress: bool = 
     folder = Path(workdir) / "images"
     folder.mkdir(parents=True, exist_ok=True)
     names, fnames, stamps, Ks, sources, stats = [], [], [], [], [], []
+    has_depth: list[bool] = []
     size = None
     try:
         total = len(frames)  # type: ignore[arg-type]
@@ -110,6 +120,10 @@ def spool_frames(frames: Iterable[Frame], workdir: str | Path, progress: bool = 
                                  f"{size[0]}x{size[1]}; give --size WxH to read every frame at one size")
             name = f"{len(names):06d}.png"
             write_png(folder / name, f.image)
+            if f.depth is not None and keep_depth:
+                (folder.parent / "depth").mkdir(exist_ok=True)
+                np.save(folder.parent / "depth" / (Path(name).stem + ".npy"), f.depth.astype(np.float32))
+            has_depth.append(f.depth is not None and keep_depth)
             names.append(name)
             fnames.append(f.name or f"{f.index:06d}")
             stamps.append(float(f.timestamp))
@@ -122,7 +136,7 @@ def spool_frames(frames: Iterable[Frame], workdir: str | Path, progress: bool = 
                          "give a longer video or more photos (or known poses with --poses)")
     merged = FrameStats([s.thumbs[0] for s in stats], np.concatenate([s.sharpness for s in stats]),
                         np.concatenate([s.contrast for s in stats]))
-    return SpooledFrames(folder, names, fnames, np.asarray(stamps), size, Ks, sources, merged, where,
+    return SpooledFrames(folder, names, fnames, np.asarray(stamps), size, Ks, sources, merged, has_depth, where,
                          bool(getattr(frames, "dropped", False)))
 
 
@@ -209,6 +223,9 @@ class SfMResult:
         camera: the estimated (or fixed) camera: model, parameters, where the prior came from.
         timings: seconds per stage.
         metadata: counts and options (JSON-serialisable).
+        metric: the result was scaled to the frames' depth (:func:`fit_depth_scale`).
+        depth_scales: ``[N]`` per-frame least-squares scale of the (scaled) sparse depths to the sensor
+            depth (about 1 when consistent; NaN without depth), or None.
     """
 
     c2w: np.ndarray
@@ -222,6 +239,8 @@ class SfMResult:
     camera: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    metric: bool = False
+    depth_scales: np.ndarray | None = None
 
 
 def _check_content(spooled: SpooledFrames) -> None:
@@ -307,6 +326,43 @@ def _interpolate(c2w: np.ndarray, posed: np.ndarray, i: int) -> tuple[np.ndarray
     return c2w[k].copy(), f"copied from the nearest posed frame {k} (outside the registered range)"
 
 
+def fit_depth_scale(spooled: SpooledFrames, c2w: np.ndarray, K: np.ndarray, points: np.ndarray,
+                    visibility: list[np.ndarray]) -> tuple[float, np.ndarray] | None:
+    """Scale that maps the SfM reconstruction to the frames' metric depth: a RANSAC fit (5 % relative
+    inliers, :func:`forward3d.geometry.depth_fit.fit_scale_ransac`) of the sensor depth at the pixels of
+    the sparse points each frame sees to the points' SfM depths. Returns ``(scale, [N] per-frame
+    least-squares scales after it, NaN = no depth)`` or None without enough depth samples."""
+    from forward3d.geometry.camera import project, world_to_camera
+    from forward3d.geometry.depth_fit import fit_scale_ransac
+
+    w, h = spooled.size
+    z_all, d_all, frame_of = [], [], []
+    for i in range(len(spooled)):
+        depth = spooled.depth(i)
+        if depth is None or len(visibility[i]) == 0:
+            continue
+        cam = world_to_camera(points[visibility[i]], c2w[i])
+        uv, z = project(cam, K[i])
+        col, row = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
+        ok = (z > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        d = np.zeros(len(z))
+        d[ok] = depth[row[ok], col[ok]]
+        ok &= np.isfinite(d) & (d > 0)
+        z_all.append(z[ok])
+        d_all.append(d[ok])
+        frame_of.append(np.full(int(ok.sum()), i))
+    if not z_all or sum(len(z) for z in z_all) < 20:
+        return None
+    z, d, fi = np.concatenate(z_all), np.concatenate(d_all), np.concatenate(frame_of)
+    s, inl = fit_scale_ransac(z, d)
+    per = np.full(len(spooled), np.nan)
+    for i in np.unique(fi[inl]):
+        m = inl & (fi == i)
+        zs = z[m] * s
+        per[i] = float((zs * d[m]).sum() / max(float((zs * zs).sum()), 1e-12))
+    return float(s), per
+
+
 def run_sfm(spooled: SpooledFrames, cfg: SfMConfig, workdir: str | Path, progress: bool = True) -> SfMResult:
     """Keyframes -> pycolmap SfM -> every other frame registered by PnP (else interpolated).
 
@@ -363,6 +419,17 @@ def run_sfm(spooled: SpooledFrames, cfg: SfMConfig, workdir: str | Path, progres
                 lost = " (an SfM image the mapper did not register)" if i in key_pos else ""
                 reason[i] = why + lost
     status = [FrameStatus(state[i], reason[i], i in key_pos) for i in range(n)]  # type: ignore[arg-type]
+    points = model.points
+    scale_fit = None
+    if cfg.fit_depth and any(spooled.has_depth):
+        scale_fit = fit_depth_scale(spooled, c2w, K, model.points.points.astype(np.float64), visibility)
+        if scale_fit is None:
+            log.warning("sfm: the frames carry depth but too few sparse points fall on valid depth: the result "
+                        "stays up to scale")
+        else:
+            c2w[:, :3, 3] *= scale_fit[0]
+            points = PointCloud((points.points * scale_fit[0]).astype(np.float32), points.colors)
+            log.info("sfm: scaled to the input depth (x %.4g)", scale_fit[0])
     n_reg = int(model.registered.sum())
     meta = {"sfm_images": len(keys), "sfm_registered": n_reg, "pnp_registered": n_pnp,
             "interpolated": int(n - sfm_posed.sum()), "pairs": len(pairs), "matching": scheme, "mapper": cfg.mapper,
@@ -374,6 +441,9 @@ def run_sfm(spooled: SpooledFrames, cfg: SfMConfig, workdir: str | Path, progres
              n_pnp, meta["interpolated"])
     if not math.isfinite(model.mean_reprojection_error):  # pragma: no cover - defensive
         log.warning("sfm: the model has no observations")
-    return SfMResult(c2w, K, spooled.size, status, keys, model.points, visibility, model.mean_reprojection_error,
-                     {**model.camera, "prior": prior.source}, timings, meta)
+    if scale_fit is not None:
+        meta["depth_scale"] = scale_fit[0]
+    return SfMResult(c2w, K, spooled.size, status, keys, points, visibility, model.mean_reprojection_error,
+                     {**model.camera, "prior": prior.source}, timings, meta,
+                     metric=scale_fit is not None, depth_scales=None if scale_fit is None else scale_fit[1])
 
