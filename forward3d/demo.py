@@ -1,5 +1,8 @@
 """The demo: generate a synthetic RGB-D room, reconstruct it with ``rgbd``, score it against the truth.
 
+``--rgb``: the same room rendered without depth, reconstructed by the weight-free ``sfm`` back-end
+(structure from motion, dense stereo when forward3d.mvs is installed) and scored after Sim(3) alignment.
+
 No download, no weights: a textured room with boxes (:mod:`forward3d.data.synthetic`) is rendered
 along a camera path, tracked and fused by the ``rgbd`` back-end, and scored against the exact ground
 truth: ATE/RPE of the cameras and accuracy / completion / F-score of the fused surface against the
@@ -42,6 +45,7 @@ class DemoConfig:
         voxel_size: TSDF voxel size in metres.
         tracking: rgbd tracking: frame-to-keyframe, frame-to-frame (old name: odometry) or frame-to-model.
         use_gt_poses: fuse with the ground-truth poses (no tracking).
+        rgb: RGB only (no depth): reconstruct with the sfm back-end (needs forward3d[sfm]) and score after Sim(3).
         save_input: also write the synthetic sequence as a TUM RGB-D dataset in OUT/input.
         previews: render previews/*.png.
         overwrite: replace --out even when it holds files forward3d did not write.
@@ -57,6 +61,7 @@ class DemoConfig:
     voxel_size: float = _RGBD.voxel_size
     tracking: Literal["keyframe", "frame", "model"] = option(_RGBD.tracking, choice_aliases={"odometry": "frame"})
     use_gt_poses: bool = False
+    rgb: bool = False
     save_input: bool = False
     previews: bool = True
     overwrite: bool = False
@@ -105,12 +110,17 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> DemoResult
         for i, f in enumerate(scene.frames()):
             if i % every == 0 or i == cfg.frames - 1:
                 vis.update(f)
-            yield f
+            yield f.with_(depth=None) if cfg.rgb else f
 
-    backend = RGBDBackend(voxel_size=cfg.voxel_size, tracking=cfg.tracking, use_gt_poses=cfg.use_gt_poses)
+    if cfg.rgb:
+        from forward3d.pipelines.sfm import SfMBackend
+
+        backend: Any = SfMBackend()
+    else:
+        backend = RGBDBackend(voxel_size=cfg.voxel_size, tracking=cfg.tracking, use_gt_poses=cfg.use_gt_poses)
     rec_frames = GroundTruthRecorder(frames(), length=cfg.frames)
     recon = backend.run(rec_frames, progress=progress)
-    traj = trajectory_metrics(recon.c2w, rec_frames.gt, metric_scale=True)
+    traj = trajectory_metrics(recon.c2w, rec_frames.gt, metric_scale=recon.metric_scale)
     if traj is None:  # pragma: no cover - frames >= 3 always have ground truth here
         raise ValueError("demo: no ground-truth poses to score against")
     recon.trajectory_metrics = traj
@@ -134,10 +144,12 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> DemoResult
             written["input"] = stage / "input"
     files = {k: out / Path(v).relative_to(stage) for k, v in written.items()}
     dt = time.perf_counter() - t0
+    ate_row = ("ATE RMSE (Sim3)", f"{traj.ate_sim3.rmse * 100:.2f} cm") if cfg.rgb else \
+        ("ATE RMSE (SE3)", f"{traj.ate_se3.rmse * 100:.2f} cm")
     rows = [
         ("frames", f"{len(recon)} ({size[0]}x{size[1]}), {len(recon.keyframes)} keyframes"),
         ("tracking failures", str(len(recon.failures))),
-        ("ATE RMSE (SE3)", f"{traj.ate_se3.rmse * 100:.2f} cm"),
+        ate_row,
         ("RPE trans / rot", f"{traj.rpe.trans_rmse * 1000:.2f} mm / {traj.rpe.rot_rmse_deg:.3f} deg"
          if traj.rpe is not None else "-"),
     ]
@@ -149,7 +161,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> DemoResult
         ]
     rows += [
         ("points / triangles", f"{len(pts)} / {0 if recon.mesh is None else len(recon.mesh.faces)}"),
-        ("speed", f"{recon.timings['frames_per_s']:.1f} frames/s (rgbd), {dt:.1f} s total"),
+        ("speed", f"{recon.timings['frames_per_s']:.1f} frames/s ({recon.backend}), {dt:.1f} s total"),
         ("output", str(out)),
     ]
     return DemoResult(recon, surface, files, dt, rows)

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = run_demo(config_from_args(DemoConfig, args, args._demo_dests), progress=not args.no_progress)
     width = max(len(k) for k, _ in result.rows)
-    print("forward3d demo: synthetic room -> rgbd")
+    print(f"forward3d demo: synthetic room -> {result.recon.backend}")
     for k, v in result.rows:
         print(f"  {k:<{width}}  {v}")
     return 0

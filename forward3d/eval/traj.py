@@ -224,8 +224,8 @@ def trajectory_metrics(c2w: np.ndarray, gt: list[np.ndarray | None],
                     DEGENERATE_CONDITIONING, first.rot_rmse_deg)
     rpe_stats = None
     contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
-    if contiguous:
-        r = rpe(pred, ref, 1)
+    if contiguous:  # an up-to-scale estimate is compared in the ground truth's units (after its Sim(3))
+        r = rpe(aligned if primary == "sim3" else pred, ref, 1)
         rpe_stats = RPEStats(r["trans_rmse"], r["trans_mean"], r["rot_rmse_deg"], r["rot_mean_deg"])
     return TrajectoryMetrics(len(idx), primary, stats["se3"], stats["sim3"], alignment, aligned, ref, idx, rpe_stats,
                              alignment_degenerate=degenerate, ate_first_pose=first)

@@ -29,6 +29,7 @@ __all__ = [
     "so3_exp",
     "so3_log",
     "skew",
+    "slerp_pose",
 ]
 
 Array = TypeVar("Array", np.ndarray, Tensor)
@@ -208,3 +209,23 @@ def so3_log(R: np.ndarray) -> np.ndarray:
     small = n < 1e-8
     factor = np.where(small, 2.0 / np.where(small, w, 1.0), angle / np.where(small, 1.0, n))
     return v * factor[..., None]
+
+
+def slerp_pose(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """Rigid pose ``[4, 4]`` between ``a`` (t=0) and ``b`` (t=1): linear translation, spherical-linear
+    rotation (the shorter way)."""
+    from forward3d.geometry.quaternion import quat_to_rotmat, rotmat_to_quat
+
+    qa, qb = rotmat_to_quat(np.asarray(a, np.float64)[:3, :3]), rotmat_to_quat(np.asarray(b, np.float64)[:3, :3])
+    dot = float(qa @ qb)
+    if dot < 0:
+        qb, dot = -qb, -dot
+    if dot > 0.9995:
+        q = qa + t * (qb - qa)
+    else:
+        th = np.arccos(min(dot, 1.0))
+        q = (np.sin((1 - t) * th) * qa + np.sin(t * th) * qb) / np.sin(th)
+    out = np.eye(4)
+    out[:3, :3] = quat_to_rotmat(q / np.linalg.norm(q))
+    out[:3, 3] = (1 - t) * np.asarray(a)[:3, 3] + t * np.asarray(b)[:3, 3]
+    return out

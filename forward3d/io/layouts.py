@@ -29,9 +29,9 @@ from forward3d.io.source_base import (
     quat_xyzw_to_rotmat,
     read_matrix_txt,
     read_open3d_intrinsics,
-    rotmat_to_quat_xyzw,
     skip_frames_without_depth,
 )
+from forward3d.geometry.se3 import slerp_pose
 from forward3d.types import Intrinsics
 
 __all__ = [
@@ -129,23 +129,6 @@ def _tum_intrinsics(root: Path) -> Intrinsics:
     return TUM_DEFAULT_INTRINSICS
 
 
-def _slerp_c2w(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
-    """Pose between ``a`` (t=0) and ``b`` (t=1): linear translation, spherical-linear rotation."""
-    qa, qb = rotmat_to_quat_xyzw(a[:3, :3]), rotmat_to_quat_xyzw(b[:3, :3])
-    dot = float(qa @ qb)
-    if dot < 0:
-        qb, dot = -qb, -dot
-    if dot > 0.9995:
-        q = qa + t * (qb - qa)
-    else:
-        th = np.arccos(min(dot, 1.0))
-        q = (np.sin((1 - t) * th) * qa + np.sin(t * th) * qb) / np.sin(th)
-    out = np.eye(4)
-    out[:3, :3] = quat_xyzw_to_rotmat(q)
-    out[:3, 3] = (1 - t) * a[:3, 3] + t * b[:3, 3]
-    return out
-
-
 def interpolate_c2w(gt_ts: np.ndarray, gt_c2w: np.ndarray, ts: float, max_diff: float = 0.02) -> np.ndarray | None:
     """Ground-truth c2w at ``ts`` from a trajectory sorted by time (``[M]``, ``[M, 4, 4]``).
 
@@ -158,7 +141,7 @@ def interpolate_c2w(gt_ts: np.ndarray, gt_c2w: np.ndarray, ts: float, max_diff: 
     if k < len(gt_ts) and gt_ts[k] == ts:
         return gt_c2w[k].copy()
     if 0 < k < len(gt_ts) and 0 < gt_ts[k] - gt_ts[k - 1] <= 2 * max_diff:
-        return _slerp_c2w(gt_c2w[k - 1], gt_c2w[k], (ts - gt_ts[k - 1]) / (gt_ts[k] - gt_ts[k - 1]))
+        return slerp_pose(gt_c2w[k - 1], gt_c2w[k], (ts - gt_ts[k - 1]) / (gt_ts[k] - gt_ts[k - 1]))
     j = min((j for j in (k - 1, k) if 0 <= j < len(gt_ts)), key=lambda j: abs(gt_ts[j] - ts))
     return gt_c2w[j].copy() if abs(gt_ts[j] - ts) <= max_diff else None
 

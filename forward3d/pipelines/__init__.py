@@ -39,6 +39,7 @@ BACKENDS: dict[str, type[Backend] | str] = {
     "rgbd": "forward3d.pipelines.rgbd:RGBDBackend",
     "slam3r": "forward3d.pipelines.slam3r:SLAM3RBackend",
     "spann3r": "forward3d.pipelines.spann3r:Spann3RPipeline",
+    "sfm": "forward3d.pipelines.sfm:SfMBackend",
 }
 
 

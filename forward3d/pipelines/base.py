@@ -149,10 +149,12 @@ class Backend:
             others = []
             for name in available_backends():
                 try:
-                    if not get_backend_class(name).capabilities.needs_depth:
-                        others.append(name)
+                    caps = get_backend_class(name).capabilities
+                    if not caps.needs_depth:
+                        others.append((caps.needs_weights, name))
                 except (ImportError, TypeError, ValueError):  # an optional back-end that cannot load here
                     continue
+            others = [name for _, name in sorted(others)]  # weight-free back-ends (sfm) first
             layout = getattr(source, "layout", "this")
             hint = (f"forward3d recon INPUT --backend {others[0]}" + (f" (or {', '.join(others[1:])})"
                                                                       if others[1:] else "")) if others else ""
