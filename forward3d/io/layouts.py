@@ -26,7 +26,6 @@ from forward3d.io.source_base import (
     find_open3d_intrinsics,
     list_images,
     natural_key,
-    quat_xyzw_to_rotmat,
     read_matrix_txt,
     read_open3d_intrinsics,
     skip_frames_without_depth,
