@@ -46,7 +46,7 @@ def test_backend_instance_and_source_checks(tum, tmp_path):
     rgb = tmp_path / "rgb"
     write_layout((f.with_(depth=None) for f in SyntheticScene(num_frames=3, width=64, height=48).frames()),
                  rgb, "images")
-    with pytest.raises(ValueError, match=r"needs depth.*--backend sfm \(or slam3r\)"):
+    with pytest.raises(ValueError, match=r"needs depth.*--backend sfm \(or slam3r, spann3r\)"):
         reconstruct(rgb, get_backend("rgbd"), progress=False)
     with pytest.raises(ValueError, match="--stride"):
         SourceConfig(stride=0)
