@@ -1,0 +1,132 @@
+"""Geometric consistency across views and point fusion (torch, on the stereo's device).
+
+A reference pixel ``p`` with depth ``d`` is lifted to the world and projected into a source view ``j``
+(pixel ``q``, rounded to the pixel that contains it); ``q``'s depth is lifted from that pixel's centre
+and projected back into the reference. The pair agrees when the back-projection lands within
+``max_reproj_px`` of ``p`` and its depth differs from ``d`` by less than ``max_rel_depth * d``. A depth is
+kept when at least ``min_consistent`` sources agree (COLMAP's ``StereoFusion`` rules).
+
+Point fusion visits the views in order: every kept pixel not yet used becomes one point, the mean of
+its own world point and those of the agreeing source pixels, coloured by their mean colour; the
+agreeing source pixels are marked used, so that a surface seen by ten views gives one point, not ten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["PairCheck", "check_pair", "consistency_filter", "fuse_points"]
+
+
+@dataclass
+class PairCheck:
+    """Result of checking a reference depth map against one source (all ``[H, W]`` of the reference).
+
+    Attributes:
+        agree: bool, the pair agrees (False where either depth is invalid).
+        index: int64 flat pixel index ``v * W_j + u`` of ``q`` in the source (valid where ``agree``).
+        points: ``[H, W, 3]`` world point of ``q`` (lifted from its pixel centre).
+    """
+
+    agree: Tensor
+    index: Tensor
+    points: Tensor
+
+
+def _lift(depth: Tensor, K: Tensor, c2w: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    """World points ``[..., 3]`` of continuous pixels ``(u, v)`` with z-depth ``depth``."""
+    Kinv = torch.linalg.inv(K)
+    pix = torch.stack([u, v, torch.ones_like(u)], -1)
+    cam = (pix @ Kinv.T) * depth[..., None]
+    return cam @ c2w[:3, :3].T + c2w[:3, 3]
+
+
+def _project(X: Tensor, K: Tensor, c2w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(u, v, z)`` of world points ``X [..., 3]`` in camera ``c2w``."""
+    w2c = torch.linalg.inv(c2w)
+    pc = X @ w2c[:3, :3].T + w2c[:3, 3]
+    z = pc[..., 2]
+    zs = torch.where(z > 1e-9, z, torch.ones_like(z))
+    uvw = pc @ K.T
+    return uvw[..., 0] / zs, uvw[..., 1] / zs, z
+
+
+def check_pair(depth_r: Tensor, K_r: Tensor, c2w_r: Tensor, depth_j: Tensor, K_j: Tensor, c2w_j: Tensor,
+               max_reproj_px: float, max_rel_depth: float) -> PairCheck:
+    """Forward-backward check of reference depth ``[H, W]`` against source depth ``[H_j, W_j]`` (0 = invalid)."""
+    h, w = depth_r.shape
+    hj, wj = depth_j.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=depth_r.device, dtype=depth_r.dtype) + 0.5,
+                            torch.arange(w, device=depth_r.device, dtype=depth_r.dtype) + 0.5, indexing="ij")
+    X = _lift(depth_r, K_r, c2w_r, xs, ys)
+    u, v, z = _project(X, K_j, c2w_j)
+    iu, iv = torch.floor(u), torch.floor(v)
+    inside = (depth_r > 0) & (z > 1e-9) & (iu >= 0) & (iu < wj) & (iv >= 0) & (iv < hj)
+    iu = torch.where(inside, iu, torch.zeros_like(iu)).long()
+    iv = torch.where(inside, iv, torch.zeros_like(iv)).long()
+    index = iv * wj + iu
+    dj = depth_j.reshape(-1)[index]
+    Xj = _lift(dj, K_j, c2w_j, iu.to(dj.dtype) + 0.5, iv.to(dj.dtype) + 0.5)
+    ub, vb, zb = _project(Xj, K_r, c2w_r)
+    err = torch.sqrt((ub - xs) ** 2 + (vb - ys) ** 2)
+    rel = (zb - depth_r).abs() / depth_r.clamp_min(1e-12)
+    agree = inside & (dj > 0) & (err < max_reproj_px) & (rel < max_rel_depth)
+    return PairCheck(agree, index, Xj)
+
+
+def consistency_filter(depths: list[Tensor], K: Tensor, c2w: Tensor, sources: list, max_reproj_px: float,
+                       max_rel_depth: float, min_consistent: int) -> tuple[list[Tensor], list[Tensor]]:
+    """``(filtered depths, agreeing-source counts int16)`` per view; depths with fewer agreeing sources are 0."""
+    out, counts = [], []
+    for r, d in enumerate(depths):
+        n = torch.zeros(d.shape, dtype=torch.int16, device=d.device)
+        for j in sources[r]:
+            n += check_pair(d, K[r], c2w[r], depths[int(j)], K[int(j)], c2w[int(j)], max_reproj_px,
+                            max_rel_depth).agree.to(torch.int16)
+        counts.append(n)
+        out.append(torch.where(n >= min_consistent, d, torch.zeros_like(d)))
+    return out, counts
+
+
+def fuse_points(depths: list[Tensor], images: list[Tensor], K: Tensor, c2w: Tensor, sources: list,
+                max_reproj_px: float, max_rel_depth: float, normals: list[Tensor] | None = None
+                ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Merge filtered depth maps into one cloud.
+
+    Args:
+        depths: per view ``[H, W]`` filtered depth (0 = invalid).
+        images: per view ``[H, W, 3]`` float colours.
+        K, c2w: ``[N, 3, 3]``, ``[N, 4, 4]``.
+        sources: per view its source indices.
+        normals: optional per view ``[H, W, 3]`` world normals (the reference pixel's is kept).
+
+    Returns:
+        ``(points [P, 3], colours [P, 3] float, normals [P, 3] or None)``.
+    """
+    used = [torch.zeros(d.numel(), dtype=torch.bool, device=d.device) for d in depths]
+    pts, cols, nrms = [], [], []
+    for r, d in enumerate(depths):
+        h, w = d.shape
+        keep = (d > 0).reshape(-1) & ~used[r]
+        ys, xs = torch.meshgrid(torch.arange(h, device=d.device, dtype=d.dtype) + 0.5,
+                                torch.arange(w, device=d.device, dtype=d.dtype) + 0.5, indexing="ij")
+        acc = _lift(d, K[r], c2w[r], xs, ys).reshape(-1, 3).clone()
+        col = images[r].reshape(-1, 3).to(d.dtype).clone()
+        cnt = torch.ones(h * w, dtype=d.dtype, device=d.device)
+        for j in sources[r]:
+            j = int(j)
+            chk = check_pair(d, K[r], c2w[r], depths[j], K[j], c2w[j], max_reproj_px, max_rel_depth)
+            a = chk.agree.reshape(-1) & keep
+            acc[a] += chk.points.reshape(-1, 3)[a]
+            col[a] += images[j].reshape(-1, 3).to(d.dtype)[chk.index.reshape(-1)[a]]
+            cnt[a] += 1
+            used[j][chk.index.reshape(-1)[a]] = True
+        used[r] |= keep
+        pts.append(acc[keep] / cnt[keep, None])
+        cols.append(col[keep] / cnt[keep, None])
+        if normals is not None:
+            nrms.append(normals[r].reshape(-1, 3)[keep])
+    return torch.cat(pts), torch.cat(cols), (torch.cat(nrms) if normals is not None else None)
