@@ -119,8 +119,9 @@ class DenseResult:
         depths: per view ``[H, W]`` float32 z-depth after the consistency filter, 0 = invalid.
         confidences: per view ``[H, W]`` float32 in ``[0, 1]``: the aggregated NCC of the chosen depth
             (0 where invalid).
-        normals: per view ``[H, W, 3]`` float32 world-frame unit normals facing the camera (0 where
-            invalid), or None when ``MVSConfig.normals`` is False.
+        normals: per view ``[H, W, 3]`` float32 world-frame unit normals facing the camera, from the
+            depth map's neighbours (the direction to the camera for isolated depths; 0 where invalid),
+            or None when ``MVSConfig.normals`` is False.
         points: the fused coloured point cloud (world frame).
         mesh: the TSDF mesh (``fusion="tsdf"``) or None.
         raw_depths: per view ``[H, W]`` float32 depth before the consistency filter (0 = no match).

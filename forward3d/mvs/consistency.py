@@ -23,12 +23,12 @@ __all__ = ["PairCheck", "check_pair", "consistency_filter", "fuse_points"]
 
 @dataclass
 class PairCheck:
-    """Result of checking a reference depth map against one source (all ``[H, W]`` of the reference).
+    """Result of checking ``P`` reference pixels against one source.
 
     Attributes:
-        agree: bool, the pair agrees (False where either depth is invalid).
-        index: int64 flat pixel index ``v * W_j + u`` of ``q`` in the source (valid where ``agree``).
-        points: ``[H, W, 3]`` world point of ``q`` (lifted from its pixel centre).
+        agree: ``[P]`` bool, the pair agrees (False where the source depth is invalid).
+        index: ``[P]`` int64 flat pixel index ``v * W_j + u`` of ``q`` in the source (valid where ``agree``).
+        points: ``[P, 3]`` world point of ``q`` (lifted from its pixel centre).
     """
 
     agree: Tensor
@@ -54,40 +54,56 @@ def _project(X: Tensor, K: Tensor, c2w: Tensor) -> tuple[Tensor, Tensor, Tensor]
     return uvw[..., 0] / zs, uvw[..., 1] / zs, z
 
 
-def check_pair(depth_r: Tensor, K_r: Tensor, c2w_r: Tensor, depth_j: Tensor, K_j: Tensor, c2w_j: Tensor,
-               max_reproj_px: float, max_rel_depth: float) -> PairCheck:
-    """Forward-backward check of reference depth ``[H, W]`` against source depth ``[H_j, W_j]`` (0 = invalid)."""
-    h, w = depth_r.shape
+def _valid_pixels(depth: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(flat index, u, v, depth)`` of the pixels with depth > 0 (and ``mask``), pixel centres at +0.5."""
+    w = depth.shape[1]
+    ok = depth.reshape(-1) > 0
+    if mask is not None:
+        ok &= mask.reshape(-1)
+    idx = torch.nonzero(ok).squeeze(1)
+    u = (idx % w).to(depth.dtype) + 0.5
+    v = torch.div(idx, w, rounding_mode="floor").to(depth.dtype) + 0.5
+    return idx, u, v, depth.reshape(-1)[idx]
+
+
+def check_pair(u: Tensor, v: Tensor, d: Tensor, K_r: Tensor, c2w_r: Tensor, depth_j: Tensor, K_j: Tensor,
+               c2w_j: Tensor, max_reproj_px: float, max_rel_depth: float) -> PairCheck:
+    """Forward-backward check of reference pixels ``(u, v)`` ``[P]`` (continuous, centres at +0.5) with
+    depths ``d`` ``[P]`` (> 0) against the source depth map ``[H_j, W_j]`` (0 = invalid)."""
     hj, wj = depth_j.shape
-    ys, xs = torch.meshgrid(torch.arange(h, device=depth_r.device, dtype=depth_r.dtype) + 0.5,
-                            torch.arange(w, device=depth_r.device, dtype=depth_r.dtype) + 0.5, indexing="ij")
-    X = _lift(depth_r, K_r, c2w_r, xs, ys)
-    u, v, z = _project(X, K_j, c2w_j)
-    iu, iv = torch.floor(u), torch.floor(v)
-    inside = (depth_r > 0) & (z > 1e-9) & (iu >= 0) & (iu < wj) & (iv >= 0) & (iv < hj)
+    X = _lift(d, K_r, c2w_r, u, v)
+    uj, vj, z = _project(X, K_j, c2w_j)
+    iu, iv = torch.floor(uj), torch.floor(vj)
+    inside = (z > 1e-9) & (iu >= 0) & (iu < wj) & (iv >= 0) & (iv < hj)
     iu = torch.where(inside, iu, torch.zeros_like(iu)).long()
     iv = torch.where(inside, iv, torch.zeros_like(iv)).long()
     index = iv * wj + iu
     dj = depth_j.reshape(-1)[index]
     Xj = _lift(dj, K_j, c2w_j, iu.to(dj.dtype) + 0.5, iv.to(dj.dtype) + 0.5)
     ub, vb, zb = _project(Xj, K_r, c2w_r)
-    err = torch.sqrt((ub - xs) ** 2 + (vb - ys) ** 2)
-    rel = (zb - depth_r).abs() / depth_r.clamp_min(1e-12)
+    err = torch.sqrt((ub - u) ** 2 + (vb - v) ** 2)
+    rel = (zb - d).abs() / d.clamp_min(1e-12)
     agree = inside & (dj > 0) & (err < max_reproj_px) & (rel < max_rel_depth)
     return PairCheck(agree, index, Xj)
 
 
 def consistency_filter(depths: list[Tensor], K: Tensor, c2w: Tensor, sources: list, max_reproj_px: float,
                        max_rel_depth: float, min_consistent: int) -> tuple[list[Tensor], list[Tensor]]:
-    """``(filtered depths, agreeing-source counts int16)`` per view; depths with fewer agreeing sources are 0."""
+    """``(filtered depths, agreeing-source counts [H, W] int16)`` per view; depths with fewer agreeing
+    sources than ``min_consistent`` become 0."""
     out, counts = [], []
     for r, d in enumerate(depths):
-        n = torch.zeros(d.shape, dtype=torch.int16, device=d.device)
+        idx, u, v, z = _valid_pixels(d)
+        n = torch.zeros(len(idx), dtype=torch.int16, device=d.device)
         for j in sources[r]:
-            n += check_pair(d, K[r], c2w[r], depths[int(j)], K[int(j)], c2w[int(j)], max_reproj_px,
+            j = int(j)
+            n += check_pair(u, v, z, K[r], c2w[r], depths[j], K[j], c2w[j], max_reproj_px,
                             max_rel_depth).agree.to(torch.int16)
-        counts.append(n)
-        out.append(torch.where(n >= min_consistent, d, torch.zeros_like(d)))
+        full = torch.zeros(d.numel(), dtype=torch.int16, device=d.device)
+        full[idx] = n
+        full = full.reshape(d.shape)
+        counts.append(full)
+        out.append(torch.where(full >= min_consistent, d, torch.zeros_like(d)))
     return out, counts
 
 
@@ -109,24 +125,21 @@ def fuse_points(depths: list[Tensor], images: list[Tensor], K: Tensor, c2w: Tens
     used = [torch.zeros(d.numel(), dtype=torch.bool, device=d.device) for d in depths]
     pts, cols, nrms = [], [], []
     for r, d in enumerate(depths):
-        h, w = d.shape
-        keep = (d > 0).reshape(-1) & ~used[r]
-        ys, xs = torch.meshgrid(torch.arange(h, device=d.device, dtype=d.dtype) + 0.5,
-                                torch.arange(w, device=d.device, dtype=d.dtype) + 0.5, indexing="ij")
-        acc = _lift(d, K[r], c2w[r], xs, ys).reshape(-1, 3).clone()
-        col = images[r].reshape(-1, 3).to(d.dtype).clone()
-        cnt = torch.ones(h * w, dtype=d.dtype, device=d.device)
+        idx, u, v, z = _valid_pixels(d, ~used[r])
+        acc = _lift(z, K[r], c2w[r], u, v)
+        col = images[r].reshape(-1, 3).to(d.dtype)[idx]
+        cnt = torch.ones(len(idx), dtype=d.dtype, device=d.device)
         for j in sources[r]:
             j = int(j)
-            chk = check_pair(d, K[r], c2w[r], depths[j], K[j], c2w[j], max_reproj_px, max_rel_depth)
-            a = chk.agree.reshape(-1) & keep
-            acc[a] += chk.points.reshape(-1, 3)[a]
-            col[a] += images[j].reshape(-1, 3).to(d.dtype)[chk.index.reshape(-1)[a]]
+            chk = check_pair(u, v, z, K[r], c2w[r], depths[j], K[j], c2w[j], max_reproj_px, max_rel_depth)
+            a = chk.agree
+            acc[a] += chk.points[a]
+            col[a] += images[j].reshape(-1, 3).to(d.dtype)[chk.index[a]]
             cnt[a] += 1
-            used[j][chk.index.reshape(-1)[a]] = True
-        used[r] |= keep
-        pts.append(acc[keep] / cnt[keep, None])
-        cols.append(col[keep] / cnt[keep, None])
+            used[j][chk.index[a]] = True
+        used[r][idx] = True
+        pts.append(acc / cnt[:, None])
+        cols.append(col / cnt[:, None])
         if normals is not None:
-            nrms.append(normals[r].reshape(-1, 3)[keep])
+            nrms.append(normals[r].reshape(-1, 3)[idx])
     return torch.cat(pts), torch.cat(cols), (torch.cat(nrms) if normals is not None else None)

@@ -13,8 +13,9 @@ and ``s`` the warped source values of the window,
 and ``ncc = -1`` where either weighted variance is below ``min_variance`` (no texture: no evidence).
 The matching cost is ``1 - ncc`` in ``[0, 2]``.
 
-The fast path (:func:`weighted_ncc`) loops over the taps with shifted views of padded images and
-batches sources and hypotheses; :func:`weighted_ncc_reference` is the literal per-pixel definition
+The fast path (:func:`weighted_ncc`) loops over the taps with shifted views of padded images (one
+fused multiply-add per tap for ``sum w s`` and ``sum w s**2``, one for ``sum (w r) s``) and batches
+sources and hypotheses; :func:`weighted_ncc_reference` is the literal per-pixel definition
 (two-pass, explicit means) that the tests compare it against. :func:`warp_by_depth` samples a source
 image at the projection of every reference pixel for a per-pixel depth (pixel centres at +0.5);
 :func:`warp_by_depth_reference` does the same with explicit per-pixel projection and bilinear
@@ -111,15 +112,14 @@ def weighted_ncc(win: RefWindow, src: Tensor) -> Tensor:
     """
     h, w = win.mean.shape
     p = win.pad
-    ms = src.new_zeros((src.shape[0], h, w))
-    mss = torch.zeros_like(ms)
-    mrs = torch.zeros_like(ms)
+    s2 = torch.stack([src, src * src], 1)  # [B, 2, ...]: one pass per tap accumulates s and s^2
+    acc = src.new_zeros((src.shape[0], 2, h, w))
+    mrs = src.new_zeros((src.shape[0], h, w))
     for k, (dy, dx) in enumerate(win.offsets):
-        s = src[:, p + dy:p + dy + h, p + dx:p + dx + w]
-        t = win.weights[k] * s
-        ms += t
-        mss.addcmul_(t, s)
-        mrs.addcmul_(win.weighted_ref[k], s)
+        sl = s2[:, :, p + dy:p + dy + h, p + dx:p + dx + w]
+        acc.addcmul_(sl, win.weights[k])
+        mrs.addcmul_(sl[:, 0], win.weighted_ref[k])
+    ms, mss = acc[:, 0], acc[:, 1]
     var_s = (mss - ms * ms).clamp_min(0.0)
     cov = mrs - win.mean * ms
     ncc = cov / torch.sqrt(win.var * var_s).clamp_min(1e-12)

@@ -124,7 +124,7 @@ def dense_reconstruct(images: Sequence[np.ndarray], K, c2w, sparse_points=None, 
     Kt = torch.as_tensor(Kn, dtype=dt, device=device)
     Ct = torch.as_tensor(c2wn, dtype=dt, device=device)
     grey_w = torch.tensor(_GREY, dtype=dt, device=device)
-    rgb = [torch.as_tensor(im, device=device).to(dt) for im in imgs]
+    rgb = [torch.from_numpy(np.ascontiguousarray(im)).to(device=device, dtype=dt) for im in imgs]
     pyramids = [build_pyramid((im @ grey_w) / 255.0, Kt[i], cfg.num_scales) for i, im in enumerate(rgb)]
     raw, conf = [], []
     with torch.inference_mode():
@@ -160,8 +160,13 @@ def dense_reconstruct(images: Sequence[np.ndarray], K, c2w, sparse_points=None, 
 
             normals_np = []
             for i, d in enumerate(depths_np):
-                nm = normals_from_point_map(depth_to_points(d, Kn[i], c2wn[i]), camera_center=c2wn[i, :3, 3])
-                normals_np.append(np.nan_to_num(nm, nan=0.0).astype(np.float32))
+                X = depth_to_points(d, Kn[i], c2wn[i])
+                nm = normals_from_point_map(X, camera_center=c2wn[i, :3, 3])
+                # isolated depths (no valid neighbour): the normal faces the camera
+                to_cam = c2wn[i, :3, 3] - X
+                to_cam /= np.linalg.norm(to_cam, axis=-1, keepdims=True).clip(1e-12)
+                nm = np.where(np.isfinite(nm).all(-1, keepdims=True), nm, to_cam)
+                normals_np.append(np.where((d > 0)[..., None], nm, 0.0).astype(np.float32))
 
         t0 = time.perf_counter()
         mesh = None

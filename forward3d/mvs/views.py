@@ -68,7 +68,7 @@ def estimate_depth_ranges(K: np.ndarray, c2w: np.ndarray, sizes: list[tuple[int,
 
     With at least 8 points in front of the view: their 1st and 99th z percentiles widened by
     ``depth_margin`` (``near / (1 + m)``, ``far * (1 + m)``). Otherwise ``baseline_depth_range`` times the
-    median distance to the ``num_src`` nearest camera centres.
+    median distance to the ``num_src`` nearest camera centres (coincident cameras left out).
     """
     n = len(c2w)
     V = _visibility(points, visibility, K, c2w, sizes) if vis_matrix is None else vis_matrix
@@ -86,7 +86,8 @@ def estimate_depth_ranges(K: np.ndarray, c2w: np.ndarray, sizes: list[tuple[int,
                 out[i] = lo / (1.0 + m), hi * (1.0 + m)
                 how.append("points")
                 continue
-        others = np.sort(np.delete(dist[i], i))[:max(1, cfg.num_src)]
+        others = np.delete(dist[i], i)
+        others = np.sort(others[others > 1e-9 * max(float(dist.max()), 1e-300)])[:max(1, cfg.num_src)]
         b = float(np.median(others)) if len(others) else 0.0
         if not b > 0:
             raise ValueError(f"dense_reconstruct: camera {i} has the same centre as the others and no sparse "
