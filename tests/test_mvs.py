@@ -12,10 +12,25 @@ from forward3d.data.synthetic import SyntheticScene
 from forward3d.geometry.camera import depth_to_points
 from forward3d.mvs import DenseResult, MVSConfig, dense_reconstruct
 from forward3d.mvs.consistency import consistency_filter
-from forward3d.mvs.cost import (RefWindow, pair_projection, warp_by_depth, warp_by_depth_reference,
-                                weighted_ncc, weighted_ncc_reference)
-from forward3d.mvs.sweep import build_pyramid, hypothesis_costs, select_hypothesis, sweep_reference
-from forward3d.mvs.views import estimate_depth_ranges, select_source_views, view_selection_score
+from forward3d.mvs.cost import (
+    RefWindow,
+    pair_projection,
+    warp_by_depth,
+    warp_by_depth_reference,
+    weighted_ncc,
+    weighted_ncc_reference,
+)
+from forward3d.mvs.sweep import (
+    build_pyramid,
+    hypothesis_costs,
+    select_hypothesis,
+    sweep_reference,
+)
+from forward3d.mvs.views import (
+    estimate_depth_ranges,
+    select_source_views,
+    view_selection_score,
+)
 
 GREY = np.array([0.299, 0.587, 0.114])
 
@@ -69,7 +84,7 @@ def test_ncc_is_invariant_to_gain_and_offset(one_thread):
     rng = np.random.default_rng(2)
     ref = torch.tensor(rng.random((20, 20)))
     win = RefWindow(ref, 2, 1, 0.2, 2.0, 1e-5)
-    pad = lambda x: torch.nn.functional.pad(x[None], (2, 2, 2, 2))  # noqa: E731
+    pad = lambda x: torch.nn.functional.pad(x[None], (2, 2, 2, 2))
     same = weighted_ncc(win, pad(0.5 * ref + 0.2))[0]
     inverted = weighted_ncc(win, pad(1.0 - ref))[0]
     assert torch.allclose(same, torch.ones_like(same), atol=1e-9)
@@ -92,7 +107,7 @@ def test_warp_matches_literal_reference(one_thread, device):
     src = rng.random((12, 16))
     depth = 2.0 + rng.random((12, 16))
     expect, inside_ref = warp_by_depth_reference(src, K, c2w_r, K, c2w_s, depth)
-    t = lambda x: torch.tensor(x, dtype=torch.float64, device=device)  # noqa: E731
+    t = lambda x: torch.tensor(x, dtype=torch.float64, device=device)
     A, b = pair_projection(t(K), t(c2w_r), t(K), t(c2w_s))
     vals, inside = warp_by_depth(t(src)[None, None], A[None], b[None], t(depth)[None], 0)
     np.testing.assert_allclose(vals[0, 0].cpu().numpy(), expect, atol=1e-9)
@@ -110,7 +125,7 @@ def test_fast_sweep_matches_literal_sweep(one_thread):
     greys = [_grey(f.image) for f in frames]
     inv_ref, cost_ref = sweep_reference(greys[0], greys[1:], frames[0].K, frames[0].c2w,
                                         [f.K for f in frames[1:]], [f.c2w for f in frames[1:]], planes, cfg)
-    t = lambda x: torch.tensor(np.asarray(x), dtype=torch.float64)  # noqa: E731
+    t = lambda x: torch.tensor(np.asarray(x), dtype=torch.float64)
     pyr = [build_pyramid(t(g), t(f.K), 1) for g, f in zip(greys, frames)]
     win = RefWindow(pyr[0][0].gray, 1, 1, cfg.sigma_color, cfg.sigma_spatial, cfg.min_variance)
     hyp = t(planes)[:, None, None].expand(-1, 15, 20).contiguous()
@@ -255,12 +270,12 @@ def test_synthetic_room_depth_and_fused_cloud(tiny_room, one_thread):
 
 @pytest.mark.slow
 def test_synthetic_room_tsdf_and_without_sparse_points(one_thread):
-    """320x240, 8 views: TSDF fusion with sparse points; then no sparse points (baseline depth range,
+    """320x240, 12 views: TSDF fusion with sparse points; then no sparse points (baseline depth range,
     view selection from the cameras alone)."""
     pytest.importorskip("open3d")
     from forward3d.eval.recon import recon_metrics
 
-    scene = SyntheticScene(num_frames=8, width=320, height=240, trajectory="handheld", speed=2.5)
+    scene = SyntheticScene(num_frames=12, width=320, height=240, trajectory="handheld", speed=1.7)
     frames = list(scene.frames())
     images, K, c2w = [f.image for f in frames], np.stack([f.K for f in frames]), np.stack([f.c2w for f in frames])
     res = dense_reconstruct(images, K, c2w, sparse_points=_sparse_points(frames), config=MVSConfig(fusion="tsdf"),
@@ -269,9 +284,9 @@ def test_synthetic_room_tsdf_and_without_sparse_points(one_thread):
     assert res.mesh is not None and len(res.mesh.faces) > 1000
     m = recon_metrics(res.mesh.vertices, scene.surface_points(0.01, visible_only=True), voxel_size=0.01)
     # accurate where it reconstructs; completion is limited by the surfaces the fronto-parallel windows
-    # miss (grazing floor, the image borders seen by one view): measured 0.7 cm / about 12 cm
+    # miss (grazing floor, the image borders seen by one view): measured 0.7 cm / 12.6 cm
     assert m["accuracy_median"] < 0.01 and m["precision@0.02"] > 0.85
-    assert m["completion_median"] < 0.25 and m["recall@0.05"] > 0.3
+    assert m["completion_median"] < 0.2 and m["recall@0.05"] > 0.35
     res = dense_reconstruct(images, K, c2w, progress=False)
     rel = _rel_errors(res.depths, frames)
     assert np.median(rel) < 0.02 and np.mean([(d > 0).mean() for d in res.depths]) > 0.3

@@ -9,4 +9,4 @@ views and point or TSDF fusion (:mod:`.consistency`, :mod:`.dense`).
 from forward3d.mvs.config import DenseResult, MVSConfig
 from forward3d.mvs.dense import dense_reconstruct
 
-__all__ = ["MVSConfig", "DenseResult", "dense_reconstruct"]
+__all__ = ["DenseResult", "MVSConfig", "dense_reconstruct"]

@@ -9,7 +9,7 @@ import numpy as np
 
 from forward3d.types import Mesh, PointCloud
 
-__all__ = ["MVSConfig", "DenseResult"]
+__all__ = ["DenseResult", "MVSConfig"]
 
 
 @dataclass

@@ -31,8 +31,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["window_offsets", "bilateral_weights", "RefWindow", "weighted_ncc", "weighted_ncc_reference",
-           "warp_by_depth", "warp_by_depth_reference", "pair_projection"]
+__all__ = [
+    "RefWindow",
+    "bilateral_weights",
+    "pair_projection",
+    "warp_by_depth",
+    "warp_by_depth_reference",
+    "weighted_ncc",
+    "weighted_ncc_reference",
+    "window_offsets",
+]
 
 
 def window_offsets(radius: int, step: int) -> list[tuple[int, int]]:
@@ -89,7 +97,7 @@ class RefWindow:
         self.mean = mean
         self.var = (sq - mean * mean).clamp_min(0.0)
 
-    def rows(self, y0: int, y1: int) -> "RefWindow":
+    def rows(self, y0: int, y1: int) -> RefWindow:
         """The same window restricted to reference rows ``[y0, y1)`` (a view, no copy)."""
         sub = object.__new__(RefWindow)
         sub.offsets, sub.pad, sub.min_variance = self.offsets, self.pad, self.min_variance

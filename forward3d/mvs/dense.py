@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from forward3d.mvs.views import _visibility, estimate_depth_ranges, select_sourc
 from forward3d.progress import progress_bar
 from forward3d.types import PointCloud
 
-__all__ = ["dense_reconstruct", "check_inputs"]
+__all__ = ["check_inputs", "dense_reconstruct"]
 
 log = logging.getLogger(__name__)
 

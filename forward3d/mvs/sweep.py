@@ -22,8 +22,14 @@ from torch import Tensor
 from forward3d.mvs.config import MVSConfig
 from forward3d.mvs.cost import RefWindow, pair_projection, warp_by_depth, weighted_ncc
 
-__all__ = ["ViewLevel", "build_pyramid", "hypothesis_costs", "select_hypothesis", "estimate_view_depth",
-           "sweep_reference"]
+__all__ = [
+    "ViewLevel",
+    "build_pyramid",
+    "estimate_view_depth",
+    "hypothesis_costs",
+    "select_hypothesis",
+    "sweep_reference",
+]
 
 
 @dataclass

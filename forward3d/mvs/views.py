@@ -15,13 +15,13 @@ in for the scene.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from forward3d.mvs.config import MVSConfig
 
-__all__ = ["view_selection_score", "project_visible", "select_source_views", "estimate_depth_ranges"]
+__all__ = ["estimate_depth_ranges", "project_visible", "select_source_views", "view_selection_score"]
 
 log = logging.getLogger(__name__)
 
