@@ -118,17 +118,17 @@ def test_warp_matches_literal_reference(one_thread, device):
 
 
 def test_fast_sweep_matches_literal_sweep(one_thread):
-    scene = SyntheticScene(num_frames=3, width=20, height=15, trajectory="orbit", speed=2.0)
+    scene = SyntheticScene(num_frames=3, width=16, height=12, trajectory="orbit", speed=2.0)
     frames = list(scene.frames())
     cfg = MVSConfig(window_radius=1, window_step=1, top_k=1)
-    planes = 1.0 / np.linspace(1.0, 5.0, 7)
+    planes = 1.0 / np.linspace(1.0, 5.0, 5)
     greys = [_grey(f.image) for f in frames]
     inv_ref, cost_ref = sweep_reference(greys[0], greys[1:], frames[0].K, frames[0].c2w,
                                         [f.K for f in frames[1:]], [f.c2w for f in frames[1:]], planes, cfg)
     t = lambda x: torch.tensor(np.asarray(x), dtype=torch.float64)
     pyr = [build_pyramid(t(g), t(f.K), 1) for g, f in zip(greys, frames)]
     win = RefWindow(pyr[0][0].gray, 1, 1, cfg.sigma_color, cfg.sigma_spatial, cfg.min_variance)
-    hyp = t(planes)[:, None, None].expand(-1, 15, 20).contiguous()
+    hyp = t(planes)[:, None, None].expand(-1, 12, 16).contiguous()
     C = t(np.stack([f.c2w for f in frames]))
     for budget in (1 << 22, 300):  # one block, and many row tiles x hypothesis chunks
         cost = hypothesis_costs(win, pyr[0][0], C[0], [p[0] for p in pyr[1:]], C[1:], hyp, cfg.top_k, budget)
