@@ -36,22 +36,33 @@ class PairCheck:
     points: Tensor
 
 
-def _lift(depth: Tensor, K: Tensor, c2w: Tensor, u: Tensor, v: Tensor) -> Tensor:
-    """World points ``[..., 3]`` of continuous pixels ``(u, v)`` with z-depth ``depth``."""
-    Kinv = torch.linalg.inv(K)
-    pix = torch.stack([u, v, torch.ones_like(u)], -1)
-    cam = (pix @ Kinv.T) * depth[..., None]
-    return cam @ c2w[:3, :3].T + c2w[:3, 3]
+Vec3 = tuple[Tensor, Tensor, Tensor]
 
 
-def _project(X: Tensor, K: Tensor, c2w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(u, v, z)`` of world points ``X [..., 3]`` in camera ``c2w``."""
+def _affine(M: Tensor, t: Tensor | None, x: Vec3) -> Vec3:
+    """``M @ x + t`` on separate coordinate vectors (contiguous element-wise ops: a ``[P, 3] @ [3, 3]``
+    matmul is many times slower on the CPU)."""
+    out = []
+    for r in range(3):
+        o = x[0] * M[r, 0] + x[1] * M[r, 1] + x[2] * M[r, 2]
+        out.append(o if t is None else o + t[r])
+    return out[0], out[1], out[2]
+
+
+def _lift(depth: Tensor, K: Tensor, c2w: Tensor, u: Tensor, v: Tensor) -> Vec3:
+    """World points (x, y, z vectors) of continuous pixels ``(u, v)`` with z-depth ``depth``."""
+    ray = _affine(torch.linalg.inv(K), None, (u, v, torch.ones_like(u)))
+    return _affine(c2w[:3, :3], c2w[:3, 3], (ray[0] * depth, ray[1] * depth, ray[2] * depth))
+
+
+def _project(X: Vec3, K: Tensor, c2w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(u, v, z)`` of world points ``X`` in camera ``c2w``."""
     w2c = torch.linalg.inv(c2w)
-    pc = X @ w2c[:3, :3].T + w2c[:3, 3]
-    z = pc[..., 2]
+    pc = _affine(w2c[:3, :3], w2c[:3, 3], X)
+    z = pc[2]
     zs = torch.where(z > 1e-9, z, torch.ones_like(z))
-    uvw = pc @ K.T
-    return uvw[..., 0] / zs, uvw[..., 1] / zs, z
+    uvw = _affine(K, None, pc)
+    return uvw[0] / zs, uvw[1] / zs, z
 
 
 def _valid_pixels(depth: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -84,7 +95,7 @@ def check_pair(u: Tensor, v: Tensor, d: Tensor, K_r: Tensor, c2w_r: Tensor, dept
     err = torch.sqrt((ub - u) ** 2 + (vb - v) ** 2)
     rel = (zb - d).abs() / d.clamp_min(1e-12)
     agree = inside & (dj > 0) & (err < max_reproj_px) & (rel < max_rel_depth)
-    return PairCheck(agree, index, Xj)
+    return PairCheck(agree, index, torch.stack(Xj, -1))
 
 
 def consistency_filter(depths: list[Tensor], K: Tensor, c2w: Tensor, sources: list, max_reproj_px: float,
@@ -126,7 +137,7 @@ def fuse_points(depths: list[Tensor], images: list[Tensor], K: Tensor, c2w: Tens
     pts, cols, nrms = [], [], []
     for r, d in enumerate(depths):
         idx, u, v, z = _valid_pixels(d, ~used[r])
-        acc = _lift(z, K[r], c2w[r], u, v)
+        acc = torch.stack(_lift(z, K[r], c2w[r], u, v), -1)
         col = images[r].reshape(-1, 3).to(d.dtype)[idx]
         cnt = torch.ones(len(idx), dtype=d.dtype, device=d.device)
         for j in sources[r]:
