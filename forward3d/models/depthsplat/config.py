@@ -53,9 +53,17 @@ VIT_TABLE: dict[str, tuple[ViTConfig, DPTSizes, DPTSizes]] = {
              DPTSizes(96, (96, 192, 384, 768))),
     "vitl": (ViTConfig(1024, 24, 16, (4, 11, 17, 23)), DPTSizes(64, (128, 256, 512, 1024)),
              DPTSizes(128, (128, 256, 512, 1024))),
+    "base_dl3dv": dict(vit_type="vitb", num_scales=2, upsample_factor=4, lowest_feature_resolution=8),
+    "small_highres": dict(vit_type="vits", num_scales=1, upsample_factor=8, lowest_feature_resolution=8,
+                          scale_max=0.1),
     # the parity fixtures' tiny ViT (same DINOv2 class, shrunk)
     "vitt": (ViTConfig(32, 12, 2, (2, 5, 8, 11)), DPTSizes(8, (4, 8, 16, 32)), DPTSizes(16, (4, 8, 16, 32))),
 }
+
+
+# (upsample_factor, num_scales, lowest_feature_resolution) of the released models: small, base/large,
+# base DL3DV, small high-res
+_BRANCHES = ((4, 1, 4), (2, 2, 4), (4, 2, 8), (8, 1, 8))
 
 
 @dataclass
@@ -65,8 +73,8 @@ class DepthSplatConfig:
     Attributes:
         vit_type: monocular backbone, ``vits`` / ``vitb`` / ``vitl`` (released) or ``vitt`` (test fixture).
         num_scales: cost-volume scales (1 for small, 2 for base/large).
-        upsample_factor: final learned upsampling factor of the inverse depth (4 for small, 2 otherwise).
-        lowest_feature_resolution: stride of the coarsest CNN features (4 in every release).
+        upsample_factor: final learned upsampling factor of the inverse depth (4 for small, 2 for base/large).
+        lowest_feature_resolution: stride of the coarsest CNN features (4, or 8 for the DL3DV / high-res models).
         num_transformer_layers: multi-view transformer blocks.
         num_depth_candidates: inverse-depth candidates at scale 0 (scale s uses ``D / 4**s``).
         unet_channels: width of the depth UNet at scale 0 (halved per scale).
@@ -102,12 +110,10 @@ class DepthSplatConfig:
             raise ValueError(f"DepthSplatConfig.vit_type: expected one of {sorted(VIT_TABLE)}, found {self.vit_type!r}")
         if self.num_scales not in (1, 2):
             raise ValueError(f"DepthSplatConfig.num_scales: expected 1 or 2, found {self.num_scales!r}")
-        if self.lowest_feature_resolution != 4:
-            raise ValueError("DepthSplatConfig.lowest_feature_resolution: only 4 (every released model) is "
-                             f"supported, found {self.lowest_feature_resolution!r}")
-        if (self.upsample_factor, self.num_scales) not in ((4, 1), (2, 2)):
-            raise ValueError("DepthSplatConfig: (upsample_factor, num_scales) must be (4, 1) or (2, 2) (the two "
-                             f"DPT branches of the released models), found ({self.upsample_factor}, {self.num_scales})")
+        combo = (self.upsample_factor, self.num_scales, self.lowest_feature_resolution)
+        if combo not in _BRANCHES:
+            raise ValueError("DepthSplatConfig: (upsample_factor, num_scales, lowest_feature_resolution) must be one "
+                             f"of {list(_BRANCHES)} (the DPT branches of the released models), found {combo}")
         if self.sh_degree < 0 or self.sh_degree > 2:
             raise ValueError(f"DepthSplatConfig.sh_degree: expected 0..2, found {self.sh_degree!r}")
         for s in range(self.num_scales):
@@ -141,8 +147,9 @@ class DepthSplatConfig:
 
     @property
     def patch_multiple(self) -> int:
-        """Image sides must be multiples of this (the reference's 16-pixel shim)."""
-        return 16
+        """Image sides must be multiples of this: 16 (the reference's shim) with features at 1/4; 32 at 1/8
+        (the scale-0 UNet downsamples twice)."""
+        return 4 * self.lowest_feature_resolution
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -175,6 +182,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(vit_type="vits", num_scales=1, upsample_factor=4),
     "base": dict(vit_type="vitb", num_scales=2, upsample_factor=2),
     "large": dict(vit_type="vitl", num_scales=2, upsample_factor=2),
+    "base_dl3dv": dict(vit_type="vitb", num_scales=2, upsample_factor=4, lowest_feature_resolution=8),
+    "small_highres": dict(vit_type="vits", num_scales=1, upsample_factor=8, lowest_feature_resolution=8,
+                          scale_max=0.1),
     # the parity fixtures (../shared/fixtures/depthsplat): 2 transformer blocks, tiny ViT and heads
     "tiny_2scale": dict(vit_type="vitt", num_scales=2, upsample_factor=2, num_transformer_layers=2,
                         unet_channels=64, gaussian_regressor_channels=16),
@@ -184,10 +194,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def depthsplat_config(name: str, **overrides: Any) -> DepthSplatConfig:
-    """A named configuration (``small``, ``base``, ``large``, ``tiny_2scale``, ``tiny_1scale``).
-
-    ``scale_max=0.1`` gives the DL3DV / high-resolution variants.
-    """
+    """A named configuration: ``small``, ``base``, ``large`` (RE10K), ``base_dl3dv``, ``small_highres``
+    (``depthsplat-gs-small-re10kdl3dv-448x768``), ``tiny_2scale``, ``tiny_1scale`` (parity fixtures)."""
     if name not in PRESETS:
         raise ValueError(f"unknown DepthSplat config {name!r}; expected one of {sorted(PRESETS)}")
     return DepthSplatConfig(**{**PRESETS[name], **overrides})

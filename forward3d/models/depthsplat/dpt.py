@@ -1,11 +1,12 @@
 """DepthSplat's DPT heads: ViT maps fused with CNN / multi-view features (and the low-res inverse depth).
 
-Two branches, as in the released models:
+Four branches, chosen by (upsample factor, scales) as in the released models (hooks at 1/2, 1/4, 1/8, 1/16;
+CNN maps 64 / 96 / 128 channels, high to low resolution; "depth" only in the depth upsampler):
 
-* ``upsample_factor=2, num_scales=2`` (base / large): hooks at 1/2, 1/4, 1/8, 1/16; the 1/2 level gets
-  [cnn 1/2 (64), cnn 1/2 (96), mv 1/2, (depth), vit], the 1/4 level [cnn 1/4 (128), vit, mv 1/4].
-* ``upsample_factor=4, num_scales=1`` (small): the 1/2 level gets [cnn (64), cnn (96), vit], the 1/4 level
-  [cnn 1/4, vit, mv 1/4, (depth)].
+* ``(2, 2)`` (base / large, lowest 1/4): 1/2 level [cnn0, cnn1, mv 1/2, depth, vit], 1/4 level [cnn2, vit, mv 1/4].
+* ``(4, 1)`` (small, lowest 1/4): 1/2 level [cnn0, cnn1, vit], 1/4 level [cnn2, vit, mv, depth].
+* ``(4, 2)`` (base DL3DV, lowest 1/8): 1/2 [cnn0, vit], 1/4 [cnn1, vit, mv 1/4, depth], 1/8 [cnn2, vit, mv 1/8].
+* ``(8, 1)`` (small high-res, lowest 1/8): 1/2 [cnn0, vit], 1/4 [cnn1, vit], 1/8 [cnn2, vit, mv, depth].
 
 The depth upsampler (``depth_predictor.upsampler``) ends in ``output_conv`` (a full-resolution inverse-depth
 residual); the feature upsampler (``feature_upsampler``) returns the fused full-resolution features.
@@ -23,6 +24,7 @@ from forward3d.models.spann3r.dpt import FeatureFusionBlock
 __all__ = ["DepthSplatDPT"]
 
 CNN_CHANNELS = (64, 96, 128)
+BRANCHES = ((2, 2), (4, 1), (4, 2), (8, 1))
 
 
 class _Scratch(nn.Module):
@@ -45,8 +47,8 @@ class DepthSplatDPT(nn.Module):
 
     Args (``N`` images, ``H x W`` the input size):
         vit: 4 maps ``[N, vit_dim, H/8, W/8]``.
-        cnn: ``[[N, 64, H/2, W/2], [N, 96, H/2, W/2], [N, 128, H/4, W/4]]``.
-        mv: two scales: ``[[N, 64, H/2, W/2], [N, 128, H/4, W/4]]``; one scale: ``[[N, 128, H/4, W/4]]``.
+        cnn: the CNN maps, high to low resolution (64, 96, 128 channels).
+        mv: multi-view features, high to low resolution (two scales: 64 then 128 channels; one: 128).
         depth: low-res inverse depth ``[N, 1, H/uf, W/uf]`` (the depth upsampler only).
 
     Returns:
@@ -56,17 +58,17 @@ class DepthSplatDPT(nn.Module):
     def __init__(self, vit_dim: int, features: int, out_channels: tuple[int, int, int, int], upsample_factor: int,
                  num_scales: int, return_feature: bool) -> None:
         super().__init__()
-        self.two_scales = (upsample_factor, num_scales) == (2, 2)
-        if not self.two_scales and (upsample_factor, num_scales) != (4, 1):
-            raise ValueError(f"DepthSplatDPT: unsupported (upsample_factor, num_scales) = ({upsample_factor}, {num_scales})")
+        self.mode = (upsample_factor, num_scales)
+        if self.mode not in BRANCHES:
+            raise ValueError(f"DepthSplatDPT: unsupported (upsample_factor, num_scales) = {self.mode}")
         self.return_feature = return_feature
         dc = 0 if return_feature else 1
         c0, c1, c2 = CNN_CHANNELS
         oc = out_channels
-        if self.two_scales:
-            ins = (c0 + c1 + oc[0] + 64 + dc, c2 + oc[1] + 128, oc[2])
-        else:
-            ins = (c0 + c1 + oc[0], c2 + oc[1] + 128 + dc, oc[2])
+        ins = {(2, 2): (c0 + c1 + oc[0] + 64 + dc, c2 + oc[1] + 128, oc[2]),
+               (4, 1): (c0 + c1 + oc[0], c2 + oc[1] + 128 + dc, oc[2]),
+               (4, 2): (c0 + oc[0], c1 + oc[1] + 64 + dc, c2 + oc[2] + 128),
+               (8, 1): (c0 + oc[0], c1 + oc[1], c2 + oc[2] + 128 + dc)}[self.mode]
         self.concat_projects = nn.ModuleList(nn.Conv2d(i, o, 1) for i, o in zip(ins, oc[:3]))
         self.projects = nn.ModuleList(nn.Conv2d(vit_dim, o, 1) for o in oc)
         self.resize_layers = nn.ModuleList([nn.ConvTranspose2d(oc[0], oc[0], 4, 4), nn.ConvTranspose2d(oc[1], oc[1], 2, 2),
@@ -78,13 +80,23 @@ class DepthSplatDPT(nn.Module):
             raise ValueError("DepthSplatDPT: the depth upsampler needs the low-resolution inverse depth")
         l1, l2, l3, l4 = (r(p(x)) for p, r, x in zip(self.projects, self.resize_layers, vit))
         d = [] if depth is None or self.return_feature else [depth]
-        if self.two_scales:
-            l1 = self.concat_projects[0](torch.cat([cnn[0], cnn[1], mv[0], *d, l1], dim=1))
-            l2 = self.concat_projects[1](torch.cat([cnn[2], l2, mv[1]], dim=1))
+        cp = self.concat_projects
+        if self.mode == (2, 2):
+            l1 = cp[0](torch.cat([cnn[0], cnn[1], mv[0], *d, l1], dim=1))
+            l2 = cp[1](torch.cat([cnn[2], l2, mv[1]], dim=1))
+            l3 = cp[2](l3)
+        elif self.mode == (4, 1):
+            l1 = cp[0](torch.cat([cnn[0], cnn[1], l1], dim=1))
+            l2 = cp[1](torch.cat([cnn[2], l2, mv[0], *d], dim=1))
+            l3 = cp[2](l3)
+        elif self.mode == (4, 2):
+            l1 = cp[0](torch.cat([cnn[0], l1], dim=1))
+            l2 = cp[1](torch.cat([cnn[1], l2, mv[0], *d], dim=1))
+            l3 = cp[2](torch.cat([cnn[2], l3, mv[1]], dim=1))
         else:
-            l1 = self.concat_projects[0](torch.cat([cnn[0], cnn[1], l1], dim=1))
-            l2 = self.concat_projects[1](torch.cat([cnn[2], l2, mv[0], *d], dim=1))
-        l3 = self.concat_projects[2](l3)
+            l1 = cp[0](torch.cat([cnn[0], l1], dim=1))
+            l2 = cp[1](torch.cat([cnn[1], l2], dim=1))
+            l3 = cp[2](torch.cat([cnn[2], l3, mv[0], *d], dim=1))
         s = self.scratch
         p4 = s.refinenet4(s.layer4_rn(l4))
         p3 = s.refinenet3(p4, s.layer3_rn(l3))

@@ -289,7 +289,8 @@ class DepthSplatOutput:
                          sh=r.harmonics[b].transpose(-1, -2).contiguous())
 
 
-def _check_inputs(images: Tensor, intrinsics: Tensor, extrinsics: Tensor, near: Tensor, far: Tensor) -> None:
+def _check_inputs(images: Tensor, intrinsics: Tensor, extrinsics: Tensor, near: Tensor, far: Tensor,
+                  multiple: int) -> None:
     if images.ndim != 5 or images.shape[2] != 3:
         raise ValueError(f"DepthSplat images: expected [B, V, 3, H, W], found {list(images.shape)}")
     b, v, _, h, w = images.shape
@@ -315,7 +316,8 @@ class DepthSplat(nn.Module):
     ``forward(images, intrinsics, extrinsics, near, far)``:
 
     Args:
-        images: ``[B, V, 3, H, W]`` RGB in [0, 1]; ``V >= 2``, H and W multiples of 16.
+        images: ``[B, V, 3, H, W]`` RGB in [0, 1]; ``V >= 2``, H and W multiples of ``cfg.patch_multiple``
+            (16; 32 for the models with 1/8 features).
         intrinsics: ``[B, V, 3, 3]`` K normalised by the image size (row 0 / W, row 1 / H).
         extrinsics: ``[B, V, 4, 4]`` camera-to-world, OpenCV axes.
         near, far: ``[B, V]`` tensors or floats (depth range; the sweep is linear in inverse depth).
@@ -345,6 +347,6 @@ class DepthSplat(nn.Module):
             near_t = near_t.expand(b, v)
         if far_t.ndim == 0:
             far_t = far_t.expand(b, v)
-        _check_inputs(images, intrinsics, extrinsics, near_t, far_t)
+        _check_inputs(images, intrinsics, extrinsics, near_t, far_t, self.cfg.patch_multiple)
         depth, raw, mid = self.encoder(images, intrinsics, extrinsics, near_t, far_t)
         return DepthSplatOutput(depths=depth, raw=raw, intermediates=mid)
