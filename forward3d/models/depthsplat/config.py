@@ -53,9 +53,6 @@ VIT_TABLE: dict[str, tuple[ViTConfig, DPTSizes, DPTSizes]] = {
              DPTSizes(96, (96, 192, 384, 768))),
     "vitl": (ViTConfig(1024, 24, 16, (4, 11, 17, 23)), DPTSizes(64, (128, 256, 512, 1024)),
              DPTSizes(128, (128, 256, 512, 1024))),
-    "base_dl3dv": dict(vit_type="vitb", num_scales=2, upsample_factor=4, lowest_feature_resolution=8),
-    "small_highres": dict(vit_type="vits", num_scales=1, upsample_factor=8, lowest_feature_resolution=8,
-                          scale_max=0.1),
     # the parity fixtures' tiny ViT (same DINOv2 class, shrunk)
     "vitt": (ViTConfig(32, 12, 2, (2, 5, 8, 11)), DPTSizes(8, (4, 8, 16, 32)), DPTSizes(16, (4, 8, 16, 32))),
 }
