@@ -1,4 +1,4 @@
-"""single image (+ depth) -> 3D Gaussians (3DGS PLY, .splat, novel views, orbit video)"""
+"""single image (+ depth), or posed views (--multiview, DepthSplat) -> 3D Gaussians (3DGS PLY, .splat, views, orbit)"""
 
 from __future__ import annotations
 
@@ -15,7 +15,20 @@ logger = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from forward3d.device import DEVICE_HELP
 
-    p.add_argument("image", help="input image (jpg/png/webp)")
+    p.add_argument("image", nargs="?", help="input image (jpg/png/webp); or use --multiview")
+    mv = p.add_argument_group("multi-view (DepthSplat)")
+    mv.add_argument("--multiview", nargs="+", metavar="IMG",
+                    help="two or more posed views of one scene -> one 3DGS scene with DepthSplat (needs --poses, "
+                         "--intrinsics or --fov, and --weights: a depthsplat-gs-* checkpoint)")
+    mv.add_argument("--poses", help="camera-to-world poses of the --multiview images, one per image in order: a TUM "
+                                    "trajectory (timestamp tx ty tz qx qy qz qw) or a Redwood .log")
+    mv.add_argument("--near", type=float, default=0.5, help="nearest depth of the plane sweep, in pose units (default 0.5)")
+    mv.add_argument("--far", type=float, default=100.0, help="farthest depth of the plane sweep (default 100)")
+    mv.add_argument("--short-side", type=int, default=256,
+                    help="resize the views so their short side is this before the centre crop (default 256)")
+    mv.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                    help="resize to cover and centre-crop to exactly H x W (multiples of 16) instead")
+    mv.add_argument("--min-opacity", type=float, default=0.0, help="drop Gaussians below this opacity (default 0)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--depth", help="metric depth map of the image (16-bit PNG in mm, .npy in metres, float TIFF)")
     src.add_argument("--depth-model", help="depth network: a transformers model folder/hub id, 'transformers:PATH' "
@@ -38,6 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.multiview:
+        return run_multiview(args)
+    if not args.image:
+        raise ValueError("splat: give an IMAGE, or --multiview IMG1 IMG2 ... --poses ... for posed views")
     from forward3d.device import resolve_device
     from forward3d.io.atomic import staged_folder
     from forward3d.models.depth import make_depth_estimator, read_image_and_depth
@@ -79,4 +96,52 @@ def run(args: argparse.Namespace) -> int:
         with open(stage / "summary.json", "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
     print(f"{result.method}: {len(result.gaussians)} Gaussians -> {paths['ply']}")
+    return 0
+
+
+def run_multiview(args: argparse.Namespace) -> int:
+    """``--multiview``: posed views -> one DepthSplat scene."""
+    from forward3d.device import resolve_device
+    from forward3d.io.atomic import staged_folder
+    from forward3d.io.trajectory import read_trajectory
+    from forward3d.models.depth import read_image_and_depth
+    from forward3d.models.depthsplat import DepthSplat
+    from forward3d.pipelines.depthsplat import save_multiview_outputs, splat_multiview
+    from forward3d.types import Intrinsics
+
+    if args.image:
+        raise ValueError("splat: give either IMAGE or --multiview, not both")
+    if len(args.multiview) < 2:
+        raise ValueError(f"splat --multiview: needs at least 2 images, found {len(args.multiview)}")
+    if not args.poses:
+        raise ValueError("splat --multiview: --poses POSES.txt (TUM) or POSES.log (Redwood) is required")
+    if not args.weights:
+        raise ValueError("splat --multiview: --weights is required (a depthsplat-gs-* checkpoint, .pth/.safetensors/"
+                         "folder/hub id)")
+    _, c2w = read_trajectory(args.poses)
+    if len(c2w) != len(args.multiview):
+        raise ValueError(f"{args.poses}: {len(c2w)} poses for {len(args.multiview)} --multiview images")
+    images = [read_image_and_depth(p, None, None)[0] for p in args.multiview]
+    h, w = images[0].shape[:2]
+    if args.intrinsics:
+        fx, fy, cx, cy = args.intrinsics
+        K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+    else:
+        K = Intrinsics.from_fov(w, h, 60.0 if args.fov is None else args.fov).K
+        if args.fov is None:
+            logger.warning("no --intrinsics or --fov given: assuming a 60 degree horizontal field of view")
+    device = str(resolve_device(args.device))
+    model = DepthSplat.from_pretrained(args.weights, map_location=device)
+    result = splat_multiview(model, images, K, c2w, near=args.near, far=args.far, short_side=args.short_side,
+                             size=tuple(args.size) if args.size else None, min_opacity=args.min_opacity,
+                             device=device)
+    with staged_folder(args.out) as stage:
+        paths = save_multiview_outputs(result, stage, orbit_frames=args.orbit_frames, video=args.video)
+        paths = {k: Path(args.out) / Path(v).relative_to(stage) for k, v in paths.items()}
+        summary = {"method": "depthsplat", "images": [str(p) for p in args.multiview], "poses": str(args.poses),
+                   "weights": str(args.weights), "K": result.K.tolist(), **result.info,
+                   "files": {k: str(v) for k, v in paths.items()}}
+        with open(stage / "summary.json", "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+    print(f"depthsplat: {len(result.gaussians)} Gaussians from {len(images)} views -> {paths['ply']}")
     return 0
