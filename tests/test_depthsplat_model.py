@@ -258,3 +258,17 @@ def test_bad_inputs(tiny2):
         DepthSplatConfig(num_scales=2, upsample_factor=4)
     with pytest.raises(ValueError, match="unknown DepthSplat config"):
         depthsplat_config("huge")
+
+
+@pytest.mark.slow
+def test_bf16_autocast_close_to_fp32(fx, tiny2, one_thread):
+    """CPU bf16 autocast (fp32 weights) runs the whole network; depth stays close to fp32 (slow: ~18 s of CPU,
+    bf16 matmuls are emulated on CPUs without bf16 units)."""
+    cases = load_file(str(fx / "cases.safetensors"))
+    args = [cases[f"B/in/{k}"] for k in ("image", "intrinsics", "extrinsics", "near", "far")]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        o = tiny2(*args)
+    d = o.depths.float()
+    assert torch.isfinite(d).all() and torch.isfinite(o.raw.means.float()).all()
+    rel = ((d - cases["B/out/depths"]).abs() / cases["B/out/depths"]).median()
+    assert rel < 0.05
