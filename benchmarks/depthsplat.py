@@ -40,7 +40,8 @@ def _inputs(v: int, size: int):
     return images, K, c2w
 
 
-def child(model: str, device: str, dtype: str, threads: int, repeats: int, size: int, ref_path: str) -> dict:
+def child(model: str, device: str, dtype: str, threads: int, repeats: int, size: int, ref_path: str,
+          warmup: int = 1) -> dict:
     import torch
 
     from forward3d.models.depthsplat import DepthSplat, depthsplat_config
@@ -58,15 +59,15 @@ def child(model: str, device: str, dtype: str, threads: int, repeats: int, size:
         torch.cuda.reset_peak_memory_stats()
     times = []
     with torch.inference_mode(), ctx:
-        for i in range(repeats + 1):  # the first run is a warm-up
+        for i in range(repeats + warmup):  # the first `warmup` runs are not timed
             sync()
             t = time.perf_counter()
             out = net(images, K, c2w, near=0.5, far=100.0)
             sync()
-            if i:
+            if i >= warmup:
                 times.append(time.perf_counter() - t)
     depth = out.depths.float().cpu()
-    res = {"model": model, "device": device, "dtype": dtype, "threads": threads, "size": size, "views": 2,
+    res = {"model": model, "device": device, "dtype": dtype, "threads": threads, "size": size, "views": 2, "warmup": warmup,
            "params_m": sum(p.numel() for p in net.parameters()) / 1e6, "build_s": build_s,
            "s_per_forward": sorted(times)[len(times) // 2], "s_all": times,
            "gaussians": int(out.raw.means.shape[1]), "finite": bool(torch.isfinite(out.raw.means).all()),
@@ -95,12 +96,14 @@ def main() -> None:
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed forwards before the timed ones")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--out", default="depthsplat.json")
     ap.add_argument("--ref", default="")
     args = ap.parse_args()
     if args.child:
-        r = child(args.models[0], args.devices[0], args.dtypes[0], args.threads, args.repeats, args.size, args.ref)
+        r = child(args.models[0], args.devices[0], args.dtypes[0], args.threads, args.repeats, args.size, args.ref,
+                  args.warmup)
         print(json.dumps(r))
         return
     rows = []
@@ -111,7 +114,8 @@ def main() -> None:
                 for dt in sorted(args.dtypes, key=lambda d: d != "fp32"):  # fp32 first: the bf16 reference
                     r = _util.run_in_subprocess(__file__, ["--models", model, "--devices", dev, "--dtypes", dt,
                                                            "--threads", str(args.threads), "--repeats",
-                                                           str(args.repeats), "--size", str(args.size), "--ref", ref])
+                                                           str(args.repeats), "--warmup", str(args.warmup),
+                                                           "--size", str(args.size), "--ref", ref])
                     r.setdefault("model", model)
                     r.setdefault("device", dev)
                     r.setdefault("dtype", dt)
