@@ -125,7 +125,10 @@ def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
         help_text = helps.get(f.name, "")
         if meta.get("positional"):
             kwargs.pop("dest")
-            kwargs.pop("default")
+            if optional:  # ``X | None`` positional: may be left out
+                kwargs["nargs"] = "?"
+            else:
+                kwargs.pop("default")
             kwargs["type"] = tp if tp in (int, float, str) else str
             parser.add_argument(dest, help=(help_text or "").replace("%", "%%") or None, **kwargs)
             added[f.name] = dest

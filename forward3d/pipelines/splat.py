@@ -123,7 +123,16 @@ class SplatConfig:
     """Options of ``forward3d splat`` (single image + depth -> 3D Gaussians, renders, orbit video).
 
     Attributes:
-        image: input photo (jpg/png/webp; EXIF orientation applied).
+        image: input photo (jpg/png/webp; EXIF orientation applied); or use --multiview.
+        multiview: two or more posed views of one scene -> one 3DGS scene with DepthSplat (needs --poses,
+            --intrinsics or --fov, and --weights: a depthsplat-gs-* checkpoint).
+        poses: --multiview: camera-to-world poses, one per image in order: a TUM trajectory
+            (timestamp tx ty tz qx qy qz qw) or a Redwood .log.
+        near: --multiview: nearest depth of the plane sweep, in pose units.
+        far: --multiview: farthest depth of the plane sweep, in pose units.
+        short_side: --multiview: resize the views so their short side is this before the centre crop.
+        crop: --multiview: resize to cover and centre-crop to exactly H x W (multiples of 16) instead.
+        min_opacity: --multiview: drop Gaussians below this opacity.
         depth: metric depth map of the image: 16-bit PNG (divided by --depth-scale, default millimetres),
             .npy or float TIFF (metres).
         depth_model: depth network instead of --depth: a transformers model folder or hub id,
@@ -132,7 +141,7 @@ class SplatConfig:
         intrinsics: pinhole intrinsics of the image in pixels.
         fov: horizontal field of view in degrees when --intrinsics is not given (default 60, with a warning).
         weights: Flash3D checkpoint (.pth / .safetensors / folder / hub id); without it the no-network
-            unproject baseline (one Gaussian per pixel) is used.
+            unproject baseline (one Gaussian per pixel) is used. With --multiview: the DepthSplat checkpoint.
         device: auto (CUDA when available), cpu, cuda or cuda:N.
         out: output folder (replaced as a whole).
         overwrite: replace --out even when it holds files forward3d did not write.
@@ -147,7 +156,14 @@ class SplatConfig:
         background: background colour R G B in [0, 1] of the renders.
     """
 
-    image: str = option("", positional=True)
+    image: str | None = option(None, positional=True)
+    multiview: list[str] | None = option(None, metavar="IMG")
+    poses: str | None = option(None, metavar="FILE")
+    near: float = 0.5
+    far: float = 100.0
+    short_side: int = option(256, metavar="PX")
+    crop: tuple[int, int] | None = option(None, metavar=("H", "W"))
+    min_opacity: float = 0.0
     depth: str | None = option(None, metavar="FILE")
     depth_model: str | None = option(None, metavar="MODEL")
     depth_scale: float | None = option(None, metavar="S")
@@ -166,6 +182,18 @@ class SplatConfig:
     background: tuple[float, float, float] = option((0.0, 0.0, 0.0), metavar=("R", "G", "B"))
 
     def __post_init__(self) -> None:
+        if self.multiview is not None:
+            if self.image:
+                raise ValueError("splat: give either IMAGE or --multiview, not both")
+            if len(self.multiview) < 2:
+                raise ValueError(f"splat --multiview: needs at least 2 images, found {len(self.multiview)}")
+            if not self.poses:
+                raise ValueError("splat --multiview: --poses POSES.txt (TUM) or POSES.log (Redwood) is required")
+            if not self.weights:
+                raise ValueError("splat --multiview: --weights is required (a depthsplat-gs-* checkpoint, "
+                                 ".pth/.safetensors/folder/hub id)")
+            if not 0 < self.near < self.far:
+                raise ValueError(f"--near/--far: expected 0 < near < far, found {self.near}, {self.far}")
         if self.depth is not None and self.depth_model is not None:
             raise ValueError("--depth and --depth-model: give one of them")
         if self.intrinsics is not None and self.fov is not None:
