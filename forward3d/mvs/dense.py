@@ -124,7 +124,7 @@ def dense_reconstruct(images: Sequence[np.ndarray], K, c2w, sparse_points=None, 
     Kt = torch.as_tensor(Kn, dtype=dt, device=device)
     Ct = torch.as_tensor(c2wn, dtype=dt, device=device)
     grey_w = torch.tensor(_GREY, dtype=dt, device=device)
-    rgb = [torch.from_numpy(np.ascontiguousarray(im)).to(device=device, dtype=dt) for im in imgs]
+    rgb = [torch.tensor(im, dtype=dt, device=device) for im in imgs]  # a copy: inputs may be read-only
     pyramids = [build_pyramid((im @ grey_w) / 255.0, Kt[i], cfg.num_scales) for i, im in enumerate(rgb)]
     raw, conf = [], []
     with torch.inference_mode():
