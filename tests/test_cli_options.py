@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
@@ -108,3 +108,39 @@ def test_config_to_dict_is_json_friendly():
 
     d = config_to_dict(Example(K=(1, 2, 3, 4)))
     assert d["K"] == [1, 2, 3, 4] and json.dumps(d)
+
+
+@dataclass
+class _Inner:
+    """Attributes:
+        num_src: source views.
+        fusion: how.
+    """
+    num_src: int = 5
+    fusion: str = "points"
+
+
+@dataclass
+class _Outer:
+    """Attributes:
+        dense: on.
+        inner: the inner options.
+    """
+    dense: bool = True
+    inner: _Inner = field(default_factory=_Inner)
+
+
+def test_nested_config_dataclass_options():
+    """A config field that is itself a config (sfm's ``mvs: MVSConfig``) becomes --mvs-* options."""
+    import argparse
+
+    from forward3d.cli.options import add_config_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    dests = add_config_arguments(p, _Outer, prefix="b_")
+    cfg = config_from_args(_Outer, p.parse_args(["--inner-num-src", "3", "--no-dense"]), dests)
+    assert cfg == _Outer(dense=False, inner=_Inner(num_src=3))
+    assert config_from_args(_Outer, p.parse_args([]), dests) == _Outer()
+    from forward3d.pipelines import get_backend
+
+    assert get_backend("sfm", {"mvs": {"num_src": 3}}).config.mvs.num_src == 3

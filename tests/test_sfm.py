@@ -259,7 +259,9 @@ def test_sfm_with_dense_mvs():
     frames = [f.with_(depth=None) for f in scene.frames()]
     recon = SfMBackend(dense="mvs", threads=1).run(frames, progress=False)
     gt = np.stack([f.c2w for f in frames])
-    a = ate(recon.c2w, gt, align="sim3")
+    # the first-pose Sim(3), not the position-only Umeyama fit: on this short, nearly straight path the
+    # latter leaves the rotation about the path free (2.5 degrees here, 6 cm at the walls)
+    a = ate(recon.c2w, gt, align="first-sim3")
     assert recon.points is not None and len(recon.points) > 1000
     scores = score_surface(recon.points.transform(a["alignment"]), scene.surface_points(0.02))
-    assert scores["accuracy"] < 0.05
+    assert scores["accuracy_median"] < 0.04 and scores["accuracy"] < 0.06, scores

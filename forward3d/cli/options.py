@@ -79,7 +79,7 @@ def config_dests(cls: type, prefix: str = "") -> dict[str, str]:
 
 def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
                          skip: Iterable[str] = (), prefix: str = "", defaults: Any = None,
-                         title: str | None = None) -> dict[str, str]:
+                         title: str | None = None, flag_prefix: str = "") -> dict[str, Any]:
     """Add one option per field of the dataclass ``cls`` to ``parser`` (or a new group ``title``).
 
     Args:
@@ -89,6 +89,11 @@ def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
         prefix: prepended to every dest (namespacing two configs in one parser).
         defaults: an instance whose values are the defaults (default: the dataclass defaults).
         title: add the options to a new argument group with this title.
+        flag_prefix: prepended to every generated flag name (``"mvs-"``: ``--mvs-num-src``).
+
+    A field whose type is itself a config dataclass (e.g. ``mvs: MVSConfig``) adds that config's
+    options with its name as flag prefix (``--mvs-num-src``); its entry in the result is the nested
+    ``field name -> dest`` mapping.
 
     Returns:
         ``field name -> dest`` of the added options (for :func:`config_from_args`).
@@ -113,9 +118,13 @@ def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
         else:
             default = None
         dest = prefix + f.name
-        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        flag = meta.get("flag") or "--" + flag_prefix + f.name.replace("_", "-")
         names = [flag, *meta.get("aliases", ())]
         tp, optional = _strip_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            added[f.name] = add_config_arguments(parser, tp, prefix=dest + "__", defaults=default,
+                                                 flag_prefix=flag_prefix + f.name.replace("_", "-") + "-")
+            continue
         kwargs: dict[str, Any] = {"dest": dest, "default": default}
         if meta.get("metavar"):
             kwargs["metavar"] = meta["metavar"]
@@ -182,10 +191,13 @@ def config_from_args(cls: type, args: argparse.Namespace, dests: dict[str, str] 
     hints = _hints(cls)
     values: dict[str, Any] = {}
     for name, dest in dests.items():
+        tp, _ = _strip_optional(hints[name])
+        if isinstance(dest, dict):  # a nested config dataclass
+            values[name] = config_from_args(tp, args, dest)
+            continue
         if not hasattr(args, dest):
             continue
         v = getattr(args, dest)
-        tp, _ = _strip_optional(hints[name])
         if v is not None and get_origin(tp) is tuple:
             v = tuple(v)
         values[name] = v

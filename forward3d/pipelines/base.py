@@ -92,6 +92,11 @@ def make_config(cls: type, config: Any = None, overrides: dict[str, Any] | None 
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"{where}: unknown options {unknown}; expected some of {sorted(known)}")
+    for f in fields(cls):  # a dict for a nested config dataclass field (e.g. ``{"mvs": {"num_src": 3}}``)
+        v = overrides.get(f.name)
+        if isinstance(v, dict) and isinstance(f.default_factory, type) and is_dataclass(f.default_factory):
+            base = getattr(config, f.name) if config is not None else None
+            overrides[f.name] = make_config(f.default_factory, base, v, where=f"{where}.{f.name}")
     if config is None:
         return cls(**overrides)
     return replace(config, **overrides) if overrides else config

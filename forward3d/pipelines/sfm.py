@@ -21,13 +21,14 @@ import importlib.util
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import numpy as np
 
 from forward3d.config import config_to_dict, option
+from forward3d.mvs.config import MVSConfig
 from forward3d.pipelines.base import Backend, Capabilities, UpdateCallback
 from forward3d.sfm.config import SfMConfig
 from forward3d.types import Frame, FrameStatus, Mesh, PointCloud, Reconstruction, Update
@@ -53,11 +54,14 @@ class SfMBackendConfig(SfMConfig):
         dense: dense geometry: ``mvs`` (forward3d.mvs multi-view stereo and fusion), ``none`` (the sparse
             SfM points), ``auto`` (mvs when forward3d.mvs is installed).
         device: dense stereo device: auto (CUDA when torch sees a GPU), cpu or cuda[:N].
+        mvs: the dense stereo options (forward3d.mvs.MVSConfig), on the CLI as --mvs-*
+            (e.g. --mvs-num-src 5 --mvs-fusion tsdf); --mvs-device, when not auto, wins over --device.
     """
 
     poses: str | None = option(None, metavar="FILE")
     dense: Literal["auto", "mvs", "none"] = "auto"
     device: str = "auto"
+    mvs: MVSConfig = field(default_factory=MVSConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -179,11 +183,10 @@ class SfMBackend(Backend):
                points: PointCloud | None, visibility: list[np.ndarray] | None, cfg: SfMBackendConfig,
                progress: bool) -> tuple[PointCloud | None, Mesh | None, dict[str, Any]]:
         """Dense stereo over the keyframes with a real pose (not interpolated) through forward3d.mvs."""
-        from forward3d.mvs import MVSConfig, dense_reconstruct
+        from forward3d.mvs import dense_reconstruct
 
         views = [k for k in keys if status[k].state != "interpolated"]
-        names = {f.name for f in dataclasses.fields(MVSConfig)}
-        mvs_cfg = MVSConfig(**({"device": cfg.device} if "device" in names else {}))
+        mvs_cfg = cfg.mvs if cfg.mvs.device != "auto" else dataclasses.replace(cfg.mvs, device=cfg.device)
         t = time.perf_counter()
         res = dense_reconstruct([spooled.image(k) for k in views], K[views], c2w[views],
                                 sparse_points=None if points is None or not len(points) else points.points.astype(np.float64),
