@@ -38,6 +38,7 @@ ENTRY_POINT_GROUP = "forward3d.backends"
 BACKENDS: dict[str, type[Backend] | str] = {
     "rgbd": "forward3d.pipelines.rgbd:RGBDBackend",
     "slam3r": "forward3d.pipelines.slam3r:SLAM3RBackend",
+    "oracle": "forward3d.pipelines.oracle:GroundTruthBackend",
 }
 
 
