@@ -21,7 +21,7 @@ from forward3d.bench.protocol import Protocol, ReconAlignment
 from forward3d.types import Frame, PointCloud, Reconstruction
 
 __all__ = ["GroundTruthCollector", "score_trajectory", "align_reconstruction", "score_reconstruction",
-           "icp"]
+           "icp", "estimate_normals_o3d"]
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,15 @@ def _o3d_cloud(points: np.ndarray, normals: np.ndarray | None = None):
     return pc
 
 
+def estimate_normals_o3d(points: np.ndarray, knn: int = 30) -> np.ndarray:
+    """Open3D normals ``[N, 3]`` of ``points`` (PCA of ``knn`` neighbours, ``estimate_normals()``'s default as in
+    the Spann3R / DUSt3R evaluation; unoriented, which normal consistency's ``|n . n'|`` ignores)."""
+    o3d = _o3d()
+    pc = _o3d_cloud(points)
+    pc.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(knn))
+    return np.asarray(pc.normals, np.float64)
+
+
 def icp(src: np.ndarray, dst: np.ndarray, threshold: float, kind: str = "point", dst_normals: np.ndarray | None = None,
         init: np.ndarray | None = None) -> np.ndarray:
     """Open3D ICP of ``src`` ``[N, 3]`` onto ``dst`` ``[M, 3]`` (``kind`` ``"point"`` or ``"plane"``, which
@@ -228,7 +237,6 @@ def align_reconstruction(recon: Reconstruction, gt: GroundTruthCollector,
     from forward3d.eval.recon import voxel_downsample
     from forward3d.eval.traj import ate
     from forward3d.geometry.align import umeyama_ransac
-    from forward3d.geometry.normals import estimate_normals
     from forward3d.geometry.se3 import make_sim3
 
     pred = _prediction(recon, cfg)
@@ -254,8 +262,8 @@ def align_reconstruction(recon: Reconstruction, gt: GroundTruthCollector,
         T = make_sim3(R, t, s)
     p = _transform(T, pred.points)
     if cfg.kind == "ransac-umeyama-icp":
-        gn = estimate_normals(g, k=16)
-        ok = np.isfinite(gn).all(1)
+        gn = estimate_normals_o3d(g)
+        ok = np.isfinite(gn).all(1) & (np.abs(gn).sum(1) > 0)
         X = icp(p, g[ok], cfg.plane_icp_threshold, "plane", gn[ok])
         p, T = _transform(X, p), X @ T
         steps.append(f"point-to-plane ICP ({cfg.plane_icp_threshold:g} m)")
@@ -273,13 +281,12 @@ def align_reconstruction(recon: Reconstruction, gt: GroundTruthCollector,
 def score_reconstruction(recon: Reconstruction, gt: GroundTruthCollector,
                          protocol: Protocol) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Align (:func:`align_reconstruction`) and score: ``accuracy``/``completion`` (mean, median),
-    ``chamfer``, ``normal_consistency`` (normals by PCA of 16 neighbours on both clouds), F-scores."""
+    ``chamfer``, ``normal_consistency`` (Open3D normals of both clouds, 30 neighbours), F-scores."""
     from forward3d.eval.recon import recon_metrics
-    from forward3d.geometry.normals import estimate_normals
 
     p, g, info = align_reconstruction(recon, gt, protocol.recon)
-    pn, gn = estimate_normals(p, k=16), estimate_normals(g, k=16)
-    okp, okg = np.isfinite(pn).all(1), np.isfinite(gn).all(1)
+    pn, gn = estimate_normals_o3d(p), estimate_normals_o3d(g)
+    okp, okg = np.abs(pn).sum(1) > 0, np.abs(gn).sum(1) > 0
     m = dict(recon_metrics(PointCloud(p[okp], normals=pn[okp]), PointCloud(g[okg], normals=gn[okg]),
                            thresholds=(0.05,)))
     m.update({"scale": info["scale"], "num_frames": len(recon.c2w)})
