@@ -122,7 +122,7 @@ def _o3d():
     try:
         import open3d as o3d
     except ImportError as exc:
-        raise ImportError("reconstruction protocols align with Open3D's ICP: pip install forward3d[rgbd] "
+        raise ImportError("reconstruction protocols align with Open3D's ICP: pip install forward3d[bench] "
                           f"(open3d) ({exc})") from exc
     return o3d
 
