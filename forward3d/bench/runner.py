@@ -316,12 +316,13 @@ def run_benchmark(cfg: BenchConfig, backend_config: Any = None) -> BenchResult:
         from forward3d.bench.nvs import run_nvs_benchmark
 
         return run_nvs_benchmark(cfg, protocol, backend_config)
-    if backend_config is None:
-        bc: dict[str, Any] = {}
-    elif isinstance(backend_config, dict):
-        bc = dict(backend_config)
-    else:
-        bc = asdict(backend_config)
+    from forward3d.config import import_reference
+    from forward3d.pipelines import get_backend_class
+    from forward3d.pipelines.base import make_config
+
+    cls = import_reference(cfg.backend) if ":" in cfg.backend else get_backend_class(cfg.backend)
+    # every option with its value (defaults included): the same run has the same key from Python and the CLI
+    bc: dict[str, Any] = asdict(make_config(cls.config_cls, backend_config, where=f"--backend {cfg.backend}"))
     seqs = find_sequences(cfg.data, protocol)
     if cfg.max_sequences is not None:
         seqs = seqs[: cfg.max_sequences]
