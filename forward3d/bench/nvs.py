@@ -29,7 +29,7 @@ def _flatten(per_kind: dict[str, dict[str, float]]) -> dict[str, float]:
 
 def run_nvs_benchmark(cfg: Any, protocol: Protocol, backend_config: Any = None):
     from forward3d.bench.report import write_summary
-    from forward3d.bench.runner import BenchResult, Sequence, _run_key
+    from forward3d.bench.runner import BenchResult, Sequence, run_key, sequence_stem
     from forward3d.eval.nvs import NVSEvalConfig, run_nvs_eval
     from forward3d.io.jsonio import write_json
 
@@ -48,13 +48,13 @@ def run_nvs_benchmark(cfg: Any, protocol: Protocol, backend_config: Any = None):
     ncfg = NVSEvalConfig(protocol="re10k-1view", data=cfg.data, method=method, progress=False, **opts)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    key = _run_key(protocol.name, cfg.backend, opts)
+    key = run_key(protocol.name, cfg.backend, opts)
     report, result = run_nvs_eval(ncfg)
     seqs = []
     for name, per_kind in report.per_sequence().items():
         seq = Sequence(name, cfg.data, "re10k")
         seqs.append(seq)
-        write_json(out / "sequences" / f"{name.replace('/', '__')}.json",
+        write_json(out / "sequences" / f"{sequence_stem(name)}.json",
                    {"protocol": protocol.name, "sequence": name, "backend": cfg.backend, "backend_config": opts,
                     "key": key, "status": "ok", "metrics": _flatten(per_kind)})
     failed = [{"sequence": s, "status": "failed", "attempts": 1, "errors": [s]} for s in report.skipped]

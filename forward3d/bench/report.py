@@ -30,11 +30,11 @@ def check_plotting() -> None:
 
 def load_results(out: Path, names: Seq[str], key: str) -> list[dict[str, Any]]:
     """The finished sequence results of this run (same key), in ``names`` order."""
-    from forward3d.bench.runner import _file_stem
+    from forward3d.bench.runner import sequence_stem
 
     results = []
     for name in names:
-        p = Path(out) / "sequences" / f"{_file_stem(name)}.json"
+        p = Path(out) / "sequences" / f"{sequence_stem(name)}.json"
         if p.is_file():
             data = json.loads(p.read_text(encoding="utf-8"))
             if data.get("key") == key and data.get("status") == "ok":
@@ -119,7 +119,7 @@ def _plots(out: Path, protocol: Protocol, rows: list[dict[str, Any]]) -> dict[st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from forward3d.bench.runner import _file_stem
+    from forward3d.bench.runner import sequence_stem
     from forward3d.io.atomic import atomic_path
 
     plot_dir = out / "plots"
@@ -143,7 +143,7 @@ def _plots(out: Path, protocol: Protocol, rows: list[dict[str, Any]]) -> dict[st
     if protocol.task != "trajectory":
         return files
     for r in rows:
-        npz = out / "sequences" / f"{_file_stem(r['sequence'])}.npz"
+        npz = out / "sequences" / f"{sequence_stem(r['sequence'])}.npz"
         if not npz.is_file():
             continue
         with np.load(npz) as z:
@@ -159,7 +159,7 @@ def _plots(out: Path, protocol: Protocol, rows: list[dict[str, Any]]) -> dict[st
         ax.set_title(f"{r['sequence']}: ATE {r['metrics']['ate_rmse']:.4f} m", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        path = plot_dir / f"trajectory_{_file_stem(r['sequence'])}.png"
+        path = plot_dir / f"trajectory_{sequence_stem(r['sequence'])}.png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)

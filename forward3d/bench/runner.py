@@ -28,7 +28,7 @@ from forward3d.bench.protocol import Protocol, get_protocol
 from forward3d.config import option
 
 __all__ = ["BenchConfig", "Sequence", "SequenceTask", "find_sequences", "open_sequence", "run_sequence",
-           "run_benchmark", "BenchResult"]
+           "run_benchmark", "BenchResult", "sequence_stem", "run_key"]
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,8 @@ def open_sequence(seq: Sequence, protocol: Protocol):
     return open_frames(seq.path, layout=seq.layout, sequence=seq.sequence, on_error="raise", **common)
 
 
-def _file_stem(name: str) -> str:
+def sequence_stem(name: str) -> str:
+    """The file name stem of sequence ``name`` in ``sequences/`` (``chess/seq-01`` -> ``chess__seq-01``)."""
     return name.replace("/", "__")
 
 
@@ -194,7 +195,7 @@ def run_sequence(task: SequenceTask) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     recon = run.recon
     if protocol.task == "trajectory":
-        metrics, arrays = score_trajectory(recon, gt.c2w, protocol.trajectory_alignment)
+        metrics, arrays = score_trajectory(recon, gt.gt, protocol.trajectory_alignment)
     else:
         metrics, arrays = score_reconstruction(recon, gt, protocol)
     metrics["seconds"] = seconds
@@ -205,7 +206,7 @@ def run_sequence(task: SequenceTask) -> dict[str, Any]:
               "failed_frames": len(recon.failures), "partial": bool(recon.interrupted)}
     seq_dir = Path(task.out) / "sequences"
     seq_dir.mkdir(parents=True, exist_ok=True)
-    stem = _file_stem(seq.name)
+    stem = sequence_stem(seq.name)
     with atomic_path(seq_dir / f"{stem}.npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -281,14 +282,15 @@ def _run_ray(tasks: list[SequenceTask], cfg: BenchConfig) -> list[dict[str, Any]
 # --------------------------------------------------------------------------------------------------
 
 
-def _run_key(protocol: str, backend: str, backend_config: dict[str, Any]) -> str:
+def run_key(protocol: str, backend: str, backend_config: dict[str, Any]) -> str:
+    """A short hash of what makes two runs the same (finished sequences of the same key are skipped)."""
     blob = json.dumps({"protocol": protocol, "backend": backend, "config": backend_config}, sort_keys=True,
                       default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
 def _finished(out: Path, seq: Sequence, key: str) -> bool:
-    p = out / "sequences" / f"{_file_stem(seq.name)}.json"
+    p = out / "sequences" / f"{sequence_stem(seq.name)}.json"
     if not p.is_file():
         return False
     try:
@@ -328,7 +330,7 @@ def run_benchmark(cfg: BenchConfig, backend_config: Any = None) -> BenchResult:
         seqs = seqs[: cfg.max_sequences]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    key = _run_key(protocol.name, cfg.backend, bc)
+    key = run_key(protocol.name, cfg.backend, bc)
     todo = [s for s in seqs if cfg.rerun or not _finished(out, s, key)]
     skipped = [s.name for s in seqs if s not in todo]
     if skipped:

@@ -1,7 +1,7 @@
 """Scoring one sequence under a protocol: trajectories (ATE/RPE) and point clouds (aligned as published).
 
 - :class:`GroundTruthCollector` wraps the frames a method reads and keeps what scoring needs (each
-  frame's ground-truth ``c2w``; for reconstruction protocols a bounded random subset of the world points
+  frame's ground-truth ``c2w``, as :class:`~forward3d.eval.traj.GroundTruthRecorder`; for reconstruction protocols a bounded random subset of the world points
   of the valid depth pixels with their pixel positions, and the first frame's depth).
 - :func:`score_trajectory`: ATE after the protocol's alignment (:func:`forward3d.eval.traj.ate`) and RPE.
 - :func:`align_reconstruction` + :func:`score_reconstruction`: the prediction's points (its point maps
@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from forward3d.bench.protocol import Protocol, ReconAlignment
+from forward3d.eval.traj import GroundTruthRecorder
 from forward3d.types import Frame, PointCloud, Reconstruction
 
 __all__ = ["GroundTruthCollector", "score_trajectory", "align_reconstruction", "score_reconstruction",
@@ -26,8 +27,10 @@ __all__ = ["GroundTruthCollector", "score_trajectory", "align_reconstruction", "
 log = logging.getLogger(__name__)
 
 
-class GroundTruthCollector:
-    """Passes frames through, keeping their ground truth (see the module docstring).
+class GroundTruthCollector(GroundTruthRecorder):
+    """Passes frames through, keeping their ground truth (see the module docstring): ``gt`` (the
+    :class:`~forward3d.eval.traj.GroundTruthRecorder` list of ``c2w`` or None) and, with ``points``, the
+    world points of the valid depth pixels.
 
     Args:
         frames: the frame source (``len()``, ``layout``, ``has_depth``... are forwarded).
@@ -38,23 +41,14 @@ class GroundTruthCollector:
 
     def __init__(self, frames: Iterable[Frame], points: bool = False, max_points: int = 2_000_000,
                  seed: int = 0) -> None:
-        self.frames = frames
+        super().__init__(frames)
         self.collect_points = points
         self.max_points = int(max_points)
         self.rng = np.random.default_rng(seed)
-        self.c2w: list[np.ndarray | None] = []
         self.points: list[np.ndarray] = []  # per frame [M, 3] world points
         self.pixels: list[np.ndarray] = []  # per frame [M, 2] (u, v) in [0, 1) of the image
         self.first_depth: np.ndarray | None = None
         self.first_K: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.frames)  # type: ignore[arg-type]
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("frames", "collect_points", "max_points", "rng", "c2w", "points", "pixels"):
-            raise AttributeError(name)
-        return getattr(self.frames, name)
 
     def __iter__(self) -> Iterator[Frame]:
         from forward3d.geometry.camera import depth_to_points
@@ -63,10 +57,8 @@ class GroundTruthCollector:
             per_frame = max(1, self.max_points // max(1, len(self)))
         except TypeError:
             per_frame = 50_000
-        for f in self.frames:
-            ok = f.c2w is not None and np.isfinite(f.c2w).all()
-            c2w = np.asarray(f.c2w, np.float64) if ok else None
-            self.c2w.append(c2w)
+        for f in super().__iter__():
+            c2w = self.gt[-1]
             if self.collect_points:
                 if c2w is None or f.depth is None or f.K is None:
                     raise ValueError(f"{f.source or f.name}: a reconstruction protocol needs ground-truth depth, "
@@ -204,7 +196,7 @@ def _median_first_init(recon: Reconstruction, pred: _Prediction, gt: GroundTruth
         raise ValueError("median-scale alignment: no valid depth in the first frame (prediction or ground truth)")
     s = float(np.median(d) / np.median(z))
     S = np.diag([s, s, s, 1.0])
-    return gt.c2w[0] @ S @ inverse_se3(c2w_p0)
+    return gt.gt[0] @ S @ inverse_se3(c2w_p0)
 
 
 def _pairs(pred: _Prediction, gt: GroundTruthCollector, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +246,7 @@ def align_reconstruction(recon: Reconstruction, gt: GroundTruthCollector,
             s, R, t, _ = umeyama_ransac(src, dst, threshold=cfg.ransac_threshold, with_scale=True)
             steps.append(f"RANSAC Umeyama Sim(3) on {len(src)} pixel-aligned pairs")
         else:
-            gts = [c for c in gt.c2w[: len(recon.c2w)]]
+            gts = gt.gt[: len(recon.c2w)]
             idx = [i for i, c in enumerate(gts) if c is not None]
             a = ate(np.asarray(recon.c2w)[idx], np.stack([gts[i] for i in idx]), align="sim3")
             s, R, t = a["scale"], a["alignment"][:3, :3] / a["scale"], a["alignment"][:3, 3]
