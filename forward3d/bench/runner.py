@@ -7,7 +7,8 @@
   with the trajectories) atomically. Picklable arguments only, so it runs in a process pool or on Ray.
 - :func:`run_benchmark`: finished sequences (their JSON exists for the same protocol, back-end and
   options) are skipped; the rest run on the executor (``local``: a process pool; ``ray``: one remote
-  task per sequence with its CPUs/GPUs declared); a failed task is retried once, then reported; the
+  task per sequence with its CPUs/GPUs declared); a sequence that raises is retried once, then reported
+  with its errors (a task whose Ray worker dies is re-run by Ray); the
   summary (:mod:`forward3d.bench.report`) gathers every finished sequence.
 """
 
@@ -263,17 +264,18 @@ def _run_ray(tasks: list[SequenceTask], cfg: BenchConfig) -> list[dict[str, Any]
         raise ImportError(f"--executor ray needs Ray: pip install forward3d[ray] ({exc})") from exc
     if not ray.is_initialized():
         ray.init(address=cfg.address, log_to_driver=False)
-    remote = ray.remote(run_sequence).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
-                                              max_retries=cfg.retries, retry_exceptions=True)
-    refs = {remote.remote(t): t for t in tasks}
+    # exceptions are retried (and counted) inside the task, as on the local pool; Ray re-runs a task whose
+    # worker or node died (max_retries)
+    remote = ray.remote(_run_with_retries).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+                                                   max_retries=cfg.retries)
+    refs = {remote.remote(t, cfg.retries): t for t in tasks}
     results = []
     for ref, t in refs.items():
         try:
             results.append(ray.get(ref))
-        except Exception as exc:  # ray.exceptions.RayTaskError wraps the task's own exception
-            cause = getattr(exc, "cause", None) or exc
+        except Exception as exc:  # the task's worker died on every try (ray.exceptions.WorkerCrashedError, ...)
             results.append({"sequence": t.sequence.name, "status": "failed", "attempts": cfg.retries + 1,
-                            "errors": [f"{type(cause).__name__}: {cause}"]})
+                            "errors": [f"worker died: {type(exc).__name__}: {exc}"]})
     return results
 
 
