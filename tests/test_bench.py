@@ -71,7 +71,7 @@ def test_protocol_registry_and_declarations():
     for n in ("tum-ate", "7scenes-ate", "replica-slam3r", "7scenes-spann3r", "nrgbd-spann3r", "re10k-1view"):
         assert n in names
     p = get_protocol("7scenes-spann3r")
-    assert (p.stride, p.size, p.recon.kind, p.recon.icp_threshold) == (20, "224", "median-first-icp", 0.1)
+    assert (p.stride, p.crop, p.recon.kind, p.recon.icp_threshold) == (20, (224, 224), "median-first-icp", 0.1)
     assert {x.method: x.metrics["accuracy"] for x in p.published} == {"Spann3R": 0.0342, "DUSt3R-GA": 0.0286}
     r = get_protocol("replica-slam3r").recon
     assert (r.kind, r.conf_threshold, r.voxel_size, r.plane_icp_threshold, r.num_pairs) == \
@@ -145,6 +145,17 @@ def test_reconstruction_protocols_oracle_and_broken(tmp_path, protocol):
     assert good["normal_consistency"] > 0.95
     bad = run_sequence(_task(protocol, seq, tmp_path / "bad", point_stride=1, point_noise=0.05))["metrics"]
     assert bad["accuracy"] > 0.02 and bad["normal_consistency"] < good["normal_consistency"] - 0.02, bad
+
+
+def test_spann3r_frames_are_the_dust3r_crop(tmp_path):
+    from forward3d.bench.runner import open_sequence
+
+    seq = _recon_standin(tmp_path, "7scenes-spann3r")
+    frames = list(open_sequence(seq, get_protocol("7scenes-spann3r")))
+    assert [f.index for f in frames] == [0, 20, 40]
+    f = frames[0]
+    assert f.image.shape == (224, 224, 3) and f.depth.shape == (224, 224)
+    assert np.allclose(f.K[:2, 2], [112.0, 112.0], atol=0.6) and f.K[0, 0] == pytest.approx(f.K[1, 1], rel=5e-3)
 
 
 def test_slam3r_alignment_without_point_maps_uses_cameras(tmp_path):

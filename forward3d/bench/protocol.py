@@ -74,6 +74,9 @@ class Protocol:
         stride: every N-th frame of a sequence.
         max_frames: at most N frames (after the stride).
         size: input size given to the method (``WxH`` or the long side; None = native).
+        crop: ``(W, H)``: the DUSt3R / Spann3R crop-resize of every frame (a window centred on the principal
+            point, Lanczos resize to cover ``(W, H)``, centre crop; :func:`forward3d.data.views.crop_resize`),
+            applied after ``size``; the ground truth is scored on the same cropped frames.
         trajectory_alignment: ``"sim3"`` (evo ``-as``) or ``"se3"`` (evo ``-a``) before the ATE.
         recon: the point-cloud alignment (reconstruction task).
         metrics: the result keys the summary table shows, first = the primary one (plots).
@@ -88,6 +91,7 @@ class Protocol:
     stride: int = 1
     max_frames: int | None = None
     size: str | None = None
+    crop: tuple[int, int] | None = None
     trajectory_alignment: Literal["sim3", "se3"] = "sim3"
     recon: ReconAlignment = field(default_factory=ReconAlignment)
     metrics: tuple[str, ...] = ()

@@ -38,24 +38,22 @@ _SPANN3R_ALIGN = ReconAlignment("median-first-icp", icp_threshold=0.1)
 
 register_protocol(Protocol(
     "7scenes-spann3r", "reconstruction",
-    "Spann3R on 7-Scenes: 224 px, every 20th frame, median scale + GT camera 1 + point-to-point ICP (0.1 m)",
-    layouts=("7scenes",), stride=20, size="224", recon=_SPANN3R_ALIGN, metrics=RECON_METRICS,
+    "Spann3R on 7-Scenes: 224x224 crops, every 20th frame, median scale + GT camera 1 + point-to-point ICP (0.1 m)",
+    layouts=("7scenes",), stride=20, crop=(224, 224), recon=_SPANN3R_ALIGN, metrics=RECON_METRICS,
     published=(Published("Spann3R paper", "Spann3R", {"accuracy": 0.0342, "completion": 0.0241,
                                                       "normal_consistency": 0.664}),
                Published("Spann3R paper", "DUSt3R-GA", {"accuracy": 0.0286, "completion": 0.0280,
                                                         "normal_consistency": 0.668})),
-    notes="the frames are resized to 224 px on the long side (Spann3R also centre-crops to 224x224)",
 ))
 
 register_protocol(Protocol(
     "nrgbd-spann3r", "reconstruction",
-    "Spann3R on Neural RGB-D: 224 px, every 40th frame, median scale + GT camera 1 + point-to-point ICP (0.1 m)",
-    layouts=("nrgbd",), stride=40, size="224", recon=_SPANN3R_ALIGN, metrics=RECON_METRICS,
+    "Spann3R on Neural RGB-D: 224x224 crops, every 40th frame, median scale + GT camera 1 + point-to-point ICP (0.1 m)",
+    layouts=("nrgbd",), stride=40, crop=(224, 224), recon=_SPANN3R_ALIGN, metrics=RECON_METRICS,
     published=(Published("Spann3R paper", "Spann3R", {"accuracy": 0.0691, "completion": 0.0291,
                                                       "normal_consistency": 0.778}),
                Published("Spann3R paper", "DUSt3R-GA", {"accuracy": 0.0544, "completion": 0.0315,
                                                         "normal_consistency": 0.802})),
-    notes="the frames are resized to 224 px on the long side (Spann3R also centre-crops to 224x224)",
 ))
 
 _SLAM3R_ALIGN = ReconAlignment("ransac-umeyama-icp", icp_threshold=0.1, plane_icp_threshold=0.02,

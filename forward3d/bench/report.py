@@ -101,7 +101,8 @@ def write_summary(out: Path, protocol: Protocol, cfg: Any, sequences: Seq[Any], 
         "failed": [{k: v for k, v in f.items() if k != "traceback"} for f in failed],
         "published": [{"source": p.source, "method": p.method, "metrics": p.metrics, "note": p.note}
                       for p in protocol.published],
-        "sampling": {"stride": protocol.stride, "max_frames": protocol.max_frames, "size": protocol.size},
+        "sampling": {"stride": protocol.stride, "max_frames": protocol.max_frames, "size": protocol.size,
+                     "crop": protocol.crop},
         "notes": protocol.notes,
     }
     files = {"summary_json": write_json(out / "summary.json", summary)}

@@ -152,8 +152,36 @@ def find_sequences(data: str | Path, protocol: Protocol, max_depth: int = 3) -> 
     return sorted(found, key=lambda s: s.name)
 
 
+class CropResizedFrames:
+    """Frames through :func:`forward3d.data.views.crop_resize` to ``(W, H)`` (the DUSt3R / Spann3R input
+    crop); ``len()``, ``layout``, ``has_depth``... are the wrapped source's."""
+
+    def __init__(self, frames, size: tuple[int, int]) -> None:
+        self.frames = frames
+        self.size = (int(size[0]), int(size[1]))
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("frames", "size"):
+            raise AttributeError(name)
+        return getattr(self.frames, name)
+
+    def __iter__(self):
+        from forward3d.data.views import crop_resize
+
+        for f in self.frames:
+            yield crop_resize(f, self.size, landscape=False)
+
+
 def open_sequence(seq: Sequence, protocol: Protocol):
-    """The frames of ``seq`` with the protocol's stride, frame cap and input size."""
+    """The frames of ``seq`` with the protocol's stride, frame cap, input size and crop."""
+    src = _open(seq, protocol)
+    return src if protocol.crop is None else CropResizedFrames(src, protocol.crop)
+
+
+def _open(seq: Sequence, protocol: Protocol):
     from forward3d.api import parse_size
     from forward3d.io.posed_folders import NRGBDSource, PosedFolderSource
     from forward3d.io.sources import open_frames
