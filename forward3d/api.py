@@ -228,7 +228,8 @@ class RunResult:
 def reconstruct(input: str | Path, backend: str | Backend = "rgbd", config: Any = None, *,  # noqa: A002
                 source: SourceConfig | None = None, out: str | Path | None = None, overwrite: bool = False,
                 previews: bool = True, progress: bool = True, callback: UpdateCallback | None = None,
-                extra_metrics: dict[str, Any] | None = None, depth_estimator: Any = None) -> RunResult:
+                extra_metrics: dict[str, Any] | None = None, depth_estimator: Any = None,
+                frames: Any = None) -> RunResult:
     """Reconstruct ``input`` with ``backend`` and (with ``out``) write the whole output set.
 
     Args:
@@ -243,6 +244,9 @@ def reconstruct(input: str | Path, backend: str | Backend = "rgbd", config: Any 
         callback: receives each streaming :class:`~forward3d.types.Update`.
         extra_metrics: more entries for ``metrics.json``.
         depth_estimator: a depth network object for frames without depth (instead of ``source.depth_model``).
+        frames: an already opened frame source to read instead of opening ``input`` with ``source``
+            (e.g. a layout :func:`~forward3d.io.sources.open_frames` does not detect); ``input`` then only
+            names it in messages.
 
     The first Ctrl-C (SIGINT) during the run stops reading the input after the current frame; what was
     reconstructed so far is scored and written as a partial result (``recon.interrupted``; ``"partial":
@@ -260,7 +264,7 @@ def reconstruct(input: str | Path, backend: str | Backend = "rgbd", config: Any 
     if isinstance(backend, Backend) and config is not None:
         impl.config = impl.resolve_config(config)
     impl.config = impl.configure_for_source(source, impl.config)
-    src = open_source(input, source, depth_estimator)
+    src = open_source(input, source, depth_estimator) if frames is None else frames
     impl.check_source(src, str(input))
     stoppable = StoppableFrames(src)
     frames = GroundTruthRecorder(stoppable)

@@ -63,7 +63,7 @@ def test_every_backend_is_registered_and_documented():
 
 
 @pytest.mark.parametrize("module", ["forward3d.demo", "forward3d.api", "forward3d.train.flash3d", "forward3d.viz.render_files",
-                                    "forward3d.eval.nvs", "forward3d.eval.traj", "forward3d.eval.recon"])
+                                    "forward3d.eval.nvs", "forward3d.eval.traj", "forward3d.eval.recon", "forward3d.bench.runner"])
 def test_cli_configs_document_every_field(module):
     import dataclasses
     import importlib

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("forward3d.cli.render", "render a 3D Gaussian scene (PLY/.splat) to images and a video"),
     "splat": ("forward3d.cli.splat", "single image (+ depth) or posed views (--multiview) -> 3D Gaussians"),
     "train": ("forward3d.cli.train", "train a model"),
+    "bench": ("forward3d.cli.bench", "run a back-end over a dataset under a published benchmark protocol"),
     "data": ("forward3d.cli.data", "prepare / check training datasets, list them, check mixture strings"),
     "view": ("forward3d.cli.view", "open a reconstruction / point cloud / mesh / 3D Gaussians in the browser (viser)"),
     "stream-proxy": ("forward3d.cli.stream_proxy", "re-serve one MJPEG/HTTP camera to many clients"),

@@ -40,6 +40,7 @@ BACKENDS: dict[str, type[Backend] | str] = {
     "slam3r": "forward3d.pipelines.slam3r:SLAM3RBackend",
     "spann3r": "forward3d.pipelines.spann3r:Spann3RPipeline",
     "sfm": "forward3d.pipelines.sfm:SfMBackend",
+    "oracle": "forward3d.pipelines.oracle:GroundTruthBackend",
 }
 
 

@@ -12,7 +12,8 @@ retrieval, depth correction, camera extraction, export) with known answers:
   points expressed in that frame, plus noise.
 - ``corr_scores`` favours frames whose points the query camera sees (frustum overlap).
 
-For tests only: it is not registered as a CLI backend.
+The model oracles are for tests only; :class:`GroundTruthBackend` (the ``oracle`` back-end) replays the
+input's own ground truth as a reconstruction: the reference a benchmark protocol must score ~0 with.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -27,11 +29,13 @@ import torch
 from torch import Tensor
 
 from forward3d.geometry.align import umeyama
+from forward3d.pipelines.base import Backend, Capabilities
 from forward3d.pipelines.slam3r.common import CropTransform, crop_transform
+from forward3d.types import PointCloud, Reconstruction
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OracleSLAM3R", "OracleSpann3R"]
+__all__ = ["OracleSLAM3R", "OracleSpann3R", "GroundTruthConfig", "GroundTruthBackend"]
 
 
 class OracleSLAM3R:
@@ -303,3 +307,84 @@ class OracleSpann3R(OracleSLAM3R):
             order = [mid] + [i for k in range(1, len(ids)) for i in (mid + k, mid - k) if 0 <= i < len(ids)]
         order = [ids[i] for i in order]
         return order, [self.predict(i, order[0]) for i in order]
+
+
+# --------------------------------------------------------------------------------------------------
+# A registered back-end that replays the input's ground truth (benchmarks' sanity reference)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GroundTruthConfig:
+    """Options of the ``oracle`` back-end (the input's own ground-truth poses and depth, optionally spoiled).
+
+    Attributes:
+        pose_noise: standard deviation in metres of the noise added to each camera centre (0 = exact).
+        point_noise: standard deviation in metres of the noise added to each output point (0 = exact).
+        scale: global scale of the output (1 = metric; another value tests scale-free alignment).
+        point_stride: keep every N-th pixel (both axes) of each depth map in the point maps.
+        seed: seed of the noise.
+    """
+
+    pose_noise: float = 0.0
+    point_noise: float = 0.0
+    scale: float = 1.0
+    point_stride: int = 2
+    seed: int = 0
+
+
+class GroundTruthBackend(Backend):
+    """The input's ground-truth ``c2w`` and depth, as a reconstruction.
+
+    A benchmark run with it scores what a perfect method scores under a protocol (about 0 error), which
+    checks the protocol and the data; with ``pose_noise`` / ``point_noise`` / ``scale`` it is a method
+    with known errors. Point maps are the depth maps unprojected with the ground-truth cameras (every
+    ``point_stride``-th pixel), confidences 10 where the depth is valid.
+    """
+
+    name = "oracle"
+    description = "replays the input's ground-truth poses and depth (benchmark reference and tests)"
+    config_cls = GroundTruthConfig
+    capabilities = Capabilities(needs_depth=True, metric_scale="always",
+                                outputs=frozenset({"cameras", "point_maps", "points"}))
+
+    def run(self, frames, config=None, *, progress: bool = True, callback=None) -> Reconstruction:
+        from forward3d.geometry.camera import depth_to_points
+        from forward3d.progress import progress_bar
+
+        cfg = self.resolve_config(config)
+        if cfg.point_stride < 1 or not cfg.scale > 0:
+            raise ValueError(f"oracle: expected point_stride >= 1 and scale > 0, found {cfg.point_stride}, {cfg.scale}")
+        rng = np.random.default_rng(cfg.seed)
+        c2ws, Ks, maps, confs, names, ts = [], [], [], [], [], []
+        size = None
+        bar = progress_bar(len(frames) if hasattr(frames, "__len__") else None, "oracle", unit="frame",
+                           enabled=progress)
+        for f in frames:
+            bar.update(1)
+            if f.c2w is None or f.depth is None or f.K is None:
+                raise ValueError(f"oracle: frame {f.name} ({f.source or 'input'}) has no ground-truth pose, depth "
+                                 "or intrinsics: the oracle back-end needs all three")
+            c2w = np.asarray(f.c2w, np.float64).copy()
+            c2w[:3, 3] = c2w[:3, 3] * cfg.scale + rng.normal(0.0, cfg.pose_noise, 3) * cfg.scale
+            s = cfg.point_stride
+            pts = depth_to_points(f.depth, f.K, f.c2w, fill=np.nan)[s // 2::s, s // 2::s] * cfg.scale
+            valid = np.isfinite(pts).all(-1)
+            pts = pts + rng.normal(0.0, cfg.point_noise, pts.shape) * cfg.scale
+            pts[~valid] = 0.0
+            c2ws.append(c2w)
+            Ks.append(np.asarray(f.K, np.float64))
+            maps.append(pts.astype(np.float32))
+            confs.append(np.where(valid, 10.0, 0.0).astype(np.float32))
+            names.append(f.name)
+            ts.append(f.timestamp)
+            size = (f.width, f.height)
+        bar.close()
+        if not c2ws:
+            raise ValueError("oracle: the input has no frames")
+        point_maps, conf = np.stack(maps), np.stack(confs)
+        ok = conf > 0
+        cloud = PointCloud(point_maps[ok].astype(np.float64))
+        return Reconstruction(np.stack(c2ws), np.stack(Ks), size, frame_names=names,
+                              timestamps=np.asarray(ts, np.float64), point_maps=point_maps, confidences=conf,
+                              points=cloud, backend=self.name, metric_scale=cfg.scale == 1.0)

@@ -1,0 +1,90 @@
+"""The built-in benchmark protocols, with the published numbers of ``shared/specs/benchmarks.md``.
+
+Numbers marked ``(2nd)`` come from another paper's table, not the original one. Compare numbers only
+within one protocol.
+"""
+
+from __future__ import annotations
+
+from forward3d.bench.protocol import Protocol, Published, ReconAlignment, register_protocol
+from forward3d.eval.nvs import PUBLISHED_RE10K_1VIEW
+
+TRAJ_METRICS = ("ate_rmse", "ate_mean", "ate_median", "rpe_trans_rmse", "rpe_rot_rmse_deg", "scale")
+RECON_METRICS = ("accuracy", "completion", "normal_consistency", "accuracy_median", "completion_median",
+                 "chamfer", "fscore@0.05")
+
+register_protocol(Protocol(
+    "tum-ate", "trajectory", "TUM RGB-D: ATE RMSE after Sim(3) Umeyama alignment (evo -as), every frame",
+    layouts=("tum",), metrics=TRAJ_METRICS,
+    published=(Published("MASt3R-SLAM paper", "MASt3R-SLAM (calibrated)", {"ate_rmse": 0.030}, "fr1 average"),
+               Published("MASt3R-SLAM paper", "MASt3R-SLAM (uncalibrated)", {"ate_rmse": 0.060}, "fr1 average"),
+               Published("CUT3R paper", "CUT3R", {"ate_rmse": 0.046}, "TUM-dynamics sequences")),
+))
+
+register_protocol(Protocol(
+    "7scenes-ate", "trajectory", "7-Scenes: ATE RMSE after Sim(3) Umeyama alignment (evo -as), every frame",
+    layouts=("7scenes",), metrics=TRAJ_METRICS,
+    published=(Published("MASt3R-SLAM paper", "MASt3R-SLAM (calibrated)", {"ate_rmse": 0.047}),
+               Published("MASt3R-SLAM paper", "MASt3R-SLAM (uncalibrated)", {"ate_rmse": 0.066})),
+))
+
+register_protocol(Protocol(
+    "ate", "trajectory", "any posed RGB(-D) sequence: ATE RMSE after Sim(3) Umeyama alignment (evo -as)",
+    layouts=("tum", "7scenes", "replica", "scannet", "redwood", "posed", "nrgbd"), metrics=TRAJ_METRICS,
+    notes="no published numbers: for a user's own captures",
+))
+
+_SPANN3R_ALIGN = ReconAlignment("median-first-icp", icp_threshold=0.1)
+
+register_protocol(Protocol(
+    "7scenes-spann3r", "reconstruction",
+    "Spann3R on 7-Scenes: 224x224 crops, every 20th frame, median scale + GT camera 1 + point-to-point ICP (0.1 m)",
+    layouts=("7scenes",), stride=20, crop=(224, 224), recon=_SPANN3R_ALIGN, metrics=RECON_METRICS,
+    published=(Published("Spann3R paper", "Spann3R", {"accuracy": 0.0342, "completion": 0.0241,
+                                                      "normal_consistency": 0.664}),
+               Published("Spann3R paper", "DUSt3R-GA", {"accuracy": 0.0286, "completion": 0.0280,
+                                                        "normal_consistency": 0.668})),
+))
+
+register_protocol(Protocol(
+    "nrgbd-spann3r", "reconstruction",
+    "Spann3R on Neural RGB-D: 224x224 crops, every 40th frame, median scale + GT camera 1 + point-to-point ICP (0.1 m)",
+    layouts=("nrgbd",), stride=40, crop=(224, 224), recon=_SPANN3R_ALIGN, metrics=RECON_METRICS,
+    published=(Published("Spann3R paper", "Spann3R", {"accuracy": 0.0691, "completion": 0.0291,
+                                                      "normal_consistency": 0.778}),
+               Published("Spann3R paper", "DUSt3R-GA", {"accuracy": 0.0544, "completion": 0.0315,
+                                                        "normal_consistency": 0.802})),
+))
+
+_SLAM3R_ALIGN = ReconAlignment("ransac-umeyama-icp", icp_threshold=0.1, plane_icp_threshold=0.02,
+                               voxel_size=0.005, conf_threshold=3.0, num_pairs=200_000)
+
+register_protocol(Protocol(
+    "replica-slam3r", "reconstruction",
+    "SLAM3R on Replica: every frame, conf > 3, RANSAC Umeyama Sim(3) on 200k pixel-aligned pairs, "
+    "point-to-plane ICP (0.02 m), 5 mm voxels, point-to-point ICP (0.1 m)",
+    layouts=("replica",), recon=_SLAM3R_ALIGN, metrics=RECON_METRICS,
+    published=(Published("SLAM3R paper (2nd)", "SLAM3R", {"accuracy": 0.0357, "completion": 0.0262}),),
+    notes="methods without point maps are first aligned by Sim(3) Umeyama on their camera centres",
+))
+
+register_protocol(Protocol(
+    "7scenes-slam3r", "reconstruction",
+    "SLAM3R on 7-Scenes: every 20th frame, conf > 3, RANSAC Umeyama Sim(3), point-to-plane ICP (0.02 m), "
+    "5 mm voxels, point-to-point ICP (0.1 m)",
+    layouts=("7scenes",), stride=20, recon=_SLAM3R_ALIGN, metrics=RECON_METRICS,
+    published=(Published("SLAM3R paper (2nd)", "SLAM3R", {"accuracy": 0.0213, "completion": 0.0234}),),
+    notes="methods without point maps are first aligned by Sim(3) Umeyama on their camera centres",
+))
+
+register_protocol(Protocol(
+    "re10k-1view", "nvs",
+    "RealEstate10K single view (Flash3D / MINE): +5, +10, random targets, 5% crop, PSNR / SSIM / LPIPS",
+    layouts=("re10k",),
+    metrics=("psnr_+5", "psnr_+10", "psnr_random", "ssim_+5", "ssim_+10", "ssim_random",
+             "lpips_+5", "lpips_+10", "lpips_random"),
+    published=tuple(Published("Flash3D paper", method, {f"{m}_{kind}": v for kind, vals in d.items()
+                                                        for m, v in zip(("psnr", "ssim", "lpips"), vals)})
+                    for method, d in PUBLISHED_RE10K_1VIEW.items()),
+    notes="runs forward3d.eval.nvs (forward3d eval nvs) over the split file; one result per RE10K sequence",
+))
