@@ -131,13 +131,14 @@ class AlignedCompleter(DepthCompleter):
             predicts depth or relative inverse depth), or a callable ``(image, K, c2w) -> depth [H, W]``;
             ``None``: extend the known inverse depth into the unknown region.
         seam_width: pixels over which the residual at the seam fades out (0 = no seam blend).
-        threshold: RANSAC inlier bound, relative error in inverse depth.
+        threshold: RANSAC inlier bound, relative error in inverse depth (1 %: inliers at depth edges
+            would bias the fit, and the bias would add up view after view).
         min_known: fewest known pixels to fit scale and shift; below it a metric estimate is used as is.
     """
 
     name = "aligned"
 
-    def __init__(self, monocular: MonocularSource | None = None, seam_width: float = 8.0, threshold: float = 0.05,
+    def __init__(self, monocular: MonocularSource | None = None, seam_width: float = 8.0, threshold: float = 0.01,
                  min_known: int = 20):
         self.monocular = monocular
         self.seam_width = float(seam_width)
@@ -179,9 +180,11 @@ class AlignedCompleter(DepthCompleter):
             self.last_fit = None
         else:
             x, metric = self._inverse_estimate(np.asarray(image), K, c2w)
+            anchor = known  # known pixels the seam correction is taken from (RANSAC inliers when fitted)
             if int(known.sum()) >= self.min_known:
                 # fit in inverse depth: s * x + t ~ 1 / sparse (relative residual thresholds)
-                s, t, _ = fit_scale_shift_ransac(x, np.where(known, inv_known, 0.0), known, threshold=self.threshold)
+                s, t, inl = fit_scale_shift_ransac(x, np.where(known, inv_known, 0.0), known, threshold=self.threshold)
+                anchor = inl if inl.any() else known
                 inv = s * x + t
                 self.last_fit = (s, t)
             elif metric:
@@ -193,8 +196,9 @@ class AlignedCompleter(DepthCompleter):
             bad = ~(np.isfinite(inv) & (inv > 0))
             if bad.any():  # pixels the estimate has no (positive) depth for: extend the rest
                 inv = _extend(np.where(bad, 0.0, inv), ~bad & np.isfinite(inv))
-            if known.any() and self.seam_width > 0:
-                resid = _extend(np.where(known, inv_known - inv, 0.0), known)
+            if anchor.any() and self.seam_width > 0:
+                # outliers (occlusion edges, the estimate's mistakes) must not bend the seam
+                resid = _extend(np.where(anchor, inv_known - inv, 0.0), anchor)
                 fade = np.exp(-_distance_to_known(known) / self.seam_width)
                 inv = inv + fade * resid
         inv = np.maximum(inv, MIN_INV_DEPTH)
