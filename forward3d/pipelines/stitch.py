@@ -28,7 +28,7 @@ from forward3d.types import Gaussians
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StitchConfig", "StitchView", "StitchResult", "stitch_yaws", "yaw_c2w", "render_rgbd", "stitch_scene",
+__all__ = ["StitchConfig", "StitchView", "resize_input", "StitchResult", "stitch_yaws", "yaw_c2w", "render_rgbd", "lift_view", "stitch_scene",
            "save_stitch_outputs"]
 
 Mode = Literal["single", "stage", "360"]
@@ -112,6 +112,26 @@ class StitchConfig:
         for name in ("view_size", "orbit_size", "fps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: expected >= 1, found {getattr(self, name)}")
+
+
+def resize_input(image: np.ndarray, depth: np.ndarray | None, K: np.ndarray, max_size: int
+                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Shrink the photo (area filter) and its depth (nearest: holes stay holes) so the long side is at
+    most ``max_size`` pixels (0 = as is); ``K`` is rescaled (:func:`forward3d.geometry.camera.scale_K`)."""
+    from PIL import Image
+
+    from forward3d.geometry.camera import scale_K
+
+    h, w = image.shape[:2]
+    if max_size <= 0 or max(h, w) <= max_size:
+        return image, depth, np.asarray(K, np.float64)
+    s = max_size / max(h, w)
+    nw, nh = max(1, round(w * s)), max(1, round(h * s))
+    img = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BOX))
+    d = None
+    if depth is not None:
+        d = np.asarray(Image.fromarray(np.asarray(depth, np.float32), mode="F").resize((nw, nh), Image.NEAREST))
+    return img, d, scale_K(np.asarray(K, np.float64), nw / w, nh / h)
 
 
 def stitch_yaws(mode: str, step_deg: float = 25.0) -> list[float]:
@@ -233,7 +253,10 @@ class StitchResult:
     info: dict = field(default_factory=dict)
 
 
-def _lift(image: np.ndarray, depth: np.ndarray, new: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> Gaussians | None:
+def lift_view(image: np.ndarray, depth: np.ndarray, new: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> Gaussians | None:
+    """Gaussians (scene frame) for the pixels ``new`` (``[H, W]`` bool) of a view with ``depth``
+    ``[H, W]``: one surface-aligned disc per pixel (normals from the full depth map); ``None`` if no
+    new pixel has depth."""
     from forward3d.geometry.camera import depth_to_points
     from forward3d.geometry.normals import normals_from_point_map
     from forward3d.pipelines.splat import unproject_gaussians
@@ -291,12 +314,13 @@ def stitch_scene(image: np.ndarray, K: np.ndarray, depth: np.ndarray | None, com
                 rgb, alpha, rendered = render_rgbd(scene, c2w, K, w, h)
                 known = (alpha >= known_alpha) & (rendered > 0)
                 new = ~known
-                if not new.any():
+                if not new.any():  # nothing unseen: the view is kept (a render) for the fit
+                    views.append(StitchView(yaw, c2w, rgb, rendered, known, rendered, 0))
                     bar.update(1)
                     continue
                 img = inpainter.inpaint(rgb, new, prompt=prompt, c2w=c2w)
             full = completer.complete(img, np.where(known, rendered, 0.0), known, K=K, c2w=c2w)
-            g = _lift(img, full, new, K, c2w)
+            g = lift_view(img, full, new, K, c2w)
             n_new = 0 if g is None else len(g)
             if g is not None:
                 parts.append(g)
