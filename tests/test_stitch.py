@@ -55,6 +55,11 @@ def test_closed_scene_depth_at_held_out_cameras(room, mode, held_out):
     res = stitch_scene(image, K, depth, AlignedCompleter(oracle), oracle, mode=mode, fit_steps=20, progress=False)
     assert [v.yaw for v in res.views] == stitch_yaws(mode)
     assert all(v.num_new > 0 for v in res.views[:3])
+
+    def photometric(g):  # mean L1 of the renders against the generated views
+        return np.mean([np.abs(render_rgbd(g, v.c2w, K, W, H)[0].astype(float) - v.image).mean() for v in res.views])
+
+    assert photometric(res.gaussians) < photometric(res.gaussians_before_fit)  # the final fit helps
     for yaw in held_out:
         c2w = yaw_c2w(yaw, pitch_deg=3.0)
         _, alpha, d = render_rgbd(res.gaussians, c2w, K, W, H)

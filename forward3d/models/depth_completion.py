@@ -273,26 +273,25 @@ class ZoeDepthCompleter(DepthCompleter):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "ZoeDepthCompleter":
         """Load a local folder (``config.json`` + ``model.safetensors``/``pytorch_model.bin``)."""
+        p = Path(path)
+        if not (p / "config.json").is_file():
+            raise ValueError(f"{p}: expected a local ZoeDepth folder with config.json (and model weights)")
         try:
             from transformers import ZoeDepthConfig, ZoeDepthForDepthEstimation
         except ImportError as exc:
             raise ImportError("the ZoeDepth depth-completion model needs: pip install 'forward3d[depth]'") from exc
-        p = Path(path)
-        if not (p / "config.json").is_file():
-            raise ValueError(f"{p}: expected a local ZoeDepth folder with config.json (and model weights)")
         config = ZoeDepthConfig.from_pretrained(p)
-        model = ZoeDepthForDepthEstimation(config)
-        expand_input_channels(model, 5)
-        state = _load_state_dict(p)
-        w = state.get(next((k for k in state if k.endswith("embeddings.patch_embeddings.projection.weight")), ""), None)
-        if w is not None and w.shape[1] == 3:  # a plain monocular ZoeDepth: widen the checkpoint's filters too
-            key = next(k for k in state if k.endswith("embeddings.patch_embeddings.projection.weight"))
-            state[key] = torch.cat([w, w.new_zeros(w.shape[0], 2, *w.shape[2:])], 1)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if "relative_position_index" not in k]
-        if missing or unexpected:
-            raise ValueError(f"{p}: the weights do not fit the ZoeDepth config: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+        channels = getattr(getattr(config, "backbone_config", None), "num_channels", 3)
+        if channels not in (3, 5):
+            raise ValueError(f"{p}: expected a ZoeDepth with 3 (RGB) or 5 (RGB, sparse depth, mask) input "
+                             f"channels, found {channels}")
+        try:  # transformers maps the checkpoint's key names; a 3-channel model is widened afterwards
+            model = ZoeDepthForDepthEstimation.from_pretrained(p, config=config)
+        except (OSError, RuntimeError) as exc:
+            raise ValueError(f"{p}: cannot load the ZoeDepth weights ({str(exc).splitlines()[0]})") from exc
+        if channels == 3:
+            logger.info("%s: a 3-channel ZoeDepth: widened to [RGB, sparse depth, mask] with zero filters "
+                        "(it predicts as the monocular model until fine-tuned)", p)
         mean, std, size = (0.5,) * 3, (0.5,) * 3, (384, 512)
         pp = p / "preprocessor_config.json"
         if pp.is_file():
@@ -326,18 +325,6 @@ class ZoeDepthCompleter(DepthCompleter):
         d = F.interpolate(pred.float(), size=sparse.shape, mode="bilinear", align_corners=False)[0, 0]
         d = d.cpu().double().numpy()
         return np.where(known, sparse, np.maximum(d, 1e-3)).astype(np.float32)
-
-
-def _load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    st = folder / "model.safetensors"
-    if st.is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(st))
-    pt = folder / "pytorch_model.bin"
-    if pt.is_file():
-        return torch.load(pt, map_location="cpu", weights_only=True)
-    raise ValueError(f"{folder}: no model.safetensors or pytorch_model.bin")
 
 
 def make_depth_completer(spec: str | None = None, monocular: MonocularSource | None = None,
