@@ -79,7 +79,7 @@ class StitchConfig:
     prompt: str | None = option(None, metavar="TEXT")
     intrinsics: tuple[float, float, float, float] | None = option(None, metavar=("FX", "FY", "CX", "CY"))
     fov: float | None = option(None, metavar="DEG")
-    max_size: int = option(512, metavar="PX")
+    max_size: int = option(256, metavar="PX")
     step_deg: float = option(25.0, metavar="DEG")
     known_alpha: float = 0.5
     seam_width: float = option(8.0, metavar="PX")
