@@ -156,6 +156,11 @@ def test_bad_input(room):
         TeleaInpainter().inpaint(image, np.ones((H, W), bool))
     with pytest.raises(ValueError, match="mask of shape"):
         TeleaInpainter().inpaint(image, np.ones((3, 3), bool))
+    from forward3d.models.inpaint import make_inpainter
+
+    # without diffusers: the extra to install; with it: the folder that is not a diffusers folder
+    with pytest.raises((ImportError, ValueError), match=r"forward3d\[gen\]|model_index.json"):
+        make_inpainter("/nonexistent/sd2-inpainting")
 
 
 def test_cli_scene(room, tmp_path):
@@ -198,3 +203,14 @@ def test_plane_depth_is_unbiased_where_expected_depth_is_not(room):
     bias_plane, bias_exp = np.median((plane - gt)[cov]), np.median((expected - gt)[cov])
     assert abs(bias_plane) < 1e-3 and bias_exp < -3e-3, (bias_plane, bias_exp)
     assert np.median(np.abs(plane - gt)[cov]) < 1e-3
+
+
+def test_loop_on_every_device(room, device):
+    """The loop renders and fits where the Gaussians live (CUDA when a GPU is present)."""
+    oracle, K, image, depth = room
+    res = stitch_scene(image, K, depth, AlignedCompleter(oracle), oracle, mode="stage", fit_steps=3,
+                       progress=False, device=device)
+    assert res.gaussians.means.device.type == "cpu" and len(res.views) == 3
+    _, alpha, d = render_rgbd(res.gaussians, yaw_c2w(12.5), K, W, H)
+    _, gt = oracle.render(yaw_c2w(12.5))
+    assert np.median(np.abs(d - gt)[alpha > 0.5]) < 0.02

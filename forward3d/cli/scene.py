@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         logger.info("inpainter: OpenCV Telea (weight-free; new regions continue the seam colours)")
     result = stitch_scene(image, K, depth, completer, inpainter, mode=cfg.mode, step_deg=cfg.step_deg,
                           prompt=cfg.prompt, known_alpha=cfg.known_alpha, fit_steps=cfg.fit_steps,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, device=device)
     with staged_folder(cfg.out, cfg.overwrite) as stage:  # an error leaves --out as it was
         paths = save_stitch_outputs(result, stage, orbit_frames=cfg.orbit_frames, video=cfg.video,
                                     max_side=cfg.view_size, orbit_size=cfg.orbit_size, fps=cfg.fps,

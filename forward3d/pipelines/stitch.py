@@ -175,18 +175,19 @@ def render_rgbd(gaussians: Gaussians, c2w: np.ndarray, K: np.ndarray, width: int
     from forward3d.geometry.quaternion import quat_to_rotmat_torch
     from forward3d.render import SH_C0, Cameras, rasterize
 
+    dev = gaussians.means.device
     cams = Cameras.from_c2w(torch.as_tensor(c2w, dtype=torch.float32)[None],
-                            torch.as_tensor(K, dtype=torch.float32)[None], width, height)
+                            torch.as_tensor(K, dtype=torch.float32)[None], width, height).to(dev)
     with torch.no_grad():
         out = rasterize(gaussians, cams, render_mode="RGB+ED")
-        rgb = (out.colors[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
-        alpha = out.alphas[0].double().numpy()
-        depth = out.depths[0].double().numpy()
+        rgb = (out.colors[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+        alpha = out.alphas[0].double().cpu().numpy()
+        depth = out.depths[0].double().cpu().numpy()
         if depth_mode == "plane":
             R = quat_to_rotmat_torch(gaussians.quats / gaussians.quats.norm(dim=-1, keepdim=True))  # [N, 3, 3]
             thin = gaussians.log_scales.argmin(-1)
             n = R[torch.arange(len(R)), :, thin]  # world normal [N, 3]
-            w2c = torch.linalg.inv(torch.as_tensor(c2w, dtype=torch.float32))
+            w2c = torch.linalg.inv(torch.as_tensor(c2w, dtype=torch.float32, device=dev))
             n_cam = n @ w2c[:3, :3].T
             m_cam = gaussians.means @ w2c[:3, :3].T + w2c[:3, 3]
             c = (n_cam * m_cam).sum(-1)
@@ -197,7 +198,7 @@ def render_rgbd(gaussians: Gaussians, c2w: np.ndarray, K: np.ndarray, width: int
                 g = Gaussians(gaussians.means, gaussians.quats, gaussians.log_scales, gaussians.opacity_logits,
                               ((feat - 0.5) / SH_C0)[:, None, :])
                 o = rasterize(g, cams, render_mode="RGB")
-                return (o.colors[0] / o.alphas[0].clamp_min(1e-6)[..., None]).double().numpy()
+                return (o.colors[0] / o.alphas[0].clamp_min(1e-6)[..., None]).double().cpu().numpy()
 
             nb = blend(n_cam + 1.0) - 1.0
             cb = blend(torch.stack([c, torch.zeros_like(c), torch.zeros_like(c)], -1))[..., 0]
@@ -270,7 +271,8 @@ def lift_view(image: np.ndarray, depth: np.ndarray, new: np.ndarray, K: np.ndarr
 
 def stitch_scene(image: np.ndarray, K: np.ndarray, depth: np.ndarray | None, completer, inpainter,
                  mode: str = "stage", step_deg: float = 25.0, prompt: str | None = None, known_alpha: float = 0.5,
-                 fit_steps: int = 200, progress: bool = True, seed: int = 0) -> StitchResult:
+                 fit_steps: int = 200, progress: bool = True, seed: int = 0,
+                 device: str | torch.device = "cpu") -> StitchResult:
     """Run the Invisible Stitch loop.
 
     Args:
@@ -282,6 +284,7 @@ def stitch_scene(image: np.ndarray, K: np.ndarray, depth: np.ndarray | None, com
         mode, step_deg: camera schedule (:func:`stitch_yaws`).
         known_alpha: render opacity from which a pixel counts as known.
         fit_steps: photometric fitting steps over all views (0 = none).
+        device: where the Gaussians are rendered and fitted (the result is on the CPU).
     Returns:
         :class:`StitchResult` in the source camera frame.
     """
@@ -323,7 +326,7 @@ def stitch_scene(image: np.ndarray, K: np.ndarray, depth: np.ndarray | None, com
             g = lift_view(img, full, new, K, c2w)
             n_new = 0 if g is None else len(g)
             if g is not None:
-                parts.append(g)
+                parts.append(g.to(device))
                 scene = Gaussians.concat(parts)
             views.append(StitchView(yaw, c2w, img, full, known, rendered, n_new))
             bar.update(1)
@@ -337,14 +340,14 @@ def stitch_scene(image: np.ndarray, K: np.ndarray, depth: np.ndarray | None, com
         from forward3d.render import Cameras
         from forward3d.train.fit import FitConfig, fit_gaussians
 
-        imgs = torch.from_numpy(np.stack([v.image for v in views])).float() / 255.0
+        imgs = (torch.from_numpy(np.stack([v.image for v in views])).float() / 255.0).to(device)
         cams = Cameras.from_c2w(torch.as_tensor(np.stack([v.c2w for v in views]), dtype=torch.float32),
                                 torch.as_tensor(np.broadcast_to(K, (len(views), 3, 3)).copy(), dtype=torch.float32),
-                                w, h)
+                                w, h).to(device)
         fit = fit_gaussians(scene, imgs, cams, FitConfig(steps=fit_steps, progress=progress, seed=seed))
         scene = fit.gaussians
         info["fit_loss"] = [fit.losses[0], fit.losses[-1]]
-    return StitchResult(scene, before, K, w, h, views, info)
+    return StitchResult(scene.to("cpu"), before.to("cpu"), K, w, h, views, info)
 
 
 def save_stitch_outputs(result: StitchResult, out_dir, orbit_frames: int = 24, video: str = "mp4",
