@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("forward3d.cli.eval", "score reconstructions, trajectories and novel views"),
     "render": ("forward3d.cli.render", "render a 3D Gaussian scene (PLY/.splat) to images and a video"),
     "splat": ("forward3d.cli.splat", "single image (+ depth) or posed views (--multiview) -> 3D Gaussians"),
+    "scene": ("forward3d.cli.scene", "single image -> an extrapolated 3D scene (Invisible Stitch: outpaint, complete depth, fit)"),
     "train": ("forward3d.cli.train", "train a model"),
     "bench": ("forward3d.cli.bench", "run a back-end over a dataset under a published benchmark protocol"),
     "data": ("forward3d.cli.data", "prepare / check training datasets, list them, check mixture strings"),

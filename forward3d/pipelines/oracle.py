@@ -14,6 +14,10 @@ retrieval, depth correction, camera extraction, export) with known answers:
 
 The model oracles are for tests only; :class:`GroundTruthBackend` (the ``oracle`` back-end) replays the
 input's own ground truth as a reconstruction: the reference a benchmark protocol must score ~0 with.
+
+:class:`OracleView` stands in for the single-image scene loop's networks (:mod:`forward3d.pipelines.
+stitch`): the inpainter (the ground-truth colours of the hole) and the monocular depth of a new view
+(its ground-truth depth, optionally with a wrong scale and shift: an unaligned estimate).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from forward3d.types import PointCloud, Reconstruction
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OracleSLAM3R", "OracleSpann3R", "GroundTruthConfig", "GroundTruthBackend"]
+__all__ = ["OracleSLAM3R", "OracleSpann3R", "OracleView", "GroundTruthConfig", "GroundTruthBackend"]
 
 
 class OracleSLAM3R:
@@ -388,3 +392,42 @@ class GroundTruthBackend(Backend):
         return Reconstruction(np.stack(c2ws), np.stack(Ks), size, frame_names=names,
                               timestamps=np.asarray(ts, np.float64), point_maps=point_maps, confidences=conf,
                               points=cloud, backend=self.name, metric_scale=cfg.scale == 1.0)
+
+
+class OracleView:
+    """Ground truth of a synthetic scene for views given in a source camera's frame.
+
+    Args:
+        scene: a :class:`~forward3d.data.synthetic.SyntheticScene`.
+        source_c2w: ``[4, 4]`` world pose of the source camera (the loop's origin).
+        K, width, height: the loop's camera.
+        depth_scale, depth_shift: the monocular depth returned is ``scale * gt + shift`` (1, 0: exact).
+
+    ``inpaint(image, mask, prompt, c2w)`` fills the mask with the ground-truth render (an
+    :class:`~forward3d.models.inpaint.Inpainter`); calling the oracle ``(image, K, c2w)`` returns the
+    view's depth (a monocular source of :class:`~forward3d.models.depth_completion.AlignedCompleter`).
+    """
+
+    name = "oracle"
+
+    def __init__(self, scene, source_c2w: np.ndarray, K: np.ndarray, width: int, height: int,
+                 depth_scale: float = 1.0, depth_shift: float = 0.0):
+        self.scene, self.source_c2w = scene, np.asarray(source_c2w, np.float64)
+        self.K, self.width, self.height = np.asarray(K, np.float64), int(width), int(height)
+        self.depth_scale, self.depth_shift = float(depth_scale), float(depth_shift)
+
+    def render(self, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ground truth ``(rgb, depth)`` of the camera ``c2w`` given in the source camera frame."""
+        return self.scene.render(self.source_c2w @ np.asarray(c2w, np.float64), self.K, self.width, self.height)
+
+    def inpaint(self, image, mask, prompt=None, c2w=None) -> np.ndarray:
+        if c2w is None:
+            raise ValueError("OracleView.inpaint: needs the view's c2w")
+        rgb, _ = self.render(c2w)
+        return np.where(np.asarray(mask, bool)[..., None], rgb, image)
+
+    def __call__(self, image, K=None, c2w=None) -> np.ndarray:
+        if c2w is None:
+            raise ValueError("OracleView: needs the view's c2w")
+        _, d = self.render(c2w)
+        return np.where(d > 0, self.depth_scale * d + self.depth_shift, 0.0)

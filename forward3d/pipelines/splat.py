@@ -26,7 +26,8 @@ __all__ = ["SplatConfig", "predict_flash3d", "unproject_gaussians", "SplatResult
 
 
 def unproject_gaussians(image: np.ndarray, depth: np.ndarray, K: np.ndarray, footprint: float = 0.5,
-                        thickness: float = 0.1, opacity: float = 0.99, stride: int = 1) -> Gaussians:
+                        thickness: float = 0.1, opacity: float = 0.99, stride: int = 1,
+                        normals: np.ndarray | None = None, max_slant_deg: float = 70.0) -> Gaussians:
     """One Gaussian per valid pixel at its depth (the no-network baseline).
 
     Args:
@@ -39,6 +40,11 @@ def unproject_gaussians(image: np.ndarray, depth: np.ndarray, K: np.ndarray, foo
             (flat discs facing the camera).
         opacity: of every Gaussian.
         stride: use every ``stride``-th pixel (footprint scaled accordingly).
+        normals: optional ``[H, W, 3]`` camera-frame unit surface normals (e.g.
+            :func:`forward3d.geometry.normals.normals_from_point_map`): each disc then lies in its
+            surface (in-plane size divided by the cosine of the slant, so the pixel stays covered)
+            instead of facing the camera, which keeps the depth right from other viewpoints. Pixels
+            whose normal is more than ``max_slant_deg`` from the ray (depth edges) face the camera.
     Returns:
         Gaussians in the camera frame, SH degree 0, colour from the pixel.
     """
@@ -58,7 +64,19 @@ def unproject_gaussians(image: np.ndarray, depth: np.ndarray, K: np.ndarray, foo
     scales = np.stack([sx, sy, thickness * np.minimum(sx, sy)], -1)
     # rotate each disc so its thin axis points along the viewing ray
     ray = means / np.linalg.norm(means, axis=-1, keepdims=True)
-    quats = _quat_from_z_to(ray)
+    axis = ray
+    if normals is not None:
+        if np.shape(normals) != (h, w, 3):
+            raise ValueError(f"unproject: normals {np.shape(normals)} must be [H, W, 3] = [{h}, {w}, 3]")
+        n = np.asarray(normals, np.float64)[vs, us][ok]
+        n = np.where(np.isfinite(n), n, 0.0)
+        n = n * np.where(np.einsum("ij,ij->i", n, ray) > 0, 1.0, -1.0)[:, None]  # along the ray's side
+        cos = np.einsum("ij,ij->i", n, ray)
+        use = cos >= math.cos(math.radians(max_slant_deg))
+        axis = np.where(use[:, None], n, ray)
+        grow = np.where(use, 1.0 / np.maximum(cos, 1e-6), 1.0)
+        scales[:, :2] *= grow[:, None]
+    quats = _quat_from_z_to(axis)
     colors = image[vs, us][ok].astype(np.float64) / 255.0
     t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
     n = len(z)

@@ -1,0 +1,59 @@
+"""The extrapolation benchmark protocol (Invisible Stitch) on the synthetic room."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from forward3d.data.synthetic import SyntheticScene
+from forward3d.eval.extrapolation import evaluate_extrapolation_pair, lift_into_view, score_extrapolation
+from forward3d.models.depth_completion import AlignedCompleter
+from forward3d.pipelines.oracle import OracleView
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Frames i and i + 10 of the orbit (36 degrees apart): part of j is not seen by i."""
+    scene = SyntheticScene(num_frames=12, width=64, height=48, num_boxes=4)
+    fi, fj = scene.frame(0), scene.frame(10)
+    return scene, fi, fj
+
+
+def test_protocol_oracle_vs_unaligned(pair):
+    scene, fi, fj = pair
+    args = (fj.image, fj.depth, fi.depth, fi.K, fi.c2w, fj.K, fj.c2w)
+    exact = OracleView(scene, np.eye(4), fj.K, 64, 48)  # views given in world coordinates
+    wrong = OracleView(scene, np.eye(4), fj.K, 64, 48, depth_scale=1.3, depth_shift=0.2)
+
+    oracle = evaluate_extrapolation_pair(AlignedCompleter(exact), *args)
+    assert 0.1 < oracle.coverage < 0.95 and oracle.num_pixels > 100
+    assert oracle.mae < 1e-3  # an oracle completion scores ~0
+    unaligned = evaluate_extrapolation_pair(AlignedCompleter(wrong), *args, use_sparse=False)
+    assert unaligned.num_pixels == oracle.num_pixels
+    assert unaligned.mae > 0.3  # clearly worse
+    aligned = evaluate_extrapolation_pair(AlignedCompleter(wrong), *args)  # scale/shift-aligned monocular
+    assert aligned.mae < 0.2 * unaligned.mae
+
+
+def test_lift_and_score(pair):
+    scene, fi, fj = pair
+    sparse, covered = lift_into_view(fi.depth, fi.K, fi.c2w, fj.K, fj.c2w, 64, 48)
+    assert sparse.shape == covered.shape == (48, 64)
+    assert np.median(np.abs(sparse - fj.depth)[covered]) < 0.01  # the lifted points land on the surface
+    assert (sparse[~covered] == 0).all()
+    s = score_extrapolation(fj.depth + 0.1, fj.depth, covered)
+    assert s.mae == pytest.approx(0.1, abs=1e-5) and s.num_pixels == int((~covered).sum())
+    assert np.isnan(score_extrapolation(fj.depth, fj.depth, np.ones((48, 64), bool)).mae)
+    with pytest.raises(ValueError, match="shapes differ"):
+        score_extrapolation(fj.depth, fj.depth[:, :3], covered)
+    with pytest.raises(ValueError, match="no valid pixel"):
+        lift_into_view(np.zeros((48, 64)), fi.K, fi.c2w, fj.K, fj.c2w, 64, 48)
