@@ -170,7 +170,24 @@ class TrainLoop:
         self.optimiser.load_state_dict(state["optimiser"])
         self.step = int(state["step"])
         self.best = float(state["best"]) if "best" in state else None
+        self._truncate_log()
         logger.info("resumed from %s at step %d", p, self.step)
+
+    def _truncate_log(self) -> None:
+        """Drop the log records of steps after the resumed one (they are run again)."""
+        if not self.dist.is_main or not self.log_path.is_file():
+            return
+        from forward3d.io.atomic import atomic_path
+
+        keep = []
+        for line in self.log_path.read_text(encoding="utf-8").splitlines():
+            try:
+                if int(json.loads(line).get("step", 0)) <= self.step:
+                    keep.append(line)
+            except (ValueError, AttributeError):
+                continue  # a line cut by the crash
+        with atomic_path(self.log_path) as tmp:
+            tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
 
     def _set_lr(self, step: int) -> float:
         lr = lr_at(step, self.s)
