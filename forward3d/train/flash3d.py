@@ -15,7 +15,8 @@ One step (see ``../shared/specs/flash3d.md``, "Rendering and training"):
 Checkpoints (rank 0): ``OUT/model.pth`` in the reference format (``{'model': EMA state_dict,
 'version', 'optimiser', 'step'}``, loadable by :meth:`Flash3D.from_pretrained`) and ``OUT/resume.pth``
 (raw weights, EMA, optimiser, step, config) from which ``resume=True`` continues exactly as an
-uninterrupted run: every random draw (sample order, targets, backgrounds) is a function of the seed
+uninterrupted run (the loop, EMA, schedules and checkpoint writes are :class:`forward3d.train.loop.TrainLoop`'s):
+every random draw (sample order, targets, backgrounds) is a function of the seed
 and the step.
 """
 

@@ -24,10 +24,10 @@ from forward3d.pipelines.slam3r.common import (
     PreparedFrame,
     SLAM3RConfig,
     correct_points_with_depth,
-    fit_depth_scale,
-    normalize_points,
     encoder_input,
+    fit_depth_scale,
     model_depth_channels,
+    normalize_points,
     prepare_frame,
     retrieve_scene_frames,
 )
