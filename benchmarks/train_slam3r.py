@@ -38,7 +38,7 @@ from forward3d.train.slam3r_losses import to_frame  # noqa: E402
 
 MODEL = dict(resolution=64, patch_size=8, enc_embed_dim=128, enc_depth=3, enc_num_heads=4, dec_embed_dim=96,
              dec_depth=2, dec_num_heads=4)
-SCENE = "num_views={v}, num_scenes={n}, frames_per_scene=40, width=96, height=72, resolution=64, sample_freq=2"
+SCENE = "num_views={v}, num_scenes={n}, frames_per_scene=40, width=80, height=64, resolution=64, sample_freq=2"
 
 
 def evaluate(model, windows: list, depth_channels: int) -> dict:
@@ -66,14 +66,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=800, help="training steps per model")
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--views", type=int, default=5)
+    ap.add_argument("--views", type=int, default=3)
     ap.add_argument("--test-windows", type=int, default=24)
     ap.add_argument("--quick", action="store_true", help="a 20-step check of the script")
     ap.add_argument("--out", default=str(RESULTS / "train_slam3r.json"))
     args = ap.parse_args()
     if args.quick:
         args.steps, args.test_windows = 40, 4
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
     train_mix = f"{max(args.steps * args.batch_size, 64)} @ Synthetic({SCENE.format(v=args.views, n=4)}, transform=ColorJitter)"
     test_mix = f"{args.test_windows} @ Synthetic({SCENE.format(v=args.views, n=4)}, split='test', seed=777)"
@@ -84,8 +84,8 @@ def main() -> None:
     for name, k in (("rgb", 0), ("rgbd", 2)):
         with tempfile.TemporaryDirectory() as tmp:
             cfg = SLAM3RTrainerConfig(train_dataset=train_mix, out=tmp, steps=args.steps, batch_size=args.batch_size,
-                                      depth_channels=k, lr=3e-4, min_lr=1e-5, warmup_steps=max(args.steps // 20, 1),
-                                      save_every=10 ** 9, log_every=10 ** 9, progress=False, device="cpu", seed=0,
+                                      depth_channels=k, lr=1e-3, min_lr=1e-5, warmup_steps=max(args.steps // 20, 1),
+                                      save_every=10 ** 9, log_every=50, progress=False, device="cpu", seed=0,
                                       **MODEL)
             trainer = SLAM3RTrainer(cfg)
             before = evaluate(trainer.model, windows, k)

@@ -174,3 +174,16 @@ def test_kill9_resume_is_bit_identical(tmp_path):
     lb = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lb] == list(range(1, steps + 1))
     assert [x["loss"] for x in la] == [x["loss"] for x in lb]
+
+
+def test_accumulation_bf16_clipping_and_ema(tmp_path):
+    cfg = _cfg(tmp_path, steps=2, batch_size=1, accum_steps=2, precision="bf16", grad_clip=1.0, ema=True,
+               ema_start=0, ema_decay=0.5)
+    t = SLAM3RTrainer(cfg)
+    r = t.train()
+    assert len(r.losses) == 2 and all(torch.isfinite(torch.tensor(r.losses)))
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all("grad_norm" in x for x in log)
+    sd = load_file(str(tmp_path / "model.safetensors"))  # checkpoint-last holds the EMA weights
+    assert all(torch.equal(sd[k], v) for k, v in t.ema.state_dict().items())
+    assert any(not torch.equal(sd[k], v) for k, v in t.model.state_dict().items())
