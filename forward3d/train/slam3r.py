@@ -327,26 +327,31 @@ class SLAM3RTrainer:
             pts, conf = self.forward_module(x)
         return i2p_loss(pts.float(), conf.float(), b.pts3d_world, b.valid, b.c2w[:, 0], self.cfg.alpha)
 
-    def _l2w_loss(self, x: Tensor, b: ViewBatch) -> ConfLossResult:
-        cfg = self.cfg
+    def l2w_inputs(self, x: Tensor, b: ViewBatch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """L2W inputs of a reordered batch: (scene tokens [B, R, T, C], scene world points at the scene
+        scale [B, R, H, W, 3], keyframe tokens [B, S, T, C], keyframe local points (each normalised)
+        [B, S, H, W, 3], the scene scale [B]); the world frame is view 0's camera."""
         B, V = x.shape[:2]
-        R = cfg.l2w_scene_frames
+        R = self.cfg.l2w_scene_frames
         if not 1 <= R < V:
             raise ValueError(f"l2w_scene_frames {R}: the windows have {V} views (need at least one keyframe)")
         assert self.encoder is not None
         with torch.no_grad(), self.loop.autocast():
-            tokens = self.encoder.encode(x.flatten(0, 1)).unflatten(0, (B, V))
+            tokens = self.encoder.encode(x.flatten(0, 1)).unflatten(0, (B, V)).float()
         valid = b.valid
-        world_c2w = b.c2w[:, 0]
-        gt_world = to_frame(torch.linalg.inv(world_c2w.double()).float(), b.pts3d_world)
+        gt_world = to_frame(torch.linalg.inv(b.c2w[:, 0].double()).float(), b.pts3d_world)
         scale = avg_dis_scale(gt_world[:, :R], valid[:, :R])
         ref_in = torch.where(valid[:, :R, ..., None], gt_world[:, :R] / scale.view(-1, 1, 1, 1, 1), 0.0)
         local = b.pts3d_cam[:, R:]
         ls = avg_dis_scale(local.flatten(0, 1)[:, None], valid[:, R:].flatten(0, 1)[:, None]).view(B, V - R)
         src_in = torch.where(valid[:, R:, ..., None], local / ls.view(B, V - R, 1, 1, 1), 0.0)
+        return tokens[:, :R], ref_in, tokens[:, R:], src_in, scale
+
+    def _l2w_loss(self, x: Tensor, b: ViewBatch) -> ConfLossResult:
+        rt, ref_in, st, src_in, scale = self.l2w_inputs(x, b)
         with self.loop.autocast():
-            pts, conf = self.forward_module(tokens[:, :R], ref_in, tokens[:, R:], src_in)
-        return l2w_loss(pts.float(), conf.float(), b.pts3d_world, valid, world_c2w, scale, cfg.alpha)
+            pts, conf = self.forward_module(rt, ref_in, st, src_in)
+        return l2w_loss(pts.float(), conf.float(), b.pts3d_world, b.valid, b.c2w[:, 0], scale, self.cfg.alpha)
 
     # ---------------------------------------------------------------------------------- data
     def _batches(self) -> Iterator[ViewBatch]:
