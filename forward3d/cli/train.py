@@ -1,4 +1,4 @@
-"""``forward3d train MODEL ...``: train a model (``flash3d``; more models register in ``TRAINERS``).
+"""``forward3d train MODEL ...``: train a model (``flash3d``, ``slam3r``; more models register in ``TRAINERS``).
 
 Every option comes from the trainer's config dataclass (:class:`forward3d.train.flash3d.Flash3DTrainerConfig`).
 Launch on several GPUs/processes with torchrun, e.g.
@@ -23,11 +23,21 @@ def _report_flash3d(result: Any) -> None:
         print(f"flash3d: step {result.step}{tail}; checkpoint {result.checkpoint} (resume: {result.resume_checkpoint})")
 
 
+def _report_slam3r(result: Any) -> None:
+    if result.checkpoint is not None:
+        tail = f", final loss {result.losses[-1]:.4f}" if result.losses else ""
+        best = f", best test loss {result.best:.4f}" if result.best is not None else ""
+        print(f"slam3r: step {result.step}{tail}{best}; checkpoint {result.checkpoint}")
+
+
 # model name -> (help, "module:ConfigClass", "module:train_function", report, required fields)
 TRAINERS: dict[str, tuple[str, str, str, Callable[[Any], None], tuple[str, ...]]] = {
     "flash3d": ("Flash3D single image -> 3D Gaussians on RealEstate10K",
                 "forward3d.train.flash3d:Flash3DTrainerConfig", "forward3d.train.flash3d:train_flash3d",
                 _report_flash3d, ("data",)),
+    "slam3r": ("SLAM3R I2P / L2W (RGB or RGB-D input) on dataset mixtures",
+               "forward3d.train.slam3r:SLAM3RTrainerConfig", "forward3d.train.slam3r:train_slam3r",
+               _report_slam3r, ("train_dataset",)),
 }
 
 

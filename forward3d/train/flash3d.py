@@ -15,16 +15,15 @@ One step (see ``../shared/specs/flash3d.md``, "Rendering and training"):
 Checkpoints (rank 0): ``OUT/model.pth`` in the reference format (``{'model': EMA state_dict,
 'version', 'optimiser', 'step'}``, loadable by :meth:`Flash3D.from_pretrained`) and ``OUT/resume.pth``
 (raw weights, EMA, optimiser, step, config) from which ``resume=True`` continues exactly as an
-uninterrupted run: every random draw (sample order, targets, backgrounds) is a function of the seed
+uninterrupted run (the loop, EMA, schedules and checkpoint writes are :class:`forward3d.train.loop.TrainLoop`'s):
+every random draw (sample order, targets, backgrounds) is a function of the seed
 and the step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
@@ -37,6 +36,7 @@ from forward3d.data.re10k_dataset import RE10KBatch, RE10KTrainDataset, collate_
 from forward3d.models.flash3d import Flash3D, Flash3DConfig, save_checkpoint
 from forward3d.train.distributed import DistInfo, cleanup_distributed, init_distributed
 from forward3d.train.ema import EMA
+from forward3d.train.loop import LoopSettings, TrainLoop, grouped
 from forward3d.render.batch import render_views  # noqa: F401  (re-exported: older imports)
 from forward3d.train.losses import offset_regulariser, photometric_loss, scale_regulariser
 
@@ -75,7 +75,11 @@ class Flash3DTrainerConfig:
         scale_reg_weight, scale_reg_threshold: regulariser on Gaussian scales above the threshold.
         offset_reg_weight, offset_reg_threshold: regulariser on squared offsets above the threshold.
         znear, zfar: depth range of the renderer in metres.
-        lr: Adam learning rate.
+        lr: Adam learning rate (peak, after the warm-up).
+        min_lr: final learning rate of the cosine schedule.
+        warmup_steps: linear learning-rate warm-up steps.
+        lr_schedule: constant (the reference) or cosine after the warm-up.
+        accum_steps: gradient accumulation: micro-batches of batch_size per optimiser step.
         ema_decay: EMA decay of the weights.
         ema_every: EMA update every N steps.
         ema_start: first EMA step.
@@ -122,6 +126,10 @@ class Flash3DTrainerConfig:
     zfar: float = 100.0
     # optimisation
     lr: float = 1e-4
+    min_lr: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    accum_steps: int = 1
     ema_decay: float = 0.9999
     ema_every: int = 10
     ema_start: int = 100
@@ -152,6 +160,13 @@ class Flash3DTrainerConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def loop_settings(self) -> LoopSettings:
+        return LoopSettings(out=Path(self.out), steps=self.steps, lr=self.lr, min_lr=self.min_lr,
+                            warmup_steps=self.warmup_steps, lr_schedule=self.lr_schedule,
+                            accum_steps=self.accum_steps, grad_clip=self.grad_clip, precision=self.precision,
+                            save_every=self.save_every, log_every=self.log_every, progress=self.progress,
+                            name="flash3d")
 
 
 @dataclass
@@ -250,7 +265,6 @@ class Flash3DTrainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimiser = torch.optim.Adam(params, lr=config.lr)
         self.ema = EMA(self.model, config.ema_decay, config.ema_every, config.ema_start, config.ema_warmup)
-        self.step = 0
         self.lpips = None
         if config.lpips_weight > 0:
             if config.lpips_weights:
@@ -266,6 +280,12 @@ class Flash3DTrainer:
 
             self.ddp = DistributedDataParallel(_Forward(self.model),
                                                device_ids=[self.dist.device] if self.dist.device.type == "cuda" else None)
+        self.loop = TrainLoop(config.loop_settings(), self.model, self.optimiser, self.dist, self.ema, self.ddp,
+                              config.to_dict())
+
+    @property
+    def step(self) -> int:
+        return self.loop.step
 
     # checkpoints --------------------------------------------------------------------------------
     @property
@@ -274,19 +294,20 @@ class Flash3DTrainer:
 
     @property
     def resume_path(self) -> Path:
-        return self.out / "resume.pth"
+        return self.loop.resume_path
 
     def save(self) -> None:
         """Write ``model.pth`` (reference format, EMA weights) and ``resume.pth`` (rank 0 only)."""
         if not self.dist.is_main:
             return
+        self.loop.save_resume()
+        self._save_model()
+
+    def _save_model(self) -> None:
+        if not self.dist.is_main:
+            return
         from forward3d.io.atomic import atomic_path
 
-        self.out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.resume_path) as tmp:
-            torch.save({"version": "1.0", "step": self.step, "model": self.model.state_dict(),
-                        "ema": self.ema.state_dict(), "optimiser": self.optimiser.state_dict(),
-                        "config": self.cfg.to_dict()}, tmp)
         save_checkpoint(self.checkpoint_path, self.model, self.optimiser.state_dict(), self.step,
                         self.ema.state_dict())
         with atomic_path(self.out / "config.json") as tmp:
@@ -295,20 +316,7 @@ class Flash3DTrainer:
 
     def load_resume(self) -> None:
         """Restore raw weights, EMA, optimiser and step from ``resume.pth``."""
-        from forward3d.hub import strict_load
-
-        p = self.resume_path
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: no resume checkpoint (run without --resume first)")
-        state = torch.load(p, map_location=self.dist.device, weights_only=True)
-        for key in ("model", "ema", "optimiser", "step"):
-            if key not in state:
-                raise ValueError(f"{p}: expected a resume checkpoint with '{key}', found keys {sorted(state)}")
-        strict_load(self.model, state["model"], source=str(p))
-        self.ema.load_state_dict(state["ema"])
-        self.optimiser.load_state_dict(state["optimiser"])
-        self.step = int(state["step"])
-        logger.info("resumed from %s at step %d", p, self.step)
+        self.loop.load_resume()
 
     # one step -----------------------------------------------------------------------------------
     def _depth(self, batch: RE10KBatch) -> Tensor:
@@ -321,9 +329,7 @@ class Flash3DTrainer:
         return batch.depth
 
     def _autocast(self):
-        if self.cfg.precision == "bf16":
-            return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return self.loop.autocast()
 
     def compute_loss(self, batch: RE10KBatch, step: int) -> tuple[Tensor, dict[str, float]]:
         """Total loss of one batch at (1-based) ``step`` and its parts."""
@@ -358,7 +364,9 @@ class Flash3DTrainer:
     def _loader(self):
         from torch.utils.data import DataLoader
 
-        bs = _BatchSampler(len(self.dataset), self.dist, self.per_rank_batch, self.cfg.seed, self.step, self.cfg.steps)
+        n = self.cfg.accum_steps  # one micro-batch per sampler batch, n per optimiser step
+        bs = _BatchSampler(len(self.dataset), self.dist, self.per_rank_batch, self.cfg.seed, self.step * n,
+                           self.cfg.steps * n)
         return DataLoader(self.dataset, batch_sampler=bs, collate_fn=collate_samples, num_workers=self.cfg.num_workers,
                           persistent_workers=False)
 
@@ -367,44 +375,10 @@ class Flash3DTrainer:
         cfg = self.cfg
         if cfg.resume:
             self.load_resume()
-        result = TrainResult(step=self.step)
-        if self.step >= cfg.steps:
-            logger.info("already at step %d >= %d steps", self.step, cfg.steps)
-            return result
-        bar = None
-        if cfg.progress and self.dist.is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=cfg.steps, initial=self.step, desc="flash3d", dynamic_ncols=True)
-        t0 = time.time()
-        try:
-            for batch in self._loader():
-                batch = batch.to(self.dist.device)
-                step = self.step + 1
-                self.optimiser.zero_grad(set_to_none=True)
-                loss, parts = self.compute_loss(batch, step)
-                if not torch.isfinite(loss):
-                    raise ValueError(f"step {step}: loss is not finite ({float(loss)}); parts {parts}")
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.optimiser.step()
-                self.step = step
-                self.ema.update(self.model, step)
-                result.losses.append(float(loss.detach()))
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
-                if self.dist.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
-                    logger.info("step %d loss %.5f %s (%.2f s/step)", step, result.losses[-1],
-                                " ".join(f"{k} {v:.4g}" for k, v in parts.items()),
-                                (time.time() - t0) / max(len(result.losses), 1))
-                if step % cfg.save_every == 0 or step == cfg.steps:
-                    self.save()
-        finally:
-            if bar is not None:
-                bar.close()
-        result.step = self.step
+        device = self.dist.device
+        batches = grouped((b.to(device) for b in self._loader()), cfg.accum_steps)
+        loop = self.loop.run(batches, self.compute_loss, on_save=self._save_model)
+        result = TrainResult(losses=loop.losses, step=loop.step)
         if self.dist.is_main:
             result.checkpoint, result.resume_checkpoint = self.checkpoint_path, self.resume_path
         return result

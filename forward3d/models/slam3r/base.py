@@ -24,7 +24,8 @@ __all__ = ["PatchEmbed", "SLAM3RBase"]
 
 
 class PatchEmbed(nn.Module):
-    """Conv2d(3, C, p, stride p) -> tokens [N, T, C] in row-major patch order (key ``proj``)."""
+    """Conv2d(in_chans, C, p, stride p) -> tokens [N, T, C] in row-major patch order (key ``proj``);
+    ``in_chans`` is 3 (RGB) or 3 + depth channels."""
 
     def __init__(self, patch_size: int, in_chans: int, dim: int) -> None:
         super().__init__()
@@ -32,7 +33,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, dim, patch_size, patch_size)
 
     def forward(self, img: Tensor) -> Tensor:
-        """``img`` [N, 3, H, W] -> [N, (H/p) * (W/p), C]."""
+        """``img`` [N, in_chans, H, W] -> [N, (H/p) * (W/p), C]."""
         return self.proj(img).flatten(2).transpose(1, 2)
 
 
@@ -52,7 +53,7 @@ class SLAM3RBase(nn.Module):
         self.config = cfg
         self.rope = RoPE2D(cfg.rope_base)
         C, D = cfg.enc_embed_dim, cfg.dec_embed_dim
-        self.patch_embed = PatchEmbed(cfg.patch_size, 3, C)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, C)
         if cfg.need_encoder:
             self.enc_blocks = nn.ModuleList(Block(C, cfg.enc_num_heads, cfg.mlp_ratio) for _ in range(cfg.enc_depth))
         self.enc_norm = nn.LayerNorm(C, eps=LN_EPS)
@@ -105,17 +106,23 @@ class SLAM3RBase(nn.Module):
     def encode(self, images: Tensor, minibatch: int | None = None) -> Tensor:
         """Encoder blocks' output WITHOUT ``enc_norm`` (the cached tokens of the pipeline).
 
-        ``images`` [N, 3, H, W] in [-1, 1], H and W multiples of the patch size -> [N, T, C].
+        ``images`` [N, 3 + k, H, W]: RGB in [-1, 1], then the ``k = config.depth_channels`` depth
+        channels of :func:`forward3d.models.slam3r.depth_input.stack_depth`; H and W multiples of the
+        patch size -> [N, T, C].
         Runs in minibatches of ``minibatch`` (default ``config.enc_minibatch``) frames.
         """
         if not self.config.need_encoder:
             raise ValueError(f"{type(self).__name__} was built without encoder blocks (need_encoder=False); "
                              "encode with the I2P model and pass the cached tokens")
-        _check("images", images, 4, None, " [N, 3, H, W]")
+        cin = self.config.in_chans
+        _check("images", images, 4, None, f" [N, {cin}, H, W]")
         N, ch, H, W = images.shape
         p = self.config.patch_size
-        if ch != 3 or H % p or W % p:
-            raise ValueError(f"images: expected [N, 3, H, W] with H, W multiples of {p}, found {tuple(images.shape)}")
+        if ch != cin or H % p or W % p:
+            hint = (" (this model takes RGB + depth: see forward3d.models.slam3r.depth_input.stack_depth)"
+                    if ch == 3 and cin > 3 else "")
+            raise ValueError(f"images: expected [N, {cin}, H, W] with H, W multiples of {p}, found "
+                             f"{tuple(images.shape)}{hint}")
         grid = (H // p, W // p)
         hd = self.config.enc_embed_dim // self.config.enc_num_heads
         cos, sin = self.rope.tables(grid, hd, images.device)

@@ -71,6 +71,7 @@ class SLAM3RNetConfig:
     need_encoder: bool = True
     corr_depth: int = 2  # I2P only (retrieval score depth)
     norm_im2_in_dec: bool = True
+    depth_channels: int = 0  # Slam3DR depth fusion: input = RGB + depth (1) [+ validity (2)]
     extra: dict[str, Any] = field(default_factory=dict)  # ignored reference kwargs, kept for the record
 
     def __post_init__(self) -> None:
@@ -104,12 +105,20 @@ class SLAM3RNetConfig:
                 raise ValueError(f"{name}: only {_MV_BLOCK!r} is supported, found {getattr(self, name)!r}")
         if not self.norm_im2_in_dec:
             raise ValueError("norm_im2_in_dec=False is not supported (the published models use True)")
+        if self.depth_channels not in (0, 1, 2) or isinstance(self.depth_channels, bool):
+            raise ValueError(f"depth_channels: expected 0 (RGB), 1 (+ depth) or 2 (+ depth, validity), "
+                             f"found {self.depth_channels!r}")
         if not (1 <= self.corr_depth <= self.dec_depth):
             raise ValueError(f"corr_depth: expected 1..{self.dec_depth}, found {self.corr_depth}")
 
     @property
     def rope_base(self) -> float:
         return parse_pos_embed(self.pos_embed)
+
+    @property
+    def in_chans(self) -> int:
+        """Input channels of the patch embedding: 3 (RGB) + ``depth_channels``."""
+        return 3 + self.depth_channels
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -153,6 +162,8 @@ class SLAM3RNetConfig:
         d["img_size"] = list(self.img_size)
         d["depth_mode"] = list(self.depth_mode)
         d["conf_mode"] = list(self.conf_mode)
+        if not self.depth_channels:  # RGB models keep the published config.json keys exactly
+            d.pop("depth_channels")
         return d
 
 

@@ -73,6 +73,8 @@ class SLAM3REngine:
         self.image_size: tuple[int, int] = (int(ci.img_size[0]), int(ci.img_size[1]))
         self.num_tokens = ci.grid[0] * ci.grid[1]
         self.token_dim = ci.enc_embed_dim
+        # RGB-D checkpoints (Slam3DR depth fusion): the I2P encoder takes 3 + k channels
+        self.depth_channels = int(ci.depth_channels)
 
     @classmethod
     def from_pretrained(cls, i2p_source: str | os.PathLike = "siyan824/slam3r_i2p",
@@ -118,11 +120,14 @@ class SLAM3REngine:
     # ------------------------------------------------------------------ protocol
     @torch.inference_mode()
     def encode(self, images: Tensor, ids: Sequence[int] | None = None) -> Tensor:
-        """``images`` [B, 3, H, W] in [-1, 1] -> cached tokens [B, T, C] (before ``enc_norm``)."""
+        """``images`` [B, 3 + k, H, W] (RGB in [-1, 1], then the ``k =`` :attr:`depth_channels` depth
+        channels of :func:`~forward3d.models.slam3r.depth_input.stack_depth`) -> cached tokens
+        [B, T, C] (before ``enc_norm``)."""
         H, W = self.image_size
-        if not isinstance(images, Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != (3, H, W):
+        c = 3 + self.depth_channels
+        if not isinstance(images, Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != (c, H, W):
             found = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"images: expected [B, 3, {H}, {W}], found {found}")
+            raise ValueError(f"images: expected [B, {c}, {H}, {W}], found {found}")
         with self._ctx():
             return self.i2p_model.encode(images.to(self.device))
 

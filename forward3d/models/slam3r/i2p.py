@@ -77,8 +77,9 @@ class Image2Points(SLAM3RBase):
         return merge_views(pr, ps, ids, src_ids), merge_views(cr, cs, ids, src_ids)
 
     def forward_images(self, images: Tensor, ref_index: int = 0, trace: dict[str, Any] | None = None) -> tuple[Tensor, Tensor]:
-        """I2P from images [B, V, 3, H, W] in [-1, 1]: encode every view, then :meth:`forward`."""
-        _check("images", images, 5, None, " [B, V, 3, H, W]")
+        """I2P from images [B, V, 3 + k, H, W] (RGB in [-1, 1] + ``config.depth_channels`` depth
+        channels): encode every view, then :meth:`forward`."""
+        _check("images", images, 5, None, f" [B, V, {self.config.in_chans}, H, W]")
         B, V = images.shape[:2]
         tok = self.encode(images.flatten(0, 1))
         if trace is not None:

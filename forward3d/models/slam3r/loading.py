@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -121,6 +122,10 @@ def load_pretrained(cls: type, source: str | os.PathLike, *, config: Any = None,
     name = str(weights)
     if not init_from_dust3r and config is None and not (weights.parent / "config.json").is_file() and not (
             path.is_dir() and (path / "config.json").is_file()):
+        from .depth_input import PATCH_KEY, depth_channels_of
+
+        if PATCH_KEY in sd:  # an RGB-D checkpoint (3 + k input channels) of the published architecture
+            cfg = replace(cfg, depth_channels=depth_channels_of(sd))
         _check_default_fits(cls, cfg, sd, name)
     if init_from_dust3r:
         sd = dust3r_to_slam3r(sd)

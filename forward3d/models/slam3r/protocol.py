@@ -21,6 +21,7 @@ from torch import Tensor
 class SLAM3RModels(Protocol):
     image_size: tuple[int, int]  # (H, W) the models take
     device: torch.device
+    # optional: ``depth_channels`` (int, default 0): encode() takes 3 + k channels (RGB + depth planes)
 
     def encode(self, images: Tensor, ids: Sequence[int] | None = None) -> Tensor:
         """Encode frames once. ``images`` [B, 3, H, W] in [-1, 1] (ImgNorm mean = std = 0.5);

@@ -30,6 +30,8 @@ __all__ = [
     "crop_transform_dust3r",
     "PreparedFrame",
     "prepare_frame",
+    "encoder_input",
+    "model_depth_channels",
     "normalize_points",
     "fit_depth_scale",
     "correct_points_with_depth",
@@ -305,6 +307,26 @@ def prepare_frame(frame: Frame, image_size: tuple[int, int], crop: CropTransform
         depth[~np.isfinite(depth)] = 0.0
     return PreparedFrame(image, colors, depth, crop, frame.K, frame.name or f"{frame.index:06d}",
                          float(frame.timestamp), int(frame.index))
+
+
+def encoder_input(p: PreparedFrame, depth_channels: int, depth_min: float = 1e-3, depth_max: float = 100.0) -> Tensor:
+    """The encoder input of a prepared frame: ``[3 + k, H, W]``, the RGB image then, for an RGB-D
+    checkpoint (``k = depth_channels`` > 0), the sensor depth planes (depth outside
+    ``[depth_min, depth_max]`` or a frame without depth: invalid, i.e. 0)."""
+    if depth_channels == 0:
+        return p.image
+    from forward3d.models.slam3r.depth_input import stack_depth
+
+    if p.depth is None:
+        return stack_depth(p.image, None, depth_channels)
+    d = torch.from_numpy(p.depth)
+    valid = (d >= depth_min) & (d <= depth_max)
+    return stack_depth(p.image, d, depth_channels, valid)
+
+
+def model_depth_channels(models) -> int:
+    """Depth channels the models' encoder takes (0 for RGB checkpoints and oracles)."""
+    return int(getattr(models, "depth_channels", 0) or 0)
 
 
 # --------------------------------------------------------------------------------------------------

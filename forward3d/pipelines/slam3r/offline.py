@@ -24,7 +24,9 @@ from forward3d.pipelines.slam3r.common import (
     PreparedFrame,
     SLAM3RConfig,
     correct_points_with_depth,
+    encoder_input,
     fit_depth_scale,
+    model_depth_channels,
     normalize_points,
     prepare_frame,
     retrieve_scene_frames,
@@ -175,7 +177,8 @@ class _Offline:
         def flush() -> None:
             if not pending:
                 return
-            imgs = torch.stack([p.image for p in pending]).to(self.device)
+            k = model_depth_channels(self.models)
+            imgs = torch.stack([encoder_input(p, k, cfg.depth_min, cfg.depth_max) for p in pending]).to(self.device)
             ids = [len(self.prepared) - len(pending) + k for k in range(len(pending))]
             with torch.no_grad():
                 tokens.append(self.models.encode(imgs, ids))

@@ -29,6 +29,8 @@ from forward3d.pipelines.slam3r.buffer import BufferingSet
 from forward3d.pipelines.slam3r.common import (
     CropTransform,
     SLAM3RConfig,
+    encoder_input,
+    model_depth_channels,
     prepare_frame,
     retrieve_scene_frames,
 )
@@ -105,7 +107,8 @@ class OnlineSLAM3R:
         p = prepare_frame(frame, (self.h, self.w))
         i = self.num_frames
         with torch.no_grad():
-            tokens = self.models.encode(p.image[None].to(self.device), [i])[0]
+            x = encoder_input(p, model_depth_channels(self.models), self.cfg.depth_min, self.cfg.depth_max)
+            tokens = self.models.encode(x[None].to(self.device), [i])[0]
         self.timings["encode"] += time.perf_counter() - t0
         self.slots[i] = _Slot(tokens, p.colors, p.depth)
         self.crops.append(p.crop)
