@@ -184,13 +184,15 @@ def test_case_a_outputs_keys_value(run_a, cases, model):
 def test_case_a_focal_reference_mode(run_a, cases):
     """The estimator in DUSt3R's mode reproduces the reference focal on the reference point maps;
     from our own point maps the random-weight focal (~0.07 px: points far off-axis) is ill-conditioned,
-    amplifying the ~2e-6 point-map differences to ~3e-5, hence the looser bound there."""
+    amplifying the ~2e-6 point-map differences to 3e-5..3e-4 depending on the CPU's float kernels
+    (seen on two machines), hence the looser bound there; the estimator's own parity is the strict
+    check on the reference point maps."""
     for b in range(2):
         kw = dict(max_points=None, pixel_offset=0.0, positive_depth_only=False)
         f_ref = estimate_focal(cases["A.res1.pts3d"][b].numpy(), **kw)
         close(torch.tensor([f_ref]), cases["A.focal"][b:b + 1], f"A.focal[{b}] (reference pts)")
         f = estimate_focal(run_a.steps[0].pts1[b].numpy(), **kw)
-        close(torch.tensor([f]), cases["A.focal"][b:b + 1], f"A.focal[{b}]", tol=1e-4)
+        close(torch.tensor([f]), cases["A.focal"][b:b + 1], f"A.focal[{b}]", tol=1e-3)
 
 
 # ---------------------------------------------------------------------------------------- case B
