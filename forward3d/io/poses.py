@@ -43,20 +43,9 @@ class PoseFile:
 
 
 def _read_matrices(path: Path) -> np.ndarray:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            s = line.strip()
-            if not s or s.startswith("#"):
-                continue
-            tok = s.replace(",", " ").split()
-            if len(tok) != 16:
-                raise ValueError(f"pose file {path}:{lineno}: expected 16 numbers (a row-major 4x4 c2w) or 8 "
-                                 f"(TUM), found {len(tok)}")
-            try:
-                rows.append([float(t) for t in tok])
-            except ValueError:
-                raise ValueError(f"pose file {path}:{lineno}: expected numbers, found {s[:80]!r}") from None
+    from forward3d.io.trajectory import read_number_rows
+
+    rows = [v for _, _, v in read_number_rows(path, 16, f"pose file {path}", "numbers (a row-major 4x4 c2w) or 8 (TUM)")]
     c2w = np.asarray(rows, np.float64).reshape(-1, 4, 4)
     bad = ~np.isfinite(c2w).all(axis=(1, 2)) | (np.abs(c2w[:, 3] - [0, 0, 0, 1]).max(axis=1) > 1e-6)
     if bad.any():

@@ -34,6 +34,7 @@ __all__ = [
     "quat_wxyz_to_rotmat",
     "rotmat_to_quat_wxyz",
     "associate",
+    "read_number_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,24 @@ def write_tum(path: str | os.PathLike, timestamps: np.ndarray, c2w: np.ndarray) 
     return path
 
 
+def read_number_rows(path: str | os.PathLike, count: int, what: str, expected: str = "numbers"):
+    """Yield ``(lineno, text, values)`` of every data line of a text file of ``count`` numbers per line
+    (blank lines and ``#`` comments skipped, commas accepted as separators). A line with another count or
+    a non-number raises ``ValueError`` starting with ``what:lineno``."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            tok = text.replace(",", " ").split()
+            if len(tok) != count:
+                raise ValueError(f"{what}:{lineno}: expected {count} {expected}, found {len(tok)}: {text[:80]!r}")
+            try:
+                yield lineno, text, [float(t) for t in tok]
+            except ValueError:
+                raise ValueError(f"{what}:{lineno}: expected numbers, found {text[:80]!r}") from None
+
+
 def read_tum(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a TUM trajectory.
 
@@ -113,24 +132,12 @@ def read_tum(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"TUM trajectory not found: {path}")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            s = line.strip()
-            if not s or s.startswith("#"):
-                continue
-            tok = s.replace(",", " ").split()
-            if len(tok) != 8:
-                raise ValueError(f"TUM {path}:{lineno}: expected 8 values 'timestamp tx ty tz qx qy qz qw', "
-                                 f"found {len(tok)}: {s[:80]!r}")
-            try:
-                vals = [float(t) for t in tok]
-            except ValueError:
-                raise ValueError(f"TUM {path}:{lineno}: expected numbers, found {s[:80]!r}") from None
-            if not np.isfinite(vals).all():
-                raise ValueError(f"TUM {path}:{lineno}: expected finite numbers, found {s[:80]!r}")
-            if np.linalg.norm(vals[4:8]) < 1e-12:
-                raise ValueError(f"TUM {path}:{lineno}: expected a non-zero quaternion, found {s[:80]!r}")
-            rows.append(vals)
+    for lineno, text, vals in read_number_rows(path, 8, f"TUM {path}", "values 'timestamp tx ty tz qx qy qz qw'"):
+        if not np.isfinite(vals).all():
+            raise ValueError(f"TUM {path}:{lineno}: expected finite numbers, found {text[:80]!r}")
+        if np.linalg.norm(vals[4:8]) < 1e-12:
+            raise ValueError(f"TUM {path}:{lineno}: expected a non-zero quaternion, found {text[:80]!r}")
+        rows.append(vals)
     arr = np.asarray(rows, dtype=np.float64).reshape(-1, 8)
     c2w = np.tile(np.eye(4), (len(arr), 1, 1))
     if len(arr):

@@ -240,6 +240,19 @@ def unproject_stride(num_pixels: int, max_gaussians: int | None) -> int:
     return stride
 
 
+def check_camera_inputs(what: str, image: np.ndarray, K: np.ndarray, depth: np.ndarray | None = None) -> np.ndarray:
+    """Check a photo's ``K`` (finite ``[3, 3]``, positive focal lengths) and that ``depth`` (optional)
+    has the image's size; returns ``K`` as float64. Raises ``ValueError`` naming ``what``."""
+    h, w = np.shape(image)[:2]
+    Karr = np.asarray(K, np.float64)
+    if Karr.shape != (3, 3) or not np.isfinite(Karr).all() or Karr[0, 0] <= 0 or Karr[1, 1] <= 0:
+        raise ValueError(f"{what}: expected a finite [3, 3] K with positive focal lengths, found {Karr.tolist()}")
+    if depth is not None and np.shape(depth) != (h, w):
+        raise ValueError(f"{what}: depth size {np.shape(depth)[1]}x{np.shape(depth)[0]} differs from the image "
+                         f"size {w}x{h}")
+    return Karr
+
+
 def predict_flash3d(model, image, K, depth=None, depth_model=None):
     """A photo -> Flash3D outputs: preprocessing (resize, pad, depth), then ``model(...)``.
 
@@ -274,12 +287,7 @@ def splat_image(image: np.ndarray, K: np.ndarray, depth: np.ndarray | None = Non
     runs Flash3D, else the unproject baseline. Depth comes from ``depth`` or ``depth_model``.
     ``max_gaussians`` caps the unproject baseline (pixel stride chosen to fit; ``None`` = no cap)."""
     h, w = image.shape[:2]
-    Karr = np.asarray(K, np.float64)
-    if Karr.shape != (3, 3) or not np.isfinite(Karr).all() or Karr[0, 0] <= 0 or Karr[1, 1] <= 0:
-        raise ValueError(f"splat: expected a finite [3, 3] K with positive focal lengths, found {Karr.tolist()}")
-    if depth is not None and np.shape(depth) != (h, w):
-        raise ValueError(f"splat: depth size {np.shape(depth)[1]}x{np.shape(depth)[0]} differs from the image "
-                         f"size {w}x{h}")
+    check_camera_inputs("splat", image, K, depth)
     if depth is None and depth_model is None:
         raise ValueError("splat needs depth: give a depth map (--depth) or a depth model (--depth-model)")
     if model is not None:

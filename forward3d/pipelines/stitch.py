@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from forward3d.config import option
+from forward3d.pipelines.splat import check_camera_inputs
 from forward3d.types import Gaussians
 
 logger = logging.getLogger(__name__)
@@ -294,12 +295,7 @@ def stitch_scene(image: np.ndarray, K: np.ndarray, depth: np.ndarray | None, com
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"stitch: expected a uint8 image [H, W, 3], found {image.dtype} {list(image.shape)}")
     h, w = image.shape[:2]
-    K = np.asarray(K, np.float64)
-    if K.shape != (3, 3) or not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise ValueError(f"stitch: expected a finite [3, 3] K with positive focal lengths, found {K.tolist()}")
-    if depth is not None and np.shape(depth) != (h, w):
-        raise ValueError(f"stitch: depth size {np.shape(depth)[1]}x{np.shape(depth)[0]} differs from the image "
-                         f"size {w}x{h}")
+    K = check_camera_inputs("stitch", image, K, depth)
     yaws = stitch_yaws(mode, step_deg)
     views: list[StitchView] = []
     parts: list[Gaussians] = []
