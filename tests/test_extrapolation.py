@@ -57,3 +57,27 @@ def test_lift_and_score(pair):
         score_extrapolation(fj.depth, fj.depth[:, :3], covered)
     with pytest.raises(ValueError, match="no valid pixel"):
         lift_into_view(np.zeros((48, 64)), fi.K, fi.c2w, fj.K, fj.c2w, 64, 48)
+
+
+def test_bench_extrapolation_protocol_oracle_and_broken(tmp_path):
+    """`forward3d bench extrapolation` on a synthetic TUM copy: the oracle scores ~0, the completer
+    without sparse input is clearly worse, with it in between; one JSON per sequence and a summary."""
+    import json
+
+    from forward3d.cli import main
+    from forward3d.io.sources import write_layout
+
+    scene = SyntheticScene(num_frames=24, width=64, height=48, num_boxes=4)
+    write_layout(scene.frames(), tmp_path / "data" / "room", "tum")
+    data = str(tmp_path / "data")
+    common = ["bench", "extrapolation", "--data", data, "--no-plots"]
+    assert main(common + ["--backend", "oracle", "--out", str(tmp_path / "o")]) == 0
+    oracle = json.loads((tmp_path / "o" / "summary.json").read_text())["mean"]
+    assert oracle["mae"] < 2e-3 and 0 < oracle["coverage"] < 1 and oracle["num_pairs"] == 1
+    assert main(common + ["--backend", "aligned", "--out", str(tmp_path / "a")]) == 0
+    aligned = json.loads((tmp_path / "a" / "summary.json").read_text())["mean"]["mae"]
+    assert aligned > 20 * oracle["mae"] and aligned < 2.0  # extending the known depth: far worse than the truth
+    assert "metres (mae)" in (tmp_path / "a" / "summary.md").read_text()
+    assert main(common + ["--backend", "aligned", "--no-sparse", "--out", str(tmp_path / "n")]) == 2  # needs a model
+    assert (tmp_path / "a" / "sequences" / "room.json").is_file() and (tmp_path / "a" / "summary.md").is_file()
+    assert main(common + ["--backend", "rgbd", "--out", str(tmp_path / "x")]) == 2

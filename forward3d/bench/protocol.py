@@ -15,7 +15,7 @@ from typing import Literal
 __all__ = ["Published", "ReconAlignment", "Protocol", "PROTOCOLS", "register_protocol", "get_protocol",
            "available_protocols", "TASKS"]
 
-TASKS = ("trajectory", "reconstruction", "nvs")
+TASKS = ("trajectory", "reconstruction", "nvs", "extrapolation")
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ class Protocol:
             point, Lanczos resize to cover ``(W, H)``, centre crop; :func:`forward3d.data.views.crop_resize`),
             applied after ``size``; the ground truth is scored on the same cropped frames.
         trajectory_alignment: ``"sim3"`` (evo ``-as``) or ``"se3"`` (evo ``-a``) before the ATE.
+        pair_offset: extrapolation task: frame ``i`` is lifted into frame ``i + pair_offset``.
         recon: the point-cloud alignment (reconstruction task).
         metrics: the result keys the summary table shows, first = the primary one (plots).
         published: published results under this protocol.
@@ -85,7 +86,7 @@ class Protocol:
     """
 
     name: str
-    task: Literal["trajectory", "reconstruction", "nvs"]
+    task: Literal["trajectory", "reconstruction", "nvs", "extrapolation"]
     title: str
     layouts: tuple[str, ...] = ()
     stride: int = 1
@@ -93,6 +94,7 @@ class Protocol:
     size: str | None = None
     crop: tuple[int, int] | None = None
     trajectory_alignment: Literal["sim3", "se3"] = "sim3"
+    pair_offset: int = 10
     recon: ReconAlignment = field(default_factory=ReconAlignment)
     metrics: tuple[str, ...] = ()
     published: tuple[Published, ...] = ()

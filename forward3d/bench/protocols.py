@@ -88,3 +88,21 @@ register_protocol(Protocol(
                     for method, d in PUBLISHED_RE10K_1VIEW.items()),
     notes="runs forward3d.eval.nvs (forward3d eval nvs) over the split file; one result per RE10K sequence",
 ))
+
+EXTRAPOLATION_METRICS = ("mae", "coverage", "num_pairs")
+
+register_protocol(Protocol(
+    "scannet-extrapolation", "extrapolation",
+    "Invisible Stitch on ScanNet (scenes 0000-0049): every 50th frame i lifted with GT depth into frame i+10, "
+    "mean absolute depth error (m) of the completed depth on the pixels it does not cover",
+    layouts=("scannet",), stride=50, pair_offset=10, metrics=EXTRAPOLATION_METRICS,
+    notes="--backend is the depth-completion method (aligned, zoedepth, oracle); --no-sparse: no sparse input; "
+          "the paper's table is not in the spec, so no published numbers are shown",
+))
+
+register_protocol(Protocol(
+    "extrapolation", "extrapolation",
+    "the Invisible Stitch protocol on any posed RGB-D sequence: frame i (every 50th) lifted into frame i+10",
+    layouts=("tum", "7scenes", "replica", "scannet", "redwood", "posed", "nrgbd"), stride=50, pair_offset=10,
+    metrics=EXTRAPOLATION_METRICS, notes="no published numbers: for a user's own captures; Hypersim has no reader yet",
+))

@@ -64,7 +64,8 @@ def summary_table(protocol: Protocol, backend: str, rows: list[dict[str, Any]], 
         label = p.method + (f" ({p.note})" if p.note else "")
         lines.append(f"| published: {p.source} | {label} | " + " | ".join(_fmt(p.metrics.get(c)) for c in cols) + " |")
     lines.append("")
-    units = "metres" if protocol.task in ("trajectory", "reconstruction") else "PSNR dB, SSIM, LPIPS"
+    units = {"nvs": "PSNR dB, SSIM, LPIPS", "extrapolation": "metres (mae), fraction of pixels covered (coverage)"
+             }.get(protocol.task, "metres")
     lines.append(f"Distances in {units}; compare numbers only within one protocol.")
     if protocol.notes:
         lines.append(f"Notes: {protocol.notes}.")

@@ -348,6 +348,10 @@ def run_benchmark(cfg: BenchConfig, backend_config: Any = None) -> BenchResult:
         from forward3d.bench.nvs import run_nvs_benchmark
 
         return run_nvs_benchmark(cfg, protocol, backend_config)
+    if protocol.task == "extrapolation":
+        from forward3d.bench.extrapolation import run_extrapolation_benchmark
+
+        return run_extrapolation_benchmark(cfg, protocol, backend_config)
     from forward3d.config import import_reference
     from forward3d.pipelines import get_backend_class
     from forward3d.pipelines.base import make_config

@@ -46,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None
                                  title=f"{name} options")
         parser.set_defaults(_backend_dests=d, _backend_cls=NVSEvalConfig)
         return
+    if name in PROTOCOLS and get_protocol(name).task == "extrapolation":
+        from forward3d.bench.extrapolation import ExtrapolationOptions
+
+        d = add_config_arguments(parser, ExtrapolationOptions, prefix="backend_",
+                                 title=f"{name} options (--backend aligned | zoedepth | oracle)")
+        parser.set_defaults(_backend_dests=d, _backend_cls=ExtrapolationOptions)
+        return
     from forward3d.config import import_reference
     from forward3d.pipelines import get_backend_class
 
