@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from forward3d.data.synthetic import SyntheticScene
 from forward3d.eval.extrapolation import evaluate_extrapolation_pair, lift_into_view, score_extrapolation
@@ -12,12 +11,7 @@ from forward3d.models.depth_completion import AlignedCompleter
 from forward3d.pipelines.oracle import OracleView
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
