@@ -117,14 +117,15 @@ class SLAM3RTrainerConfig:
     init_from_dust3r: bool = False
     encoder_weights: str | None = option(None, metavar="WEIGHTS")
     depth_channels: Literal[0, 1, 2] = 0
-    resolution: int = 224
-    patch_size: int = 16
-    enc_embed_dim: int = 1024
-    enc_depth: int = 24
-    enc_num_heads: int = 16
-    dec_embed_dim: int = 768
-    dec_depth: int = 12
-    dec_num_heads: int = 12
+    resolution: int = SLAM3RNetConfig.img_size[0]
+    # the architecture's defaults are the published model's: one source, SLAM3RNetConfig
+    patch_size: int = SLAM3RNetConfig.patch_size
+    enc_embed_dim: int = SLAM3RNetConfig.enc_embed_dim
+    enc_depth: int = SLAM3RNetConfig.enc_depth
+    enc_num_heads: int = SLAM3RNetConfig.enc_num_heads
+    dec_embed_dim: int = SLAM3RNetConfig.dec_embed_dim
+    dec_depth: int = SLAM3RNetConfig.dec_depth
+    dec_num_heads: int = SLAM3RNetConfig.dec_num_heads
     l2w_scene_frames: int = 5
     alpha: float = ALPHA
     lr: float = 5e-5
