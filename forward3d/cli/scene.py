@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"depth model '{monocular.name}' predicts relative depth: give a metric model, or "
                          "--depth to scale it")
     completer = make_depth_completer(cfg.completion, monocular, device=device, seam_width=cfg.seam_width)
-    inpainter = make_inpainter(cfg.inpainter, device=device)
+    inpainter = make_inpainter(cfg.inpainter, device=device, steps=cfg.inpaint_steps,
+                               size=(cfg.inpaint_size, cfg.inpaint_size), guidance=cfg.inpaint_guidance,
+                               seed=cfg.seed)
     if cfg.inpainter == "telea":
         logger.info("inpainter: OpenCV Telea (weight-free; new regions continue the seam colours)")
     result = stitch_scene(image, K, depth, completer, inpainter, mode=cfg.mode, step_deg=cfg.step_deg,

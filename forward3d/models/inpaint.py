@@ -92,10 +92,24 @@ class DiffusersInpainter(Inpainter):
         if not (p / "model_index.json").is_file():
             raise ValueError(f"{p}: expected a local diffusers inpainting folder with model_index.json "
                              "(e.g. a download of stabilityai/stable-diffusion-2-inpainting)")
+        import json
+
         import torch
 
+        unet_cfg = p / "unet" / "config.json"
+        try:
+            in_channels = json.loads(unet_cfg.read_text(encoding="utf-8")).get("in_channels")
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{unet_cfg}: cannot read the UNet config of the inpainting pipeline ({exc})") from exc
+        if in_channels != 9:
+            raise ValueError(f"{unet_cfg}: in_channels is {in_channels}, an inpainting UNet has 9 (latents + "
+                             "mask + masked image): this looks like a text-to-image model, not an inpainting one")
         dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
-        self.pipe = StableDiffusionInpaintPipeline.from_pretrained(str(p), torch_dtype=dtype, local_files_only=True)
+        try:
+            self.pipe = StableDiffusionInpaintPipeline.from_pretrained(str(p), torch_dtype=dtype,
+                                                                       local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ValueError(f"{p}: cannot load the diffusers inpainting pipeline: {exc}") from exc
         self.pipe = self.pipe.to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.device, self.steps, self.guidance = device, int(steps), float(guidance)
@@ -121,7 +135,8 @@ class DiffusersInpainter(Inpainter):
 
 
 def make_inpainter(spec: str | None = "telea", device: str = "cpu", **kwargs) -> Inpainter:
-    """``"telea"`` (default) or the path of a local diffusers inpainting folder."""
+    """``"telea"`` (default) or the path of a local diffusers inpainting folder; ``kwargs`` go to
+    :class:`DiffusersInpainter` (ignored by Telea)."""
     if spec in (None, "", "telea"):
         return TeleaInpainter()
     return DiffusersInpainter(spec, device=device, **kwargs)

@@ -53,6 +53,11 @@ class StitchConfig:
         inpainter: 'telea' (OpenCV, weight-free) or a local diffusers SD-2 inpainting folder (needs
             pip install 'forward3d[gen]').
         prompt: text prompt of the diffusion inpainter (ignored by telea).
+        inpaint_steps: denoising steps of the diffusion inpainter.
+        inpaint_size: square side in pixels the diffusion inpainter works at (a multiple of 8; SD-2
+            inpainting was trained at 512).
+        inpaint_guidance: classifier-free guidance scale of the diffusion inpainter.
+        seed: random seed of the diffusion inpainter (runs are repeatable).
         intrinsics: pinhole intrinsics of the image in pixels.
         fov: horizontal field of view in degrees when --intrinsics is not given (default 60, with a warning).
         max_size: long side in pixels the photo is resized to before the loop (0 = as is).
@@ -78,6 +83,10 @@ class StitchConfig:
     completion: str = option("aligned", metavar="SPEC")
     inpainter: str = option("telea", metavar="SPEC")
     prompt: str | None = option(None, metavar="TEXT")
+    inpaint_steps: int = 30
+    inpaint_size: int = option(512, metavar="PX")
+    inpaint_guidance: float = 7.5
+    seed: int = 0
     intrinsics: tuple[float, float, float, float] | None = option(None, metavar=("FX", "FY", "CX", "CY"))
     fov: float | None = option(None, metavar="DEG")
     max_size: int = option(256, metavar="PX")
@@ -110,7 +119,9 @@ class StitchConfig:
         for name in ("max_size", "fit_steps", "orbit_frames"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')}: expected >= 0, found {getattr(self, name)}")
-        for name in ("view_size", "orbit_size", "fps"):
+        if self.inpaint_size < 8 or self.inpaint_size % 8:
+            raise ValueError(f"--inpaint-size: expected a multiple of 8 (>= 8), found {self.inpaint_size}")
+        for name in ("view_size", "orbit_size", "fps", "inpaint_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: expected >= 1, found {getattr(self, name)}")
 
