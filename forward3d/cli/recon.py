@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None
 
     dests = add_config_arguments(parser, LiveViewConfig, prefix="view_", title="live view (forward3d[viewer])")
     parser.set_defaults(_view_dests=dests)
+    parser.add_argument("--rerun", default=None, metavar="FILE.rrd",
+                        help="also write the run as a rerun recording (frames, depth, cameras, points on a "
+                             "timeline; forward3d[rerun]; open it with 'rerun FILE.rrd')")
     try:
         cls = get_backend_class(backend)
     except (ValueError, ImportError, TypeError) as exc:  # reported by run() with the same message
@@ -126,17 +129,29 @@ def run(args: argparse.Namespace) -> int:
     view = config_from_args(LiveViewConfig, args, args._view_dests)
     cls = get_backend_class(args.backend)
     config = config_from_args(cls.config_cls, args, args._backend_dests)
+    recorder = None
+    if args.rerun:
+        from forward3d.viz.rerun_log import RerunRecorder
+
+        recorder = RerunRecorder(args.rerun)
     live = _open_live_view(view, cls, args.input) if view.view else None
+    sinks = [s.push for s in (live, recorder) if s is not None]
     try:
         result = reconstruct(args.input, cls(config), source=source, out=args.out, overwrite=args.overwrite,
                              previews=not args.no_previews, progress=not args.no_progress,
-                             callback=None if live is None else live.push)
+                             callback=(lambda u: [push(u) for push in sinks]) if sinks else None)
     except BaseException:
         if live is not None:
             live.stop()
+        if recorder is not None:
+            recorder.abort()
         raise
+    if recorder is not None:
+        recorder.finish(result.recon)
     for line in _summary(result):
         print(line)
+    if recorder is not None:
+        print(f"  rerun recording: {recorder.path} ({recorder.num_updates} frames; open it with 'rerun {recorder.path}')")
     if live is not None:
         _serve_result(live, result, view)
     return 130 if result.user_interrupted else 0  # Ctrl-C: the partial result is saved, the status says so
