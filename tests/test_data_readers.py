@@ -127,6 +127,37 @@ def test_arkitscenes_drops_frames_without_pose(tmp_path):
         get_dataset_class("ARKitScenes")(root=str(vd), num_views=2, resolution=(W, H))
 
 
+@pytest.mark.parametrize("sky, turns_written", [("Left", 3), ("Down", 2), ("Right", 1)])
+def test_arkitscenes_sky_direction(tmp_path, sky, turns_written):
+    """A video recorded with the device turned (sky on the left, ...): the files hold the turned
+    frames, metadata.csv names the sky direction; the reader turns them back, K and c2w included."""
+    from forward3d.data.views import rotate90
+
+    def turned(f):
+        for _ in range(turns_written):
+            f = rotate90(f)
+        return f
+
+    frames = _frames(0)
+    write_arkitscenes_video(tmp_path / "raw" / "Training", "41069021", [turned(f) for f in frames])
+    (tmp_path / "raw" / "metadata.csv").write_text(f"video_id,visit_id,sky_direction\n41069021,1,{sky}\n")
+    D = get_dataset_class("ARKitScenes")
+    ds = D(root=str(tmp_path / "raw" / "Training"), num_views=2, resolution=(W, H))
+    seq = ds.sequences[0]
+    f = ds.load_frame(seq, 2)
+    assert f.image.shape == frames[2].image.shape
+    np.testing.assert_array_equal(f.image, frames[2].image)
+    np.testing.assert_allclose(f.K, frames[2].K, atol=1e-4)
+    np.testing.assert_allclose(f.c2w, frames[2].c2w, atol=1e-3)  # interpolated: samples 0.4 ms off
+    agree(ds.view("41069021", 2), _scene(0))
+    # sky_up=False keeps the files as they are
+    raw = D(root=str(tmp_path / "raw" / "Training"), num_views=2, resolution=(W, H), sky_up=False)
+    assert raw.load_frame(raw.sequences[0], 2).image.shape == turned(frames[2]).image.shape
+    (tmp_path / "raw" / "metadata.csv").write_text("video_id,visit_id,sky_direction\n41069021,1,Sideways\n")
+    with pytest.raises(ValueError, match=r"metadata.csv:2: sky_direction"):
+        D(root=str(tmp_path / "raw" / "Training"), num_views=2, resolution=(W, H))
+
+
 @pytest.mark.parametrize("isotropic", [True, False])
 def test_co3d(tmp_path, isotropic):
     write_co3d_category(tmp_path, "apple", {"110_13051_23361": _frames(0)}, isotropic=isotropic)

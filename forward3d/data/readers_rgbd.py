@@ -264,14 +264,47 @@ class ScanNetDataset(SequenceDataset):
 @dataclass
 class ARKitScenesConfig(SequenceConfig):
     """ARKitScenes fields. ``max_time_diff``: seconds between a frame and the trajectory samples used
-    for its pose (interpolated between samples <= 2x this apart; frames without are dropped)."""
+    for its pose (interpolated between samples <= 2x this apart; frames without are dropped).
+    ``sky_up``: turn the frames of videos recorded with the device rotated so that the sky is up, by
+    the ``sky_direction`` column of the dataset's ``metadata.csv`` (Left: 90 degrees clockwise, Down:
+    180, Right: 90 counter-clockwise; ``K`` and ``c2w`` follow the image)."""
 
     max_time_diff: float = 0.05
+    sky_up: bool = True
 
     def validate(self) -> None:
         super().validate()
         if not self.max_time_diff > 0:
             raise ValueError(f"ARKitScenesConfig.max_time_diff: expected > 0, found {self.max_time_diff}")
+
+
+_SKY_TURNS = {"up": 0, "left": 1, "down": 2, "right": 3}  # quarter turns clockwise that put the sky up
+
+
+def _arkit_sky_directions(root: Path) -> dict[str, str]:
+    """video id -> sky direction from the first ``metadata.csv`` at ``root`` or above it (3 levels)."""
+    import csv
+
+    for folder in [root, *list(root.parents)[:3]]:
+        path = folder / "metadata.csv"
+        if not path.is_file():
+            continue
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise ValueError(f"{path}: cannot read ARKitScenes metadata ({exc})") from exc
+        if rows and not {"video_id", "sky_direction"} <= set(rows[0]):
+            raise ValueError(f"{path}: expected the columns video_id and sky_direction, found {sorted(rows[0])}")
+        out = {}
+        for lineno, row in enumerate(rows, 2):
+            sky = (row["sky_direction"] or "").strip().lower()
+            if sky not in _SKY_TURNS:
+                raise ValueError(f"{path}:{lineno}: sky_direction expected Up, Down, Left or Right, "
+                                 f"found {row['sky_direction']!r}")
+            out[str(row["video_id"]).strip()] = sky
+        return out
+    return {}
 
 
 def _arkit_video_dirs(root: Path, split: str | None) -> list[Path]:
@@ -307,6 +340,7 @@ class ARKitScenesDataset(SequenceDataset):
 
         cfg: ARKitScenesConfig = self.config
         root = _root(cfg, self.name)
+        skies = _arkit_sky_directions(root) if cfg.sky_up else {}
         out = []
         for vd in _arkit_video_dirs(root, cfg.split):
             rgb_dir = vd / "lowres_wide"
@@ -327,21 +361,29 @@ class ARKitScenesDataset(SequenceDataset):
                 log.warning("%s: %s: no frame has a pose within %g s", self.name, vd, cfg.max_time_diff)
                 continue
             scene = vd.name[: -len("_frames")] if vd.name.endswith("_frames") else vd.name
-            out.append(SequenceInfo(scene, stems, None, 1.0, np.stack(poses), vd))
+            turns = _SKY_TURNS[skies.get(scene, "up")]
+            if cfg.sky_up and skies and scene not in skies:
+                log.warning("%s: %s is not in metadata.csv: its sky direction is taken as Up", self.name, scene)
+            out.append(SequenceInfo(scene, stems, None, 1.0, np.stack(poses), (vd, turns)))
         return out
 
     def load_frame(self, seq: SequenceInfo, i: int, context: Any = None) -> Frame:
         from forward3d.io.arkitscenes import frame_timestamp, read_pincam
 
-        vd: Path = seq.handle
+        from forward3d.data.views import rotate90
+
+        vd, turns = seq.handle
         stem = seq.names[i]
         image = read_rgb(vd / "lowres_wide" / f"{stem}.png")
         depth = load_depth(vd / "lowres_depth" / f"{stem}.png", 1000.0)
         intr = read_pincam(vd / "lowres_wide_intrinsics" / f"{stem}.pincam")
         if (intr.width, intr.height) != (image.shape[1], image.shape[0]):
             intr = intr.scaled(image.shape[1], image.shape[0])
-        return make_frame(image, depth, intr.K, seq.c2w[i], timestamp=frame_timestamp(stem), index=i, name=stem,
-                          source=str(vd / "lowres_wide" / f"{stem}.png"))
+        frame = make_frame(image, depth, intr.K, seq.c2w[i], timestamp=frame_timestamp(stem), index=i, name=stem,
+                           source=str(vd / "lowres_wide" / f"{stem}.png"))
+        for _ in range(turns):  # sky up (metadata.csv sky_direction)
+            frame = rotate90(frame)
+        return frame
 
 
 # --------------------------------------------------------------------------------------------------
