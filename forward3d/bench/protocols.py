@@ -6,7 +6,9 @@ within one protocol.
 
 from __future__ import annotations
 
-from forward3d.bench.protocol import Protocol, Published, ReconAlignment, register_protocol
+import dataclasses
+
+from forward3d.bench.protocol import PROTOCOLS, Protocol, Published, ReconAlignment, register_protocol
 from forward3d.eval.nvs import PUBLISHED_RE10K_1VIEW
 
 TRAJ_METRICS = ("ate_rmse", "ate_mean", "ate_median", "rpe_trans_rmse", "rpe_rot_rmse_deg", "scale")
@@ -54,6 +56,33 @@ register_protocol(Protocol(
                                                       "normal_consistency": 0.778}),
                Published("Spann3R paper", "DUSt3R-GA", {"accuracy": 0.0544, "completion": 0.0315,
                                                         "normal_consistency": 0.802})),
+))
+
+_CUT3R_PUBLISHED = {  # (7-Scenes, NRGBD) accuracy / completion / NC, from the CUT3R paper's table (2nd)
+    "CUT3R": ((0.126, 0.154, 0.727), (0.099, 0.076, 0.837)),
+    "CUT3R second pass": ((0.113, 0.107, 0.732), (0.094, 0.076, 0.844)),
+    "Spann3R": ((0.298, 0.205, 0.650), (0.416, 0.417, 0.684)),
+}
+
+
+def _cut3r_published(dataset: int) -> tuple[Published, ...]:
+    keys = ("accuracy", "completion", "normal_consistency")
+    return tuple(Published("CUT3R paper (2nd)", method, dict(zip(keys, vals[dataset])))
+                 for method, vals in _CUT3R_PUBLISHED.items())
+
+
+register_protocol(dataclasses.replace(
+    PROTOCOLS["7scenes-spann3r"], name="7scenes-cut3r",
+    title="CUT3R on 7-Scenes: every 200th frame, 512x384 input, centre 224x224 scored, median scale + GT camera 1 "
+          "+ point-to-point ICP (0.1 m) as Spann3R",
+    stride=200, crop=(512, 384), score_crop=(224, 224), published=_cut3r_published(0),
+))
+
+register_protocol(dataclasses.replace(
+    PROTOCOLS["nrgbd-spann3r"], name="nrgbd-cut3r",
+    title="CUT3R on Neural RGB-D: every 500th frame, 512x384 input, centre 224x224 scored, median scale + GT "
+          "camera 1 + point-to-point ICP (0.1 m) as Spann3R",
+    stride=500, crop=(512, 384), score_crop=(224, 224), published=_cut3r_published(1),
 ))
 
 _SLAM3R_ALIGN = ReconAlignment("ransac-umeyama-icp", icp_threshold=0.1, plane_icp_threshold=0.02,

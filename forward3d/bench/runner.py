@@ -219,7 +219,8 @@ def run_sequence(task: SequenceTask) -> dict[str, Any]:
     cls = import_reference(task.backend) if ":" in task.backend else get_backend_class(task.backend)
     backend = cls(task.backend_config)
     src = open_sequence(seq, protocol)
-    gt = GroundTruthCollector(src, points=protocol.task == "reconstruction", max_points=protocol.recon.max_gt_points)
+    gt = GroundTruthCollector(src, points=protocol.task == "reconstruction", max_points=protocol.recon.max_gt_points,
+                              window=protocol.score_crop)
     run = reconstruct(seq.path, backend, frames=gt, previews=False, progress=False)
     seconds = time.perf_counter() - t0
     recon = run.recon
