@@ -1,7 +1,8 @@
 """Run a back-end over every sequence of a dataset under a protocol; one task per sequence.
 
 - :func:`find_sequences`: the sequences under ``--data`` (the folder itself, or its sub-folders, that
-  one of the protocol's layouts reads; 7-Scenes scenes give one sequence per ``seq-XX``).
+  one of the protocol's layouts reads; 7-Scenes scenes give one sequence per ``seq-XX``, Hypersim scenes
+  one per camera ``cam_XX``).
 - :func:`run_sequence`: one task: open the sequence with the protocol's sampling, run the back-end
   through :func:`forward3d.api.reconstruct`, score it, write ``sequences/NAME.json`` (+ ``NAME.npz``
   with the trajectories) atomically. Picklable arguments only, so it runs in a process pool or on Ray.
@@ -71,7 +72,8 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class Sequence:
-    """One sequence: ``name`` (unique in the run), its folder, layout and (7-Scenes) ``seq-XX``."""
+    """One sequence: ``name`` (unique in the run), its folder, layout and (7-Scenes) ``seq-XX`` or (Hypersim)
+    ``cam_XX``."""
 
     name: str
     path: str
@@ -109,8 +111,11 @@ class BenchResult:
 
 def _layout_of(p: Path) -> str | None:
     from forward3d.io import layouts
+    from forward3d.io.hypersim import is_hypersim_scene
     from forward3d.io.posed_folders import detect_posed_folder
 
+    if is_hypersim_scene(p):
+        return "hypersim"
     posed = detect_posed_folder(p)
     if posed is not None:
         return posed
@@ -122,6 +127,7 @@ def _layout_of(p: Path) -> str | None:
 
 def find_sequences(data: str | Path, protocol: Protocol, max_depth: int = 3) -> list[Sequence]:
     """Sequences under ``data`` in one of ``protocol.layouts``, sorted by name (ValueError when none)."""
+    from forward3d.io.hypersim import hypersim_cameras
     from forward3d.io.layouts import _SEQ_DIR
 
     root = Path(data)
@@ -134,7 +140,7 @@ def find_sequences(data: str | Path, protocol: Protocol, max_depth: int = 3) -> 
         if layout in protocol.layouts:
             name = p.relative_to(root).as_posix() if p != root else p.name
             seqs = sorted(d.name for d in p.iterdir() if d.is_dir() and _SEQ_DIR.match(d.name)) \
-                if layout == "7scenes" else []
+                if layout == "7scenes" else hypersim_cameras(p) if layout == "hypersim" else []
             if seqs:
                 found.extend(Sequence(f"{name}/{s}", str(p), layout, s) for s in seqs)
             else:
@@ -191,6 +197,10 @@ def _open(seq: Sequence, protocol: Protocol):
         return PosedFolderSource(seq.path, **common)
     if seq.layout == "nrgbd":
         return NRGBDSource(seq.path, **common)
+    if seq.layout == "hypersim":
+        from forward3d.io.hypersim import HypersimSource
+
+        return HypersimSource(seq.path, camera=seq.sequence, on_error="raise", **common)
     return open_frames(seq.path, layout=seq.layout, sequence=seq.sequence, on_error="raise", **common)
 
 
