@@ -58,6 +58,8 @@ def test_ray_distance_to_planar_depth_numerically():
     # pixel (row 0, col 0): its ray (-0.525, -0.375, 1) is 1.190 long: the distance is 19% more than the depth
     assert dist[0, 0] == pytest.approx(2.0 * np.sqrt(0.525 ** 2 + 0.375 ** 2 + 1)) and dist[0, 0] > 2.37
     assert z[37, 52] == pytest.approx(2.0, abs=1e-6) and dist[37, 52] == pytest.approx(2.0, abs=1e-3)
+    rough = np.random.default_rng(0).uniform(0.5, 8.0, (80, 100))  # any depth map: the fake writer's inverse
+    np.testing.assert_allclose(ray_distance_to_depth(ray_distance(rough, K), K), rough, rtol=1e-6)
     bad = dist.copy()
     bad[0, 0], bad[1, 1] = np.nan, -1.0
     zb = ray_distance_to_depth(bad, K)
