@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from forward3d.bench.protocol import get_protocol
-from forward3d.bench.runner import SequenceTask, find_sequences, open_sequence, run_sequence
+from forward3d.bench.report import write_summary
+from forward3d.bench.runner import BenchConfig, SequenceTask, find_sequences, open_sequence, run_sequence
 from forward3d.data.synthetic import SyntheticScene
 from forward3d.io.sources import write_layout
 
@@ -116,6 +117,12 @@ def test_cut3r_protocols_oracle_and_broken(tmp_path, protocol):
     assert good["accuracy"] < 3e-3 and good["completion"] < 1.5e-2 and abs(good["scale"] - 2.0) < 0.02, good
     bad = run_sequence(_task(protocol, seq, tmp_path / "bad", point_stride=2, point_noise=0.05))["metrics"]
     assert bad["accuracy"] > 0.02, bad
+    # the summary puts the CUT3R paper's numbers beside ours and names the sampling
+    summary, files = write_summary(tmp_path / "good", get_protocol(protocol), BenchConfig(protocol, data="d"), [seq],
+                                   "k", [], plots=False)
+    assert summary["sampling"]["score_crop"] == (224, 224) and summary["num_finished"] == 1
+    acc = "0.1260" if protocol.startswith("7scenes") else "0.0990"
+    assert f"published: CUT3R paper (2nd) | CUT3R | {acc}" in files["summary_md"].read_text()
 
 
 def test_fused_cloud_is_cut_to_the_windows(tmp_path):
