@@ -39,13 +39,14 @@ class ExtrapolationOptions:
         sparse: give the completer the depth rendered from frame i (False: the no-sparse-input variant).
         depth_model: ``aligned``: a monocular depth network (see forward3d splat --depth-model); none:
             the known depth is extended into the unseen part.
-        weights: ``zoedepth``: the local depth-completion model folder.
+        weights: ``zoedepth``: the local depth-completion model (a transformers folder, or an original ZoeDepth
+            .pt checkpoint, see forward3d.models.zoedepth_keys).
         device: auto (CUDA when available), cpu, cuda or cuda:N.
     """
 
     sparse: bool = True
     depth_model: str | None = option(None, metavar="MODEL")
-    weights: str | None = option(None, metavar="DIR")
+    weights: str | None = option(None, metavar="PATH")
     device: str = "auto"
 
 
@@ -70,7 +71,7 @@ def _completer(method: str, opts: ExtrapolationOptions):
         return _GroundTruthCompleter()
     if method == "zoedepth":
         if not opts.weights:
-            raise ValueError("--backend zoedepth: give the depth-completion model folder with --weights")
+            raise ValueError("--backend zoedepth: give the depth-completion model (folder or .pt) with --weights")
         return ZoeDepthCompleter.from_pretrained(opts.weights, device=device)
     mono = None
     if opts.depth_model:
