@@ -147,6 +147,16 @@ def test_reader_on_the_fake_layout(layout, scene):
     assert len(fs) == 2 and fs[0].image.shape == (24, 32, 3) and fs[0].K[0, 0] == pytest.approx(K[0, 0] / 2)
 
 
+def test_open_frames_detects_a_hypersim_scene(layout):
+    from forward3d.io.sources import detect_layout, open_frames
+
+    root, K = layout
+    assert detect_layout(root / "ai_001_001") == "hypersim"
+    src = open_frames(root / "ai_001_001", sequence="cam_01", max_frames=2)
+    assert (src.layout, src.camera, len(src)) == ("hypersim", "cam_01", 2)
+    assert [f.name for f in src] == ["frame.0000", "frame.0001"]
+
+
 def test_reader_bad_input_and_fallback_camera(tmp_path, scene, caplog):
     sd = write_hypersim_scene(tmp_path, "ai_003_001", scene, [0, 1], scene.K, camera_csv=False)
     with caplog.at_level(logging.WARNING):

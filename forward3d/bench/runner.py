@@ -111,11 +111,8 @@ class BenchResult:
 
 def _layout_of(p: Path) -> str | None:
     from forward3d.io import layouts
-    from forward3d.io.hypersim import is_hypersim_scene
     from forward3d.io.posed_folders import detect_posed_folder
 
-    if is_hypersim_scene(p):
-        return "hypersim"
     posed = detect_posed_folder(p)
     if posed is not None:
         return posed
@@ -197,10 +194,6 @@ def _open(seq: Sequence, protocol: Protocol):
         return PosedFolderSource(seq.path, **common)
     if seq.layout == "nrgbd":
         return NRGBDSource(seq.path, **common)
-    if seq.layout == "hypersim":
-        from forward3d.io.hypersim import HypersimSource
-
-        return HypersimSource(seq.path, camera=seq.sequence, on_error="raise", **common)
     return open_frames(seq.path, layout=seq.layout, sequence=seq.sequence, on_error="raise", **common)
 
 
