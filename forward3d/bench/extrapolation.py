@@ -1,6 +1,8 @@
 """The Invisible Stitch scene-geometry protocols in the benchmark harness (``scannet-extrapolation``,
-``extrapolation``): :func:`forward3d.eval.extrapolation.evaluate_extrapolation_pair` over the pairs
-``(i, i + pair_offset)`` for ``i`` every ``stride``-th frame of each sequence.
+``hypersim-extrapolation``, ``extrapolation``): :func:`forward3d.eval.extrapolation.evaluate_extrapolation_pair`
+over the pairs ``(i, i + pair_offset)`` for ``i`` every ``stride``-th frame of each sequence; pairs where
+frame ``i`` covers less than ``min_coverage`` of the target are left out (counted in
+``num_pairs_below_coverage``). Frames are read once, in order, and only the pending ones are kept.
 
 ``--backend`` is the depth-completion method: ``aligned`` (the weight-free completer: with
 ``depth_model`` a monocular network aligned by scale and shift in inverse depth, else the known depth
@@ -37,13 +39,14 @@ class ExtrapolationOptions:
         sparse: give the completer the depth rendered from frame i (False: the no-sparse-input variant).
         depth_model: ``aligned``: a monocular depth network (see forward3d splat --depth-model); none:
             the known depth is extended into the unseen part.
-        weights: ``zoedepth``: the local depth-completion model folder.
+        weights: ``zoedepth``: the local depth-completion model (a transformers folder, or an original ZoeDepth
+            .pt checkpoint, see forward3d.models.zoedepth_keys).
         device: auto (CUDA when available), cpu, cuda or cuda:N.
     """
 
     sparse: bool = True
     depth_model: str | None = option(None, metavar="MODEL")
-    weights: str | None = option(None, metavar="DIR")
+    weights: str | None = option(None, metavar="PATH")
     device: str = "auto"
 
 
@@ -68,7 +71,7 @@ def _completer(method: str, opts: ExtrapolationOptions):
         return _GroundTruthCompleter()
     if method == "zoedepth":
         if not opts.weights:
-            raise ValueError("--backend zoedepth: give the depth-completion model folder with --weights")
+            raise ValueError("--backend zoedepth: give the depth-completion model (folder or .pt) with --weights")
         return ZoeDepthCompleter.from_pretrained(opts.weights, device=device)
     mono = None
     if opts.depth_model:
@@ -83,14 +86,23 @@ def _score_sequence(seq, protocol: Protocol, completer) -> dict[str, Any]:
     from forward3d.eval.extrapolation import evaluate_extrapolation_pair
 
     plain = Protocol(protocol.name, "trajectory", protocol.title, layouts=protocol.layouts, metrics=("x",))
-    frames = list(_open(seq, plain))  # every frame: the pairs are (i, i + offset) in the native numbering
-    pairs = [(i, i + protocol.pair_offset) for i in range(0, len(frames) - protocol.pair_offset, protocol.stride)]
-    if not pairs:
-        raise ValueError(f"{seq.path}: {len(frames)} frames: too few for a pair (i, i + {protocol.pair_offset})")
-    maes, coverage, pixels = [], [], 0
+    src = _open(seq, plain)  # every frame: the pairs are (i, i + offset) in the native numbering
+    offset, n = protocol.pair_offset, len(src)
+    starts = set(range(0, n - offset, protocol.stride))
+    if not starts:
+        raise ValueError(f"{seq.path}: {n} frames: too few for a pair (i, i + {offset})")
+    maes, coverage, pixels, below = [], [], 0, 0
+    kept: dict[int, Any] = {}  # the frames a later pair still needs (at most offset + 1)
     t0 = time.perf_counter()
-    for i, j in pairs:
-        fi, fj = frames[i], frames[j]
+    for j, fj in enumerate(src):
+        if j in starts:
+            kept[j] = fj
+        i = j - offset
+        fi = kept.pop(i, None)
+        for k in [k for k in kept if k < i]:
+            kept.pop(k)
+        if fi is None:
+            continue
         for f in (fi, fj):
             if f.depth is None or f.c2w is None or f.K is None:
                 raise ValueError(f"{seq.path}: frame {f.name or f.index} lacks depth, pose or intrinsics: the "
@@ -98,14 +110,21 @@ def _score_sequence(seq, protocol: Protocol, completer) -> dict[str, Any]:
         if isinstance(completer, _GroundTruthCompleter):
             completer.depth = fj.depth
         s = evaluate_extrapolation_pair(completer, fj.image, fj.depth, fi.depth, fi.K, fi.c2w, fj.K, fj.c2w,
-                                        use_sparse=protocol_sparse(completer))
+                                        use_sparse=protocol_sparse(completer), min_coverage=protocol.min_coverage)
+        if s.coverage < protocol.min_coverage:
+            below += 1
+            continue
         if s.num_pixels:
             maes.append(s.mae)
             pixels += s.num_pixels
         coverage.append(s.coverage)
     seconds = time.perf_counter() - t0
+    if not coverage:
+        raise ValueError(f"{seq.path}: no pair (i, i + {offset}) where frame i covers at least "
+                         f"{protocol.min_coverage:.0%} of frame i + {offset} ({below} below)")
     return {"mae": float(np.mean(maes)) if maes else float("nan"), "coverage": float(np.mean(coverage)),
-            "num_pairs": len(pairs), "num_pixels": pixels, "seconds": seconds}
+            "num_pairs": len(coverage), "num_pairs_below_coverage": below, "num_pixels": pixels,
+            "seconds": seconds}
 
 
 def protocol_sparse(completer) -> bool:

@@ -77,8 +77,13 @@ class Protocol:
         crop: ``(W, H)``: the DUSt3R / Spann3R crop-resize of every frame (a window centred on the principal
             point, Lanczos resize to cover ``(W, H)``, centre crop; :func:`forward3d.data.views.crop_resize`),
             applied after ``size``; the ground truth is scored on the same cropped frames.
+        score_crop: ``(W, H)``: only the centre ``W x H`` window of every frame is scored (CUT3R: the method
+            sees 512x384 frames, the centre 224x224 of its point maps and of the ground truth are compared);
+            None = the whole frame.
         trajectory_alignment: ``"sim3"`` (evo ``-as``) or ``"se3"`` (evo ``-a``) before the ATE.
         pair_offset: extrapolation task: frame ``i`` is lifted into frame ``i + pair_offset``.
+        min_coverage: extrapolation task: pairs where the lifted frame ``i`` covers less than this fraction of
+            frame ``i + pair_offset`` are left out (Hypersim: 0.8).
         recon: the point-cloud alignment (reconstruction task).
         metrics: the result keys the summary table shows, first = the primary one (plots).
         published: published results under this protocol.
@@ -93,8 +98,10 @@ class Protocol:
     max_frames: int | None = None
     size: str | None = None
     crop: tuple[int, int] | None = None
+    score_crop: tuple[int, int] | None = None
     trajectory_alignment: Literal["sim3", "se3"] = "sim3"
     pair_offset: int = 10
+    min_coverage: float = 0.0
     recon: ReconAlignment = field(default_factory=ReconAlignment)
     metrics: tuple[str, ...] = ()
     published: tuple[Published, ...] = ()

@@ -6,7 +6,9 @@ within one protocol.
 
 from __future__ import annotations
 
-from forward3d.bench.protocol import Protocol, Published, ReconAlignment, register_protocol
+import dataclasses
+
+from forward3d.bench.protocol import PROTOCOLS, Protocol, Published, ReconAlignment, register_protocol
 from forward3d.eval.nvs import PUBLISHED_RE10K_1VIEW
 
 TRAJ_METRICS = ("ate_rmse", "ate_mean", "ate_median", "rpe_trans_rmse", "rpe_rot_rmse_deg", "scale")
@@ -56,6 +58,33 @@ register_protocol(Protocol(
                                                         "normal_consistency": 0.802})),
 ))
 
+_CUT3R_PUBLISHED = {  # (7-Scenes, NRGBD) accuracy / completion / NC, from the CUT3R paper's table (2nd)
+    "CUT3R": ((0.126, 0.154, 0.727), (0.099, 0.076, 0.837)),
+    "CUT3R second pass": ((0.113, 0.107, 0.732), (0.094, 0.076, 0.844)),
+    "Spann3R": ((0.298, 0.205, 0.650), (0.416, 0.417, 0.684)),
+}
+
+
+def _cut3r_published(dataset: int) -> tuple[Published, ...]:
+    keys = ("accuracy", "completion", "normal_consistency")
+    return tuple(Published("CUT3R paper (2nd)", method, dict(zip(keys, vals[dataset])))
+                 for method, vals in _CUT3R_PUBLISHED.items())
+
+
+register_protocol(dataclasses.replace(
+    PROTOCOLS["7scenes-spann3r"], name="7scenes-cut3r",
+    title="CUT3R on 7-Scenes: every 200th frame, 512x384 input, centre 224x224 scored, median scale + GT camera 1 "
+          "+ point-to-point ICP (0.1 m) as Spann3R",
+    stride=200, crop=(512, 384), score_crop=(224, 224), published=_cut3r_published(0),
+))
+
+register_protocol(dataclasses.replace(
+    PROTOCOLS["nrgbd-spann3r"], name="nrgbd-cut3r",
+    title="CUT3R on Neural RGB-D: every 500th frame, 512x384 input, centre 224x224 scored, median scale + GT "
+          "camera 1 + point-to-point ICP (0.1 m) as Spann3R",
+    stride=500, crop=(512, 384), score_crop=(224, 224), published=_cut3r_published(1),
+))
+
 _SLAM3R_ALIGN = ReconAlignment("ransac-umeyama-icp", icp_threshold=0.1, plane_icp_threshold=0.02,
                                voxel_size=0.005, conf_threshold=3.0, num_pairs=200_000)
 
@@ -101,8 +130,17 @@ register_protocol(Protocol(
 ))
 
 register_protocol(Protocol(
+    "hypersim-extrapolation", "extrapolation",
+    "Invisible Stitch on Hypersim: frame i lifted with GT depth into frame i+1 of the same camera, pairs where "
+    "frame i covers >= 80% of frame i+1, mean absolute depth error (m) on the pixels it does not cover",
+    layouts=("hypersim",), stride=1, pair_offset=1, min_coverage=0.8, metrics=EXTRAPOLATION_METRICS,
+    notes="--backend is the depth-completion method (aligned, zoedepth, oracle); the >= 80% rule is the paper's, "
+          "taking consecutive frames of each camera as the candidate pairs is ours; no published numbers in the spec",
+))
+
+register_protocol(Protocol(
     "extrapolation", "extrapolation",
     "the Invisible Stitch protocol on any posed RGB-D sequence: frame i (every 50th) lifted into frame i+10",
-    layouts=("tum", "7scenes", "replica", "scannet", "redwood", "posed", "nrgbd"), stride=50, pair_offset=10,
-    metrics=EXTRAPOLATION_METRICS, notes="no published numbers: for a user's own captures; Hypersim has no reader yet",
+    layouts=("tum", "7scenes", "replica", "scannet", "redwood", "posed", "nrgbd", "hypersim"), stride=50, pair_offset=10,
+    metrics=EXTRAPOLATION_METRICS, notes="no published numbers: for a user's own captures",
 ))

@@ -103,7 +103,9 @@ def write_summary(out: Path, protocol: Protocol, cfg: Any, sequences: Seq[Any], 
         "published": [{"source": p.source, "method": p.method, "metrics": p.metrics, "note": p.note}
                       for p in protocol.published],
         "sampling": {"stride": protocol.stride, "max_frames": protocol.max_frames, "size": protocol.size,
-                     "crop": protocol.crop},
+                     "crop": protocol.crop, "score_crop": protocol.score_crop,
+                     **({"pair_offset": protocol.pair_offset, "min_coverage": protocol.min_coverage}
+                        if protocol.task == "extrapolation" else {})},
         "notes": protocol.notes,
     }
     files = {"summary_json": write_json(out / "summary.json", summary)}

@@ -1,7 +1,8 @@
 """Run a back-end over every sequence of a dataset under a protocol; one task per sequence.
 
 - :func:`find_sequences`: the sequences under ``--data`` (the folder itself, or its sub-folders, that
-  one of the protocol's layouts reads; 7-Scenes scenes give one sequence per ``seq-XX``).
+  one of the protocol's layouts reads; 7-Scenes scenes give one sequence per ``seq-XX``, Hypersim scenes
+  one per camera ``cam_XX``).
 - :func:`run_sequence`: one task: open the sequence with the protocol's sampling, run the back-end
   through :func:`forward3d.api.reconstruct`, score it, write ``sequences/NAME.json`` (+ ``NAME.npz``
   with the trajectories) atomically. Picklable arguments only, so it runs in a process pool or on Ray.
@@ -71,7 +72,8 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class Sequence:
-    """One sequence: ``name`` (unique in the run), its folder, layout and (7-Scenes) ``seq-XX``."""
+    """One sequence: ``name`` (unique in the run), its folder, layout and (7-Scenes) ``seq-XX`` or (Hypersim)
+    ``cam_XX``."""
 
     name: str
     path: str
@@ -122,6 +124,7 @@ def _layout_of(p: Path) -> str | None:
 
 def find_sequences(data: str | Path, protocol: Protocol, max_depth: int = 3) -> list[Sequence]:
     """Sequences under ``data`` in one of ``protocol.layouts``, sorted by name (ValueError when none)."""
+    from forward3d.io.hypersim import hypersim_cameras
     from forward3d.io.layouts import _SEQ_DIR
 
     root = Path(data)
@@ -134,7 +137,7 @@ def find_sequences(data: str | Path, protocol: Protocol, max_depth: int = 3) -> 
         if layout in protocol.layouts:
             name = p.relative_to(root).as_posix() if p != root else p.name
             seqs = sorted(d.name for d in p.iterdir() if d.is_dir() and _SEQ_DIR.match(d.name)) \
-                if layout == "7scenes" else []
+                if layout == "7scenes" else hypersim_cameras(p) if layout == "hypersim" else []
             if seqs:
                 found.extend(Sequence(f"{name}/{s}", str(p), layout, s) for s in seqs)
             else:
@@ -219,7 +222,8 @@ def run_sequence(task: SequenceTask) -> dict[str, Any]:
     cls = import_reference(task.backend) if ":" in task.backend else get_backend_class(task.backend)
     backend = cls(task.backend_config)
     src = open_sequence(seq, protocol)
-    gt = GroundTruthCollector(src, points=protocol.task == "reconstruction", max_points=protocol.recon.max_gt_points)
+    gt = GroundTruthCollector(src, points=protocol.task == "reconstruction", max_points=protocol.recon.max_gt_points,
+                              window=protocol.score_crop)
     run = reconstruct(seq.path, backend, frames=gt, previews=False, progress=False)
     seconds = time.perf_counter() - t0
     recon = run.recon

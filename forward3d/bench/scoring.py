@@ -21,7 +21,7 @@ from forward3d.bench.protocol import Protocol, ReconAlignment
 from forward3d.eval.traj import GroundTruthRecorder
 from forward3d.types import Frame, PointCloud, Reconstruction
 
-__all__ = ["GroundTruthCollector", "score_trajectory", "align_reconstruction", "score_reconstruction",
+__all__ = ["GroundTruthCollector", "centre_window", "window_mask", "score_trajectory", "align_reconstruction", "score_reconstruction",
            "icp", "estimate_normals_o3d"]
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,14 @@ class GroundTruthCollector(GroundTruthRecorder):
         points: keep ground-truth points (reconstruction protocols).
         max_points: at most this many points over the whole sequence (per frame: ``max_points / len``).
         seed: seed of the subsampling.
+        window: ``(W, H)``: keep only the pixels of the centre ``W x H`` window of each frame
+            (:attr:`Protocol.score_crop <forward3d.bench.protocol.Protocol>`); None = all pixels.
     """
 
     def __init__(self, frames: Iterable[Frame], points: bool = False, max_points: int = 2_000_000,
-                 seed: int = 0) -> None:
+                 seed: int = 0, window: tuple[int, int] | None = None) -> None:
         super().__init__(frames)
+        self.window = window
         self.collect_points = points
         self.max_points = int(max_points)
         self.rng = np.random.default_rng(seed)
@@ -63,9 +66,13 @@ class GroundTruthCollector(GroundTruthRecorder):
                 if c2w is None or f.depth is None or f.K is None:
                     raise ValueError(f"{f.source or f.name}: a reconstruction protocol needs ground-truth depth, "
                                      "intrinsics and pose for every scored frame")
+                depth = np.asarray(f.depth, np.float64)
+                if self.window is not None:
+                    (l, r), (t, b) = centre_window(f.width, f.height, self.window, f.width, f.height)
+                    depth = np.where(window_mask(f.height, f.width, l, r, t, b), depth, 0.0)
                 if self.first_depth is None:
-                    self.first_depth, self.first_K = np.asarray(f.depth, np.float64), np.asarray(f.K, np.float64)
-                pts = depth_to_points(f.depth, f.K, c2w)
+                    self.first_depth, self.first_K = depth, np.asarray(f.K, np.float64)
+                pts = depth_to_points(depth, f.K, c2w)
                 v, u = np.nonzero(np.isfinite(pts).all(-1))
                 if len(v) > per_frame:
                     keep = np.sort(self.rng.choice(len(v), per_frame, replace=False))
@@ -77,6 +84,26 @@ class GroundTruthCollector(GroundTruthRecorder):
     def gt_cloud(self) -> np.ndarray:
         """All kept ground-truth points ``[M, 3]``."""
         return np.concatenate(self.points) if self.points else np.zeros((0, 3))
+
+
+def centre_window(width: int, height: int, window: tuple[int, int], map_width: int,
+                  map_height: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The centre ``window`` ``(W, H)`` of a ``width x height`` frame in the pixels of a ``map_width x
+    map_height`` map of it: ``((left, right), (top, bottom))``, right/bottom exclusive. At the frame's own
+    size it is CUT3R's crop: ``left = width // 2 - W // 2`` (and the same for the rows)."""
+    ww, wh = int(window[0]), int(window[1])
+    if ww > width or wh > height:
+        raise ValueError(f"score crop {ww}x{wh}: larger than the {width}x{height} frames")
+    sx, sy = map_width / width, map_height / height
+    l, t = round((width // 2 - ww // 2) * sx), round((height // 2 - wh // 2) * sy)
+    return (l, l + max(1, round(ww * sx))), (t, t + max(1, round(wh * sy)))
+
+
+def window_mask(height: int, width: int, left: int, right: int, top: int, bottom: int) -> np.ndarray:
+    """``[H, W]`` bool: True inside columns ``[left, right)`` and rows ``[top, bottom)``."""
+    m = np.zeros((height, width), bool)
+    m[top:bottom, left:right] = True
+    return m
 
 
 def score_trajectory(recon: Reconstruction, gt_c2w: list[np.ndarray | None],
@@ -154,10 +181,17 @@ class _Prediction:
     pixels: list[np.ndarray] | None  # per frame [H', W', 3] point maps (NaN = dropped), when it has them
 
 
-def _prediction(recon: Reconstruction, cfg: ReconAlignment) -> _Prediction:
+def _prediction(recon: Reconstruction, cfg: ReconAlignment, window: tuple[int, int] | None = None) -> _Prediction:
+    """The method's points; with ``window``, those of the centre window of each frame only (point maps:
+    the window's pixels; a fused cloud: the points that project into the window of a camera)."""
     if recon.point_maps is not None:
         maps = np.asarray(recon.point_maps, np.float64).copy()
         bad = ~np.isfinite(maps).all(-1) | (np.abs(maps).sum(-1) == 0)
+        if window is not None:
+            fw, fh = recon.image_size
+            mh, mw = maps.shape[1:3]
+            (l, r), (t, b) = centre_window(fw, fh, window, mw, mh)
+            bad |= ~window_mask(mh, mw, l, r, t, b)[None]
         if recon.confidences is not None and cfg.conf_threshold > 0:
             bad |= np.asarray(recon.confidences) <= cfg.conf_threshold
         maps[bad] = np.nan
@@ -167,7 +201,26 @@ def _prediction(recon: Reconstruction, cfg: ReconAlignment) -> _Prediction:
         return _Prediction(pts, list(maps))
     if recon.points is None or len(recon.points) == 0:
         raise ValueError(f"{recon.backend}: the method produced no points (point maps or a point cloud) to score")
-    return _Prediction(np.asarray(recon.points.points, np.float64), None)
+    pts = np.asarray(recon.points.points, np.float64)
+    if window is not None:
+        pts = pts[_in_some_window(recon, pts, window)]
+        if len(pts) == 0:
+            raise ValueError(f"{recon.backend}: no predicted point projects into the centre {window} window of a frame")
+    return _Prediction(pts, None)
+
+
+def _in_some_window(recon: Reconstruction, pts: np.ndarray, window: tuple[int, int]) -> np.ndarray:
+    """``[P]`` bool: the point projects into the centre ``window`` of at least one of the method's cameras."""
+    from forward3d.geometry.camera import project, world_to_camera
+
+    fw, fh = recon.image_size
+    (l, r), (t, b) = centre_window(fw, fh, window, fw, fh)
+    keep = np.zeros(len(pts), bool)
+    for c2w, K in zip(recon.c2w, recon.K):
+        uv, z = project(world_to_camera(pts, np.asarray(c2w, np.float64)), np.asarray(K, np.float64))
+        with np.errstate(invalid="ignore"):
+            keep |= (z > 0) & (uv[:, 0] >= l) & (uv[:, 0] < r) & (uv[:, 1] >= t) & (uv[:, 1] < b)
+    return keep
 
 
 def _transform(T: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -218,9 +271,10 @@ def _pairs(pred: _Prediction, gt: GroundTruthCollector, n: int, rng: np.random.G
     return src_a, dst_a
 
 
-def align_reconstruction(recon: Reconstruction, gt: GroundTruthCollector,
-                         cfg: ReconAlignment) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """The prediction's points aligned to the ground truth with ``cfg``'s recipe.
+def align_reconstruction(recon: Reconstruction, gt: GroundTruthCollector, cfg: ReconAlignment,
+                         window: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The prediction's points aligned to the ground truth with ``cfg``'s recipe (``window``: only the
+    predicted points of each frame's centre window, see :func:`centre_window`; ``gt`` is cropped alike).
 
     Returns:
         ``(pred_points [P, 3], gt_points [M, 3], info)``, both downsampled to ``cfg.voxel_size`` when it is
@@ -231,7 +285,7 @@ def align_reconstruction(recon: Reconstruction, gt: GroundTruthCollector,
     from forward3d.geometry.align import umeyama_ransac
     from forward3d.geometry.se3 import make_sim3
 
-    pred = _prediction(recon, cfg)
+    pred = _prediction(recon, cfg, window)
     g = gt.gt_cloud()
     if len(g) == 0:
         raise ValueError("reconstruction scoring: no ground-truth points (no valid depth in the scored frames)")
@@ -276,7 +330,7 @@ def score_reconstruction(recon: Reconstruction, gt: GroundTruthCollector,
     ``chamfer``, ``normal_consistency`` (Open3D normals of both clouds, 30 neighbours), F-scores."""
     from forward3d.eval.recon import recon_metrics
 
-    p, g, info = align_reconstruction(recon, gt, protocol.recon)
+    p, g, info = align_reconstruction(recon, gt, protocol.recon, protocol.score_crop)
     pn, gn = estimate_normals_o3d(p), estimate_normals_o3d(g)
     okp, okg = np.abs(pn).sum(1) > 0, np.abs(gn).sum(1) > 0
     m = dict(recon_metrics(PointCloud(p[okp], normals=pn[okp]), PointCloud(g[okg], normals=gn[okg]),

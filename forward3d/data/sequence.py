@@ -416,7 +416,8 @@ class SequenceDataset(Dataset):
 
 DATASETS: dict[str, type[SequenceDataset]] = {}
 ALIASES: dict[str, str] = {}
-_BUILTIN_MODULES = ("forward3d.data.readers_rgbd", "forward3d.data.readers_scannetpp", "forward3d.data.readers_objects")
+_BUILTIN_MODULES = ("forward3d.data.readers_rgbd", "forward3d.data.readers_scannetpp", "forward3d.data.readers_objects",
+                    "forward3d.data.readers_hypersim")
 _loaded = False
 
 

@@ -70,13 +70,17 @@ def score_extrapolation(pred_depth: np.ndarray, gt_depth: np.ndarray, covered: n
 
 def evaluate_extrapolation_pair(completer, image_j: np.ndarray, gt_depth_j: np.ndarray, depth_i: np.ndarray,
                                 K_i: np.ndarray, c2w_i: np.ndarray, K_j: np.ndarray, c2w_j: np.ndarray,
-                                use_sparse: bool = True) -> ExtrapolationScore:
+                                use_sparse: bool = True, min_coverage: float = 0.0) -> ExtrapolationScore:
     """One benchmark pair: lift ``i`` into ``j``, complete ``j``'s depth, score the uncovered pixels.
 
     ``completer``: a :class:`~forward3d.models.depth_completion.DepthCompleter`; it gets ``c2w_j``
-    and ``K_j`` too (oracles use them). ``use_sparse=False``: the completer sees no known pixel."""
+    and ``K_j`` too (oracles use them). ``use_sparse=False``: the completer sees no known pixel.
+    ``min_coverage``: a pair where ``i`` covers less of ``j`` is not completed (Hypersim: 0.8); its score
+    has ``num_pixels = 0``, ``mae`` NaN and the coverage found."""
     h, w = np.shape(gt_depth_j)
     sparse, covered = lift_into_view(depth_i, K_i, c2w_i, K_j, c2w_j, w, h)
+    if covered.mean() < min_coverage:
+        return ExtrapolationScore(float("nan"), 0, float(covered.mean()))
     if use_sparse:
         pred = completer.complete(image_j, sparse, covered, K=K_j, c2w=c2w_j)
     else:

@@ -1,4 +1,5 @@
-"""Readers of the RGB-D dataset layouts: TUM RGB-D, Open3D/Redwood, ScanNet, Replica (NICE-SLAM), 7-Scenes.
+"""Readers of the RGB-D dataset layouts: TUM RGB-D, Open3D/Redwood, ScanNet, Replica (NICE-SLAM), 7-Scenes
+(Hypersim: :mod:`forward3d.io.hypersim`, dispatched from here).
 
 Each follows its dataset's own conventions (file names, depth scale, pose format, intrinsics); see
 the class docstrings. Frames are read lazily; index/trajectory files are parsed when the source is
@@ -520,6 +521,10 @@ class SevenScenesSource(IndexedSource):
 
 def detect_dataset(p: Path) -> str | None:
     """The RGB-D dataset layout of folder ``p``, or ``None`` (see :func:`forward3d.io.sources.detect_layout`)."""
+    from forward3d.io.hypersim import is_hypersim_scene
+
+    if is_hypersim_scene(p):
+        return "hypersim"
     if (p / "rgb.txt").is_file():
         return "tum"
     results = p / "results"
@@ -551,6 +556,10 @@ def open_dataset(layout: str, path: Path, *, sequence: str | int | None = None, 
         raise ValueError(f"{path}: the {layout} layout needs a folder, found a file")
     if layout == "7scenes":
         return SevenScenesSource(path, sequence=sequence, **kwargs)
+    if layout == "hypersim":  # a scene's camera trajectories: sequence = cam_XX (default the first)
+        from forward3d.io.hypersim import HypersimSource
+
+        return HypersimSource(path, camera=sequence, **kwargs)
     if sequence is not None:
-        log.warning("sequence=%r is only used by the 7scenes layout; ignored for %s", sequence, layout)
+        log.warning("sequence=%r is only used by the 7scenes and hypersim layouts; ignored for %s", sequence, layout)
     return _SOURCES[layout](path, **kwargs)

@@ -19,6 +19,8 @@ redwood    Open3D/Redwood: color/ depth/ (mm), ``*.log`` trajectory, Open3D intr
 scannet    ScanNet export (color/ depth/ pose/ intrinsic/) or flat ``frame-XXXXXX.color.jpg``
 replica    NICE-SLAM Replica: results/frameXXXXXX.jpg, results/depthXXXXXX.png (/ 6553.5), traj.txt
 7scenes    7-Scenes: seq-XX/frame-XXXXXX.color.png, .depth.png (mm, 65535 invalid), .pose.txt
+hypersim   Hypersim scene ai_VVV_NNN: HDF5 colour (tone-mapped), ray distances (-> planar depth), keyframe
+           poses; ``sequence=`` picks the camera cam_XX (pip install forward3d[data] for h5py)
 ========== ====================================================================================
 """
 
@@ -51,7 +53,7 @@ __all__ = ["open_frames", "detect_layout", "FrameSource", "LAYOUTS", "write_layo
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("images", "video", "stream", "tum", "redwood", "scannet", "replica", "7scenes")
+LAYOUTS = ("images", "video", "stream", "tum", "redwood", "scannet", "replica", "7scenes", "hypersim")
 STREAM_SCHEMES = ("http://", "https://", "rtsp://", "rtsps://", "rtmp://", "rtp://", "udp://", "tcp://", "srt://")
 
 
@@ -70,7 +72,8 @@ def detect_layout(path: str | Path) -> str:
     Folders are recognised by their index files: ``rgb.txt`` (tum); ``results/`` + ``traj.txt``
     (replica); ``seq-XX/frame-XXXXXX.color.png`` or flat ``frame-XXXXXX.color.png`` without
     ``intrinsic/`` (7scenes); flat ``frame-XXXXXX.color.jpg`` or ``color/`` + ``pose/``/``intrinsic/``
-    (scannet); ``color|image|rgb/`` + ``depth/`` (redwood); image files or an ``images/`` subfolder
+    (scannet); ``color|image|rgb/`` + ``depth/`` (redwood); ``images/scene_cam_XX_final_hdf5/`` +
+    ``_detail/`` (hypersim); image files or an ``images/`` subfolder
     (images). Files: video extensions (video), image extensions (images). URLs and devices: stream.
     """
     from forward3d.io import layouts

@@ -5,7 +5,8 @@ Invisible Stitch completes the depth of an outpainted view so that it joins the 
 
 - :class:`ZoeDepthCompleter`: the ZoeDepth network with 5 input channels
   ``[RGB, sparse_depth / 10, mask]`` (the published depth-completion model), built with transformers'
-  ZoeDepth modules from a local folder (``config.json`` + weights). The channel surgery
+  ZoeDepth modules from a local folder (``config.json`` + weights) or from an original isl-org ZoeDepth
+  checkpoint whose key names :mod:`forward3d.models.zoedepth_keys` maps. The channel surgery
   (:func:`expand_input_channels`) widens the BEiT patch embedding from 3 to 5 input channels; the two
   new channels start at zero, so a plain 3-channel ZoeDepth checkpoint loads and predicts exactly as
   the monocular model until fine-tuned.
@@ -272,28 +273,45 @@ class ZoeDepthCompleter(DepthCompleter):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "ZoeDepthCompleter":
-        """Load a local folder (``config.json`` + ``model.safetensors``/``pytorch_model.bin``)."""
+        """Load a local transformers folder (``config.json`` + ``model.safetensors``/``pytorch_model.bin``), or
+        an original isl-org ZoeDepth checkpoint (``.pt``/``.pth``/``.ckpt``: a file, or the one such file of a
+        folder; its ``config.json`` if beside it, else ZoeD_N's), with the key names mapped by
+        :mod:`forward3d.models.zoedepth_keys`."""
         p = Path(path)
-        if not (p / "config.json").is_file():
-            raise ValueError(f"{p}: expected a local ZoeDepth folder with config.json (and model weights)")
+        original = p if p.is_file() else None
+        if p.is_dir() and not any((p / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
+            found = sorted(f for ext in ("*.pt", "*.pth", "*.ckpt") for f in p.glob(ext))
+            if len(found) > 1:
+                raise ValueError(f"{p}: several ZoeDepth checkpoints ({', '.join(f.name for f in found)}): give one file")
+            original = found[0] if found else None
+        folder = p.parent if original is not None and p.is_file() else p
+        if original is None and not (folder / "config.json").is_file():
+            raise ValueError(f"{p}: expected a local ZoeDepth folder with config.json (and model weights) or an "
+                             "original ZoeDepth checkpoint file (.pt)")
         try:
             from transformers import ZoeDepthConfig, ZoeDepthForDepthEstimation
         except ImportError as exc:
             raise ImportError("the ZoeDepth depth-completion model needs: pip install 'forward3d[depth]'") from exc
-        config = ZoeDepthConfig.from_pretrained(p)
+        config = ZoeDepthConfig.from_pretrained(folder) if (folder / "config.json").is_file() else None
+        if original is not None:
+            from forward3d.models.zoedepth_keys import load_original_zoedepth
+
+            model = load_original_zoedepth(original, config)
+            config = model.config
         channels = getattr(getattr(config, "backbone_config", None), "num_channels", 3)
         if channels not in (3, 5):
             raise ValueError(f"{p}: expected a ZoeDepth with 3 (RGB) or 5 (RGB, sparse depth, mask) input "
                              f"channels, found {channels}")
-        try:  # transformers maps the checkpoint's key names; a 3-channel model is widened afterwards
-            model = ZoeDepthForDepthEstimation.from_pretrained(p, config=config)
-        except (OSError, RuntimeError) as exc:
-            raise ValueError(f"{p}: cannot load the ZoeDepth weights ({str(exc).splitlines()[0]})") from exc
+        if original is None:
+            try:  # transformers maps the checkpoint's key names; a 3-channel model is widened afterwards
+                model = ZoeDepthForDepthEstimation.from_pretrained(p, config=config)
+            except (OSError, RuntimeError) as exc:
+                raise ValueError(f"{p}: cannot load the ZoeDepth weights ({str(exc).splitlines()[0]})") from exc
         if channels == 3:
             logger.info("%s: a 3-channel ZoeDepth: widened to [RGB, sparse depth, mask] with zero filters "
                         "(it predicts as the monocular model until fine-tuned)", p)
         mean, std, size = (0.5,) * 3, (0.5,) * 3, (384, 512)
-        pp = p / "preprocessor_config.json"
+        pp = folder / "preprocessor_config.json"
         if pp.is_file():
             from forward3d.io.jsonio import read_json
 
