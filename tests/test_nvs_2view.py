@@ -80,7 +80,8 @@ def test_bench_re10k_2view_oracle_high_blank_low(re10k, tmp_path):
     res = run_benchmark(BenchConfig("re10k-2view", data=str(root), backend="oracle", out=str(tmp_path / "o"),
                                     plots=False))
     assert res.summary["mean"]["psnr"] == pytest.approx(100.0) and res.summary["mean"]["ssim"] == pytest.approx(1.0)
-    assert sorted(res.ran) == ["scene0", "scene1", "scene2"] and len(res.failed) == 3  # null, absent, 180x320
+    assert sorted(res.ran) == ["scene0", "scene1", "scene2"] and not res.failed
+    assert len(res.summary["skipped_scenes"]) == 3  # null, absent, 180x320: skipped by the protocol, listed
     blank = run_benchmark(BenchConfig("re10k-2view", data=str(root), backend="blank", out=str(tmp_path / "b"),
                                       plots=False))
     assert blank.summary["mean"]["psnr"] < 15 and blank.summary["mean"]["ssim"] < 0.3

@@ -47,6 +47,8 @@ def test_context_windows_and_keeper():
         SceneGaussiansConfig(method="depthsplat", window=1)
     with pytest.raises(ValueError, match="--gaussians-stride"):
         SceneGaussiansConfig(stride=0)
+    with pytest.raises(ValueError, match="without --gaussians depthsplat"):
+        SceneGaussiansConfig(weights="w.pth")
 
 
 def test_merge_prunes_by_opacity_voxel_and_budget():

@@ -98,7 +98,8 @@ register_protocol(Protocol(
     published=tuple(Published("DepthSplat paper (2nd)" if m.startswith("DepthSplat") else f"{m} paper", m,
                               dict(zip(("psnr", "ssim", "lpips"), v))) for m, v in PUBLISHED_RE10K_2VIEW.items()),
     notes="runs forward3d.eval.nvs_2view (forward3d eval nvs --protocol re10k-2view) over the evaluation index; "
-          "--backend depthsplat --weights CKPT, or oracle / blank; scenes the protocol skips are listed as failed",
+          "--backend depthsplat --weights CKPT, or oracle / blank; the scenes the protocol skips are listed in "
+          "summary.json (skipped_scenes)",
 ))
 
 EXTRAPOLATION_METRICS = ("mae", "coverage", "num_pairs")

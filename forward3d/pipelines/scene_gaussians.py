@@ -83,6 +83,8 @@ class SceneGaussiansConfig:
         if self.budget < 0 or self.refine_steps < 0 or self.short_side < 0:
             raise ValueError("--gaussians-budget, --gaussians-refine-steps and --gaussians-short-side "
                              "must be >= 0")
+        if self.method == "none" and self.weights:
+            raise ValueError("--gaussians-weights: given without --gaussians depthsplat")
         if not 0.0 <= self.min_opacity < 1.0:
             raise ValueError(f"--gaussians-min-opacity: expected in [0, 1), found {self.min_opacity}")
 
