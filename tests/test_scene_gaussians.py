@@ -87,6 +87,8 @@ def test_recon_gaussians_depth_predictor_end_to_end(runs):
     assert info["num_gaussians"] == len(scene.gaussians) < info["num_predicted"] == 4 * 96 * 64  # voxel dedup
     g = read_gaussians_ply(run.files["gaussians"])
     assert len(g) == len(scene.gaussians) and torch.allclose(g.means, scene.gaussians.means)
+    views = sorted(p.name for p in run.files["gaussians_views"].iterdir())
+    assert views == ["heldout_000002.png", "heldout_000006.png", "heldout_000010.png"]
     # the feed-forward scene is already a usable rendering of views it never saw
     assert min(scene.heldout_psnr) > 20.0, scene.heldout_psnr
     m = json.loads(run.files["metrics"].read_text())

@@ -12,7 +12,8 @@
 4. merge and prune (:func:`merge_gaussians`): opacity threshold, one Gaussian per voxel (the most opaque),
    a budget of the most opaque;
 5. optional photometric refinement against the context views (:func:`forward3d.train.fit.fit_gaussians`);
-6. ``gaussians.ply`` (3DGS PLY) and ``gaussians.json`` (counts, settings, held-out-view PSNR).
+6. ``gaussians.ply`` (3DGS PLY), ``gaussians.json`` (counts, settings, held-out-view PSNR) and
+   ``gaussians_views/heldout_*.png`` (render | input).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 # in-plane std of the depth predictor's discs in pixel footprints: with the rasterizer's 0.3 px^2 low-pass
 # this covers the image without holes and blurs it less than unproject's default 0.5 (+2 dB held out)
 UNPROJECT_FOOTPRINT = 0.3
+MAX_PREVIEWS = 8  # held-out views written as render | input PNGs
 
 __all__ = ["SceneGaussiansConfig", "SceneGaussians", "FrameKeeper", "merge_gaussians", "context_windows",
            "scene_gaussians", "write_scene_gaussians", "load_gaussians_model"]
@@ -171,6 +173,8 @@ class SceneGaussians:
         gaussians: the merged world-frame Gaussians.
         context: stream indices of the context views; windows: the windows (lists of indices).
         heldout: stream indices of the scored held-out views; heldout_psnr: their PSNR (dB).
+        previews: ``{held-out index: [H, 2W, 3] uint8}`` render | input, for at most
+            :data:`MAX_PREVIEWS` evenly spaced held-out views.
         info: numbers for ``gaussians.json`` (predictor, counts, near/far, voxel size, refinement).
     """
 
@@ -179,6 +183,7 @@ class SceneGaussians:
     windows: list[list[int]]
     heldout: list[int] = field(default_factory=list)
     heldout_psnr: list[float] = field(default_factory=list)
+    previews: dict[int, np.ndarray] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 
 
@@ -299,10 +304,14 @@ def scene_gaussians(recon: Reconstruction, kept: dict[int, Frame], cfg: SceneGau
         g, info["refine"] = _refine(g, recon, kept, context, cfg.refine_steps, progress)
     result = SceneGaussians(g, context, windows, heldout, info=info)
     to01 = lambda im: torch.from_numpy(np.array(im)).float() / 255.0  # noqa: E731
+    shown = set(np.asarray(heldout)[np.unique(np.linspace(0, len(heldout) - 1, MAX_PREVIEWS).round().astype(int))]
+                .tolist()) if heldout else set()
     for i in heldout:
         f = kept[i]
         img = _render(g, recon.c2w[i], _frame_K(recon, i, f), f.width, f.height)
         result.heldout_psnr.append(float(psnr(img, to01(f.image))))
+        if i in shown:
+            result.previews[i] = np.concatenate([(img.numpy() * 255 + 0.5).astype(np.uint8), f.image], 1)
     if result.heldout_psnr:
         info["heldout_psnr_mean"] = float(np.mean(result.heldout_psnr))
     info["heldout_frames"] = heldout
@@ -328,12 +337,20 @@ def _refine(g: Gaussians, recon: Reconstruction, kept: dict[int, Frame], context
 
 
 def write_scene_gaussians(result: SceneGaussians, out_dir: str | Path) -> dict[str, Path]:
-    """``gaussians.ply`` (3DGS PLY, world frame of the reconstruction) and ``gaussians.json``."""
+    """``gaussians.ply`` (3DGS PLY, world frame of the reconstruction), ``gaussians.json`` and
+    ``gaussians_views/heldout_{index}.png`` (render | input of some held-out views)."""
     from forward3d.io.gaussians import write_gaussians_ply
     from forward3d.io.jsonio import write_json
+    from forward3d.io.video import write_png
 
     out = Path(out_dir)
     ply = out / "gaussians.ply"
     write_gaussians_ply(ply, result.gaussians)
     info = {**result.info, "context_frames": result.context, "window_frames": result.windows}
-    return {"gaussians": ply, "gaussians_info": write_json(out / "gaussians.json", info)}
+    files = {"gaussians": ply, "gaussians_info": write_json(out / "gaussians.json", info)}
+    if result.previews:
+        (out / "gaussians_views").mkdir(parents=True, exist_ok=True)
+        for i, im in result.previews.items():
+            write_png(out / "gaussians_views" / f"heldout_{i:06d}.png", im)
+        files["gaussians_views"] = out / "gaussians_views"
+    return files
