@@ -133,3 +133,21 @@ def test_depth_predictor_needs_backend_depth():
         scene_gaussians(recon, frames, SceneGaussiansConfig(method="depthsplat", stride=2))
     with pytest.raises(ValueError, match="context view"):
         scene_gaussians(recon, frames, SceneGaussiansConfig(method="depthsplat", stride=10))
+
+
+
+@pytest.mark.slow
+def test_recon_gaussians_on_tracked_rgbd_poses(tmp_path, one_thread):
+    """Poses from a real back-end (rgbd tracking), not the ground truth: the scene still renders held-out views."""
+    pytest.importorskip("open3d")
+    from forward3d.api import SourceConfig
+
+    root = tmp_path / "rgbd_dataset_freiburg1_synth"
+    write_layout(SyntheticScene(num_frames=13, width=160, height=120, seed=0).frames(), root, "tum")
+    run = reconstruct(root, "rgbd", {"voxel_size": 0.03, "mesh": False}, source=SourceConfig(size="96x72"),
+                      out=tmp_path / "o", previews=False, progress=False, gaussians={"method": "depthsplat", "stride": 4})
+    assert run.recon.trajectory_metrics.ate.rmse < 0.02  # tracked, about 5 mm
+    scene = run.scene_gaussians
+    assert scene.info["predictor"] == "depth" and len(scene.heldout_psnr) == 3
+    assert min(scene.heldout_psnr) > 21.0, scene.heldout_psnr
+    assert read_gaussians_ply(run.files["gaussians"]).means.shape == scene.gaussians.means.shape
