@@ -215,6 +215,8 @@ class RunResult:
         seconds: wall time of the whole run.
         source_layout: the input's layout.
         user_interrupted: the run was stopped by Ctrl-C / SIGINT (the result is partial).
+        scene_gaussians: the merged 3D Gaussians of the scene
+            (:class:`~forward3d.pipelines.scene_gaussians.SceneGaussians`) when ``gaussians`` was asked for.
     """
 
     recon: Reconstruction
@@ -223,13 +225,14 @@ class RunResult:
     seconds: float = 0.0
     source_layout: str = ""
     user_interrupted: bool = False
+    scene_gaussians: Any = None
 
 
 def reconstruct(input: str | Path, backend: str | Backend = "rgbd", config: Any = None, *,  # noqa: A002
                 source: SourceConfig | None = None, out: str | Path | None = None, overwrite: bool = False,
                 previews: bool = True, progress: bool = True, callback: UpdateCallback | None = None,
                 extra_metrics: dict[str, Any] | None = None, depth_estimator: Any = None,
-                frames: Any = None) -> RunResult:
+                frames: Any = None, gaussians: Any = None) -> RunResult:
     """Reconstruct ``input`` with ``backend`` and (with ``out``) write the whole output set.
 
     Args:
@@ -247,6 +250,9 @@ def reconstruct(input: str | Path, backend: str | Backend = "rgbd", config: Any 
         frames: an already opened frame source to read instead of opening ``input`` with ``source``
             (e.g. a layout :func:`~forward3d.io.sources.open_frames` does not detect); ``input`` then only
             names it in messages.
+        gaussians: a :class:`~forward3d.pipelines.scene_gaussians.SceneGaussiansConfig` (or dict): after the
+            reconstruction, predict 3D Gaussians per window of posed views along the trajectory and write
+            ``gaussians.ply`` + ``gaussians.json`` (``run.scene_gaussians`` holds them).
 
     The first Ctrl-C (SIGINT) during the run stops reading the input after the current frame; what was
     reconstructed so far is scored and written as a partial result (``recon.interrupted``; ``"partial":
@@ -266,19 +272,51 @@ def reconstruct(input: str | Path, backend: str | Backend = "rgbd", config: Any 
     impl.config = impl.configure_for_source(source, impl.config)
     src = open_source(input, source, depth_estimator) if frames is None else frames
     impl.check_source(src, str(input))
+    gcfg = _gaussians_config(gaussians)
     stoppable = StoppableFrames(src)
-    frames = GroundTruthRecorder(stoppable)
+    keeper = gmodel = None
+    if gcfg is not None:
+        from forward3d.pipelines.scene_gaussians import FrameKeeper, load_gaussians_model
+
+        gmodel = load_gaussians_model(gcfg)  # bad weights fail before any work
+        keeper = FrameKeeper(stoppable, gcfg.stride, gcfg.heldout)
+    frames = GroundTruthRecorder(stoppable if keeper is None else keeper)
     with stop_on_sigint(stoppable):
         recon = impl.run(frames, progress=progress, callback=callback)
     if stoppable.stopped.is_set():
         recon.interrupted = True
     if getattr(src, "has_gt_poses", False):
         recon.trajectory_metrics = trajectory_metrics(recon.c2w, frames.gt, metric_scale=recon.metric_scale)
+    scene = None
+    if keeper is not None:
+        from forward3d.pipelines.scene_gaussians import scene_gaussians
+
+        t1 = time.perf_counter()
+        scene = scene_gaussians(recon, keeper.kept, gcfg, gmodel, progress=progress)
+        recon.timings["gaussians_s"] = time.perf_counter() - t1
+        if scene.heldout_psnr:
+            extra_metrics = {**(extra_metrics or {}), "gaussians_heldout_psnr": scene.info["heldout_psnr_mean"]}
     files: dict[str, Path] = {}
     if out is not None:
         out = Path(out)
         with staged_folder(out, overwrite) as stage:
             written = write_outputs(recon, stage, extra_metrics, previews=previews)
+            if scene is not None:
+                from forward3d.pipelines.scene_gaussians import write_scene_gaussians
+
+                written.update(write_scene_gaussians(scene, stage))
         files = {k: out / Path(v).relative_to(stage) for k, v in written.items()}
     return RunResult(recon, files, None if out is None else Path(out), time.perf_counter() - t0,
-                     str(getattr(src, "layout", "")), stoppable.stopped.is_set())
+                     str(getattr(src, "layout", "")), stoppable.stopped.is_set(), scene)
+
+
+def _gaussians_config(gaussians: Any):
+    """None / a config / a dict -> an enabled :class:`SceneGaussiansConfig` or None."""
+    if gaussians is None:
+        return None
+    from forward3d.pipelines.scene_gaussians import SceneGaussiansConfig
+
+    cfg = SceneGaussiansConfig(**gaussians) if isinstance(gaussians, dict) else gaussians
+    if not isinstance(cfg, SceneGaussiansConfig):
+        raise TypeError(f"reconstruct: gaussians must be a SceneGaussiansConfig or dict, found {type(cfg).__name__}")
+    return cfg if cfg.enabled else None

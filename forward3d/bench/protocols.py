@@ -10,6 +10,7 @@ import dataclasses
 
 from forward3d.bench.protocol import PROTOCOLS, Protocol, Published, ReconAlignment, register_protocol
 from forward3d.eval.nvs import PUBLISHED_RE10K_1VIEW
+from forward3d.eval.nvs_2view import PUBLISHED_RE10K_2VIEW
 
 TRAJ_METRICS = ("ate_rmse", "ate_mean", "ate_median", "rpe_trans_rmse", "rpe_rot_rmse_deg", "scale")
 RECON_METRICS = ("accuracy", "completion", "normal_consistency", "accuracy_median", "completion_median",
@@ -116,6 +117,18 @@ register_protocol(Protocol(
                                                         for m, v in zip(("psnr", "ssim", "lpips"), vals)})
                     for method, d in PUBLISHED_RE10K_1VIEW.items()),
     notes="runs forward3d.eval.nvs (forward3d eval nvs) over the split file; one result per RE10K sequence",
+))
+
+register_protocol(Protocol(
+    "re10k-2view", "nvs",
+    "RealEstate10K two views (pixelSplat / MVSplat / DepthSplat): evaluation index (2 context + 3 targets), "
+    "360x640 -> 256x455 -> centre crop 256x256, PSNR / SSIM / LPIPS averaged over targets, then scenes",
+    layouts=("re10k-chunks",), metrics=("psnr", "ssim", "lpips"),
+    published=tuple(Published("DepthSplat paper (2nd)" if m.startswith("DepthSplat") else f"{m} paper", m,
+                              dict(zip(("psnr", "ssim", "lpips"), v))) for m, v in PUBLISHED_RE10K_2VIEW.items()),
+    notes="runs forward3d.eval.nvs_2view (forward3d eval nvs --protocol re10k-2view) over the evaluation index; "
+          "--backend depthsplat --weights CKPT, or oracle / blank; the scenes the protocol skips are listed in "
+          "summary.json (skipped_scenes)",
 ))
 
 EXTRAPOLATION_METRICS = ("mae", "coverage", "num_pairs")

@@ -3,7 +3,7 @@ dataset under a published protocol (:mod:`forward3d.bench`), locally or on Ray.
 
 The options come from :class:`forward3d.bench.runner.BenchConfig` and from the chosen back-end's config
 dataclass (``forward3d bench PROTOCOL --backend NAME --help`` lists them); for the novel-view protocol
-``re10k-1view`` they are :class:`forward3d.eval.nvs.NVSEvalConfig`'s.
+``re10k-1view`` and ``re10k-2view`` they are :class:`forward3d.eval.nvs.NVSEvalConfig`'s.
 """
 
 from __future__ import annotations

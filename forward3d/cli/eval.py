@@ -7,7 +7,8 @@ Subcommands (options generated from the library's configs):
 - ``forward3d eval traj PRED GT``: ATE (after SE(3) / Sim(3) / no alignment) and RPE; trajectory files
   are TUM text (``timestamp tx ty tz qx qy qz qw``) or Redwood / Open3D ``.log``:
   :class:`forward3d.eval.traj.TrajEvalConfig`.
-- ``forward3d eval nvs ...``: novel-view metrics on RealEstate10K: :class:`forward3d.eval.nvs.NVSEvalConfig`.
+- ``forward3d eval nvs ...``: novel-view metrics on RealEstate10K (one view or two views):
+  :class:`forward3d.eval.nvs.NVSEvalConfig`.
 
 Results are printed as a table and, with ``--out``, written as JSON.
 """
@@ -33,9 +34,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
              "Redwood/Open3D logs, anything else is TUM ('timestamp tx ty tz qx qy qz qw', camera-to-world). "
              "Poses are associated by timestamp when both files have them, else by index.",
              "forward3d.eval.traj:TrajEvalConfig"),
-    "nvs": ("novel-view synthesis from one image: RealEstate10K single-view protocol (PSNR/SSIM/LPIPS)",
-            "Renders the +5, +10 and random targets of every line of the split file from the source's "
-            "Gaussians, crops 5% per side and prints the means beside the published Flash3D numbers.",
+    "nvs": ("novel-view synthesis on RealEstate10K: single-view (re10k-1view) or two-view (re10k-2view) protocol",
+            "re10k-1view: renders the +5, +10 and random targets of every line of the split file from the source's "
+            "Gaussians, crops 5% per side and prints the means beside the published Flash3D numbers. "
+            "re10k-2view: renders the 3 targets of every scene of the pixelSplat evaluation index from the "
+            "Gaussians of its 2 context views (256x256 crops) beside the published pixelSplat / MVSplat / "
+            "DepthSplat numbers.",
             "forward3d.eval.nvs:NVSEvalConfig"),
 }
 

@@ -4,7 +4,9 @@ The options come from :class:`forward3d.api.SourceConfig` (how the input is read
 back-end's config dataclass (``forward3d recon --backend NAME --help`` lists NAME's options); the run is
 :func:`forward3d.api.reconstruct`. Outputs: ``point_cloud.ply``, ``mesh.ply`` + ``mesh.glb`` (when the
 back-end makes a mesh), ``trajectory_tum.txt``, ``colmap/``, ``transforms.json``, ``reconstruction.npz``
-(+ ``.json``), ``previews/*.png`` and, when the input has ground-truth poses, ``metrics.json``.
+(+ ``.json``), ``previews/*.png`` and, when the input has ground-truth poses, ``metrics.json``; with
+``--gaussians depthsplat`` also ``gaussians.ply`` + ``gaussians.json``
+(:mod:`forward3d.pipelines.scene_gaussians`).
 
 ``--view`` (:class:`forward3d.viz.live.LiveViewConfig`) shows the run live in the browser (a streaming
 back-end's updates through :class:`forward3d.viz.live.LiveViewer`), then serves the result until Ctrl-C.
@@ -75,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None
     parser.add_argument("--rerun", default=None, metavar="FILE.rrd",
                         help="also write the run as a rerun recording (frames, depth, cameras, points on a "
                              "timeline; forward3d[rerun]; open it with 'rerun FILE.rrd')")
+    from forward3d.pipelines.scene_gaussians import SceneGaussiansConfig
+
+    dests = add_config_arguments(parser, SceneGaussiansConfig, prefix="gaussians_", flag_prefix="gaussians-",
+                                 title="3D Gaussians of the scene (--gaussians depthsplat)")
+    parser.set_defaults(_gaussians_dests=dests)
     try:
         cls = get_backend_class(backend)
     except (ValueError, ImportError, TypeError) as exc:  # reported by run() with the same message
@@ -103,6 +110,12 @@ def _summary(run: Any) -> list[str]:
     if recon.points is not None:
         lines.append(f"  points {len(recon.points)}"
                      + (f", mesh {len(recon.mesh.faces)} triangles" if recon.mesh is not None else ""))
+    scene = getattr(run, "scene_gaussians", None)
+    if scene is not None:
+        info = scene.info
+        psnr = f", held-out PSNR {info['heldout_psnr_mean']:.2f} dB" if "heldout_psnr_mean" in info else ""
+        lines.append(f"  gaussians {info['num_gaussians']} ({info['predictor']}, {info['windows']} windows of "
+                     f"{info['context_views']} context views{psnr})")
     tm = recon.trajectory_metrics
     if tm is not None:
         lines.append(f"  ATE ({tm.primary}) RMSE {tm.ate.rmse * 100:.2f} cm over {tm.num_frames_with_gt} frames")
@@ -127,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
 
     source = config_from_args(SourceConfig, args, args._source_dests)
     view = config_from_args(LiveViewConfig, args, args._view_dests)
+    from forward3d.pipelines.scene_gaussians import SceneGaussiansConfig
+
+    gaussians = config_from_args(SceneGaussiansConfig, args, args._gaussians_dests)
     cls = get_backend_class(args.backend)
     config = config_from_args(cls.config_cls, args, args._backend_dests)
     recorder = None
@@ -139,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = reconstruct(args.input, cls(config), source=source, out=args.out, overwrite=args.overwrite,
                              previews=not args.no_previews, progress=not args.no_progress,
-                             callback=(lambda u: [push(u) for push in sinks]) if sinks else None)
+                             callback=(lambda u: [push(u) for push in sinks]) if sinks else None,
+                             gaussians=gaussians)
     except BaseException:
         if live is not None:
             live.stop()

@@ -33,7 +33,7 @@ __all__ = ["NVSPredictor", "Flash3DPredictor", "UnprojectPredictor", "OraclePred
            "LineResult", "NVSReport", "evaluate_nvs", "score_images", "PUBLISHED_RE10K_1VIEW", "PSNR_MAX",
            "NVSEvalConfig", "run_nvs_eval", "PROTOCOLS"]
 
-PROTOCOLS = ("re10k-1view",)
+PROTOCOLS = ("re10k-1view", "re10k-2view")
 
 PSNR_MAX = 100.0  # dB: MSE floor 1e-10
 # published single-view RE10K numbers (PSNR, SSIM, LPIPS) per target kind (Flash3D paper, Table 1)
@@ -299,22 +299,28 @@ def evaluate_nvs(dataset: RE10KEvalDataset, predictor: NVSPredictor, lpips=None,
 
 @dataclass
 class NVSEvalConfig:
-    """Options of ``forward3d eval nvs`` (novel-view synthesis from one image, RealEstate10K).
+    """Options of ``forward3d eval nvs`` (novel-view synthesis on RealEstate10K).
 
     Attributes:
-        protocol: evaluation protocol.
-        data: RealEstate10K root in the Flash3D layout.
-        split: split file with lines 'seq src +5 +10 rand' (frame indices), e.g. test_files.txt.
-        index_split: which {split}.pickle.gz / frame folder.
-        weights: Flash3D checkpoint (.pth / .safetensors / folder); give this or --method.
-        method: a baseline instead of a network: unproject (one Gaussian per pixel at its depth), oracle
-            (ground truth) or blank.
+        protocol: evaluation protocol: re10k-1view (Flash3D, one source image) or re10k-2view (pixelSplat /
+            DepthSplat, two context views: forward3d.eval.nvs_2view).
+        data: RealEstate10K root: the Flash3D layout (re10k-1view) or the pixelSplat chunks {data}/test/*.torch
+            (re10k-2view).
+        split: re10k-1view: split file with lines 'seq src +5 +10 rand' (frame indices), e.g. test_files.txt.
+        index: re10k-2view: evaluation index JSON (pixelSplat evaluation_index_re10k.json; default:
+            {data}/evaluation_index_re10k.json).
+        frame_shape: re10k-2view: height and width of usable frames (others are skipped).
+        index_split: which {split}.pickle.gz / frame folder (re10k-1view) or chunk folder (re10k-2view).
+        weights: Flash3D (re10k-1view) or DepthSplat (re10k-2view) checkpoint (.pth / .safetensors / folder);
+            give this or --method.
+        method: a baseline instead of a network: unproject (one Gaussian per pixel at its depth; re10k-1view),
+            oracle (ground truth) or blank.
         depth_model: metric depth network for the source (unidepth[:SRC] | transformers:PATH); default:
             the dataset's depth/ folder.
         lpips_weights: LPIPS-VGG weights 'VGG16.pth,LIN.pth' or one combined file.
         out: write the results as JSON here.
-        max_lines: evaluate only the first N lines.
-        height: network height (default: the model's, else 256).
+        max_lines: evaluate only the first N lines (re10k-2view: scenes).
+        height: network height (default: the model's, else 256; re10k-2view: the square crop side).
         width: network width (default: the model's, else 384).
         pad: padding per side (default: the model's, else 32).
         skip_bad_lines: log and skip lines whose frames cannot be read instead of stopping (listed in the JSON).
@@ -322,9 +328,11 @@ class NVSEvalConfig:
         progress: progress bar.
     """
 
-    protocol: Literal["re10k-1view"] = "re10k-1view"
+    protocol: Literal["re10k-1view", "re10k-2view"] = "re10k-1view"
     data: str = option("", metavar="DIR")
     split: str = option("", metavar="FILE")
+    index: str = option("", metavar="JSON")
+    frame_shape: tuple[int, int] = option((360, 640), metavar=("H", "W"))
     index_split: str = "test"
     weights: str | None = option(None, metavar="WEIGHTS")
     method: Literal["unproject", "oracle", "blank"] | None = None
@@ -344,10 +352,15 @@ def run_nvs_eval(cfg: NVSEvalConfig) -> tuple[NVSReport, dict[str, Any]]:
     """Evaluate ``cfg.weights`` (or a baseline ``cfg.method``) with ``cfg.protocol``; write ``cfg.out``.
 
     Returns:
-        ``(report, result)``: the :class:`NVSReport` and its JSON form with the run's settings.
+        ``(report, result)``: the :class:`NVSReport` (re10k-2view: a
+        :class:`~forward3d.eval.nvs_2view.TwoViewReport`) and its JSON form with the run's settings.
     """
     from forward3d.device import resolve_device
 
+    if cfg.protocol == "re10k-2view":
+        from forward3d.eval.nvs_2view import run_2view_eval
+
+        return run_2view_eval(cfg)  # type: ignore[return-value]
     if not cfg.data or not cfg.split:
         raise ValueError("eval nvs: --data DIR and --split FILE are required")
     if (cfg.weights is None) == (cfg.method is None):
