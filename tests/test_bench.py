@@ -342,3 +342,27 @@ def test_real_hololens_rgbd_table(shared_dir, tmp_path):
     assert m["num_frames_with_gt"] == 200 and np.isfinite(m["ate_rmse"]) and m["ate_rmse"] > 0
     assert "| hololens_000 | rgbd |" in (out / "summary.md").read_text()
     assert (out / "plots" / "trajectory_hololens_000.png").is_file()
+
+
+@pytest.mark.parametrize("layout", ["posed", "nrgbd"])
+def test_posed_folders_are_recon_inputs(layout, tmp_path):
+    """A device capture (images/ depth/ poses.txt K.txt) and NRGBD are detected by open_frames and
+    ``forward3d recon`` reads their intrinsics, depth and ground-truth poses (scored in metrics.json)."""
+    from forward3d.cli import main
+    from forward3d.io.sources import detect_layout, open_frames
+
+    scene = _scene(6, seed=3, w=96, h=72)
+    root = (_write_posed if layout == "posed" else _write_nrgbd)(tmp_path / layout, scene)
+    assert detect_layout(root) == layout
+    src = open_frames(root)
+    assert src.has_gt_poses and src.has_depth and len(src) == 6
+    gt = list(scene.frames())
+    for f, g in zip(src, gt):
+        np.testing.assert_allclose(f.K, g.K, atol=1e-6)
+        np.testing.assert_allclose(f.c2w, g.c2w, atol=1e-9)
+        assert np.abs(f.depth - g.depth).max() < 1e-3
+    pytest.importorskip("open3d")
+    out = tmp_path / "out"
+    assert main(["recon", str(root), "--out", str(out), "--no-previews", "--no-progress"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["num_frames_with_gt"] == 6 and m["ate_se3"]["rmse"] < 0.02, m

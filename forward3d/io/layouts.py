@@ -523,8 +523,13 @@ def detect_dataset(p: Path) -> str | None:
     """The RGB-D dataset layout of folder ``p``, or ``None`` (see :func:`forward3d.io.sources.detect_layout`)."""
     from forward3d.io.hypersim import is_hypersim_scene
 
+    from forward3d.io.posed_folders import detect_posed_folder
+
     if is_hypersim_scene(p):
         return "hypersim"
+    posed = detect_posed_folder(p)  # images/ + poses.txt + K.txt (posed) or focal.txt (nrgbd)
+    if posed is not None:
+        return posed
     if (p / "rgb.txt").is_file():
         return "tum"
     results = p / "results"
@@ -562,4 +567,8 @@ def open_dataset(layout: str, path: Path, *, sequence: str | int | None = None, 
         return HypersimSource(path, camera=sequence, **kwargs)
     if sequence is not None:
         log.warning("sequence=%r is only used by the 7scenes and hypersim layouts; ignored for %s", sequence, layout)
+    if layout in ("posed", "nrgbd"):
+        from forward3d.io.posed_folders import NRGBDSource, PosedFolderSource
+
+        return (PosedFolderSource if layout == "posed" else NRGBDSource)(path, **kwargs)
     return _SOURCES[layout](path, **kwargs)

@@ -53,7 +53,8 @@ __all__ = ["open_frames", "detect_layout", "FrameSource", "LAYOUTS", "write_layo
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("images", "video", "stream", "tum", "redwood", "scannet", "replica", "7scenes", "hypersim")
+LAYOUTS = ("images", "video", "stream", "tum", "redwood", "scannet", "replica", "7scenes", "hypersim", "posed",
+           "nrgbd")
 STREAM_SCHEMES = ("http://", "https://", "rtsp://", "rtsps://", "rtmp://", "rtp://", "udp://", "tcp://", "srt://")
 
 
@@ -73,7 +74,8 @@ def detect_layout(path: str | Path) -> str:
     (replica); ``seq-XX/frame-XXXXXX.color.png`` or flat ``frame-XXXXXX.color.png`` without
     ``intrinsic/`` (7scenes); flat ``frame-XXXXXX.color.jpg`` or ``color/`` + ``pose/``/``intrinsic/``
     (scannet); ``color|image|rgb/`` + ``depth/`` (redwood); ``images/scene_cam_XX_final_hdf5/`` +
-    ``_detail/`` (hypersim); image files or an ``images/`` subfolder
+    ``_detail/`` (hypersim); ``images/`` + ``poses.txt`` + ``K.txt`` (posed: a device capture, see
+    :mod:`forward3d.io.posed_folders`) or + ``focal.txt`` (nrgbd); image files or an ``images/`` subfolder
     (images). Files: video extensions (video), image extensions (images). URLs and devices: stream.
     """
     from forward3d.io import layouts
