@@ -1,5 +1,7 @@
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -39,3 +41,17 @@ def test_ssim_gradient_flows():
 
 def test_crop_border_flash3d_size():
     assert crop_border(torch.zeros(256, 384, 3)).shape == (230, 344, 3)
+
+
+@pytest.mark.parametrize("shape", [(40, 56, 3), (256, 256, 3), (33, 47, 1)])
+def test_ssim_equals_scikit_image(shape):
+    """Our SSIM (11x11 Gaussian, sigma 1.5, valid region) is skimage's with gaussian_weights=True,
+    use_sample_covariance=False, data_range=1: the settings of the re10k-1view / re10k-2view protocols."""
+    skm = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(shape[0])
+    a = rng.random(shape)
+    b = np.clip(a + 0.1 * rng.standard_normal(shape), 0, 1)
+    ref = skm.structural_similarity(a, b, channel_axis=2, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, data_range=1.0)
+    ours = ssim(torch.tensor(b)[None], torch.tensor(a)[None]).item()
+    assert abs(ours - ref) < 1e-9, (ours, ref)
