@@ -34,6 +34,7 @@ class Session:
         last_used: ``time.monotonic()`` of the last request.
         runs: runs started so far (each one writes into ``folder/run-<k>``).
         viewer: the embedded 3D viewer of the last run (anything with ``stop()``), or None.
+        job: the session's running job (anything with ``stop()``), or None.
     """
 
     key: str
@@ -41,6 +42,7 @@ class Session:
     last_used: float = field(default_factory=time.monotonic)
     runs: int = 0
     viewer: Any = None
+    job: Any = None
 
     def new_run_folder(self, kind: str = "run") -> Path:
         """A new empty ``folder/<kind>-<k>`` for one job."""
@@ -56,6 +58,8 @@ class Session:
             _stop_quietly(old)
 
     def close(self) -> None:
+        if self.job is not None:
+            self.job.stop()
         self.set_viewer(None)
         shutil.rmtree(self.folder, ignore_errors=True)
 

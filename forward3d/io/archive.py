@@ -74,7 +74,7 @@ def zip_folder(folder: str | os.PathLike, path: str | os.PathLike, arcname: str 
     if not folder.is_dir():
         raise FileNotFoundError(f"zip_folder: {folder} is not a folder")
     top = folder.name if arcname is None else arcname
-    with atomic_write(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
+    with atomic_write(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for p in sorted(folder.rglob("*")):
             if p.is_file() and not p.is_symlink():
                 zf.write(p, str(PurePosixPath(top, *p.relative_to(folder).parts)))
