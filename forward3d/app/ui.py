@@ -113,13 +113,13 @@ def build_app(config: AppConfig, store: SessionStore):
                                     info="online: frames one at a time, results shown as they come (streaming "
                                          "back-ends)", elem_id="mode")
                     with gr.Accordion("input options", open=False):
-                        source_comps = [make_component(s) for s in source_specs]
+                        source_comps = [make_component(s, elem_id=f"opt-source-{s.name}") for s in source_specs]
                     groups, backend_comps = {}, {}
                     specs_of: dict[str, list[ControlSpec]] = {}
                     for name, cls in backends.items():
                         specs_of[name] = control_specs(cls.config_cls, exclude=_BACKEND_EXCLUDE)
                         with gr.Accordion(f"{name} options", open=False, visible=name == default) as grp:
-                            backend_comps[name] = [make_component(s) for s in specs_of[name]]
+                            backend_comps[name] = [make_component(s, elem_id=f"opt-{name}-{s.name}") for s in specs_of[name]]
                         groups[name] = grp
                     with gr.Row():
                         run_btn = gr.Button("Run", variant="primary", elem_id="run")
@@ -139,7 +139,7 @@ def build_app(config: AppConfig, store: SessionStore):
                     depth = gr.File(label="depth map (16-bit PNG in mm, .npy or float TIFF in metres; optional with "
                                           "a depth model)", elem_id="depth-input")
                     with gr.Accordion("options", open=False):
-                        splat_comps = [make_component(s) for s in splat_specs]
+                        splat_comps = [make_component(s, elem_id=f"opt-splat-{s.name}") for s in splat_specs]
                     splat_btn = gr.Button("Make 3D Gaussians", variant="primary", elem_id="splat-run")
                 with gr.Column(scale=2):
                     splat_status = gr.Markdown("", elem_id="splat-status")
