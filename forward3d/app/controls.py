@@ -7,7 +7,8 @@ docstring's ``Attributes:`` section). :func:`make_component` turns a spec into a
 default lives in one place and a new option of a back-end appears in the app with no app code.
 
 Kinds: ``bool`` (checkbox), ``choice`` (``Literal``: dropdown), ``int``/``float`` (number), ``str``
-(text), ``tuple`` (text: the numbers separated by spaces). ``| None`` fields accept an empty value.
+(text), ``tuple`` (text: the numbers separated by spaces). ``| None`` fields accept an empty value
+(optional numbers are text boxes: a number box cannot be empty).
 Fields hidden from the CLI (``option(cli=False)``) and nested dataclasses are not shown.
 """
 
@@ -157,8 +158,8 @@ def component_value(spec: ControlSpec) -> Any:
     """The initial value of a spec's component."""
     if spec.kind == "tuple":
         return "" if spec.default is None else " ".join(str(x) for x in spec.default)
-    if spec.kind in ("str",) and spec.default is None:
-        return ""
+    if spec.optional and spec.kind in ("int", "float", "str"):
+        return "" if spec.default is None else str(spec.default)
     return spec.default
 
 
@@ -172,7 +173,7 @@ def make_component(spec: ControlSpec, **kwargs: Any):
         return gr.Checkbox(value=bool(value), label=spec.label, info=info, **kwargs)
     if spec.kind == "choice":
         return gr.Dropdown(choices=list(spec.choices), value=value, label=spec.label, info=info, **kwargs)
-    if spec.kind in ("int", "float"):
+    if spec.kind in ("int", "float") and not spec.optional:  # gr.Number has no empty value: optional ones are text
         return gr.Number(value=value, label=spec.label, info=info, precision=0 if spec.kind == "int" else None,
                          **kwargs)
     placeholder = "empty: default" if spec.optional else None

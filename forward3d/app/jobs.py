@@ -201,7 +201,8 @@ class ReconJob:
             self.error = f"{self.backend}: missing dependency: {exc}"
         except Exception as exc:  # shown in the app as one message; the log has the traceback
             log.debug("job failed", exc_info=True)
-            self.error = f"{where}: {exc}"
+            msg = str(exc)
+            self.error = msg if where in msg else f"{where}: {msg}"
 
     def stop(self) -> None:
         """Stop after the current frame (the result so far is kept as a partial run)."""

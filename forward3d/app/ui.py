@@ -112,6 +112,9 @@ def build_app(config: AppConfig, store: SessionStore):
                     mode = gr.Radio(list(MODES), value="offline", label="mode",
                                     info="online: frames one at a time, results shown as they come (streaming "
                                          "back-ends)", elem_id="mode")
+                    with gr.Row():
+                        run_btn = gr.Button("Run", variant="primary", elem_id="run")
+                        stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
                     with gr.Accordion("input options", open=False):
                         source_comps = [make_component(s, elem_id=f"opt-source-{s.name}") for s in source_specs]
                     groups, backend_comps = {}, {}
@@ -121,9 +124,6 @@ def build_app(config: AppConfig, store: SessionStore):
                         with gr.Accordion(f"{name} options", open=False, visible=name == default) as grp:
                             backend_comps[name] = [make_component(s, elem_id=f"opt-{name}-{s.name}") for s in specs_of[name]]
                         groups[name] = grp
-                    with gr.Row():
-                        run_btn = gr.Button("Run", variant="primary", elem_id="run")
-                        stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
                 with gr.Column(scale=2):
                     status = gr.Markdown("", elem_id="status")
                     model3d = gr.Model3D(label="result (GLB)", elem_id="model3d", height=420)
