@@ -518,3 +518,35 @@ def test_app_shows_one_clear_message_for_bad_input(app, browser, tmp_path):  # n
     wait_for_text(browser, "Error", timeout=30)
     toasts = _toasts(browser)
     assert any("1 MB" in t or "1mb" in t.lower() or "size" in t.lower() for t in toasts), toasts
+
+
+def test_app_image_to_gaussians_in_the_browser(app, browser, tmp_path):  # noqa: F811
+    from PIL import Image
+
+    from browser import wait_for_text
+    from forward3d.data.synthetic import SyntheticScene
+    from forward3d.io.gaussians import read_gaussians_ply
+
+    f = SyntheticScene(num_frames=1, width=96, height=72, seed=2).frame(0)
+    Image.fromarray(f.image).save(tmp_path / "photo.png")
+    Image.fromarray((f.depth * 1000).astype(np.uint16)).save(tmp_path / "depth.png")  # millimetres
+    browser.get(app.url)
+    wait_for_text(browser, "Image -> 3D Gaussians", timeout=60)
+    _click_text(browser, "button", "Image -> 3D Gaussians")
+    browser.find_element("css selector", "#photo input[type=file]").send_keys(str(tmp_path / "photo.png"))
+    browser.find_element("css selector", "#depth-input input[type=file]").send_keys(str(tmp_path / "depth.png"))
+    wait_for_text(browser, "KB", timeout=30)  # the depth upload is listed with its size
+    time.sleep(1.0)  # the photo's upload finishes too
+    browser.find_element("css selector", "#splat-run").click()
+    text = wait_for_text(browser, "unproject", "Gaussians (96x72)", timeout=90)
+    assert "Traceback" not in text
+    links = browser.execute_script("return Array.from(document.querySelectorAll('#splat-downloads a')).map(a => a.href)")
+    names = {h.rsplit("/", 1)[-1]: h for h in links}
+    assert set(names) == {"scene.ply", "scene.splat", "depth.png"}
+    status, data = _fetch(names["scene.ply"])
+    assert status == 200
+    (tmp_path / "scene.ply").write_bytes(data)
+    g = read_gaussians_ply(tmp_path / "scene.ply")
+    assert len(g) == 96 * 72  # the weight-free path: one Gaussian per pixel
+    renders = browser.execute_script("return document.querySelectorAll('#renders img').length")
+    assert renders >= 6  # the six preview views
