@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import shutil
 import threading
 import time
@@ -54,6 +55,12 @@ def _name(path: str | Path) -> str:
     return Path(str(path)).name
 
 
+def _safe_name(name: str, fallback: str) -> str:
+    """A file name made of ``[A-Za-z0-9._-]`` only (the client's name, kept readable for messages)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name)[-100:].lstrip(".")
+    return safe or fallback
+
+
 def prepare_input(inp: VideoInput, run_dir: str | Path, max_bytes: int, max_zip_bytes: int | None = None) -> str:
     """Check ``inp`` and copy it into ``run_dir/input``; returns what to give :func:`open_source`
     (a video file, an image folder, a dataset folder or the URL).
@@ -82,7 +89,7 @@ def prepare_input(inp: VideoInput, run_dir: str | Path, max_bytes: int, max_zip_
             raise ValueError(f"{src.name}: unsupported file type {src.suffix or '(none)'}; expected a video "
                              f"({', '.join(VIDEO_EXTS)})")
         check_upload_size(src, max_bytes)
-        return str(shutil.copy(src, dst / f"video{src.suffix.lower()}"))
+        return str(shutil.copy(src, dst / _safe_name(src.name, f"video{src.suffix.lower()}")))
     if inp.zip:
         src = Path(inp.zip)
         if src.suffix.lower() != ".zip":
@@ -201,8 +208,8 @@ class ReconJob:
             self.error = f"{self.backend}: missing dependency: {exc}"
         except Exception as exc:  # shown in the app as one message; the log has the traceback
             log.debug("job failed", exc_info=True)
-            msg = str(exc)
-            self.error = msg if where in msg else f"{where}: {msg}"
+            msg = str(exc) if "://" in self.input else str(exc).replace(str(Path(self.input)), where)
+            self.error = msg if msg.startswith(where) else f"{where}: {msg}"
 
     def stop(self) -> None:
         """Stop after the current frame (the result so far is kept as a partial run)."""

@@ -126,8 +126,8 @@ def build_app(config: AppConfig, store: SessionStore):
                         groups[name] = grp
                 with gr.Column(scale=2):
                     status = gr.Markdown("", elem_id="status")
-                    model3d = gr.Model3D(label="result (GLB)", elem_id="model3d", height=420)
                     viewer = gr.HTML("", elem_id="viewer")
+                    model3d = gr.Model3D(label="result (GLB)", elem_id="model3d", height=420)
                     downloads = gr.File(label="downloads", file_count="multiple", interactive=False,
                                         elem_id="downloads")
                     summary = gr.Markdown("", elem_id="summary")
