@@ -556,3 +556,37 @@ def test_app_image_to_gaussians_in_the_browser(app, browser, tmp_path):  # noqa:
     assert len(g) == 96 * 72  # the weight-free path: one Gaussian per pixel
     renders = browser.execute_script("return document.querySelectorAll('#renders img').length")
     assert renders >= 6  # the six preview views
+
+
+@pytest.mark.slow  # starts a second app process (~25 s, mostly importing gradio)
+def test_cli_takes_the_next_port_and_exits_cleanly_on_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        p = subprocess.Popen([sys.executable, "-m", "forward3d", "app", "--port", str(port), "--root",
+                              str(tmp_path / "root")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            lines = []
+            for line in p.stdout:
+                lines.append(line)
+                if "open http" in line:
+                    break
+            text = "".join(lines)
+            assert f"port {port} is busy, using" in text, text
+            url = text.split("open ", 1)[1].split()[0]
+            assert url.startswith("http://127.0.0.1:") and _fetch(url)[0] == 200
+            assert any((tmp_path / "root").iterdir())  # gradio's cache lives in the root
+            p.send_signal(signal.SIGINT)
+            out, _ = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+    assert p.returncode == 0 and "forward3d app: stopped" in out and "Traceback" not in out, out
+    assert not any((tmp_path / "root").iterdir())  # the session folders are removed, the given root stays

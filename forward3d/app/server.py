@@ -82,6 +82,7 @@ class AppServer:
         url: where it is served.
         port: the port it listens on.
         store: the session folders.
+        previous_temp_dir: ``GRADIO_TEMP_DIR`` before the app set it (restored by :meth:`close`).
     """
 
     demo: Any
@@ -91,7 +92,11 @@ class AppServer:
     previous_temp_dir: str | None = None
 
     def close(self) -> None:
+        """Stop serving; remove the session folders and gradio's cache (and the root when the app made it)."""
+        import shutil
+
         self.demo.close()
+        shutil.rmtree(self.store.root / "_gradio", ignore_errors=True)
         self.store.close()
         _set_env("GRADIO_TEMP_DIR", self.previous_temp_dir)
 

@@ -21,15 +21,15 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(AppConfig, args, args._app_dests)
     server = launch_app(cfg, block=False)
-    if cfg.port and server.port != cfg.port:
-        print(f"forward3d app: port {cfg.port} is busy, using {server.port}", flush=True)
-    print(f"forward3d app: open {server.url} in a browser (Ctrl-C to stop); session files under {server.store.root}",
-          flush=True)
     try:
-        server.demo.block_thread()
+        if cfg.port and server.port != cfg.port:
+            print(f"forward3d app: port {cfg.port} is busy, using {server.port}", flush=True)
+        print(f"forward3d app: open {server.url} in a browser (Ctrl-C to stop); session files under "
+              f"{server.store.root}", flush=True)
+        server.demo.block_thread()  # returns on Ctrl-C
     except KeyboardInterrupt:
         pass
     finally:
-        server.close()
+        server.close()  # stops the viewers, removes the session folders
     print("forward3d app: stopped", flush=True)
     return 0
