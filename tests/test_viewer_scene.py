@@ -351,6 +351,22 @@ def test_load_colmap_and_nerfstudio(recon_folder, tmp_path):
     assert len(load_scene(tmp_path)) == 6
 
 
+def test_load_colmap_binary_model_with_pycolmap(recon_folder, tmp_path):
+    pycolmap = pytest.importorskip("pycolmap")
+    rec = pycolmap.Reconstruction()
+    rec.read_text(str(recon_folder / "colmap"))
+    (tmp_path / "sparse" / "0").mkdir(parents=True)
+    rec.write_binary(str(tmp_path / "sparse" / "0"))
+    assert {"cameras.bin", "images.bin", "points3D.bin"} <= {p.name for p in (tmp_path / "sparse" / "0").iterdir()}
+    assert not list(tmp_path.rglob("*.txt"))  # binary only
+    text, binary = load_scene(recon_folder / "colmap"), load_scene(tmp_path)
+    assert len(binary) == len(text) == 6 and binary.summary() == text.summary()
+    assert np.allclose(binary.c2w(), text.c2w(), atol=1e-9)
+    assert np.allclose(binary.frames[0].K, text.frames[0].K) and binary.frames[0].image_size == text.frames[0].image_size
+    assert np.allclose(binary.cloud.points, text.cloud.points) and np.array_equal(binary.cloud.colors, text.cloud.colors)
+    assert np.allclose(binary.c2w(), small_recon(n=6).c2w, atol=1e-5)
+
+
 def test_load_single_files(tmp_path):
     rng = np.random.default_rng(0)
     pc = PointCloud(rng.normal(size=(500, 3)).astype(np.float32), rng.integers(0, 255, (500, 3), dtype=np.uint8))
@@ -423,7 +439,8 @@ def test_load_bad_input(tmp_path, recon_folder):
         load_scene(tmp_path / "nothing")
     (tmp_path / "bin" / "sparse" / "0").mkdir(parents=True)
     (tmp_path / "bin" / "sparse" / "0" / "cameras.bin").write_bytes(b"\x00" * 8)
-    with pytest.raises(ValueError, match="model_converter"):
+    (tmp_path / "bin" / "sparse" / "0" / "images.bin").write_bytes(b"\x00" * 3)
+    with pytest.raises(ValueError, match=r"0: corrupt or incomplete binary COLMAP model"):
         load_scene(tmp_path / "bin")
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(ValueError, match="transforms.json"):

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("forward3d.cli.data", "prepare / check training datasets, list them, check mixture strings"),
     "view": ("forward3d.cli.view", "open a reconstruction / point cloud / mesh / 3D Gaussians in the browser (viser)"),
     "stream-proxy": ("forward3d.cli.stream_proxy", "re-serve one MJPEG/HTTP camera to many clients"),
+    "app": ("forward3d.cli.app", "the web app (Gradio): video / images / RGB-D zip / stream -> 3D, image -> 3D Gaussians"),
 }
 
 

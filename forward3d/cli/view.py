@@ -14,7 +14,7 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = ViewerConfig()
     p.add_argument("path", help="a forward3d recon output folder, reconstruction.npz, point-cloud/mesh .ply/.glb/.obj, "
-                                "3DGS .ply/.splat, COLMAP text model folder or nerfstudio transforms.json")
+                                "3DGS .ply/.splat, COLMAP model folder (text, or binary with pycolmap) or nerfstudio transforms.json")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes the scene "
                         "to the network)")

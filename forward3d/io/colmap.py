@@ -27,7 +27,7 @@ from forward3d.io.atomic import atomic_write
 from forward3d.io.trajectory import quat_wxyz_to_rotmat, rotmat_to_quat_wxyz
 from forward3d.types import PointCloud, Reconstruction
 
-__all__ = ["CameraSet", "write_colmap_text", "read_colmap_text"]
+__all__ = ["CameraSet", "write_colmap_text", "read_colmap_text", "read_colmap_binary"]
 
 log = logging.getLogger(__name__)
 
@@ -287,3 +287,37 @@ def read_colmap_text(folder: str | os.PathLike) -> CameraSet:
         names=[r[4] for r in images], K=K, c2w=c2w, image_sizes=sizes, points=points,
         extras={"image_ids": [r[0] for r in images], "camera_ids": [r[3] for r in images]},
     )
+
+
+def read_colmap_binary(folder: str | os.PathLike) -> CameraSet:
+    """Read a COLMAP binary model (``cameras.bin``, ``images.bin``, ``points3D.bin``) with pycolmap
+    (extra ``[sfm]``): converted to the text model in a temporary folder and read by
+    :func:`read_colmap_text`, so both forms give the same :class:`CameraSet`.
+
+    Raises:
+        ImportError: pycolmap is missing (the message names the extra).
+        ValueError: the model is corrupt or incomplete (naming the folder).
+    """
+    import tempfile
+
+    folder = Path(folder)
+    for name in ("cameras.bin", "images.bin"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"COLMAP model {folder}: {name} not found")
+    try:
+        import pycolmap
+    except ImportError:
+        raise ImportError(f"{folder}: reading a binary COLMAP model needs pycolmap: pip install 'forward3d[sfm]' "
+                          "(or convert it: colmap model_converter --output_type TXT)") from None
+    try:
+        rec = pycolmap.Reconstruction()
+        rec.read_binary(str(folder))
+    except Exception as exc:  # pycolmap raises its own error types for damaged files
+        raise ValueError(f"{folder}: corrupt or incomplete binary COLMAP model ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''})") from None
+    with tempfile.TemporaryDirectory(prefix="forward3d-colmap-") as tmp:
+        rec.write_text(tmp)
+        cams = read_colmap_text(tmp)
+    if not (folder / "points3D.bin").is_file():
+        cams.points = None
+    return cams

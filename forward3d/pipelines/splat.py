@@ -22,7 +22,7 @@ from forward3d.types import SH_C0, Gaussians
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SplatConfig", "predict_flash3d", "unproject_gaussians", "SplatResult", "splat_image", "render_views", "colorize_depth"]
+__all__ = ["SplatConfig", "predict_flash3d", "unproject_gaussians", "SplatResult", "splat_image", "splat_image_file", "camera_K", "render_views", "colorize_depth"]
 
 
 def unproject_gaussians(image: np.ndarray, depth: np.ndarray, K: np.ndarray, footprint: float = 0.5,
@@ -391,3 +391,57 @@ def save_outputs(result: SplatResult, out_dir: str | Path, orbit_frames: int = 2
                               max_side=orbit_size, progress=progress, desc="orbit")
         paths["video"] = write_video(out / f"orbit.{video}", frames, fps=fps)
     return paths
+
+
+def camera_K(cfg: SplatConfig, w: int, h: int) -> np.ndarray:
+    """``[3, 3]`` intrinsics of a ``w`` x ``h`` image from ``cfg.intrinsics``, else ``cfg.fov`` (default 60
+    degrees, with a warning)."""
+    from forward3d.types import Intrinsics
+
+    if cfg.intrinsics:
+        fx, fy, cx, cy = cfg.intrinsics
+        return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+    if cfg.fov is None:
+        logger.warning("no --intrinsics or --fov given: assuming a 60 degree horizontal field of view")
+    return Intrinsics.from_fov(w, h, 60.0 if cfg.fov is None else cfg.fov).K
+
+
+def splat_image_file(cfg: SplatConfig, progress: bool = True) -> tuple[SplatResult, dict[str, Path]]:
+    """What ``forward3d splat IMAGE`` does: read ``cfg.image`` (+ ``cfg.depth`` or ``cfg.depth_model``),
+    run Flash3D (``cfg.weights``) or the unproject baseline, and write ``cfg.out`` as a whole (scene.ply,
+    scene.splat, depth.png, views/, the orbit video, summary.json). Returns the result and the written
+    paths (in ``cfg.out``)."""
+    import json
+
+    from forward3d.device import resolve_device
+    from forward3d.io.atomic import staged_folder
+    from forward3d.models.depth import make_depth_estimator, read_image_and_depth
+
+    if not cfg.image:
+        raise ValueError("splat: give an IMAGE, or --multiview IMG1 IMG2 ... --poses ... for posed views")
+    device = str(resolve_device(cfg.device))
+    image, depth = read_image_and_depth(cfg.image, cfg.depth, cfg.depth_scale)
+    h, w = image.shape[:2]
+    K = camera_K(cfg, w, h)
+    depth_model = make_depth_estimator(cfg.depth_model, device=device) if cfg.depth_model else None
+    if depth is None and depth_model is None:
+        raise ValueError("splat needs depth: pass --depth DEPTH.png or --depth-model MODEL")
+    model = None
+    if cfg.weights:
+        from forward3d.models.flash3d import Flash3D
+
+        model = Flash3D.from_pretrained(cfg.weights, device=device)
+    else:
+        logger.warning("no --weights: using the no-network unproject baseline (one Gaussian per pixel)")
+    result = splat_image(image, K, depth=depth, model=model, depth_model=depth_model,
+                         max_gaussians=cfg.max_gaussians or None)
+    with staged_folder(cfg.out, cfg.overwrite) as stage:  # an error leaves --out as it was, never half-written
+        paths = save_outputs(result, stage, orbit_frames=cfg.orbit_frames, video=cfg.video, max_side=cfg.view_size,
+                             orbit_size=cfg.orbit_size, fps=cfg.fps, background=cfg.background, progress=progress)
+        paths = {k: Path(cfg.out) / Path(v).relative_to(stage) for k, v in paths.items()}
+        summary = {"method": result.method, "image": str(cfg.image), "num_gaussians": len(result.gaussians),
+                   "K": result.K.tolist(), "size": [result.width, result.height], **result.info,
+                   "files": {k: str(v) for k, v in paths.items()}}
+        with open(stage / "summary.json", "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+    return result, paths

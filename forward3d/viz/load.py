@@ -5,8 +5,8 @@ Accepted (every format is read by :mod:`forward3d.io`; this module only decides 
 - a ``forward3d recon`` output folder (``reconstruction.npz`` + ``.json``, with ``metrics.json``,
   ``point_cloud.ply``, ``mesh.glb`` ... beside it), or the ``.npz`` / its ``.json`` directly;
 - a point-cloud or mesh ``.ply`` / ``.glb`` / ``.obj``; a 3DGS ``.ply`` or ``.splat``;
-- a COLMAP text model folder (``cameras.txt``, ``images.txt``, ``points3D.txt``; also a folder
-  holding ``colmap/``, ``sparse/0/`` or ``sparse/`` with one);
+- a COLMAP model folder, text (``cameras.txt``, ``images.txt``, ``points3D.txt``) or binary (``.bin``,
+  read with pycolmap, extra ``[sfm]``); also a folder holding ``colmap/``, ``sparse/0/`` or ``sparse/`` with one;
 - a nerfstudio ``transforms.json`` (or its folder).
 
 A ground-truth trajectory (TUM or Redwood ``.log``) can be added with :func:`attach_ground_truth`:
@@ -34,7 +34,7 @@ __all__ = ["load_scene", "attach_ground_truth", "attach_images", "SUPPORTED"]
 log = logging.getLogger(__name__)
 
 SUPPORTED = ("a forward3d recon output folder (reconstruction.npz), a reconstruction .npz, a point-cloud or mesh "
-             ".ply/.glb/.obj, a 3DGS .ply or .splat, a COLMAP text model folder, a nerfstudio transforms.json")
+             ".ply/.glb/.obj, a 3DGS .ply or .splat, a COLMAP model folder (text or binary), a nerfstudio transforms.json")
 _RECON_FILES = {"point cloud (PLY)": "point_cloud.ply", "mesh (GLB)": "mesh.glb", "mesh (PLY)": "mesh.ply",
                 "trajectory (TUM)": "trajectory_tum.txt"}
 
@@ -79,7 +79,7 @@ def _colmap_folder(path: Path) -> Path | None:
 
 
 def _colmap_binary(path: Path) -> Path | None:
-    for cand in (path, path / "sparse" / "0", path / "sparse"):
+    for cand in (path, path / "colmap", path / "sparse" / "0", path / "sparse"):
         if (cand / "cameras.bin").is_file():
             return cand
     return None
@@ -95,9 +95,7 @@ def _load_folder(path: Path) -> SceneModel:
         return _load_transforms(path / "transforms.json")
     binary = _colmap_binary(path)
     if binary is not None:
-        raise ValueError(f"{binary}: a binary COLMAP model (cameras.bin); forward3d view reads COLMAP text models: "
-                         f"convert it with 'colmap model_converter --input_path {binary} --output_path OUT "
-                         "--output_type TXT'")
+        return _load_colmap(binary, binary=True)
     raise ValueError(f"{path}: a folder with nothing forward3d view can show; expected {SUPPORTED}")
 
 
@@ -219,10 +217,10 @@ def _bundle_image_paths(recon, folder: Path) -> list[str | None] | None:
     return out if any(Path(p).is_file() for p in out) else None
 
 
-def _load_colmap(folder: Path) -> SceneModel:
-    from forward3d.io.colmap import read_colmap_text
+def _load_colmap(folder: Path, binary: bool = False) -> SceneModel:
+    from forward3d.io.colmap import read_colmap_binary, read_colmap_text
 
-    cams = read_colmap_text(folder)
+    cams = read_colmap_binary(folder) if binary else read_colmap_text(folder)
     roots = [folder / "images", folder.parent / "images", folder.parent.parent / "images"]
     root = next((r for r in roots if r.is_dir()), None)
     paths = [None if root is None else str(root / n) for n in cams.names]
