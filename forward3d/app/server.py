@@ -18,11 +18,9 @@ log = logging.getLogger(__name__)
 
 def import_gradio():
     """The gradio module, or ImportError naming the extra."""
-    try:
-        import gradio
-    except ImportError:
-        raise ImportError("the app needs gradio: pip install forward3d[app]") from None
-    return gradio
+    from forward3d.optional import import_optional
+
+    return import_optional("gradio", "app", "the app")
 
 
 @dataclass

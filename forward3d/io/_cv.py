@@ -13,10 +13,7 @@ def import_cv2():
     OpenCV decodes OpenEXR only when ``OPENCV_IO_ENABLE_OPENEXR`` is set before its first import;
     it is set here (unless the caller chose a value) so Habitat ``*_depth.exr`` files can be read.
     """
+    from forward3d.optional import import_optional
+
     os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
-    try:
-        import cv2
-    except ImportError as exc:
-        raise ImportError("OpenCV is needed for this step (fisheye undistortion, EXR depth): "
-                          "pip install forward3d[data]") from exc
-    return cv2
+    return import_optional("cv2", "data", "this step (fisheye undistortion, EXR depth, inpainting)")

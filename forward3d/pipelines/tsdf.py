@@ -28,13 +28,10 @@ log = logging.getLogger(__name__)
 
 
 def import_open3d():
-    """Import open3d, or raise ImportError naming the extra that installs it."""
-    try:
-        import open3d as o3d  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("the rgbd backend needs open3d: pip install 'forward3d[rgbd]' "
-                          f"(open3d-cpu or open3d) ({exc})") from exc
-    return o3d
+    """Import open3d, or raise ImportError naming the extra that installs it (open3d-cpu or open3d)."""
+    from forward3d.optional import import_optional
+
+    return import_optional("open3d", "rgbd", "the rgbd backend")
 
 
 def _device(name: str):

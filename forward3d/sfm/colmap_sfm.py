@@ -27,11 +27,9 @@ log = logging.getLogger(__name__)
 
 def import_pycolmap() -> Any:
     """``pycolmap``, or an ImportError naming the extra that installs it."""
-    try:
-        import pycolmap
-    except ImportError as exc:
-        raise ImportError("structure from motion needs pycolmap: pip install 'forward3d[sfm]'") from exc
-    return pycolmap
+    from forward3d.optional import import_optional
+
+    return import_optional("pycolmap", "sfm", "structure from motion")
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,9 @@ logger = logging.getLogger(__name__)
 
 def import_rerun() -> Any:
     """``rerun`` or an ImportError naming the extra to install."""
-    try:
-        import rerun as rr
-    except ImportError as exc:
-        raise ImportError("--rerun needs the rerun SDK: pip install 'forward3d[rerun]'") from exc
-    return rr
+    from forward3d.optional import import_optional
+
+    return import_optional("rerun", "rerun", "--rerun")
 
 
 def _depth_from_point_map(points: np.ndarray, c2w: np.ndarray) -> np.ndarray:
