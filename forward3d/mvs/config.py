@@ -44,6 +44,8 @@ class MVSConfig:
         max_reproj_px: consistency: forward-backward reprojection error below this (pixels).
         max_rel_depth: consistency: relative depth difference below this.
         min_consistent: consistency: a depth is kept when at least this many source views agree.
+        single_view_ncc: consistency: a depth that only one source view confirms is still kept when
+            its aggregated NCC is at least this (above 1: never).
         fusion: ``points`` (consistent pixels merged across views) or ``tsdf`` (the rgbd back-end's
             TSDF: mesh and surface points; needs ``forward3d[rgbd]``).
         voxel_size: TSDF voxel size in scene units (0 = the median depth / 250).
@@ -64,7 +66,7 @@ class MVSConfig:
     sigma_color: float = 0.2
     sigma_spatial: float = 2.0
     min_variance: float = 1e-5
-    top_k: int = 3
+    top_k: int = 2
     min_ncc: float = 0.3
     depth_margin: float = 0.25
     baseline_depth_range: tuple[float, float] = (2.0, 200.0)
@@ -72,10 +74,11 @@ class MVSConfig:
     max_reproj_px: float = 1.0
     max_rel_depth: float = 0.01
     min_consistent: int = 2
+    single_view_ncc: float = 0.8
     fusion: Literal["points", "tsdf"] = "points"
     voxel_size: float = 0.0
     normals: bool = True
-    max_batch_pixels: int = 1 << 22
+    max_batch_pixels: int = 1 << 18
     device: str = "auto"
 
     def validate(self) -> None:
