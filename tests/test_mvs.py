@@ -337,10 +337,10 @@ def test_synthetic_room_tsdf_and_without_sparse_points(one_thread):
     assert np.median(_rel_errors(res.depths, frames)) < 0.01
     assert res.mesh is not None and len(res.mesh.faces) > 1000
     m = recon_metrics(res.mesh.vertices, scene.surface_points(0.01, visible_only=True), voxel_size=0.01)
-    # accurate where it reconstructs; completion is limited by the surfaces the fronto-parallel windows
-    # miss (grazing floor, the image borders seen by one view): measured 0.7 cm / 12.6 cm
-    assert m["accuracy_median"] < 0.01 and m["precision@0.02"] > 0.85
-    assert m["completion_median"] < 0.2 and m["recall@0.05"] > 0.35
+    # measured 0.78 / 2.15 cm (completion 12.6 cm when every depth needed two confirming views and the
+    # cost was the mean of the 3 best sources); the rest: surfaces seen by one view, the grazing floor
+    assert m["accuracy_median"] < 0.01 and m["precision@0.02"] > 0.8
+    assert m["completion_median"] < 0.03 and m["recall@0.05"] > 0.5
     res = dense_reconstruct(images, K, c2w, progress=False)
     rel = _rel_errors(res.depths, frames)
     assert np.median(rel) < 0.02 and np.mean([(d > 0).mean() for d in res.depths]) > 0.3

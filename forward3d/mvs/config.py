@@ -34,7 +34,7 @@ class MVSConfig:
         sigma_spatial: bilateral weight, spatial sigma in taps.
         min_variance: below this weighted grey variance of a window the pixel has no texture (NCC -1).
         top_k: the matching cost of a hypothesis is the mean of its ``top_k`` best source costs
-            (robust to occlusion in the other sources).
+            (robust to occlusion in the other sources; 2 lets surfaces that only two sources see match).
         min_ncc: depths whose aggregated NCC is below this are dropped before the consistency filter.
         depth_margin: depth range from the sparse points: their 1st-99th z percentiles widened by this
             fraction on each side.
@@ -50,7 +50,8 @@ class MVSConfig:
             TSDF: mesh and surface points; needs ``forward3d[rgbd]``).
         voxel_size: TSDF voxel size in scene units (0 = the median depth / 250).
         normals: compute per-view normals from the depth maps (world frame, facing the camera).
-        max_batch_pixels: memory bound: warped source pixels scored at once (rows are tiled to fit).
+        max_batch_pixels: memory bound: warped source pixels scored at once (rows are tiled to fit);
+            the default 2^18 keeps a tile's working set in the CPU caches (1.3x faster than 2^22).
         device: compute device: auto (CUDA when available, else CPU), cpu, cuda or cuda:N.
     """
 
