@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from forward3d.config import option
-from forward3d.pipelines import get_backend_class
+from forward3d.pipelines import auto_backend, get_backend_class
 from forward3d.pipelines.base import Backend, UpdateCallback
 from forward3d.types import Reconstruction
 
@@ -228,7 +228,7 @@ class RunResult:
     scene_gaussians: Any = None
 
 
-def reconstruct(input: str | Path, backend: str | Backend = "rgbd", config: Any = None, *,  # noqa: A002
+def reconstruct(input: str | Path, backend: str | Backend = "auto", config: Any = None, *,  # noqa: A002
                 source: SourceConfig | None = None, out: str | Path | None = None, overwrite: bool = False,
                 previews: bool = True, progress: bool = True, callback: UpdateCallback | None = None,
                 extra_metrics: dict[str, Any] | None = None, depth_estimator: Any = None,
@@ -237,8 +237,11 @@ def reconstruct(input: str | Path, backend: str | Backend = "rgbd", config: Any 
 
     Args:
         input: dataset folder, image folder, video file or stream URL.
-        backend: a registered back-end name or a :class:`Backend` instance.
-        config: the back-end's config (instance or dict; a name's default when None).
+        backend: a registered back-end name, a :class:`Backend` instance, or ``"auto"``: chosen from the
+            opened input by :func:`~forward3d.pipelines.auto_backend` (``rgbd`` for input with depth,
+            the weight-free ``sfm`` for RGB-only input), with a log line saying which and why.
+        config: the back-end's config (instance or dict; a name's default when None). With ``"auto"``
+            it must be for the back-end that is chosen (ValueError otherwise).
         source: how to read the input.
         out: output folder (checked before any work; replaced as a whole on success).
         overwrite: allow replacing an ``out`` folder that holds files forward3d did not write.
@@ -266,11 +269,23 @@ def reconstruct(input: str | Path, backend: str | Backend = "rgbd", config: Any 
     source = source or SourceConfig()
     if out is not None:
         check_output_folder(out, overwrite)
+    src = None
+    if isinstance(backend, str) and backend == "auto":
+        src = open_source(input, source, depth_estimator) if frames is None else frames
+        backend, why = auto_backend(src)
+        log.info("reconstruct %s: no back-end named, using %s (%s; name one with --backend NAME)",
+                 input, backend, why)
+        cls = get_backend_class(backend)
+        if config is not None and not isinstance(config, (dict, cls.config_cls)):
+            raise ValueError(f"{input}: the {backend} back-end was chosen for this input ({why}), but the options "
+                             f"given are {type(config).__name__}, not {cls.config_cls.__name__}: name the back-end "
+                             f"(--backend NAME) with its options")
     impl = backend if isinstance(backend, Backend) else get_backend_class(backend)(config)
     if isinstance(backend, Backend) and config is not None:
         impl.config = impl.resolve_config(config)
     impl.config = impl.configure_for_source(source, impl.config)
-    src = open_source(input, source, depth_estimator) if frames is None else frames
+    if src is None:
+        src = open_source(input, source, depth_estimator) if frames is None else frames
     impl.check_source(src, str(input))
     gcfg = _gaussians_config(gaussians)
     stoppable = StoppableFrames(src)

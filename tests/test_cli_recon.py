@@ -70,7 +70,7 @@ def test_rgb_only_input_is_a_one_line_error(tmp_path, capsys):
     scene = SyntheticScene(num_frames=3, width=64, height=48)
     write_layout((f.with_(depth=None, c2w=None) for f in scene.frames()), tmp_path / "imgs", "images")
     out = tmp_path / "out"
-    assert main(["recon", str(tmp_path / "imgs"), "--out", str(out)]) == 2
+    assert main(["recon", str(tmp_path / "imgs"), "--out", str(out), "--backend", "rgbd"]) == 2
     err = capsys.readouterr().err
     assert "slam3r" in err and "--depth-model" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()

@@ -21,8 +21,10 @@ from forward3d.mvs.cost import (
     weighted_ncc_reference,
 )
 from forward3d.mvs.sweep import (
+    _median3,
     build_pyramid,
     hypothesis_costs,
+    mean_of_smallest,
     select_hypothesis,
     sweep_reference,
 )
@@ -137,6 +139,26 @@ def test_fast_sweep_matches_literal_sweep(one_thread):
     np.testing.assert_allclose(inv.numpy(), inv_ref, atol=1e-9)
 
 
+@pytest.mark.parametrize("S,k", [(5, 2), (5, 3), (4, 1), (3, 3), (6, 5)])
+def test_min_max_networks_match_torch(S, k):
+    """The fast top-k mean, running arg-min and 3x3 median against topk / argmin / median."""
+    x = torch.rand(S, 7, 9, dtype=torch.float64)
+    x[:, 0, 0] = 0.5  # ties
+    expect = x.topk(k, dim=0, largest=False).values.mean(0)
+    torch.testing.assert_close(mean_of_smallest(x, k), expect, rtol=0, atol=1e-12)
+    hyp = torch.arange(S, dtype=torch.float64)[:, None, None].expand(-1, 7, 9)
+    inv, c = select_hypothesis(hyp, x)
+    idx = x.argmin(0)
+    torch.testing.assert_close(c, x.min(0).values)
+    interior = (idx > 0) & (idx < S - 1)
+    assert (inv[~interior] == idx[~interior].double()).all()  # border winners are not refined
+    assert ((inv - idx.double()).abs() <= 0.5).all()
+    img = torch.rand(13, 17)
+    pad = torch.nn.functional.pad(img[None, None], (1, 1, 1, 1), mode="replicate")
+    med = torch.nn.functional.unfold(pad, 3).reshape(9, 13, 17).median(0).values
+    assert torch.equal(_median3(img), med)
+
+
 def test_select_hypothesis_recovers_parabola_minimum():
     x = torch.linspace(0.1, 1.0, 10)[:, None, None].expand(-1, 2, 3)
     best = torch.tensor([[0.33, 0.52, 0.71], [0.26, 0.47, 0.88]])
@@ -198,6 +220,15 @@ def test_consistency_filter_removes_wrong_depths(tiny_room, one_thread):
     valid = depths[0] > 0
     assert kept[valid].float().mean() > 0.6  # the rest (seen by >= 2 other views) survives
     assert int(counts[0][25, 35]) == 0 and counts[0].max() == 3
+    # a depth that only one source confirms is kept where marked confident, and only there
+    only_one = [wrong] + [depths[1]] + [torch.zeros_like(d) for d in depths[2:]]
+    strict, c1 = consistency_filter(only_one, K, C, srcs, 1.0, 0.01, 2)
+    confident = torch.zeros_like(valid)
+    confident[:, :80] = True
+    loose, _ = consistency_filter(only_one, K, C, srcs, 1.0, 0.01, 2, [confident] * 4)
+    assert not (strict[0] > 0).any() and (c1[0] == 1).sum() > 1000
+    one = (c1[0] == 1)
+    assert torch.equal(loose[0] > 0, one & confident) and not (loose[0] > 0)[20:60, 30:90].any()
 
 
 # --------------------------------------------------------------------------------------- input
@@ -262,10 +293,33 @@ def test_synthetic_room_depth_and_fused_cloud(tiny_room, one_thread):
     np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1.0, atol=1e-4)
     gt = tiny_room.surface_points(0.01, visible_only=True)
     m = recon_metrics(res.points, gt, voxel_size=0.01)
-    # a pixel is about 2.5 cm at 3 m at this size
-    assert m["accuracy_median"] < 0.02 and m["precision@0.05"] > 0.85
-    assert m["completion_median"] < 0.06 and m["normal_accuracy"] > 0.7  # normals: finite differences
+    print({k: round(float(m[k]), 4) for k in ("accuracy_median", "completion_median", "precision@0.05",
+                                               "recall@0.05", "normal_accuracy")})
+    # a pixel is about 2.5 cm at 3 m at this size; measured 1.9 / 2.7 cm (4.3 cm before a single confident
+    # view could confirm a depth)
+    assert m["accuracy_median"] < 0.025 and m["precision@0.05"] > 0.8
+    assert m["completion_median"] < 0.04 and m["recall@0.05"] > 0.6
+    assert m["normal_accuracy"] > 0.7  # normals: finite differences
     assert res.points.colors is not None and len(res.points) > 10000
+
+
+@pytest.mark.slow
+def test_synthetic_room_completion_under_2cm(one_thread):
+    """8 handheld views at 320x240 (default options, point fusion): the cloud against the GT surface
+    seen by the frames: accuracy and completion medians under 2 cm (measured 0.9 / 1.8 cm; 13 cm when
+    every depth needed two confirming views and a hypothesis' cost was the mean of its 3 best sources)."""
+    from forward3d.eval.recon import recon_metrics
+
+    scene = SyntheticScene(num_frames=8, width=320, height=240, trajectory="handheld", speed=2.5)
+    frames = list(scene.frames())
+    res = dense_reconstruct([f.image for f in frames], np.stack([f.K for f in frames]),
+                            np.stack([f.c2w for f in frames]), sparse_points=_sparse_points(frames, 200),
+                            progress=False)
+    m = recon_metrics(res.points, scene.surface_points(0.01, visible_only=True), voxel_size=0.01)
+    print({k: round(float(m[k]), 4) for k in ("accuracy_median", "completion_median", "precision@0.02", "recall@0.05")})
+    assert m["accuracy_median"] < 0.02 and m["completion_median"] < 0.02
+    assert m["precision@0.05"] > 0.9 and m["recall@0.05"] > 0.6
+    assert np.median(_rel_errors(res.depths, frames)) < 0.01
 
 
 @pytest.mark.slow
@@ -283,10 +337,10 @@ def test_synthetic_room_tsdf_and_without_sparse_points(one_thread):
     assert np.median(_rel_errors(res.depths, frames)) < 0.01
     assert res.mesh is not None and len(res.mesh.faces) > 1000
     m = recon_metrics(res.mesh.vertices, scene.surface_points(0.01, visible_only=True), voxel_size=0.01)
-    # accurate where it reconstructs; completion is limited by the surfaces the fronto-parallel windows
-    # miss (grazing floor, the image borders seen by one view): measured 0.7 cm / 12.6 cm
-    assert m["accuracy_median"] < 0.01 and m["precision@0.02"] > 0.85
-    assert m["completion_median"] < 0.2 and m["recall@0.05"] > 0.35
+    # measured 0.78 / 2.15 cm (completion 12.6 cm when every depth needed two confirming views and the
+    # cost was the mean of the 3 best sources); the rest: surfaces seen by one view, the grazing floor
+    assert m["accuracy_median"] < 0.01 and m["precision@0.02"] > 0.8
+    assert m["completion_median"] < 0.03 and m["recall@0.05"] > 0.5
     res = dense_reconstruct(images, K, c2w, progress=False)
     rel = _rel_errors(res.depths, frames)
     assert np.median(rel) < 0.02 and np.mean([(d > 0).mean() for d in res.depths]) > 0.3

@@ -241,6 +241,40 @@ def test_rgb_refusal_points_to_sfm(tmp_path):
         get_backend("rgbd").check_source(Src(), "clip.mp4")
 
 
+def test_auto_backend_by_input_kind():
+    from forward3d.pipelines import DEFAULT_BACKEND, auto_backend
+
+    class Src:
+        def __init__(self, has_depth):
+            self.has_depth = has_depth
+
+    assert auto_backend(Src(True))[0] == DEFAULT_BACKEND == "rgbd"
+    assert auto_backend(object())[0] == "rgbd"  # unknown kind: the default, whose own checks apply
+    name, why = auto_backend(Src(False))
+    assert name == "sfm" and "no depth" in why  # weight-free and depth-free; slam3r/spann3r need weights
+
+
+def test_rgb_only_input_without_backend_runs_sfm(tmp_path, caplog, capsys):
+    """``forward3d recon FOLDER`` (no --backend) on RGB-only images: the sfm back-end is chosen, a log
+    line says so, and the whole output set is written; rgbd options given without --backend are refused."""
+    import logging
+
+    from forward3d.cli import main
+    from forward3d.io.sources import write_layout
+
+    scene = SyntheticScene(SyntheticConfig(seed=0, num_frames=10, width=160, height=120))
+    write_layout((f.with_(depth=None, c2w=None) for f in scene.frames()), tmp_path / "imgs", "images")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="forward3d.api"):
+        assert main(["recon", str(tmp_path / "imgs"), "--out", str(out), "--no-previews", "--no-progress"]) == 0
+    assert "no back-end named, using sfm (the input has no depth and no weights were given" in caplog.text
+    meta = json.loads((out / "reconstruction.json").read_text())
+    assert meta["backend"] == "sfm" and (out / "point_cloud.ply").stat().st_size > 1000
+    assert (out / "trajectory_tum.txt").read_text().count("\n") >= 10
+    assert main(["recon", str(tmp_path / "imgs"), "--out", str(tmp_path / "o2"), "--voxel-size", "0.05"]) == 2
+    assert "options given are RGBDConfig" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
 @pytest.mark.slow
 def test_demo_rgb(tmp_path):
     from forward3d.demo import DemoConfig, run_demo

@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from forward3d.cli.options import add_config_arguments, config_from_args
+from forward3d.pipelines import DEFAULT_BACKEND
 
 __all__ = ["add_arguments", "run", "DEFAULT_BACKEND", "selected_backend"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BACKEND = "rgbd"
 
 
 def selected_backend(argv: list[str] | None, default: str = DEFAULT_BACKEND) -> str:
@@ -62,8 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None
                                       "image folder, video or stream URL")
     parser.add_argument("--out", "-o", default="forward3d-recon", metavar="DIR",
                         help="output folder, replaced as a whole on success (default: %(default)s)")
-    parser.add_argument("--backend", default=DEFAULT_BACKEND, metavar="NAME",
-                        help=f"reconstruction back-end: {', '.join(available_backends())} (default: {DEFAULT_BACKEND})")
+    parser.add_argument("--backend", default=None, metavar="NAME",
+                        help=f"reconstruction back-end: {', '.join(available_backends())} (default: chosen from the "
+                             f"input: {DEFAULT_BACKEND} for input with depth, the weight-free sfm for RGB-only "
+                             f"input; without --backend the options listed are {DEFAULT_BACKEND}'s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out even when it holds files forward3d did not write")
     parser.add_argument("--no-previews", action="store_true", help="do not render previews/*.png")
@@ -130,9 +131,10 @@ def _summary(run: Any) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from forward3d.api import SourceConfig, reconstruct
 
+    name = args.backend or DEFAULT_BACKEND
     if getattr(args, "_backend_error", None):
-        raise ValueError(f"--backend {args.backend}: {args._backend_error}")
-    if args.backend != args._backend_name:  # pragma: no cover - argv pre-parsing and argparse disagree
+        raise ValueError(f"--backend {name}: {args._backend_error}")
+    if name != args._backend_name:  # pragma: no cover - argv pre-parsing and argparse disagree
         raise ValueError(f"--backend {args.backend}: give it as '--backend NAME' or '--backend=NAME'")
     from forward3d.pipelines import get_backend_class
 
@@ -143,8 +145,12 @@ def run(args: argparse.Namespace) -> int:
     from forward3d.pipelines.scene_gaussians import SceneGaussiansConfig
 
     gaussians = config_from_args(SceneGaussiansConfig, args, args._gaussians_dests)
-    cls = get_backend_class(args.backend)
+    cls = get_backend_class(name)
     config = config_from_args(cls.config_cls, args, args._backend_dests)
+    backend: Any = cls(config)
+    auto = args.backend is None and not view.view  # the live view streams: it keeps the default back-end
+    if auto:  # chosen from the opened input (reconstruct logs which); options left at their defaults stay unsaid
+        backend, config = "auto", (None if config == cls.config_cls() else config)
     recorder = None
     if args.rerun:
         from forward3d.viz.rerun_log import RerunRecorder
@@ -153,10 +159,10 @@ def run(args: argparse.Namespace) -> int:
     live = _open_live_view(view, cls, args.input) if view.view else None
     sinks = [s.push for s in (live, recorder) if s is not None]
     try:
-        result = reconstruct(args.input, cls(config), source=source, out=args.out, overwrite=args.overwrite,
-                             previews=not args.no_previews, progress=not args.no_progress,
-                             callback=(lambda u: [push(u) for push in sinks]) if sinks else None,
-                             gaussians=gaussians)
+        result = reconstruct(args.input, backend, config if auto else None, source=source,
+                             out=args.out, overwrite=args.overwrite, previews=not args.no_previews,
+                             progress=not args.no_progress, gaussians=gaussians,
+                             callback=(lambda u: [push(u) for push in sinks]) if sinks else None)
     except BaseException:
         if live is not None:
             live.stop()

@@ -4,7 +4,9 @@ A reference pixel ``p`` with depth ``d`` is lifted to the world and projected in
 (pixel ``q``, rounded to the pixel that contains it); ``q``'s depth is lifted from that pixel's centre
 and projected back into the reference. The pair agrees when the back-projection lands within
 ``max_reproj_px`` of ``p`` and its depth differs from ``d`` by less than ``max_rel_depth * d``. A depth is
-kept when at least ``min_consistent`` sources agree (COLMAP's ``StereoFusion`` rules).
+kept when at least ``min_consistent`` sources agree (COLMAP's ``StereoFusion`` rules), or when one agrees
+and its match is confident (a high NCC: surfaces that only two views see well, e.g. at the ends of
+a trajectory, would otherwise never be reconstructed).
 
 Point fusion visits the views in order: every kept pixel not yet used becomes one point, the mean of
 its own world point and those of the agreeing source pixels, coloured by their mean colour; the
@@ -99,9 +101,11 @@ def check_pair(u: Tensor, v: Tensor, d: Tensor, K_r: Tensor, c2w_r: Tensor, dept
 
 
 def consistency_filter(depths: list[Tensor], K: Tensor, c2w: Tensor, sources: list, max_reproj_px: float,
-                       max_rel_depth: float, min_consistent: int) -> tuple[list[Tensor], list[Tensor]]:
+                       max_rel_depth: float, min_consistent: int, confident: list[Tensor] | None = None
+                       ) -> tuple[list[Tensor], list[Tensor]]:
     """``(filtered depths, agreeing-source counts [H, W] int16)`` per view; depths with fewer agreeing
-    sources than ``min_consistent`` become 0."""
+    sources than ``min_consistent`` become 0, except, when ``confident`` (per view ``[H, W]`` bool) is
+    given, its pixels that at least one source confirms."""
     out, counts = [], []
     for r, d in enumerate(depths):
         idx, u, v, z = _valid_pixels(d)
@@ -114,7 +118,10 @@ def consistency_filter(depths: list[Tensor], K: Tensor, c2w: Tensor, sources: li
         full[idx] = n
         full = full.reshape(d.shape)
         counts.append(full)
-        out.append(torch.where(full >= min_consistent, d, torch.zeros_like(d)))
+        keep = full >= min_consistent
+        if confident is not None:
+            keep |= (full >= 1) & confident[r]
+        out.append(torch.where(keep, d, torch.zeros_like(d)))
     return out, counts
 
 

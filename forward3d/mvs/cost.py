@@ -39,6 +39,7 @@ __all__ = [
     "warp_by_depth_reference",
     "weighted_ncc",
     "weighted_ncc_reference",
+    "weighted_ncc_stacked",
     "window_offsets",
 ]
 
@@ -118,15 +119,22 @@ def weighted_ncc(win: RefWindow, src: Tensor) -> Tensor:
     Returns:
         ``[B, h, W]`` NCC in ``[-1, 1]`` (-1 where a variance is below ``min_variance``).
     """
+    return weighted_ncc_stacked(win, torch.stack([src, src * src], 1))
+
+
+def weighted_ncc_stacked(win: RefWindow, s2: Tensor) -> Tensor:
+    """:func:`weighted_ncc` of ``s2 = [B, 2, h + 2 pad, W + 2 pad]``: the source values and their squares
+    (the sweep writes both into one reused buffer instead of stacking them per call)."""
     h, w = win.mean.shape
     p = win.pad
-    s2 = torch.stack([src, src * src], 1)  # [B, 2, ...]: one pass per tap accumulates s and s^2
-    acc = src.new_zeros((src.shape[0], 2, h, w))
-    mrs = src.new_zeros((src.shape[0], h, w))
-    for k, (dy, dx) in enumerate(win.offsets):
+    acc = mrs = None
+    for k, (dy, dx) in enumerate(win.offsets):  # one pass per tap accumulates s and s^2, one s * (w r)
         sl = s2[:, :, p + dy:p + dy + h, p + dx:p + dx + w]
-        acc.addcmul_(sl, win.weights[k])
-        mrs.addcmul_(sl[:, 0], win.weighted_ref[k])
+        if acc is None:
+            acc, mrs = sl * win.weights[k], sl[:, 0] * win.weighted_ref[k]
+        else:
+            acc.addcmul_(sl, win.weights[k])
+            mrs.addcmul_(sl[:, 0], win.weighted_ref[k])
     ms, mss = acc[:, 0], acc[:, 1]
     var_s = (mss - ms * ms).clamp_min(0.0)
     cov = mrs - win.mean * ms
@@ -197,14 +205,20 @@ def warp_by_depth(src: Tensor, A: Tensor, b: Tensor, depth: Tensor, y0: int, x0:
     xs = torch.arange(x0, x0 + w, device=depth.device, dtype=depth.dtype) + 0.5
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     pix = torch.stack([gx, gy, torch.ones_like(gx)], 0).reshape(3, -1)  # [3, h*w]
-    rays = A @ pix  # [S, 3, h*w]
-    pts = rays[:, None] * depth.reshape(1, D, 1, -1) + b[:, None, :, None]  # [S, D, 3, h*w]
-    z = pts[:, :, 2]
-    zs = torch.where(z > 1e-9, z, torch.ones_like(z))
-    u = pts[:, :, 0] / zs
-    v = pts[:, :, 1] / zs
-    inside = (z > 1e-9) & (u >= 0) & (u <= ws) & (v >= 0) & (v <= hs)
-    grid = torch.stack([2.0 * u / ws - 1.0, 2.0 * v / hs - 1.0], -1).reshape(S, D, h * w, 2)
+    # grid_sample's normalised coordinates folded into the projection: 2 u / ws - 1 = (2 x / ws - z) / z
+    scale = torch.tensor([2.0 / ws, 2.0 / hs], dtype=A.dtype, device=A.device)
+    An = torch.cat([A[:, :2] * scale[None, :, None] - A[:, 2:3], A[:, 2:3]], 1)
+    bn = torch.cat([b[:, :2] * scale[None] - b[:, 2:3], b[:, 2:3]], 1)
+    rays = An @ pix  # [S, 3, h*w]
+    dd = depth.reshape(1, D, -1)
+    z = torch.addcmul(bn[:, 2, None, None], rays[:, None, 2], dd)  # [S, D, h*w]
+    front = z > 1e-9
+    rz = torch.where(front, z, torch.ones_like(z)).reciprocal_()
+    grid = torch.empty((S, D, h * w, 2), dtype=depth.dtype, device=depth.device)
+    gxn, gyn = grid[..., 0], grid[..., 1]  # written in place: no stacking pass
+    torch.addcmul(bn[:, 0, None, None], rays[:, None, 0], dd, out=gxn).mul_(rz)
+    torch.addcmul(bn[:, 1, None, None], rays[:, None, 1], dd, out=gyn).mul_(rz)
+    inside = front & (torch.maximum(gxn.abs(), gyn.abs()) <= 1.0)
     vals = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return vals.reshape(S, D, h, w), inside.reshape(S, D, h, w)
 

@@ -145,8 +145,9 @@ def dense_reconstruct(images: Sequence[np.ndarray], K, c2w, sparse_points=None, 
 
         t0 = time.perf_counter()
         if cfg.filter:
+            confident = [c >= cfg.single_view_ncc for c in conf] if cfg.single_view_ncc <= 1.0 else None
             depths, counts = consistency_filter(raw, Kt, Ct, sources, cfg.max_reproj_px, cfg.max_rel_depth,
-                                                cfg.min_consistent)
+                                                cfg.min_consistent, confident)
         else:
             depths, counts = list(raw), [torch.zeros(d.shape, dtype=torch.int16, device=device) for d in raw]
         conf = [torch.where(d > 0, c, torch.zeros_like(c)) for d, c in zip(depths, conf)]

@@ -27,12 +27,15 @@ from typing import Any
 from forward3d.config import import_reference
 from forward3d.pipelines.base import Backend, Capabilities, check_backend_class
 
-__all__ = ["BACKENDS", "ENTRY_POINT_GROUP", "Backend", "Capabilities", "register_backend", "available_backends",
-           "get_backend_class", "get_backend"]
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "ENTRY_POINT_GROUP", "Backend", "Capabilities", "auto_backend",
+           "register_backend", "available_backends", "get_backend_class", "get_backend"]
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "forward3d.backends"
+
+# the back-end of input with depth when the user names none (see auto_backend)
+DEFAULT_BACKEND = "rgbd"
 
 # name -> Backend subclass, or a lazy "module:Class" reference to one (resolved by get_backend_class)
 BACKENDS: dict[str, type[Backend] | str] = {
@@ -100,3 +103,23 @@ def get_backend_class(name: str) -> type[Backend]:
 def get_backend(name: str, config: Any = None, **overrides: Any) -> Backend:
     """An instance of back-end ``name``, e.g. ``get_backend("rgbd", voxel_size=0.01)``."""
     return get_backend_class(name)(config, **overrides)
+
+
+def auto_backend(source: Any) -> tuple[str, str]:
+    """The back-end for an opened frame source when the user names none: ``(name, reason)``.
+
+    Input with depth (or of unknown kind) -> :data:`DEFAULT_BACKEND`. RGB-only input (``has_depth`` is
+    False: a video, an image folder) -> the first registered back-end, by name, that needs neither depth
+    nor learned weights (``sfm``): with no back-end named, no weights were given either. When none
+    loads here, :data:`DEFAULT_BACKEND`, whose source check then refuses the input with the hint to use.
+    """
+    if getattr(source, "has_depth", None) is not False:
+        return DEFAULT_BACKEND, "the input has depth"
+    for name in available_backends():
+        try:
+            caps = get_backend_class(name).capabilities
+        except (ImportError, TypeError, ValueError):  # an optional back-end that cannot load here
+            continue
+        if not caps.needs_depth and not caps.needs_weights:
+            return name, "the input has no depth and no weights were given"
+    return DEFAULT_BACKEND, "no weight-free back-end for RGB-only input is available"
