@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.weights:
         from forward3d.models.flash3d import Flash3D
 
-        model = Flash3D.from_pretrained(cfg.weights, device=device)
+        model = Flash3D.from_pretrained(cfg.weights, device=device, dtype=cfg.dtype)
     else:
         logger.warning("no --weights: using the no-network unproject baseline (one Gaussian per pixel)")
     result = splat_image(image, K, depth=depth, model=model, depth_model=depth_model,
