@@ -10,7 +10,8 @@ at 1 and 2 threads, all in ONE process, interleaved repeat by repeat (ratios com
 shared machine). bf16 (``dtype="bfloat16"``) is measured at ``--bf16-size`` (default 128 x 160: bf16
 convolutions take a slow fallback on CPUs without AVX512-BF16) with its errors against fp32: rotation
 distance ``min(|q - q'|, |q + q'|)`` (median, p99, max) and every other output's max error over its range.
-Prints each target beside the measured figure with pass/fail and writes ``benchmarks/results/flash3d.json``.
+Prints each target beside the measured figure with pass/fail (a speed target passes when both the wall
+and the CPU-time ratio meet it) and writes ``benchmarks/results/flash3d.json``.
 
     python benchmarks/flash3d.py [--repeats 3] [--threads 1 2] [--no-bf16]
 """
@@ -114,9 +115,10 @@ def targets(rows: list[dict], bf16: dict | None) -> list[dict]:
     for t in sorted({r["threads"] for r in rows}):
         p, f = by.get(("plain", t)), by.get(("fused", t))
         if p and f:
-            sp = p["wall_s"] / f["wall_s"]
+            # wall ratios swing +-50% on the loaded shared machine: a pass needs the CPU-time ratio too
+            sp, cpu = p["wall_s"] / f["wall_s"], p["cpu_s"] / f["cpu_s"]
             out.append({"target": f"fused fp32 >= {FUSED_MIN_SPEEDUP}x plain ({t} thr)", "measured": sp,
-                        "cpu_ratio": p["cpu_s"] / f["cpu_s"], "pass": sp >= FUSED_MIN_SPEEDUP})
+                        "cpu_ratio": cpu, "pass": min(sp, cpu) >= FUSED_MIN_SPEEDUP})
     if bf16:
         out.append({"target": f"bf16 rotation error max <= {ROT_MAX_ERR}", "measured": bf16["rot_err_max"],
                     "pass": bf16["rot_err_max"] <= ROT_MAX_ERR})
