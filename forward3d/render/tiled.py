@@ -266,7 +266,9 @@ class _Composite(torch.autograd.Function):
         save = any(ctx.needs_input_grad[:2])
         # keep alpha and T of every pair for the backward pass when that fits the budget, else recompute
         keep = save and int(((isects.count + K - 1) // K).sum()) * K * P <= SAVE_PAIRS_BUDGET
-        n_groups = _n_groups(device, isects.n_tiles, workers)
+        # the compiled kernels run their own OpenMP loops (and dynamo's caches are not meant for concurrent
+        # first calls): one group
+        n_groups = 1 if kern is not None else _n_groups(device, isects.n_tiles, workers)
         tiles_all = torch.arange(isects.n_tiles, device=device)
         groups = [tiles_all[g::n_groups] for g in range(n_groups)]
 
