@@ -333,6 +333,7 @@ class Flash3D(nn.Module):
         self.dtype = dtype
         self.fp32_levels = FP32_DECODER_LEVELS
         self.fused = False
+        self._warned = False  # the slow-bf16-CPU warning, once per model
 
     @property
     def dtype(self) -> torch.dtype:
@@ -353,7 +354,8 @@ class Flash3D(nn.Module):
         dtype = resolve_dtype(self._dtype_arg, device)
         if dtype == torch.float32:
             return contextlib.nullcontext()
-        if device.type == "cpu" and dtype == torch.bfloat16 and not _cpu_has_fast_bf16():
+        if device.type == "cpu" and dtype == torch.bfloat16 and not _cpu_has_fast_bf16() and not self._warned:
+            self._warned = True
             logger.warning("Flash3D dtype=bfloat16 on a CPU without AVX512-BF16/AMX: oneDNN has no bf16 "
                            "convolutions here and torch falls back to a slow path (measured 29x slower than "
                            "fp32 on an AVX2 CPU); use float32")
