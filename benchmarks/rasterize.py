@@ -1,44 +1,64 @@
-"""Benchmark forward3d's Gaussian rasterizer on gsplat's garden recipe (../shared/specs/splatting.md).
+"""Benchmark forward3d's Gaussian rasterizer (torch path, CPU) against the targets of issue 17.
 
-Recipe: the 138,766 garden Gaussians restricted to [-2, 2]^3 (111,785), seed 42, quats = normalised standard
-normal, scales U[1e-4, 0.02], opacities U[0, 1], colours = file colours / 255 (SH degree 0), black background,
-camera 0 at 1/4 (162x105) and 1/2 (324x210) resolution with K scaled alike.
+Scenes (../shared/specs/splatting.md, gsplat's garden test recipe): the 138,766 garden Gaussians
+restricted to [-2, 2]^3 (111,785), seed 42, quats = normalised standard normal, scales U[1e-4, 0.02],
+opacities U[0, 1], colours = file colours / 255 (SH degree 0), black background, camera 0 at 1/4
+(162x105) and 1/2 (324x210) resolution with K scaled alike. ``1M@1024``: 1,000,000 Gaussians drawn from
+all the garden means (with replacement, jittered by N(0, 0.01)), same recipe otherwise, camera 0 resized
+to 1024x1024.
 
-Each (resolution, threads, pass) runs in its own subprocess so that its peak resident memory (ru_maxrss) is
-its own; ``peak_rss_mb`` is the whole process (torch, data) and ``render_rss_mb`` the growth over the
-state just before the first render. Times: wall clock (perf_counter) and process CPU time, median of
-``--repeats`` after one warm-up. Wall time on a shared machine depends on the load (recorded as loadavg):
-compare ratios within one run, and prefer CPU time for single-threaded figures.
+All thread counts run in ONE process (``torch.set_num_threads``), interleaved repeat by repeat, so that a
+ratio compares like with like on a shared machine (``OMP_WAIT_POLICY=PASSIVE`` unless set). Reported per (case, threads): median and minimum wall
+time, median process CPU time (on a loaded machine CPU time is the steadier single-thread figure), the
+load average. Each target is printed beside its measured figure with pass/fail; JSON goes to
+``benchmarks/results/rasterize.json``.
 
-    .venv/bin/python benchmarks/rasterize.py                 # full table, writes benchmarks/results/rasterize.json
-    .venv/bin/python benchmarks/rasterize.py --res 4 --threads 1 --tile-size 4 8 16
+    .venv/bin/python benchmarks/rasterize.py                   # every case, 1 and 2 threads
+    .venv/bin/python benchmarks/rasterize.py --cases half-fwd half-fwdbwd --repeats 7
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _util  # noqa: E402
+
+# before torch starts OpenMP: on a loaded shared machine spinning OpenMP threads wait for descheduled
+# siblings (2-thread runs 5-20x slower); sleeping waits give fair figures. Override by setting it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "garden" / "test_garden.npz"
-RESULTS = ROOT / "benchmarks" / "results" / "rasterize.json"
+DATA = Path(os.environ.get("FORWARD3D_SHARED", ROOT.parent / "shared")) / "data" / "garden" / "test_garden.npz"
 
-# the spec's figures for a pure-PyTorch gsplat port (16x16 tiles, per-tile Python loop), 2 threads
-PEERS = {
-    4: {"fwd_s": 0.75, "fwdbwd_s": 1.75, "fwdbwd_gib": 2.7},
-    2: {"fwd_s": 0.98, "fwdbwd_s": 2.76, "fwdbwd_gib": 4.1},
+# case -> (scene, backward)
+CASES = {
+    "quarter-fwd": ("1/4", False),
+    "quarter-fwdbwd": ("1/4", True),
+    "half-fwd": ("1/2", False),
+    "half-fwdbwd": ("1/2", True),
+    "1M@1024-fwdbwd": ("1M@1024", True),
 }
+# issue 17: (name, case, threads, kind, bound); kind "max_s" = wall median <= bound, "min_speedup" =
+# wall(1 thread) / wall(2 threads) >= bound
+TARGETS = [
+    ("2 threads >= 1.7x 1 thread, 1/2 fwd", "half-fwd", 2, "min_speedup", 1.7),
+    ("2 threads >= 1.7x 1 thread, 1/2 fwd+bwd", "half-fwdbwd", 2, "min_speedup", 1.7),
+    ("1/2 res fwd <= 60 ms (2 threads)", "half-fwd", 2, "max_s", 0.060),
+    ("1/2 res fwd+bwd <= 180 ms (2 threads)", "half-fwdbwd", 2, "max_s", 0.180),
+    ("1M Gaussians 1024^2 fwd+bwd <= 4 s (2 threads)", "1M@1024-fwdbwd", 2, "max_s", 4.0),
+]
 
 
-def load_scene(res: int, data: Path = DATA):
-    """The gsplat test recipe: Gaussians and camera 0 at ``1/res`` resolution."""
+def load_scene(res: int | str, data: Path = DATA):
+    """The gsplat test recipe: Gaussians and camera 0 at ``1/res`` resolution (``res`` 4, 2, "1/4", "1/2"),
+    or ``"1M@1024"`` (one million Gaussians, 1024x1024)."""
     import numpy as np
     import torch
 
@@ -48,138 +68,127 @@ def load_scene(res: int, data: Path = DATA):
     d = np.load(data)
     means = torch.from_numpy(d["means3d"]).float()
     colors = torch.from_numpy(d["colors"]).float() / 255.0
-    keep = ((means > -2) & (means < 2)).all(-1)
-    means, colors = means[keep], colors[keep]
-    n = len(means)
     torch.manual_seed(42)
+    if res == "1M@1024":
+        pick = torch.randint(len(means), (1_000_000,))
+        means, colors = means[pick] + 0.01 * torch.randn(len(pick), 3), colors[pick]
+    else:
+        keep = ((means > -2) & (means < 2)).all(-1)
+        means, colors = means[keep], colors[keep]
+    n = len(means)
     quats = torch.nn.functional.normalize(torch.randn(n, 4), dim=-1)
     scales = torch.rand(n, 3) * (0.02 - 1e-4) + 1e-4
     opacities = torch.rand(n)
     g = Gaussians.from_activated(means, quats, scales, opacities, colors=colors)
     W, H = int(d["width"]), int(d["height"])
     cams = Cameras(torch.from_numpy(d["viewmats"][:1]), torch.from_numpy(d["Ks"][:1]), W, H)
-    return g, cams.resized(W // res, H // res)
+    if res == "1M@1024":
+        return g, cams.resized(1024, 1024)
+    f = int(str(res).split("/")[-1])
+    return g, cams.resized(W // f, H // f)
 
 
-def worker(args: argparse.Namespace) -> dict:
+def bench_case(case: str, threads: list[int], repeats: int, tile_size: int | None, compile: bool) -> list[dict]:
     import torch
 
     from forward3d.render import rasterize
 
-    torch.set_num_threads(args.threads)
-    g, cams = load_scene(args.res)
-    backward = args.mode == "fwdbwd"
+    scene, backward = CASES[case]
+    g, cams = load_scene(scene)
+    leaves = (g.means, g.quats, g.log_scales, g.opacity_logits, g.sh)
     if backward:
-        for t in (g.means, g.quats, g.log_scales, g.opacity_logits, g.sh):
+        for t in leaves:
             t.requires_grad_(True)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def run():
-        for t in (g.means, g.quats, g.log_scales, g.opacity_logits, g.sh):
+        for t in leaves:
             t.grad = None
         with torch.set_grad_enabled(backward):
-            out = rasterize(g, cams, backend=args.backend, tile_size=args.tile_size, chunk_size=args.chunk_size,
-                            compile=args.compile)
+            out = rasterize(g, cams, backend="torch", tile_size=tile_size, compile=compile)
             if backward:
                 out.colors.sum().backward()
         return out
 
-    t0 = time.perf_counter()
-    out = run()  # warm-up (includes torch.compile's compilation with --compile)
-    first = time.perf_counter() - t0
-    walls, cpus = [], []
-    for _ in range(args.repeats):
-        c0, t0 = time.process_time(), time.perf_counter()
-        run()
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    wall = statistics.median(walls)
-    return {
-        "res": f"1/{args.res}",
-        "width": cams.width,
-        "height": cams.height,
-        "threads": args.threads,
-        "mode": args.mode,
-        "backend": args.backend,
-        "tile_size": args.tile_size,
-        "compile": args.compile,
-        "first_call_s": first,
-        "n_gaussians": len(g),
-        "n_isects": int(out.meta.n_isects),
-        "wall_s": wall,
-        "cpu_s": statistics.median(cpus),
-        "walls": walls,
-        "peak_rss_mb": peak,
-        "render_rss_mb": peak - base_rss,
-        "gauss_pixels_per_s": len(g) * cams.width * cams.height / wall,
-        "loadavg": os.getloadavg()[0],
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-    }
+    n0 = torch.get_num_threads()
+    samples: dict[int, list[tuple[float, float]]] = {t: [] for t in threads}
+    first: dict[int, float] = {}
+    try:
+        for rep in range(repeats + 1):  # rep 0: warm-up of every thread count
+            for t in threads:
+                torch.set_num_threads(t)
+                c0, t0 = time.process_time(), time.perf_counter()
+                out = run()
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                if rep == 0:
+                    first[t] = wall
+                else:
+                    samples[t].append((wall, cpu))
+    finally:
+        torch.set_num_threads(n0)
+    rows = []
+    for t in threads:
+        walls = [s[0] for s in samples[t]]
+        rows.append({
+            "case": case, "width": cams.width, "height": cams.height, "n_gaussians": len(g),
+            "n_isects": int(out.meta.n_isects), "threads": t, "backward": backward,
+            "wall_s": statistics.median(walls), "wall_min_s": min(walls), "walls": walls,
+            "cpu_s": statistics.median(s[1] for s in samples[t]), "first_call_s": first[t],
+            "loadavg": os.getloadavg()[0],
+        })
+    return rows
+
+
+def check_targets(rows: list[dict]) -> list[dict]:
+    """Each target of :data:`TARGETS` with its measured figure and pass/fail (``None`` when not measured)."""
+    by = {(r["case"], r["threads"]): r for r in rows}
+    out = []
+    for name, case, threads, kind, bound in TARGETS:
+        r, r1 = by.get((case, threads)), by.get((case, 1))
+        if kind == "max_s":
+            value = r["wall_s"] if r else None
+            ok = None if value is None else value <= bound
+        else:
+            value = r1["wall_s"] / r["wall_s"] if r and r1 else None
+            ok = None if value is None else value >= bound
+        cpu_ratio = r1["cpu_s"] / r["cpu_s"] if kind == "min_speedup" and r and r1 else None
+        out.append({"target": name, "kind": kind, "bound": bound, "measured": value, "pass": ok,
+                    "cpu_ratio_1t_over_2t": cpu_ratio})
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--res", type=int, nargs="+", default=[4, 2], help="downscale factors (4 = 1/4 resolution)")
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
-    ap.add_argument("--tile-size", type=int, nargs="+", default=[None])
-    ap.add_argument("--chunk-size", type=int, default=None)
-    ap.add_argument("--backend", default="torch")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--tile-size", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="rasterize(..., compile=True) (opt-in torch.compile kernels)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--append", action="store_true", help="add the rows to an existing --out file")
-    ap.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "default"],
-                    help="OMP_WAIT_POLICY of the workers: on a loaded shared machine spinning OpenMP threads wait "
-                         "for descheduled siblings, so PASSIVE (default here) gives fairer 2-thread figures")
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--mode", default="fwd", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default="rasterize.json", help="file name under benchmarks/results/")
     args = ap.parse_args()
-    if args.worker:
-        args.res, args.threads, args.tile_size = args.res[0], args.threads[0], args.tile_size[0]
-        if args.chunk_size is None:
-            from forward3d.render.rasterizer import DEFAULT_CHUNK_SIZE
-
-            args.chunk_size = DEFAULT_CHUNK_SIZE
-        print(json.dumps(worker(args)))
-        return
     if not DATA.exists():
-        sys.exit(f"{DATA} not found")
+        sys.exit(f"{DATA} not found (set FORWARD3D_SHARED to the shared folder)")
     rows = []
-    for res in args.res:
-        for ts in args.tile_size:
-            for threads in args.threads:
-                for mode in args.modes:
-                    cmd = [sys.executable, __file__, "--worker", "--res", str(res), "--threads", str(threads),
-                           "--mode", mode, "--backend", args.backend, "--repeats", str(args.repeats)]
-                    if ts is not None:
-                        cmd += ["--tile-size", str(ts)]
-                    if args.chunk_size is not None:
-                        cmd += ["--chunk-size", str(args.chunk_size)]
-                    if args.compile:
-                        cmd += ["--compile"]
-                    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-                    if args.omp_wait_policy != "default":
-                        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
-                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-                    if proc.returncode != 0:
-                        sys.exit(f"worker failed: {' '.join(cmd)}\n{proc.stderr}")
-                    row = json.loads(proc.stdout.strip().splitlines()[-1])
-                    rows.append(row)
-                    peer = PEERS.get(res, {}).get(f"{mode}_s")
-                    print(f"{row['res']:>4} {row['width']}x{row['height']} compile={int(args.compile)} threads={threads} "
-                          f"{mode:6s} wall {row['wall_s'] * 1e3:8.1f} ms  cpu {row['cpu_s'] * 1e3:8.1f} ms  "
-                          f"peak {row['peak_rss_mb']:7.0f} MB (+{row['render_rss_mb']:.0f})  "
-                          f"{row['gauss_pixels_per_s'] / 1e9:6.1f} G gauss*px/s  "
-                          f"peer {peer if peer else '-'} s  load {row['loadavg']:.1f}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"recipe": "gsplat garden test recipe, camera 0, ../shared/specs/splatting.md", "peers_2threads": PEERS,
-            "cpu_count": os.cpu_count(), "note": "shared machine: wall times depend on the load; compare ratios"}
-    if args.append and args.out.exists():
-        rows = json.loads(args.out.read_text())["rows"] + rows
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"wrote {args.out}")
+    for case in args.cases:
+        repeats = 1 if case.startswith("1M") else args.repeats
+        for r in bench_case(case, args.threads, repeats, args.tile_size, args.compile):
+            rows.append(r)
+            print(f"{r['case']:16s} {r['width']}x{r['height']} N={r['n_gaussians']:>8d} threads={r['threads']} "
+                  f"wall med {r['wall_s'] * 1e3:8.1f} ms  min {r['wall_min_s'] * 1e3:8.1f} ms  "
+                  f"cpu {r['cpu_s'] * 1e3:8.1f} ms  first {r['first_call_s']:.2f} s  load {r['loadavg']:.1f}",
+                  flush=True)
+    targets = check_targets(rows)
+    print()
+    _util.print_table(
+        [{**t, "measured": t["measured"], "pass": {True: "PASS", False: "FAIL", None: "n/a"}[t["pass"]]}
+         for t in targets], ["target", "bound", "measured", "cpu_ratio_1t_over_2t", "pass"])
+    path = _util.write_json(args.out, {
+        "benchmark": "rasterize", "machine": _util.machine_info(),
+        "recipe": "gsplat garden test recipe, camera 0, ../shared/specs/splatting.md; 1M@1024 see docstring",
+        "note": "one process, thread counts interleaved; shared machine: wall depends on the load (loadavg)",
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "tile_size": args.tile_size,
+        "compile": args.compile, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "rows": rows,
+        "targets": targets})
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

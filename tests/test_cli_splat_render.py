@@ -73,6 +73,13 @@ def test_splat_cli_with_flash3d_checkpoint(rgbd, tmp_path):
     assert rc == 0
     g = read_gaussians(out / "scene.ply")
     assert len(g) == 2 * 128 * 160 and g.sh_degree == 1 and torch.isfinite(g.means).all()
+    # --dtype bfloat16: autocast inside, fp32 geometry out, same Gaussians to bf16 precision
+    out16 = tmp_path / "out16"
+    assert main(["splat", str(d / "image.png"), "--depth", str(d / "depth.png"), "--fov", "70", "--weights",
+                 str(ckpt), "--out", str(out16), "--orbit-frames", "0", "--dtype", "bfloat16"]) == 0
+    g16 = read_gaussians(out16 / "scene.ply")
+    span = (g.means.max(0).values - g.means.min(0).values).max()
+    assert len(g16) == len(g) and (g16.means - g.means).abs().max() < 0.01 * span
 
 
 def test_splat_cli_errors(rgbd, tmp_path, capsys):

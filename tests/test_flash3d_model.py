@@ -158,3 +158,72 @@ def test_image_size_read_off_the_checkpoint(fx, tmp_path):
     save_file(fx["weights"], str(tmp_path / "small.safetensors"))
     m = Flash3D.from_pretrained(tmp_path / "small.safetensors")
     assert (m.config.height, m.config.width) == (64, 96)  # from backproject_depth.0.id_coords (128x160 padded)
+
+
+# --------------------------------------------------------------------------------------------------
+# speed and precision options (issue 17): fuse_for_inference, dtype
+# --------------------------------------------------------------------------------------------------
+
+_OUTPUTS = ("opacity", "scaling", "rotation", "features_dc", "features_rest", "offset", "means", "depth")
+
+
+def _run(model, fx):
+    inp = fx["inputs"]
+    with torch.inference_mode():
+        return model(inp["color_aug"], inp["unidepth_depth"], inp["K_src"])
+
+
+def _rotation_error(q, q_ref):
+    """Per-Gaussian distance between unit quaternions up to sign: ``min(|q - q'|, |q + q'|)``."""
+    return torch.minimum((q - q_ref).norm(dim=1), (q + q_ref).norm(dim=1)).flatten()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fuse_for_inference_equals_unfused(fx, small_model, channels_last):
+    import copy
+
+    ref = _run(small_model, fx)
+    fused = copy.deepcopy(small_model).fuse_for_inference(channels_last=channels_last)
+    n_bn = lambda m: sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())  # noqa: E731
+    assert n_bn(small_model) > 1 and n_bn(fused) == 1  # only encoder.bn1 (its input is a skip feature) stays
+    assert fused.fused and not any(p.requires_grad for p in fused.parameters())
+    assert fused.fuse_for_inference() is fused  # idempotent
+    out = _run(fused, fx)
+    for name in _OUTPUTS:
+        _close(getattr(out, name), getattr(ref, name))
+    # and still at parity with the reference implementation's outputs
+    for name in ("rotation", "scaling", "means"):
+        _close(getattr(out, name), fx["outputs"][f"gauss_{name}"])
+
+
+def test_dtype_option_bf16_bounds(fx, small_model):
+    """bf16 autocast over encoder and coarse decoder levels; heads, finest level, activations and quaternion
+    normalisation in fp32. Bounds are the figures measured on the parity fixture (notes/speed.md): every
+    output within 1% of its range; rotation error median 2.4e-3, p99 1.1e-2, max 4.1e-2 (issue 17 asks for
+    a max of 1e-2: not met; the tail comes from quaternions with a small raw norm)."""
+    ref = _run(small_model, fx)
+    assert small_model.dtype == torch.float32
+    try:
+        small_model.dtype = "bfloat16"
+        assert small_model.dtype == torch.bfloat16
+        out = _run(small_model, fx)
+    finally:
+        small_model.dtype = torch.float32
+    for name in _OUTPUTS:
+        a, b = getattr(out, name), getattr(ref, name)
+        assert a.dtype == torch.float32, name
+        if name != "rotation":  # judged by the quaternion distance below
+            rel = ((a - b).abs().max() / (b.max() - b.min())).item()
+            assert rel < 0.01, (name, rel)
+    err = _rotation_error(out.rotation, ref.rotation)
+    assert err.median() < 5e-3 and torch.quantile(err, 0.99) < 2e-2 and err.max() < 6e-2, err.max()
+    torch.testing.assert_close(out.rotation.norm(dim=1), torch.ones_like(out.rotation[:, 0]), atol=1e-5, rtol=0)
+
+
+def test_dtype_option_errors(small_model, fx):
+    with pytest.raises(ValueError, match="dtype"):
+        Flash3D(small_model.config, dtype="int8")
+    m = Flash3D(small_model.config, dtype="float16")  # a GPU dtype: refused when run on the CPU
+    with pytest.raises(ValueError, match="float16 is not supported on CPU"):
+        _run(m, fx)
+    assert Flash3D(small_model.config, dtype="auto").dtype == torch.float32  # auto on the CPU

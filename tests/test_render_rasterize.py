@@ -229,6 +229,39 @@ def test_gradients_fast_match_reference(keep_pairs, monkeypatch):
         torch.testing.assert_close(b, a, atol=1e-9 * a.abs().max().item(), rtol=1e-7)
 
 
+@pytest.mark.parametrize("keep_pairs", [True, False])
+def test_worker_threads_match_one_worker_and_reference(keep_pairs, monkeypatch):
+    """Tiles dealt to several compositing threads: same image and gradients as one thread and as the
+    reference (values to float64 rounding; only the order of the per-thread gradient sums differs)."""
+    from forward3d.render import tiled
+
+    if not keep_pairs:
+        monkeypatch.setattr(tiled, "SAVE_PAIRS_BUDGET", 0)
+    g = random_scene(60, deg=1, seed=3, dtype=torch.float64, opacity_std=3.0)
+    cams = make_cams(W=21, H=15, n=2, jitter=0.2, dtype=torch.float64)
+    wc = torch.randn(2, 15, 21, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    outs, grads = {}, {}
+    for workers in (1, 3, "reference"):
+        params = [p.clone().requires_grad_(True) for p in (g.means, g.quats, g.log_scales, g.opacity_logits, g.sh)]
+        gg = Gaussians(*params)
+        if workers == "reference":
+            out = rasterize(gg, cams, backend="reference", render_mode="RGB+D")
+        else:
+            prep = prepare(gg, cams, cams.width, cams.height, None, 1, "RGB+D", 0.01, 1e10, False)
+            out = render_tiled(prep, cams.width, cams.height, tile_size=4, chunk_size=256, k_step=4,
+                               workers=workers)
+        loss = (out.colors * wc).sum() + out.alphas.sum() + out.depths.sum()
+        outs[workers], grads[workers] = out, torch.autograd.grad(loss, params)
+    assert_outputs_close(outs[1], outs[3], atol=1e-12, rtol=1e-12)
+    assert_outputs_close(outs["reference"], outs[3], atol=1e-9, rtol=1e-9)
+    for a, b, r in zip(grads[1], grads[3], grads["reference"]):
+        assert r.abs().max() > 0
+        torch.testing.assert_close(b, a, atol=1e-12 * a.abs().max().item(), rtol=1e-10)
+        torch.testing.assert_close(b, r, atol=1e-9 * r.abs().max().item(), rtol=1e-7)
+    with pytest.raises(ValueError, match="workers"):
+        render_tiled(prep, cams.width, cams.height, workers=0)
+
+
 def test_gradcheck_float64():
     g = random_scene(5, deg=1, seed=9, dtype=torch.float64, spread=(0.3, 0.3, 0.2), log_scale=(-1.6, -1.2),
                      opacity_std=1.0)

@@ -161,6 +161,8 @@ class SplatConfig:
         weights: Flash3D checkpoint (.pth / .safetensors / folder / hub id); without it the no-network
             unproject baseline (one Gaussian per pixel) is used. With --multiview: the DepthSplat checkpoint.
         device: auto (CUDA when available), cpu, cuda or cuda:N.
+        dtype: Flash3D compute dtype: float32, bfloat16 (autocast; heads, quaternions and geometry stay fp32;
+            slow on CPUs without AVX512-BF16), float16 (GPU only) or auto (bf16/fp16 on a GPU, fp32 on the CPU).
         out: output folder (replaced as a whole).
         overwrite: replace --out even when it holds files forward3d did not write.
         max_gaussians: unproject baseline: cap on the number of Gaussians (every n-th pixel above it;
@@ -189,6 +191,7 @@ class SplatConfig:
     fov: float | None = option(None, metavar="DEG")
     weights: str | None = option(None, metavar="CKPT")
     device: str = "auto"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     out: str = option("forward3d-splat", metavar="DIR")
     overwrite: bool = False
     max_gaussians: int = DEFAULT_MAX_GAUSSIANS
@@ -430,7 +433,7 @@ def splat_image_file(cfg: SplatConfig, progress: bool = True) -> tuple[SplatResu
     if cfg.weights:
         from forward3d.models.flash3d import Flash3D
 
-        model = Flash3D.from_pretrained(cfg.weights, device=device)
+        model = Flash3D.from_pretrained(cfg.weights, device=device, dtype=cfg.dtype)
     else:
         logger.warning("no --weights: using the no-network unproject baseline (one Gaussian per pixel)")
     result = splat_image(image, K, depth=depth, model=model, depth_model=depth_model,

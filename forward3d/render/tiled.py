@@ -9,10 +9,15 @@ Algorithm (same maths as :mod:`forward3d.render.reference`, gsplat's tile scheme
 2. Compositing in depth steps: step ``s`` takes the Gaussians ``[s K, (s+1) K)`` of every still-active tile
    (``K = k_step``), in batches of tiles holding at most ``chunk_size`` pixel-Gaussian pairs. For a batch
    the tensors are ``[B tiles, P = tile_size^2 pixels, K Gaussians]`` (reused workspace buffers, in-place
-   ops): alpha for all pairs, transmittance by one ``cumprod`` seeded with the tile's carried ``T`` (the
-   multiplication order of the sequential loop, so ``T`` and the stop decisions are bit-identical to the
-   reference), the early stop as the prefix mask ``T_after > 1e-4``, and the feature sum as one ``bmm``.
-   A tile drops out when its list ends or all its pixels are saturated.
+   ops): ``log(o) - sigma`` is a quadratic in the tile-centred pixel offset, so all pairs come from one
+   ``bmm`` of 6 per-pair coefficients with the 6 monomials ``1, u, v, u^2, uv, v^2``; then alpha, the
+   transmittance by one ``cumprod`` seeded with the tile's carried ``T`` (the multiplication order of the
+   sequential loop), the early stop as the prefix mask ``T_after > 1e-4``, and the feature sum as one
+   ``bmm``. A tile drops out when its list ends or all its pixels are saturated.
+   Threads: the tiles are dealt to ``workers`` Python threads (default: the intra-op thread count), each
+   running its own step loop with one intra-op thread. Torch releases the GIL inside its kernels, so
+   the threads run in parallel on large batches instead of synchronising OpenMP teams on every small op
+   (which made 2 intra-op threads slower than 1).
 3. Backward (custom :class:`torch.autograd.Function`), steps replayed back to front: per-pair alpha and T
    are read back (kept by the forward pass within ``SAVE_PAIRS_BUDGET``) or recomputed from the per-step
    ``T``; the "what lies behind" suffix sums come from a triangular matmul (exact, no cancellation); the
@@ -25,6 +30,7 @@ pixels or single tiles.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -128,19 +134,17 @@ def intersect_tiles(
 
 
 class _Workspace:
-    """Reusable ``[B, P, K]`` buffers: fresh large allocations page-fault on every touch on CPU."""
+    """Reusable ``[B, P, K]`` buffers of one worker: fresh large allocations page-fault on every touch on CPU."""
 
     def __init__(self, B: int, P: int, K: int, dtype: torch.dtype, device: torch.device):
-        self.P, self.K, self.dtype, self.device = P, K, dtype, device
-        self.B = B
-        self.one = torch.ones((), dtype=dtype, device=device)
+        self.B, self.P, self.K, self.dtype, self.device = B, P, K, dtype, device
         self._bufs: dict[str, Tensor] = {}
 
     def get(self, name: str, B: int, extra: int = 0) -> Tensor:
-        n = self.B * self.P * (self.K + extra)
         buf = self._bufs.get(name)
         if buf is None:
-            buf = self._bufs[name] = torch.empty(n, dtype=self.dtype, device=self.device)
+            buf = self._bufs[name] = torch.empty(self.B * self.P * (self.K + extra), dtype=self.dtype,
+                                                 device=self.device)
         return buf[: B * self.P * (self.K + extra)].view(B, self.P, self.K + extra)
 
 
@@ -150,66 +154,45 @@ def _below(x: float, dtype: torch.dtype) -> float:
     return float(torch.nextafter(t, torch.tensor(-float("inf"), dtype=dtype)))
 
 
-class _Batch:
-    """Pair quantities ``[B, P, K]`` of one batch of tiles at one depth step: computed, or ``saved`` by the
-    forward pass (``alpha``, ``buf``, ``clamped``) and completed."""
+def _pair_alpha(ws: _Workspace | None, rows: Tensor, ctr: Tensor, basis: Tensor, T0: Tensor
+                ) -> tuple[Tensor, Tensor]:
+    """``alpha`` ``[B, P, K]`` (0 where below 1/255) and ``buf`` ``[B, P, K+1]`` (T before each Gaussian,
+    ``buf[..., 0] = T0``) of a batch: ``rows`` ``[B, K, 6+F]`` (mx, my, a, b, c, o, features), ``ctr``
+    ``[B, 2]`` tile centres, ``basis`` ``[P, 6]`` = (1, u, v, u^2, uv, v^2) of the tile-centred pixels.
 
-    def __init__(self, ws: _Workspace, px: Tensor | None, py: Tensor | None, prm: Tensor, T0: Tensor,
-                 saved: tuple[Tensor, Tensor, bool] | None = None):
-        B, K = T0.shape[0], ws.K
-        self.B, self.K = B, K
-        mx, my, a, b, c, o = (prm[i].view(B, 1, K) for i in range(6))
-        self.mx, self.my, self.a, self.b, self.c, self.o = mx, my, a, b, c, o
-        if saved is None:
-            alpha, buf, self.clamped = self._compute(ws, px, py, mx, my, a, b, c, o, T0)
-        else:
-            alpha, buf, self.clamped = saved
-        # composited prefix: T after the Gaussian stays > T_EPS (T is monotone, so this is a prefix)
-        mask = torch.gt(buf[..., 1:], T_EPS, out=ws.get("mask", B))  # as 0./1.
-        w = torch.mul(buf[..., :-1], alpha, out=ws.get("w", B))
-        w *= mask
-        self.alpha, self.buf, self.mask, self.w = alpha, buf, mask, w
+    ``log(o) - sigma`` is a quadratic in the pixel offset ``(u, v)``: its 6 coefficients per pair times
+    ``basis`` is one ``bmm`` instead of ~10 elementwise passes over the pairs. ``ws=None`` allocates (the
+    forward pass keeps these for the backward)."""
+    B, K = rows.shape[:2]
+    mx = rows[..., 0] - ctr[:, 0, None]  # [B, K] offsets of the means from the tile centre
+    my = rows[..., 1] - ctr[:, 1, None]
+    a, b, c, o = rows[..., 2], rows[..., 3], rows[..., 4], rows[..., 5]
+    ax, cy = a * mx, c * my
+    coef = torch.stack([torch.log(o) - (0.5 * (ax * mx + cy * my) + b * mx * my), ax + b * my, cy + b * mx,
+                        -0.5 * a, -b, -0.5 * c], 1)  # [B, 6, K]
+    if ws is None:
+        alpha = torch.empty(B, basis.shape[0], K, dtype=rows.dtype, device=rows.device)
+        buf = torch.empty(B, basis.shape[0], K + 1, dtype=rows.dtype, device=rows.device)
+    else:
+        alpha, buf = ws.get("alpha", B), ws.get("buf", B, extra=1)
+    torch.bmm(basis.expand(B, -1, -1), coef, out=alpha)  # log(o) - sigma
+    alpha.clamp_min_(-60.0)  # exp underflow (and -inf) takes a slow path in the vectorised exp; alpha < 1/255 there
+    alpha.exp_().clamp_max_(MAX_ALPHA)
+    torch.nn.functional.threshold_(alpha, _below(ALPHA_THRESHOLD, alpha.dtype), 0.0)
+    buf[..., 0] = T0
+    torch.sub(1.0, alpha, out=buf[..., 1:])
+    torch.cumprod(buf, -1, out=buf)
+    return alpha, buf
 
-    @staticmethod
-    def _compute(ws: _Workspace, px: Tensor, py: Tensor, mx: Tensor, my: Tensor, a: Tensor, b: Tensor, c: Tensor,
-                 o: Tensor, T0: Tensor) -> tuple[Tensor, Tensor, bool]:
-        B = T0.shape[0]
-        dx = torch.sub(mx, px[..., None], out=ws.get("dx", B))
-        dy = torch.sub(my, py[..., None], out=ws.get("dy", B))
-        # sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, in the reference's operation order
-        vis = torch.mul(a, dx, out=ws.get("vis", B))
-        vis *= dx
-        alpha = torch.mul(c, dy, out=ws.get("alpha", B))
-        alpha *= dy
-        vis += alpha
-        vis *= 0.5
-        torch.mul(b, dx, out=alpha)
-        alpha *= dy
-        vis += alpha
-        negative = vis < 0 if float(vis.min()) < 0 else None  # rare (rounding): skipped pairs
-        vis.clamp_max_(60.0)  # exp(-60) > 0 is still a normal float (denormals are slow); alpha < 1/255 there
-        vis.neg_().exp_()
-        torch.mul(o, vis, out=alpha)  # o exp(-sigma)
-        clamped = bool(alpha.max() > MAX_ALPHA)
-        alpha.clamp_max_(MAX_ALPHA)
-        torch.nn.functional.threshold_(alpha, _below(ALPHA_THRESHOLD, alpha.dtype), 0.0)
-        if negative is not None:
-            alpha.masked_fill_(negative, 0.0)
-        # buf[..., k] = T before Gaussian k (unmasked running product seeded with the carried T)
-        buf = ws.get("buf", B, extra=1)
-        buf[..., 0] = T0
-        torch.sub(ws.one, alpha, out=buf[..., 1:])
-        torch.cumprod(buf, -1, out=buf)
-        return alpha, buf, clamped
 
-    def keep(self) -> tuple[Tensor, Tensor, bool]:
-        """What the backward pass needs to skip the recomputation."""
-        return self.alpha.clone(), self.buf.clone(), self.clamped
-
-    def final_T(self, T0: Tensor, T_prev: Tensor) -> Tensor:
-        """``[B, P]`` transmittance after the composited prefix (unchanged where already saturated)."""
-        n = self.mask.sum(-1, keepdim=True).long()
-        return torch.where(T0 > T_EPS, self.buf.gather(-1, n).squeeze(-1), T_prev)
+def _weights(ws: _Workspace, alpha: Tensor, buf: Tensor) -> tuple[Tensor, Tensor]:
+    """``mask`` (1. on the composited prefix: T after the Gaussian stays > T_EPS; T is monotone, so this is
+    a prefix) and the compositing weights ``w = T alpha mask``, both ``[B, P, K]``."""
+    B = alpha.shape[0]
+    mask = torch.gt(buf[..., 1:], T_EPS, out=ws.get("mask", B))
+    w = torch.mul(buf[..., :-1], alpha, out=ws.get("w", B))
+    w *= mask
+    return mask, w
 
 
 def _compiled_kernels():
@@ -218,152 +201,213 @@ def _compiled_kernels():
     return kernels()
 
 
-def _positions(isects: TileIsects, tiles: Tensor, step: int, k: int) -> Tensor:
-    """Positions ``[B*K]`` in the sorted pair list of depth step ``step`` of ``tiles``; ``M`` (the padding
-    slot) past the end of a tile's list."""
-    j = step * k + torch.arange(k, device=tiles.device)
-    pos = isects.start[tiles, None] + j
-    pad = torch.full_like(pos, isects.ids.numel())
-    return torch.where(j < isects.count[tiles, None], pos, pad).reshape(-1)
+def _positions(start: Tensor, count: Tensor, step: int, k: int, pad: int) -> Tensor:
+    """Positions ``[B*K]`` in the sorted pair list of depth step ``step`` of tiles with list ``start`` and
+    ``count`` ``[B]``; ``pad`` (the padding slot) past the end of a tile's list."""
+    j = step * k + torch.arange(k, device=start.device)
+    pos = start[:, None] + j
+    return torch.where(j < count[:, None], pos, torch.full_like(pos, pad)).reshape(-1)
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _run_groups(fn, n_groups: int, device: torch.device) -> list:
+    """``[fn(0), ..., fn(n_groups - 1)]``, on ``n_groups`` threads with one intra-op thread each (CPU).
+
+    Each group is a disjoint set of tiles with its own buffers, so the groups share nothing they write;
+    torch ops release the GIL, so the threads run their kernels in parallel. The intra-op thread count is
+    restored afterwards."""
+    if n_groups == 1:
+        return [fn(0)]
+    pool = _POOLS.get(n_groups)
+    if pool is None:
+        pool = _POOLS[n_groups] = ThreadPoolExecutor(n_groups, thread_name_prefix="forward3d-raster")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return list(pool.map(fn, range(n_groups)))
+    finally:
+        torch.set_num_threads(n)
+
+
+def _n_groups(device: torch.device, n_tiles: int, workers: int | None) -> int:
+    """Worker threads for the compositing: ``workers``, by default the intra-op thread count on CPU and one
+    on GPUs (whose kernels are asynchronous anyway)."""
+    if workers is None:
+        workers = torch.get_num_threads() if device.type == "cpu" else 1
+    if workers <= 0:
+        raise ValueError(f"composite_tiled: workers must be positive, found {workers}")
+    return max(1, min(workers, n_tiles))
 
 
 class _Composite(torch.autograd.Function):
-    """``(params [6, CN], feats [F, CN]) -> (acc [n_tiles, F, P], T [n_tiles, P])``.
+    """``(params [CN, 6], feats [CN, F]) -> (acc [n_tiles, F, P], T [n_tiles, P])``.
 
-    Per batch, the parameters of its Gaussians are gathered from ``tab`` ``[6 + F, CN + 1]`` (the last
-    column a transparent padding Gaussian).
+    Per batch, the rows of its Gaussians are gathered from ``tab`` ``[CN + 1, 6 + F]`` (the last row a
+    transparent padding Gaussian). The tiles are dealt to ``_n_groups`` worker threads (tile ``t`` to
+    group ``t % n``: neighbouring tiles have similar list lengths, so the groups get similar work).
     """
 
     @staticmethod
-    def forward(ctx, params: Tensor, feats: Tensor, isects: TileIsects, pix: Tensor, T_init: Tensor,
-                k_step: int, chunk_size: int, compiled: bool = False):
+    def forward(ctx, params: Tensor, feats: Tensor, isects: TileIsects, ctr: Tensor, basis: Tensor,
+                T_init: Tensor, k_step: int, chunk_size: int, compiled: bool = False, workers: int | None = None):
         dtype, device = params.dtype, params.device
         kern = _compiled_kernels() if compiled else None
-        F = feats.shape[0]
-        P = isects.tile_size**2
-        K = k_step
-        tab = torch.cat([torch.cat([params, feats], 0), params.new_zeros(6 + F, 1)], 1)  # [6+F, CN+1]
-        ids = torch.cat([isects.ids, isects.ids.new_full((1,), params.shape[1])])  # pair -> Gaussian, pad last
+        F = feats.shape[1]
+        P, K = basis.shape[0], k_step
+        tab = torch.cat([torch.cat([params, feats], 1), params.new_zeros(1, 6 + F)], 0)  # [CN+1, 6+F]
+        ids = isects.ids
+        pad = ids.numel()
+        ids = torch.cat([ids, ids.new_full((1,), params.shape[0])])  # pair -> Gaussian, pad last
         acc = torch.zeros(isects.n_tiles, F, P, dtype=dtype, device=device)
-        T_run = T_init.clone()
         T_fin = T_init.clone()
         per_batch = max(1, chunk_size // (P * K))
-        ws = _Workspace(per_batch, P, K, dtype, device)
         save = any(ctx.needs_input_grad[:2])
         # keep alpha and T of every pair for the backward pass when that fits the budget, else recompute
         keep = save and int(((isects.count + K - 1) // K).sum()) * K * P <= SAVE_PAIRS_BUDGET
-        active = torch.nonzero(isects.count > 0).squeeze(1)
-        steps: list[tuple[Tensor, Tensor, list]] = []  # (active tiles, T at step start, kept batches)
-        step = 0
-        while active.numel():
-            if save:
-                steps.append((active, T_run[active], []))
-            for tiles in torch.split(active, per_batch):
-                B = tiles.numel()
-                sub = tab.index_select(1, ids.index_select(0, _positions(isects, tiles, step, K)))  # [6+F, B*K]
-                T0 = T_run[tiles]
-                f = sub[6:].view(F, B, K).transpose(0, 1)  # [B, F, K]
-                if kern is not None:
-                    acc_b, T_after, T_last, alpha, buf = kern["forward"](
-                        pix[0][tiles], pix[1][tiles], sub[:6].view(6, B, K), T0, f)
-                    acc[tiles] += acc_b
-                    T_fin[tiles] = torch.where(T0 > T_EPS, T_after, T_fin[tiles])
-                    T_run[tiles] = T_last
+        # the compiled kernels run their own OpenMP loops (and dynamo's caches are not meant for concurrent
+        # first calls): one group
+        n_groups = 1 if kern is not None else _n_groups(device, isects.n_tiles, workers)
+        tiles_all = torch.arange(isects.n_tiles, device=device)
+        groups = [tiles_all[g::n_groups] for g in range(n_groups)]
+
+        def run(g: int) -> list:
+            gt = groups[g]
+            start, count = isects.start[gt], isects.count[gt]
+            T_run = T_init[gt].clone()
+            T_end = T_run.clone()
+            acc_g = torch.zeros(gt.numel(), F, P, dtype=dtype, device=device)
+            ctr_g = ctr[gt]
+            ws = _Workspace(per_batch, P, K, dtype, device)
+            steps: list[tuple[Tensor, Tensor, list]] = []  # (active tiles, T at step start, kept batches)
+            active = torch.nonzero(count > 0).squeeze(1)
+            step = 0
+            while active.numel():
+                kept: list = []
+                if save:
+                    steps.append((active, T_run[active], kept))
+                for loc in torch.split(active, per_batch):
+                    B = loc.numel()
+                    rows = tab.index_select(0, ids.index_select(0, _positions(start[loc], count[loc], step, K, pad)))
+                    rows = rows.view(B, K, 6 + F)
+                    T0 = T_run[loc]
+                    if kern is not None:
+                        ux, uy = basis[:, 1], basis[:, 2]
+                        c = ctr_g[loc]
+                        acc_b, T_after, T_last, alpha, buf = kern["forward"](
+                            c[:, 0, None] + ux, c[:, 1, None] + uy, rows[..., :6].permute(2, 0, 1), T0,
+                            rows[..., 6:].transpose(1, 2))
+                        acc_g.index_add_(0, loc, acc_b)
+                        T_end[loc] = torch.where(T0 > T_EPS, T_after, T_end[loc])
+                        T_run[loc] = T_last
+                        if keep:
+                            kept.append((alpha, buf))
+                        continue
+                    alpha, buf = _pair_alpha(None if keep else ws, rows, ctr_g[loc], basis, T0)
+                    mask, w = _weights(ws, alpha, buf)
+                    f = rows[..., 6:].transpose(1, 2).contiguous()  # [B, F, K]
+                    acc_g.index_add_(0, loc, torch.bmm(f, w.transpose(1, 2)))  # [B, F, P]
+                    n = mask.sum(-1, keepdim=True).long()
+                    T_end[loc] = torch.where(T0 > T_EPS, buf.gather(-1, n).squeeze(-1), T_end[loc])
+                    T_run[loc] = buf[..., -1]
                     if keep:
-                        steps[-1][2].append((alpha, buf, True))
-                    continue
-                bt = _Batch(ws, pix[0][tiles], pix[1][tiles], sub, T0)
-                acc[tiles] += torch.bmm(f, bt.w.transpose(1, 2))  # [B, F, P]
-                T_fin[tiles] = bt.final_T(T0, T_fin[tiles])
-                T_run[tiles] = bt.buf[..., -1]
-                if keep:
-                    steps[-1][2].append(bt.keep())
-            step += 1
-            active = active[isects.count[active] > step * K]
-            active = active[(T_run[active] > T_EPS).any(1)]
-        ctx.isects, ctx.steps, ctx.k_step, ctx.per_batch, ctx.kern = isects, steps, K, per_batch, kern
-        ctx.save_for_backward(tab, ids, T_fin, pix)
-        ctx.sizes = (params.shape[1], F)
+                        kept.append((alpha, buf))
+                step += 1
+                active = active[count[active] > step * K]
+                active = active[(T_run[active] > T_EPS).any(1)]
+            acc[gt] = acc_g
+            T_fin[gt] = T_end
+            return steps
+
+        group_steps = _run_groups(run, n_groups, device)
+        ctx.isects, ctx.groups, ctx.group_steps, ctx.k_step, ctx.per_batch, ctx.kern = (
+            isects, groups, group_steps, K, per_batch, kern)
+        ctx.save_for_backward(tab, ids, T_fin, ctr, basis)
         return acc, T_fin
 
     @staticmethod
     def backward(ctx, g_acc: Tensor, g_T: Tensor):
-        tab, ids, T_fin, pix = ctx.saved_tensors
-        isects, K = ctx.isects, ctx.k_step
-        n_gauss, F = ctx.sizes
+        tab, ids, T_fin, ctr, basis = ctx.saved_tensors
+        isects, K, per_batch = ctx.isects, ctx.k_step, ctx.per_batch
+        F = tab.shape[1] - 6
+        P = basis.shape[0]
+        pad = ids.numel() - 1
         dtype, device = tab.dtype, tab.device
-        P = isects.tile_size**2
-        ws = _Workspace(ctx.per_batch, P, K, dtype, device)
         g_acc = g_acc.contiguous()
-        g_tab = torch.zeros(tab.shape[1], 6 + F, dtype=dtype, device=device)
         # what lies behind each pair, per pixel: sum_{j later} w_j G_j + T_fin dL/dT
-        S = T_fin * g_T
+        S_all = T_fin * g_T
         upper = torch.triu(torch.ones(K, K, dtype=dtype, device=device), diagonal=1).T  # [j, k] = j > k
-        ts = isects.tile_size
-        pc = torch.arange(ts, dtype=dtype, device=device) + 0.5 - 0.5 * ts  # pixel offsets from the tile centre
-        yy, xx = torch.meshgrid(pc, pc, indexing="ij")
-        xx, yy = xx.reshape(-1), yy.reshape(-1)
-        basis = torch.stack([torch.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy])[None]  # [1, 6, P]
-        pix_c = pix[:, :, 0] - pc[0]  # [2, n_tiles] tile centres
-        for step in range(len(ctx.steps) - 1, -1, -1):
-            active, T_start, kept = ctx.steps[step]
-            batches = zip(torch.split(active, ctx.per_batch), torch.split(T_start, ctx.per_batch))
-            for i, (tiles, T0) in enumerate(batches):
-                B = tiles.numel()
-                gid = ids.index_select(0, _positions(isects, tiles, step, K))
-                sub = tab.index_select(1, gid)
-                if ctx.kern is not None:
-                    prm = sub[:6].view(6, B, K)
-                    f = sub[6:].view(F, B, K).transpose(0, 1)
-                    if kept:
-                        alpha, buf = kept[i][:2]
-                    else:
-                        alpha, buf = ctx.kern["alpha"](pix[0][tiles], pix[1][tiles], prm, T0)
-                    g, g_f, S[tiles] = ctx.kern["backward"](prm, alpha, buf, f, g_acc[tiles], S[tiles], upper, basis,
-                                                            pix_c[:, tiles])
-                    g_tab.index_add_(0, gid, torch.cat([g.reshape(-1, 6), g_f.reshape(-1, F)], 1))
-                    continue
-                if kept:
-                    bt = _Batch(ws, None, None, sub, T0, saved=kept[i])
-                else:
-                    bt = _Batch(ws, pix[0][tiles], pix[1][tiles], sub, T0)
-                f = sub[6:].view(F, B, K).transpose(0, 1)  # [B, F, K]
-                ga = g_acc[tiles]  # [B, F, P]
-                g_f = torch.bmm(ga, bt.w)  # [B, F, K]
-                G = torch.bmm(ga.transpose(1, 2), f, out=ws.get("G", B))  # [B, P, K]: dL/dw
-                wG = torch.mul(bt.w, G, out=ws.get("wG", B))
-                behind = torch.mm(wG.view(-1, K), upper, out=ws.get("behind", B).view(-1, K)).view(B, P, K)
-                S_t = S[tiles]
-                behind += S_t[..., None]
-                S[tiles] = S_t + wG.sum(-1)
-                # dL/dalpha = T G - behind / (1 - alpha) on composited pairs (alpha > 0 there)
-                torch.neg(bt.alpha, out=wG)
-                wG += 1.0
-                behind /= wG
-                G *= bt.buf[..., :-1]
-                G -= behind
-                G *= bt.mask
-                if bt.clamped:  # clamp_max passes no gradient where o exp(-sigma) > MAX_ALPHA
-                    G.masked_fill_(bt.alpha >= MAX_ALPHA, 0.0)
-                G *= bt.alpha  # d alpha / d sigma = -o exp(-sigma) = -alpha where it passes; 0 where skipped
-                G.neg_()  # dL/dsigma [B, P, K]
-                # sums over pixels of dL/dsigma times 1, x, y, x^2, xy, y^2 (tile-centred coordinates) in one
-                # bmm; then sum dL/dsigma * (dx, dy, dx^2, dx dy, dy^2) follow with dx = mx - x
-                mom = torch.bmm(basis.expand(B, -1, -1), G)  # [B, 6, K]
-                S0, Sx, Sy, Sxx, Sxy, Syy = mom.unbind(1)
-                ctr = pix_c[:, tiles]  # [2, B]
-                mx, my = bt.mx[:, 0] - ctr[0][:, None], bt.my[:, 0] - ctr[1][:, None]  # [B, K]
-                s_x = mx * S0 - Sx
-                s_y = my * S0 - Sy
-                s_xx = mx * mx * S0 - 2 * mx * Sx + Sxx
-                s_xy = mx * my * S0 - mx * Sy - my * Sx + Sxy
-                s_yy = my * my * S0 - 2 * my * Sy + Syy
-                o = bt.o[:, 0]
-                g_o = torch.where(o > 0, -S0 / o.clamp_min(1e-30), torch.zeros_like(o))  # sum dL/dalpha exp(-sigma)
-                a, b, c = bt.a[:, 0], bt.b[:, 0], bt.c[:, 0]
-                g = torch.stack([a * s_x + b * s_y, c * s_y + b * s_x, 0.5 * s_xx, s_xy, 0.5 * s_yy, g_o], -1)
-                g_tab.index_add_(0, gid, torch.cat([g.reshape(-1, 6), g_f.transpose(1, 2).reshape(-1, F)], 1))
-        return g_tab[:-1, :6].T, g_tab[:-1, 6:].T, None, None, None, None, None, None
+        basis_t = basis.T.contiguous()[None]  # [1, 6, P]
+
+        def run(g: int) -> Tensor:
+            gt = ctx.groups[g]
+            start, count = isects.start[gt], isects.count[gt]
+            S = S_all[gt]
+            ga_g, ctr_g = g_acc[gt], ctr[gt]
+            ws = _Workspace(per_batch, P, K, dtype, device)
+            g_tab = torch.zeros(tab.shape[0], 6 + F, dtype=dtype, device=device)
+            steps = ctx.group_steps[g]
+            for step in range(len(steps) - 1, -1, -1):
+                active, T_start, kept = steps[step]
+                for i, (loc, T0) in enumerate(zip(torch.split(active, per_batch), torch.split(T_start, per_batch))):
+                    B = loc.numel()
+                    gid = ids.index_select(0, _positions(start[loc], count[loc], step, K, pad))
+                    rows = tab.index_select(0, gid).view(B, K, 6 + F)
+                    c = ctr_g[loc]
+                    if ctx.kern is not None:
+                        prm = rows[..., :6].permute(2, 0, 1)
+                        if kept:
+                            alpha, buf = kept[i]
+                        else:
+                            alpha, buf = ctx.kern["alpha"](c[:, 0, None] + basis[:, 1], c[:, 1, None] + basis[:, 2],
+                                                           prm, T0)
+                        gg, g_f, S[loc] = ctx.kern["backward"](prm, alpha, buf, rows[..., 6:].transpose(1, 2),
+                                                               ga_g[loc], S[loc], upper, basis_t,
+                                                               c.T)
+                        g_tab.index_add_(0, gid, torch.cat([gg.reshape(-1, 6), g_f.reshape(-1, F)], 1))
+                        continue
+                    alpha, buf = kept[i] if kept else _pair_alpha(ws, rows, c, basis, T0)
+                    mask, w = _weights(ws, alpha, buf)
+                    ga = ga_g[loc]  # [B, F, P]
+                    g_f = torch.bmm(ga, w)  # [B, F, K]
+                    f = rows[..., 6:].transpose(1, 2).contiguous()  # [B, F, K]
+                    G = torch.bmm(ga.transpose(1, 2), f, out=ws.get("G", B))  # [B, P, K]: dL/dw
+                    wG = G.mul_(w)
+                    behind = torch.mm(wG.view(-1, K), upper, out=ws.get("behind", B).view(-1, K)).view(B, P, K)
+                    S_t = S[loc]
+                    behind += S_t[..., None]
+                    S[loc] = S_t + wG.sum(-1)
+                    # -dL/dsigma = alpha (T dL/dw - behind / (1 - alpha)) on composited pairs = wG - behind r
+                    # with r = mask alpha / (1 - alpha); no gradient where alpha was clamped to MAX_ALPHA
+                    r = torch.sub(1.0, alpha, out=ws.get("r", B))
+                    torch.div(alpha, r, out=r)
+                    r *= mask
+                    behind *= r
+                    H = wG.sub_(behind)
+                    if bool(alpha.max() >= MAX_ALPHA):
+                        H.masked_fill_(alpha >= MAX_ALPHA, 0.0)
+                    # sums over pixels of dL/dsigma times 1, x, y, x^2, xy, y^2 (tile-centred coordinates) in
+                    # one bmm; then sum dL/dsigma * (dx, dy, dx^2, dx dy, dy^2) follow with dx = mx - x
+                    mom = torch.bmm(basis_t.expand(B, -1, -1), H).neg_()  # [B, 6, K]
+                    S0, Sx, Sy, Sxx, Sxy, Syy = mom.unbind(1)
+                    mx, my = rows[..., 0] - c[:, 0, None], rows[..., 1] - c[:, 1, None]  # [B, K]
+                    s_x = mx * S0 - Sx
+                    s_y = my * S0 - Sy
+                    s_xx = mx * mx * S0 - 2 * mx * Sx + Sxx
+                    s_xy = mx * my * S0 - mx * Sy - my * Sx + Sxy
+                    s_yy = my * my * S0 - 2 * my * Sy + Syy
+                    a, b, cc, o = rows[..., 2], rows[..., 3], rows[..., 4], rows[..., 5]
+                    g_o = torch.where(o > 0, -S0 / o.clamp_min(1e-30), torch.zeros_like(o))  # sum dL/dalpha e^-sigma
+                    gg = torch.stack([a * s_x + b * s_y, cc * s_y + b * s_x, 0.5 * s_xx, s_xy, 0.5 * s_yy, g_o], -1)
+                    g_tab.index_add_(0, gid, torch.cat([gg, g_f.transpose(1, 2)], -1).view(-1, 6 + F))
+            return g_tab
+
+        parts = _run_groups(run, len(ctx.groups), device)
+        g_tab = parts[0]
+        for p in parts[1:]:
+            g_tab += p
+        return g_tab[:-1, :6], g_tab[:-1, 6:], None, None, None, None, None, None, None, None
 
 
 def composite_tiled(
@@ -375,23 +419,27 @@ def composite_tiled(
     k_step: int = 64,
     chunk_size: int = 1 << 18,
     compiled: bool = False,
+    workers: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Composite features ``[C, H, W, F]`` and final transmittance ``[C, H, W]`` (differentiable).
 
-    ``compiled`` uses the ``torch.compile`` kernels of :mod:`forward3d.render.tiled_compiled`."""
+    ``compiled`` uses the ``torch.compile`` kernels of :mod:`forward3d.render.tiled_compiled`. ``workers``
+    threads composite disjoint sets of tiles, each with one intra-op thread (default: the intra-op thread
+    count on CPU, 1 on GPUs); the result does not depend on it beyond float summation order."""
     ts = isects.tile_size
     C, TH, TW = isects.n_cams, isects.tiles_y, isects.tiles_x
-    device = params.device
-    # pixel centres of every tile [2, n_tiles, P]
+    dtype, device = params.dtype, params.device
+    # tile centres [n_tiles, 2] and tile-centred pixel offsets (u, v) -> basis [P, 6] = 1, u, v, u^2, uv, v^2
     t = torch.arange(TH * TW, device=device)
-    p = torch.arange(ts * ts, device=device)
-    px = ((t % TW)[:, None] * ts + p % ts).to(params.dtype) + 0.5
-    py = (torch.div(t, TW, rounding_mode="floor")[:, None] * ts + torch.div(p, ts, rounding_mode="floor")).to(
-        params.dtype) + 0.5
-    pix = torch.stack([px, py]).repeat(1, C, 1)
+    ctr = (torch.stack([t % TW, torch.div(t, TW, rounding_mode="floor")], 1) * ts + 0.5 * ts).to(dtype).repeat(C, 1)
+    pc = torch.arange(ts, dtype=dtype, device=device) + 0.5 - 0.5 * ts
+    vv, uu = torch.meshgrid(pc, pc, indexing="ij")
+    uu, vv = uu.reshape(-1), vv.reshape(-1)
+    basis = torch.stack([torch.ones_like(uu), uu, vv, uu * uu, uu * vv, vv * vv], 1)  # [P, 6]
     # pixels outside the image start saturated (T = 0): never composited, never keep a tile alive
-    T_init = ((pix[0] < width) & (pix[1] < height)).to(params.dtype)
-    acc, T = _Composite.apply(params.T, feats.T, isects, pix, T_init, k_step, chunk_size, compiled)
+    px, py = ctr[:, 0, None] + uu, ctr[:, 1, None] + vv  # [n_tiles, P]
+    T_init = ((px < width) & (py < height)).to(dtype)
+    acc, T = _Composite.apply(params, feats, isects, ctr, basis, T_init, k_step, chunk_size, compiled, workers)
 
     def untile(x: Tensor) -> Tensor:
         x = x.reshape(C, TH, TW, ts, ts, *x.shape[2:]).transpose(2, 3)
@@ -401,7 +449,7 @@ def composite_tiled(
 
 
 def render_tiled(prep: Prepared, width: int, height: int, tile_size: int = 16, chunk_size: int = 1 << 18,
-                 k_step: int = 64, compiled: bool = False) -> RenderOutput:
+                 k_step: int = 64, compiled: bool = False, workers: int | None = None) -> RenderOutput:
     """Render every camera of ``prep`` with the tiled path."""
     p = prep.proj
     C, N = p.depths.shape
@@ -409,5 +457,5 @@ def render_tiled(prep: Prepared, width: int, height: int, tile_size: int = 16, c
     params = torch.cat([p.means2d, p.conics, p.opacities[..., None]], -1).reshape(C * N, 6)
     feats = prep.features.reshape(C * N, prep.features.shape[-1])
     acc, T = composite_tiled(params, feats, isects, width, height, k_step=k_step, chunk_size=chunk_size,
-                             compiled=compiled)
+                             compiled=compiled, workers=workers)
     return finish(prep, acc, T, make_meta(prep, "torch", n_isects=int(isects.ids.numel()), tile_size=tile_size))

@@ -16,6 +16,7 @@ Shapes: ``B`` images, ``L`` Gaussian layers, ``Hp x Wp`` padded size (e.g. 320 x
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from forward3d.device import DTypeArg, resolve_dtype
 from forward3d.hub import WeightsError, load_state_dict, read_json_config, resolve_source, strict_load
 from forward3d.models.resnet import ResNet
 from forward3d.types import Gaussians
@@ -34,6 +36,10 @@ logger = logging.getLogger(__name__)
 __all__ = ["Flash3DConfig", "Flash3D", "Flash3DOutput", "PREFIX"]
 
 PREFIX = "models.unidepth_extended."
+# decoder levels (of 5, finest last) kept in fp32 under a bf16/fp16 dtype: the Gaussian heads read the finest
+# level, and a quaternion whose raw norm is small amplifies its rounding (measured: bf16 everywhere gives
+# rotation errors of 0.05 on the parity fixture, 0.3 at full size)
+FP32_DECODER_LEVELS = 1
 IGNORED_PREFIXES = ("backproject_depth.",)
 
 
@@ -160,15 +166,32 @@ class _UNetDecoder(nn.Module):
             convs.append(_ConvBlock(cin, num_ch_dec[i]))
         self.decoder = nn.ModuleList(convs)
 
-    def body(self, feats: list[Tensor]) -> Tensor:
+    def body(self, feats: list[Tensor], fp32_levels: int = 0) -> Tensor:
+        """The decoder body; under autocast its last ``fp32_levels`` levels (of 5) still run in fp32."""
         x = feats[-1]
         for j, i in enumerate(range(4, -1, -1)):
-            x = self.decoder[2 * j](x)
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-            if i > 0:
-                x = torch.cat([x, feats[i - 1]], 1)
-            x = self.decoder[2 * j + 1](x)
+            with contextlib.nullcontext() if i >= fp32_levels else _fp32(x.device):
+                if i < fp32_levels:
+                    x = x.float()
+                x = self.decoder[2 * j](x)
+                x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+                if i > 0:
+                    x = torch.cat([x, feats[i - 1].to(x.dtype)], 1)
+                x = self.decoder[2 * j + 1](x)
         return x
+
+
+def _cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN runs bf16 convolutions natively on this CPU."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _fp32(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off (fp32) inside an autocast region."""
+    return torch.autocast(device.type, enabled=False)
 
 
 class _DepthDecoder(_UNetDecoder):
@@ -176,8 +199,11 @@ class _DepthDecoder(_UNetDecoder):
         super().__init__(num_ch_enc, num_ch_dec)
         self.decoder.append(_Conv3x3(num_ch_dec[0], num_out))
 
+    def head(self, x: Tensor) -> Tensor:
+        return self.decoder[10](x)
+
     def forward(self, feats: list[Tensor]) -> Tensor:
-        return self.decoder[10](self.body(feats))
+        return self.head(self.body(feats))
 
 
 class _GaussDecoder(_UNetDecoder):
@@ -185,8 +211,11 @@ class _GaussDecoder(_UNetDecoder):
         super().__init__(num_ch_enc, num_ch_dec)
         self.out = nn.Conv2d(num_ch_dec[0], num_out, 1)
 
+    def head(self, x: Tensor) -> Tensor:
+        return self.out(x)
+
     def forward(self, feats: list[Tensor]) -> Tensor:
-        return self.out(self.body(feats))
+        return self.head(self.body(feats))
 
 
 class _ResnetEncoder(nn.Module):
@@ -236,7 +265,7 @@ class Flash3DOutput:
         means: ``[B*L, 4, Hp*Wp]`` homogeneous camera-space means (back-projection + offset).
         inv_K: ``[B, 3, 3]``.
         raw: ``[B, L, C, Hp, Wp]`` raw Gaussian-decoder outputs; ``depth_raw``: ``[B, L-1, Hp, Wp]``.
-        features: the encoder's skip features (for inspection).
+        features: the encoder's skip features (for inspection; in the compute dtype).
     """
 
     depth: Tensor
@@ -286,13 +315,86 @@ class Flash3D(nn.Module):
 
     Call with the padded image, the padded metric depth and ``K_src`` (see
     :func:`forward3d.models.flash3d.preprocess.prepare_input`).
+
+    Args:
+        config: the architecture (default: the released ``layered_re10k`` model).
+        dtype: compute dtype: ``torch.float32`` (default), ``torch.bfloat16`` / ``torch.float16`` (fp16 GPU
+            only) or ``"auto"`` (see :func:`forward3d.device.resolve_dtype`): autocast over the encoder and
+            the decoder bodies; the output convolutions (1x1 Gaussian heads, depth head) and everything
+            after them (activations, quaternion normalisation, back-projection) run in fp32, so every
+            output is fp32. Settable later via :attr:`dtype`.
     """
 
-    def __init__(self, config: Flash3DConfig | None = None):
+    def __init__(self, config: Flash3DConfig | None = None, dtype: DTypeArg = torch.float32):
         super().__init__()
         self.config = config or Flash3DConfig()
         self.models = nn.ModuleDict({"unidepth_extended": _UniDepthExtended(self.config)})
         self.unidepth_state_dict: dict[str, Tensor] = {}
+        self.dtype = dtype
+        self.fp32_levels = FP32_DECODER_LEVELS
+        self.fused = False
+        self._warned = False  # the slow-bf16-CPU warning, once per model
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype on the model's device (see the class docstring); assign a dtype or its name."""
+        return resolve_dtype(self._dtype_arg, self._device())
+
+    @dtype.setter
+    def dtype(self, value: DTypeArg) -> None:
+        if value != "auto":
+            resolve_dtype(value, torch.device("cuda"))  # checks the name; fp16 on the CPU fails at the call
+        self._dtype_arg = value
+
+    def _device(self) -> torch.device:
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        dtype = resolve_dtype(self._dtype_arg, device)
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        if device.type == "cpu" and dtype == torch.bfloat16 and not _cpu_has_fast_bf16() and not self._warned:
+            self._warned = True
+            logger.warning("Flash3D dtype=bfloat16 on a CPU without AVX512-BF16/AMX: oneDNN has no bf16 "
+                           "convolutions here and torch falls back to a slow path (measured 29x slower than "
+                           "fp32 on an AVX2 CPU); use float32")
+        return torch.autocast(device.type, dtype=dtype)
+
+    @torch.no_grad()
+    def fuse_for_inference(self, channels_last: bool = False) -> "Flash3D":
+        """Speed up inference in place (returns ``self``): fold every BatchNorm that follows a conv in the
+        encoder's residual blocks into that conv (eval statistics: ``w' = w g / sqrt(v + eps)``,
+        ``b' = (b - m) g / sqrt(v + eps) + beta``), and with ``channels_last`` store the convolutions
+        NHWC (oneDNN's preferred layout; no measured gain on the 2-core AVX2 CPU, so off by default).
+        ``encoder.bn1`` stays: the first skip feature is read before it.
+
+        Outputs equal the unfused model's to float rounding. Afterwards the model is for inference only:
+        it cannot be trained and its state_dict no longer has the reference layout (fuse after loading).
+        """
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        from forward3d.models.resnet import BasicBlock, Bottleneck
+
+        if self.fused:
+            return self
+        self.eval()
+        for m in self.core.encoder.modules():
+            if isinstance(m, (BasicBlock, Bottleneck)):
+                for i in (1, 2, 3):
+                    conv, bn = getattr(m, f"conv{i}", None), getattr(m, f"bn{i}", None)
+                    if conv is not None and isinstance(bn, nn.BatchNorm2d):
+                        setattr(m, f"conv{i}", fuse_conv_bn_eval(conv, bn))
+                        setattr(m, f"bn{i}", nn.Identity())
+                ds = m.downsample
+                if isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[1], nn.BatchNorm2d):
+                    m.downsample = nn.Sequential(fuse_conv_bn_eval(ds[0], ds[1]), nn.Identity())
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        self.fused = True
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
 
     @property
     def core(self) -> _UniDepthExtended:
@@ -325,16 +427,22 @@ class Flash3D(nn.Module):
             raise ValueError(f"Flash3D: padded size must be a multiple of 32, found {Hp}x{Wp}")
         L = c.gaussians_per_pixel
         x = self.normalise_input(image, depth)
-        feats = self.core.encoder(x)
-        depth_raw = None
-        depths = [depth]
+        decoders = [self.core.models[f"gauss_decoder_{layer}"] for layer in range(L)]
         if L > 1:
-            depth_raw = self.core.models["depth"](feats)  # [B, L-1, Hp, Wp]
+            decoders.append(self.core.models["depth"])
+        with self._autocast(image.device):  # encoder and decoder bodies in the compute dtype
+            feats = self.core.encoder(x.contiguous(memory_format=torch.channels_last) if self.fused else x)
+            bodies = [d.body(feats, self.fp32_levels) for d in decoders]
+        # the output convolutions and everything after them in fp32 (quaternions, scales, depths)
+        heads = [d.head(y.float()) for d, y in zip(decoders, bodies)]
+        depth_raw = heads[L].contiguous() if L > 1 else None  # [B, L-1, Hp, Wp]
+        depths = [depth]
+        if depth_raw is not None:
             inc = torch.exp(depth_raw.clamp(*c.depth_clamp))
             for layer in range(L - 1):
                 depths.append(depths[-1] + inc[:, layer:layer + 1])
         depth_all = torch.stack(depths, 1).reshape(B * L, 1, Hp, Wp)
-        raw = torch.stack([self.core.models[f"gauss_decoder_{layer}"](feats) for layer in range(L)], 1)
+        raw = torch.stack(heads[:L], 1)
         r = raw.reshape(B * L, -1, Hp, Wp)
         k = (c.sh_degree + 1) ** 2
         offset, opac, scale, rot, dc, rest = torch.split(r, [3, 1, 3, 4, 3, 3 * (k - 1)], 1)
@@ -371,13 +479,13 @@ class Flash3D(nn.Module):
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, config: Flash3DConfig | None = None,
-                        device: str | torch.device = "cpu") -> "Flash3D":
+                        device: str | torch.device = "cpu", dtype: DTypeArg = torch.float32) -> "Flash3D":
         """Load a Flash3D checkpoint.
 
         ``source``: a ``.pth`` (``{'model': state_dict, ...}``, loaded with ``weights_only=True``),
         a ``.safetensors`` file, a folder with ``model.safetensors``/``model.pth`` (+ optional
         ``config.json``), or a hub id when online. The ResNet depth, L and SH degree are read off the
-        checkpoint unless ``config`` is given.
+        checkpoint unless ``config`` is given. ``dtype``: the compute dtype (see :class:`Flash3D`).
         """
         path = resolve_source(source, filenames=("*.safetensors", "*.pth", "config.json"))
         cfg_dict = None
@@ -400,7 +508,7 @@ class Flash3D(nn.Module):
             except WeightsError as exc:
                 some = ", ".join(sorted(sd)[:3]) + (", ..." if len(sd) > 3 else "")
                 raise WeightsError(f"{weights}: {exc} (its {len(sd)} keys start: {some})") from None
-        model = cls(config)
+        model = cls(config, dtype=dtype)
         model.load_checkpoint_state_dict(sd, source=str(weights))
         return model.to(device).eval()
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
+
+from forward3d.device import DTypeArg, resolve_dtype
 
 from .i2p import Image2Points
 from .l2w import Local2World
@@ -22,24 +24,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SLAM3REngine"]
 
-DTypeArg = torch.dtype | Literal["auto", "float32", "bfloat16", "float16"]
-
-
-def _resolve_dtype(dtype: DTypeArg, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, str):
-        if dtype == "auto":
-            if device.type == "cuda":
-                return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.float32
-        names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-        if dtype not in names:
-            raise ValueError(f"dtype: expected one of {sorted(names) + ['auto']}, found {dtype!r}")
-        dtype = names[dtype]
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype: expected float32, bfloat16 or float16, found {dtype}")
-    if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("dtype float16 is not supported on CPU; use bfloat16 or float32")
-    return dtype
+_resolve_dtype = resolve_dtype  # the one definition lives in forward3d.device
 
 
 class SLAM3REngine:
