@@ -206,7 +206,8 @@ class KeyframeIndex:
 class Relocaliser:
     """Relocalisation after lost tracking: keyframes by appearance, features + RANSAC, ICP against the model.
 
-    The frame's thumbnail descriptor picks ``candidates`` keyframes of the :class:`KeyframeIndex`;
+    The frame's thumbnail descriptor picks ``candidates`` keyframes of the :class:`KeyframeIndex`
+    (and the two newest keyframes are always tried);
     the one with the most RANSAC inliers (:func:`align_features`, at least ``min_inliers``) gives a
     pose, which is accepted only when point-to-plane ICP of the frame's depth against the fused
     surface (:class:`~forward3d.pipelines.tsdf.ModelTracker`) converges near it with enough overlap.
@@ -246,7 +247,8 @@ class Relocaliser:
             ``(c2w or None, keyframe frame index or -1, reason)``: ``reason`` says why it failed.
         """
         best: tuple[int, FeatureAlignment] | None = None
-        for j in self.index.query(descriptor, self.candidates):
+        recent = list(range(max(0, len(self.index) - 2), len(self.index)))  # the last keyframes: short losses
+        for j in dict.fromkeys(recent + self.index.query(descriptor, self.candidates)):
             fa = align_features(features, self.index.features[j], min_inliers=self.min_inliers)
             if fa.ok and (best is None or fa.inliers > best[1].inliers):
                 best = (j, fa)

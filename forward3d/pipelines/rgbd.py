@@ -96,6 +96,8 @@ class RGBDConfig:
             constant-velocity prediction; both are refined by the dense odometry and the one with the
             lower residual is kept (fast hand-held motion). Loop candidates are pre-aligned the same way.
         feature_count: ORB keypoints detected per frame (at most half of them are stored per keyframe).
+        feature_agreement: when the features align, a densely refined pose farther than this
+            (metres; or 5 degrees) from their pose is rejected, and with none left the feature pose is used.
         relocalize: when tracking fails, match the frame against the keyframes (thumbnail
             correlation, then features + RANSAC, then ICP against the fused surface) and resume there;
             frames that cannot be relocalised are ``lost`` (last known pose, not fused, not references).
@@ -136,10 +138,11 @@ class RGBDConfig:
     loop_min_information: float = 5.0
     loop_downsample: int = 2
     feature_tracking: bool = True
-    feature_count: int = 1000
+    feature_count: int = 2000
     relocalize: bool = True
     relocalize_candidates: int = 5
     relocalize_patience: int = 15
+    feature_agreement: float = 0.05
 
     def __post_init__(self) -> None:
         if self.tracking == "odometry":
@@ -151,7 +154,7 @@ class RGBDConfig:
         def bad(name: str, expected: str) -> ValueError:
             return ValueError(f"RGBDConfig.{name}: expected {expected}, found {getattr(self, name)!r}")
 
-        for name in ("voxel_size", "depth_max", "tracking_depth_max", "keyframe_translation",
+        for name in ("voxel_size", "depth_max", "tracking_depth_max", "keyframe_translation", "feature_agreement",
                      "keyframe_rotation_deg", "max_jump_translation", "max_jump_rotation_deg"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -372,7 +375,7 @@ class RGBDBackend(Backend):
             index = index or KeyframeIndex(max_features=cfg.feature_count // 2)
             reloc = Relocaliser(index, cfg.relocalize_candidates, depth_max=min(cfg.tracking_depth_max, cfg.depth_max),
                                 device=device)
-        track_stats: dict[str, Any] = {"feature_candidates": 0, "feature_chosen": 0, "relocalised": 0, "lost": 0,
+        track_stats: dict[str, Any] = {"feature_candidates": 0, "feature_chosen": 0, "feature_only": 0, "relocalised": 0, "lost": 0,
                                        "restarts": 0, "features_s": 0.0, "relocalisation_s": 0.0}
         lost_run = 0  # consecutive lost frames
 
@@ -626,7 +629,10 @@ class RGBDBackend(Backend):
 
         Each reference is tried from the constant-velocity prediction and, with ``feature_tracking``,
         from the feature alignment (when it differs from the prediction by more than 1 cm / 1 degree);
-        the refined pose with the lowest ``rmse / fitness`` that passes the jump checks is kept.
+        the refined pose with the lowest ``rmse / fitness`` that passes the checks is kept. When the
+        features align, a refined pose must also stay within ``feature_agreement`` of their pose (the
+        dense odometry diverges on fast real motion; RANSAC on ORB matches does not need a guess), and
+        when no refined pose does, the feature pose itself is used.
         """
         from forward3d.pipelines.features import align_features
 
@@ -637,11 +643,14 @@ class RGBDBackend(Backend):
         reason = ""
         for tgt, tgt_c2w in targets:
             inits = [("prediction", np.linalg.inv(tgt_c2w) @ pred)]
+            fa = None
             if "features" in cur and "features" in tgt:
                 ts = time.perf_counter()
                 fa = align_features(cur["features"], tgt["features"])
                 stats["features_s"] += time.perf_counter() - ts
-                if fa.ok:
+                if not fa.ok:
+                    fa = None
+                else:
                     d = np.linalg.inv(inits[0][1]) @ fa.src_to_tgt
                     if np.linalg.norm(d[:3, 3]) > 0.01 or _rotation_deg(d[:3, :3]) > 1.0:
                         inits.append(("features", fa.src_to_tgt))
@@ -656,14 +665,23 @@ class RGBDBackend(Backend):
                 # the prediction's result must stay near the motion model, the features' near the features
                 ref, max_t, max_r = ((pred, cfg.max_jump_translation, cfg.max_jump_rotation_deg) if kind == "prediction"
                                      else (tgt_c2w @ init, 0.1, 10.0))
+                ref_name = kind
+                if fa is not None:
+                    ref, max_t, max_r, ref_name = tgt_c2w @ fa.src_to_tgt, cfg.feature_agreement, 5.0, "features"
                 jump = np.linalg.inv(ref) @ c2w
                 if np.linalg.norm(jump[:3, 3]) > max_t or _rotation_deg(jump[:3, :3]) > max_r:
                     reason = (f"implausible jump of {np.linalg.norm(jump[:3, 3]):.2f} m / "
-                              f"{_rotation_deg(jump[:3, :3]):.1f} deg from the {kind}")
+                              f"{_rotation_deg(jump[:3, :3]):.1f} deg from the {ref_name}")
                     continue
                 cost = res.rmse / max(res.fitness, 1e-3)
                 if best is None or cost < best[0]:
                     best = (cost, c2w, res.fitness, kind)
+            if best is None and fa is not None:
+                jump = np.linalg.inv(pred) @ tgt_c2w @ fa.src_to_tgt
+                if (np.linalg.norm(jump[:3, 3]) <= cfg.max_jump_translation
+                        and _rotation_deg(jump[:3, :3]) <= cfg.max_jump_rotation_deg):
+                    stats["feature_only"] += 1
+                    return tgt_c2w @ fa.src_to_tgt, True, fa.inliers / max(fa.matches, 1), ""
             if best is not None:
                 stats["feature_chosen"] += best[3] == "features"
                 return best[1], True, best[2], ""
