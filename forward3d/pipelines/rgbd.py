@@ -213,6 +213,7 @@ class RGBDConfig:
 
 
 _MIN_VALID_DEPTH = 0.05  # a frame with less valid depth than this fraction never becomes a reference
+_VETO_FITNESS = 0.5  # dense overlap needed when the ORB features of a frame and its reference do not match
 
 
 def open3d_device_name(device: str | None) -> str:
@@ -632,7 +633,9 @@ class RGBDBackend(Backend):
         the refined pose with the lowest ``rmse / fitness`` that passes the checks is kept. When the
         features align, a refined pose must also stay within ``feature_agreement`` of their pose (the
         dense odometry diverges on fast real motion; RANSAC on ORB matches does not need a guess), and
-        when no refined pose does, the feature pose itself is used.
+        when no refined pose does, the feature pose itself is used. When both frames have features
+        (100 or more) and they do not match, a refined pose needs an inlier fraction of at least 0.5
+        (a jump to another place: the dense odometry may still find some wrong overlap).
         """
         from forward3d.pipelines.features import align_features
 
@@ -644,11 +647,13 @@ class RGBDBackend(Backend):
         for tgt, tgt_c2w in targets:
             inits = [("prediction", np.linalg.inv(tgt_c2w) @ pred)]
             fa = None
+            veto = False  # both frames have features and they do not match: a dense result needs real overlap
             if "features" in cur and "features" in tgt:
                 ts = time.perf_counter()
                 fa = align_features(cur["features"], tgt["features"])
                 stats["features_s"] += time.perf_counter() - ts
                 if not fa.ok:
+                    veto = min(len(cur["features"]), len(tgt["features"])) >= 100
                     fa = None
                 else:
                     d = np.linalg.inv(inits[0][1]) @ fa.src_to_tgt
@@ -660,6 +665,10 @@ class RGBDBackend(Backend):
                 res = tracker.align(cur, tgt, init)
                 if not res.ok:
                     reason = res.reason
+                    continue
+                if veto and res.fitness < _VETO_FITNESS:
+                    reason = (f"the features do not match the reference and the dense overlap is only "
+                              f"{res.fitness:.2f} < {_VETO_FITNESS}")
                     continue
                 c2w = tgt_c2w @ res.src_to_tgt
                 # the prediction's result must stay near the motion model, the features' near the features
