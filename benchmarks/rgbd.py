@@ -94,19 +94,22 @@ def _child(spec: str, voxel: float, noise: float) -> dict:
 
 
 LOOP_RUNS = ["synthetic:keyframe:off", "synthetic:keyframe:on", "hololens:keyframe:off", "hololens:keyframe:on",
-             "hololens:frame:off", "hololens:frame:on", "hololens:model:off", "hololens:model:on"]
+             "hololens:keyframe:off:plain", "hololens:keyframe:on:plain", "hololens:frame:off", "hololens:frame:on",
+             "hololens:model:off", "hololens:model:on"]
 HOLOLENS = ROOT.parent / "shared" / "data" / "hololens_000"
 
 
 def _child_loops(spec: str) -> dict:
-    """One loop-closure run ``dataset:tracking:on|off`` (``synthetic``: 300 frames = 3 loops at 320x240,
-    depth noise 0.002, 5 % holes; ``hololens``: ``../shared/data/hololens_000``, ATE against its poses)."""
+    """One loop-closure run ``dataset:tracking:on|off[:plain]`` (``synthetic``: 300 frames = 3 loops at
+    320x240, depth noise 0.002, 5 % holes; ``hololens``: ``../shared/data/hololens_000``, ATE against its
+    poses; ``plain``: without feature tracking and relocalisation)."""
     import numpy as np
 
     from forward3d.eval import ate
     from forward3d.pipelines.rgbd import RGBDBackend
 
-    dataset, tracking, lc = spec.split(":")
+    dataset, tracking, lc, *rest = spec.split(":")
+    plain = rest == ["plain"]
     if dataset == "synthetic":
         from forward3d.data.synthetic import SyntheticScene
 
@@ -118,7 +121,8 @@ def _child_loops(spec: str) -> dict:
         frames = list(open_frames(HOLOLENS, intrinsics=np.loadtxt(HOLOLENS / "K.txt")))
         gt = np.loadtxt(HOLOLENS / "poses.txt").reshape(-1, 4, 4)
     t0 = time.perf_counter()
-    rec = RGBDBackend(tracking=tracking, loop_closure=lc == "on").run(frames, progress=False)
+    rec = RGBDBackend(tracking=tracking, loop_closure=lc == "on", feature_tracking=not plain,
+                      relocalize=not plain).run(frames, progress=False)
     wall = time.perf_counter() - t0
     lcm = rec.metadata.get("loop_closure", {})
     return {"config": spec, "frames": len(frames), "ate_rmse_m": ate(rec.c2w, gt)["rmse"], "wall_s": wall,
@@ -127,6 +131,8 @@ def _child_loops(spec: str) -> dict:
             "loops_kept": lcm.get("kept", 0), "loop_candidates": lcm.get("candidates", 0),
             "loops_rejected": lcm.get("rejected", 0), "keyframes": len(rec.keyframes),
             "tracking_failures": len(rec.failures), "keyframe_store_mb": lcm.get("keyframe_store_mb", 0.0),
+            "lost": sum(s.state == "lost" for s in rec.frame_status),
+            "relocalised": rec.metadata.get("tracking", {}).get("relocalised", 0),
             "peak_rss_mb": _rss_mb()}
 
 
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        child = _child_loops(args.child) if args.child.count(":") == 2 else _child(args.child, args.voxel_size, args.noise)
+        child = _child_loops(args.child) if args.child.count(":") >= 2 else _child(args.child, args.voxel_size, args.noise)
         print(json.dumps(child))
         return 0
     if args.out is None:
@@ -191,12 +197,12 @@ def _write(out: Path, results: list[dict]) -> None:
 
 def _main_loops(specs: list[str], out: Path) -> int:
     results = _run_children(specs, [])
-    print(f"{'run':<24}{'ATE cm':>8}{'wall s':>8}{'fps':>7}{'LC s':>7}{'refuse s':>9}{'loops':>7}{'rej':>6}{'kf':>6}{'fail':>6}{'peak MB':>9}")
+    print(f"{'run':<30}{'ATE cm':>8}{'wall s':>8}{'fps':>7}{'LC s':>7}{'refuse s':>9}{'loops':>7}{'rej':>6}{'kf':>6}{'fail':>6}{'peak MB':>9}")
     for r in results:
         if "error" in r:
-            print(f"{r['config']:<24} failed: {r['error']}")
+            print(f"{r['config']:<30} failed: {r['error']}")
             continue
-        print(f"{r['config']:<24}{100 * r['ate_rmse_m']:>8.2f}{r['wall_s']:>8.1f}{r['fps']:>7.1f}{r['loop_closure_s']:>7.1f}"
+        print(f"{r['config']:<30}{100 * r['ate_rmse_m']:>8.2f}{r['wall_s']:>8.1f}{r['fps']:>7.1f}{r['loop_closure_s']:>7.1f}"
               f"{r['refuse_s']:>9.1f}{r['loops_kept']:>7d}{r['loops_rejected']:>6d}{r['keyframes']:>6d}"
               f"{r['tracking_failures']:>6d}{r['peak_rss_mb']:>9.0f}")
     _write(out, results)
