@@ -34,7 +34,7 @@ import numpy as np
 from forward3d.geometry.se3 import rotation_angle
 from forward3d.pipelines.posegraph import PoseGraph
 
-__all__ = ["LoopClosureOptions", "LoopCloser", "LoopResult", "StoredKeyframe", "downsample_rgbd", "thumbnail_descriptor"]
+__all__ = ["CentreGrid", "LoopClosureOptions", "LoopCloser", "LoopResult", "StoredKeyframe", "downsample_rgbd", "thumbnail_descriptor"]
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def thumbnail_descriptor(image: np.ndarray, size: tuple[int, int] = (32, 24)) ->
     return (g / n if n > 1e-6 else np.zeros_like(g)).ravel().astype(np.float32)
 
 
-class _CentreGrid:
+class CentreGrid:
     """Hash grid of keyframe camera centres (cell = ``cell`` metres): neighbours without a full scan."""
 
     def __init__(self, cell: float) -> None:
@@ -248,7 +248,7 @@ class LoopCloser:
         self.results: list[LoopResult] = []
         self.optimizations = 0
         self.time_s = 0.0
-        self._grid = _CentreGrid(self.o.radius)
+        self._grid = CentreGrid(self.o.radius)
         self._anchor: list[int] = []  # per frame: its keyframe node (-1 before the first)
         self._rel: list[np.ndarray] = []  # per frame: inverse(c2w_keyframe) @ c2w_frame at tracking time
         self._descriptors = np.zeros((0, 768), np.float32)
@@ -256,7 +256,7 @@ class LoopCloser:
 
     # ---------------------------------------------------------------------------------------------
     def add_frame(self, c2w: np.ndarray, keyframe: bool, depth: np.ndarray, image: np.ndarray, K: np.ndarray,
-                  tracked: bool = True, features: Any = None) -> bool:
+                  tracked: bool = True, features: Any = None, anchor: int | None = None) -> bool:
         """Record frame ``len(self)`` with its tracked ``c2w``; store it as a keyframe when ``keyframe``.
 
         Args:
@@ -266,13 +266,15 @@ class LoopCloser:
             tracked: False when tracking failed (the odometry edge into this keyframe is then weak).
             features: the keyframe's :class:`~forward3d.pipelines.features.FrameFeatures` (camera-frame
                 points: any resolution), for the coarse alignment of its loop candidates; None: none.
+            anchor: a non-keyframe follows this keyframe node (default: the newest), e.g. the stored
+                keyframe that covers a culled one.
 
         Returns:
             True when a loop was closed and past poses changed (read them with :meth:`trajectory`).
         """
         c2w = np.asarray(c2w, np.float64)
         if not keyframe:
-            a = len(self.keyframes) - 1
+            a = len(self.keyframes) - 1 if anchor is None else int(anchor)
             self._anchor.append(a)
             self._rel.append(np.eye(4) if a < 0 else np.linalg.inv(self.graph.c2w[a]) @ c2w)
             return False
@@ -495,7 +497,7 @@ class LoopCloser:
         self._pending = False
         if res.loops_pruned:
             log.info("loop closure: the optimisation dropped %d inconsistent loop(s)", res.loops_pruned)
-        self._grid = _CentreGrid(self.o.radius)
+        self._grid = CentreGrid(self.o.radius)
         for n, T in enumerate(self.graph.c2w):
             self._grid.add(n, T[:3, 3])
         return res.moved_max > 0.0

@@ -98,6 +98,10 @@ class RGBDConfig:
         feature_count: ORB keypoints detected per frame (at most half of them are stored per keyframe).
         feature_agreement: when the features align, a densely refined pose farther than this
             (metres; or 5 degrees) from their pose is rejected, and with none left the feature pose is used.
+        keyframe_cull: a new keyframe within ``keyframe_translation`` / ``keyframe_rotation_deg`` of
+            a stored one (a revisited place) is a tracking reference only: it is not stored for loop
+            closure, relocalisation or re-fusion, and its frames follow the stored keyframe. Memory and
+            loop detection then grow with the explored space, not with the sequence length.
         relocalize: when tracking fails, match the frame against the keyframes (thumbnail
             correlation, then features + RANSAC, then ICP against the fused surface) and resume there;
             frames that cannot be relocalised are ``lost`` (last known pose, not fused, not references).
@@ -138,6 +142,7 @@ class RGBDConfig:
     loop_min_information: float = 5.0
     loop_downsample: int = 2
     feature_tracking: bool = True
+    keyframe_cull: bool = False
     feature_count: int = 2000
     relocalize: bool = True
     relocalize_candidates: int = 5
@@ -288,6 +293,38 @@ def _empty_result_message(cfg: RGBDConfig, fused: int, n: int, status: list[Fram
             "and --depth-scale")
 
 
+class _StoredKeyframes:
+    """Frame indices of the stored keyframes, with a hash grid of their centres (keyframe culling)."""
+
+    def __init__(self, translation: float, rotation_deg: float) -> None:
+        from forward3d.pipelines.loopclosure import CentreGrid
+
+        self.translation, self.rotation_deg = float(translation), float(rotation_deg)
+        self._make = lambda: CentreGrid(max(self.translation, 1e-3))
+        self.grid = self._make()
+        self.frames: list[int] = []
+
+    def add(self, frame: int, c2w: np.ndarray) -> None:
+        self.grid.add(frame, c2w[:3, 3])
+        self.frames.append(frame)
+
+    def covering(self, c2w: np.ndarray, c2ws: list[np.ndarray]) -> int | None:
+        """The stored keyframe (frame index) nearest ``c2w`` within the keyframe thresholds, or None."""
+        best = None
+        for f in self.grid.near(c2w[:3, 3]):
+            rel = np.linalg.inv(c2ws[f]) @ c2w
+            d = float(np.linalg.norm(rel[:3, 3]))
+            if d <= self.translation and _rotation_deg(rel[:3, :3]) <= self.rotation_deg and (best is None or d < best[0]):
+                best = (d, f)
+        return None if best is None else best[1]
+
+    def rebuild(self, c2ws: list[np.ndarray]) -> None:
+        """Re-index the centres after a loop closure moved the poses."""
+        self.grid = self._make()
+        for f in self.frames:
+            self.grid.add(f, c2ws[f][:3, 3])
+
+
 def _describe(frame: Frame) -> str:
     return frame.source or frame.name or f"frame {frame.index}"
 
@@ -379,6 +416,7 @@ class RGBDBackend(Backend):
         track_stats: dict[str, Any] = {"feature_candidates": 0, "feature_chosen": 0, "feature_only": 0, "relocalised": 0, "lost": 0,
                                        "restarts": 0, "features_s": 0.0, "relocalisation_s": 0.0}
         lost_run = 0  # consecutive lost frames
+        stored = _StoredKeyframes(cfg.keyframe_translation, cfg.keyframe_rotation_deg)  # frames kept as keyframes
 
         c2ws: list[np.ndarray] = []
         Ks: list[np.ndarray] = []
@@ -482,9 +520,16 @@ class RGBDBackend(Backend):
                                       or fit < cfg.keyframe_min_fitness)
                 t_track += time.perf_counter() - ts
                 trajectory = None
+                store, cover = is_key and cur is not None, None
+                if store and ok and cfg.keyframe_cull and stored.frames:
+                    cover = stored.covering(c2w, c2ws)
+                    store = cover is None
+                if store:
+                    stored.add(i, c2w)
                 if closer is not None:
-                    if closer.add_frame(c2w, is_key and cur is not None, depth, frame.image, K, tracked=ok,
-                                        features=None if cur is None else cur.get("features")):
+                    if closer.add_frame(c2w, store, depth, frame.image, K, tracked=ok,
+                                        features=None if cur is None else cur.get("features"),
+                                        anchor=None if cover is None else stored.frames.index(cover)):
                         trajectory = closer.trajectory()  # every frame so far, this one included
                         c2ws[:] = list(trajectory[:-1])
                         c2w = trajectory[-1]
@@ -492,6 +537,7 @@ class RGBDBackend(Backend):
                             key = (key[0], trajectory[key_i])
                             prev = (prev[0], trajectory[prev_i])  # type: ignore[index]
                         corrected = True
+                        stored.rebuild(c2ws + [c2w])
                         if model is not None:  # the model surface must follow the corrected poses
                             volume = closer.rebuild(new_volume)
                             model_stale = cfg.model_refresh_keyframes
@@ -504,7 +550,7 @@ class RGBDBackend(Backend):
                     model_stale += int(is_key)
                 if is_key and cur is not None:
                     key, key_i = (cur, c2w), i
-                    if index is not None and ok:
+                    if index is not None and ok and store:
                         index.add(i, cur["features"], thumbnail_descriptor(frame.image))
                 if cur is not None:
                     prev, prev_i = (cur, c2w), i
@@ -557,6 +603,7 @@ class RGBDBackend(Backend):
         meta = {
             "config": config_to_dict(cfg),
             "keyframes": keyframes,
+            "stored_keyframes": len(stored.frames),
             "num_integrated": volume.num_integrated,
             "weight_threshold": wt,
             "tracking_fitness_mean": float(np.mean(fitness_log)),
