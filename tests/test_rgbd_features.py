@@ -151,3 +151,17 @@ def test_lost_state_and_config():
     add_config_arguments(p, RGBDConfig)
     c = config_from_args(RGBDConfig, p.parse_args(["--no-feature-tracking", "--no-relocalize"]))
     assert not c.feature_tracking and not c.relocalize
+
+
+def test_keyframe_culling_bounds_the_stored_keyframes():
+    """Two orbits of the room (80 frames, 40 per loop): with culling, the second orbit revisits stored
+    keyframes and stores (almost) none of its own, so the store grows with the space, not the length."""
+    scene = SyntheticScene(num_frames=80, width=160, height=120, seed=0, speed=2.5)
+    frames = list(scene.frames())
+    rec = RGBDBackend(mesh=False, keyframe_cull=True, **OFF).run(frames, progress=False)
+    first = sum(1 for i in rec.keyframes if i < 40)
+    stored, lc = rec.metadata["stored_keyframes"], rec.metadata["loop_closure"]
+    assert lc["keyframes"] == stored  # the loop closer holds the stored keyframes only
+    assert len(rec.keyframes) > 1.6 * first  # the second orbit still tracks against (culled) keyframes
+    assert stored <= first + 3, (stored, first, len(rec.keyframes))
+    assert ate(rec.c2w, scene.c2w)["rmse"] < 0.02 and not rec.failures
