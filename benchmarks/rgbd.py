@@ -188,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child))
         return 0
     if args.out is None:
-        args.out = str(ROOT / "benchmarks" / "results" / ("rgbd_loops.json" if args.loops is not None else "rgbd.json"))
+        name = "rgbd_memory.json" if args.memory is not None else "rgbd_loops.json" if args.loops is not None else "rgbd.json"
+        args.out = str(ROOT / "benchmarks" / "results" / name)
     if args.memory is not None:
-        out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "rgbd_memory.json"
+        out = Path(args.out)
         results = _run_children([f"memory:{args.memory}:cull", f"memory:{args.memory}:nocull"], [])
         for r in results:
             if "error" not in r:
