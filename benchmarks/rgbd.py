@@ -9,6 +9,8 @@ Frames are rendered lazily inside the loop; their rendering time is measured and
     python benchmarks/rgbd.py --configs 320x240:100 640x480:1000
     python benchmarks/rgbd.py --loops    # loop closure on/off (synthetic 3 loops + hololens_000),
                                          # and the tracking modes on the real sequence
+    python benchmarks/rgbd.py --memory 10000   # peak RSS of a long synthetic stream (160x120), keyframe
+                                               # culling on and off, RSS sampled every 1,000 frames
 
 Writes ``benchmarks/results/rgbd.json`` (``rgbd_loops.json`` with ``--loops``; or ``--out``) and prints a table.
 """
@@ -94,19 +96,22 @@ def _child(spec: str, voxel: float, noise: float) -> dict:
 
 
 LOOP_RUNS = ["synthetic:keyframe:off", "synthetic:keyframe:on", "hololens:keyframe:off", "hololens:keyframe:on",
-             "hololens:frame:off", "hololens:frame:on", "hololens:model:off", "hololens:model:on"]
+             "hololens:keyframe:off:plain", "hololens:keyframe:on:plain", "hololens:frame:off", "hololens:frame:on",
+             "hololens:model:off", "hololens:model:on"]
 HOLOLENS = ROOT.parent / "shared" / "data" / "hololens_000"
 
 
 def _child_loops(spec: str) -> dict:
-    """One loop-closure run ``dataset:tracking:on|off`` (``synthetic``: 300 frames = 3 loops at 320x240,
-    depth noise 0.002, 5 % holes; ``hololens``: ``../shared/data/hololens_000``, ATE against its poses)."""
+    """One loop-closure run ``dataset:tracking:on|off[:plain]`` (``synthetic``: 300 frames = 3 loops at
+    320x240, depth noise 0.002, 5 % holes; ``hololens``: ``../shared/data/hololens_000``, ATE against its
+    poses; ``plain``: without feature tracking and relocalisation)."""
     import numpy as np
 
     from forward3d.eval import ate
     from forward3d.pipelines.rgbd import RGBDBackend
 
-    dataset, tracking, lc = spec.split(":")
+    dataset, tracking, lc, *rest = spec.split(":")
+    plain = rest == ["plain"]
     if dataset == "synthetic":
         from forward3d.data.synthetic import SyntheticScene
 
@@ -118,7 +123,8 @@ def _child_loops(spec: str) -> dict:
         frames = list(open_frames(HOLOLENS, intrinsics=np.loadtxt(HOLOLENS / "K.txt")))
         gt = np.loadtxt(HOLOLENS / "poses.txt").reshape(-1, 4, 4)
     t0 = time.perf_counter()
-    rec = RGBDBackend(tracking=tracking, loop_closure=lc == "on").run(frames, progress=False)
+    rec = RGBDBackend(tracking=tracking, loop_closure=lc == "on", feature_tracking=not plain,
+                      relocalize=not plain).run(frames, progress=False)
     wall = time.perf_counter() - t0
     lcm = rec.metadata.get("loop_closure", {})
     return {"config": spec, "frames": len(frames), "ate_rmse_m": ate(rec.c2w, gt)["rmse"], "wall_s": wall,
@@ -127,7 +133,38 @@ def _child_loops(spec: str) -> dict:
             "loops_kept": lcm.get("kept", 0), "loop_candidates": lcm.get("candidates", 0),
             "loops_rejected": lcm.get("rejected", 0), "keyframes": len(rec.keyframes),
             "tracking_failures": len(rec.failures), "keyframe_store_mb": lcm.get("keyframe_store_mb", 0.0),
+            "lost": sum(s.state == "lost" for s in rec.frame_status),
+            "relocalised": rec.metadata.get("tracking", {}).get("relocalised", 0),
             "peak_rss_mb": _rss_mb()}
+
+
+def _child_memory(spec: str) -> dict:
+    """``memory:N:cull|nocull``: N synthetic frames at 160x120 (orbit loops, lazily rendered), loop closure
+    on, RSS sampled every ``max(1, N // 10)`` frames; returns the samples, keyframes and stored keyframes."""
+    from forward3d.data.synthetic import SyntheticScene
+    from forward3d.eval import ate
+    from forward3d.pipelines.rgbd import RGBDBackend
+
+    _, n, cull = spec.split(":")
+    n = int(n)
+    scene = SyntheticScene(num_frames=n, width=160, height=120, seed=0, depth_noise=0.002)
+    every = max(1, n // 10)
+    trace: list[tuple[int, float]] = []
+
+    def frames():
+        for i in range(n):
+            if i % every == 0:
+                trace.append((i, _rss_mb()))
+            yield scene.frame(i)
+
+    t0 = time.perf_counter()
+    rec = RGBDBackend(keyframe_cull=cull == "cull", mesh=False).run(frames(), progress=False)
+    wall = time.perf_counter() - t0
+    lcm = rec.metadata.get("loop_closure", {})
+    return {"config": spec, "frames": n, "wall_s": wall, "fps": n / wall, "ate_rmse_m": ate(rec.c2w, scene.c2w)["rmse"],
+            "keyframes": len(rec.keyframes), "stored_keyframes": rec.metadata["stored_keyframes"],
+            "loops_kept": lcm.get("kept", 0), "keyframe_store_mb": lcm.get("keyframe_store_mb", 0.0),
+            "rss_trace_mb": trace, "peak_rss_mb": _rss_mb()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,15 +175,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise", type=float, default=0.0, help="depth noise coefficient (sigma = K z^2)")
     p.add_argument("--loops", nargs="*", default=None, metavar="DATA:TRACKING:on|off",
                    help=f"loop closure runs (default: {' '.join(LOOP_RUNS)})")
+    p.add_argument("--memory", type=int, default=None, metavar="N",
+                   help="long-stream memory run: N frames at 160x120, keyframe culling on and off")
     p.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/rgbd.json or rgbd_loops.json)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child and args.child.startswith("memory:"):
+        print(json.dumps(_child_memory(args.child)))
+        return 0
     if args.child:
-        child = _child_loops(args.child) if args.child.count(":") == 2 else _child(args.child, args.voxel_size, args.noise)
+        child = _child_loops(args.child) if args.child.count(":") >= 2 else _child(args.child, args.voxel_size, args.noise)
         print(json.dumps(child))
         return 0
     if args.out is None:
-        args.out = str(ROOT / "benchmarks" / "results" / ("rgbd_loops.json" if args.loops is not None else "rgbd.json"))
+        name = "rgbd_memory.json" if args.memory is not None else "rgbd_loops.json" if args.loops is not None else "rgbd.json"
+        args.out = str(ROOT / "benchmarks" / "results" / name)
+    if args.memory is not None:
+        out = Path(args.out)
+        results = _run_children([f"memory:{args.memory}:cull", f"memory:{args.memory}:nocull"], [])
+        for r in results:
+            if "error" not in r:
+                print(f"{r['config']:<22} {r['fps']:.1f} frames/s, ATE {100 * r['ate_rmse_m']:.2f} cm, "
+                      f"{r['stored_keyframes']} of {r['keyframes']} keyframes stored, peak {r['peak_rss_mb']:.0f} MB, "
+                      f"RSS every {args.memory // 10} frames: {[round(m) for _, m in r['rss_trace_mb']]}")
+        _write(out, results)
+        return 0
     if args.loops is not None:
         return _main_loops(args.loops or LOOP_RUNS, Path(args.out))
     configs = args.configs or (QUICK if args.quick else DEFAULT)
@@ -191,12 +244,12 @@ def _write(out: Path, results: list[dict]) -> None:
 
 def _main_loops(specs: list[str], out: Path) -> int:
     results = _run_children(specs, [])
-    print(f"{'run':<24}{'ATE cm':>8}{'wall s':>8}{'fps':>7}{'LC s':>7}{'refuse s':>9}{'loops':>7}{'rej':>6}{'kf':>6}{'fail':>6}{'peak MB':>9}")
+    print(f"{'run':<30}{'ATE cm':>8}{'wall s':>8}{'fps':>7}{'LC s':>7}{'refuse s':>9}{'loops':>7}{'rej':>6}{'kf':>6}{'fail':>6}{'peak MB':>9}")
     for r in results:
         if "error" in r:
-            print(f"{r['config']:<24} failed: {r['error']}")
+            print(f"{r['config']:<30} failed: {r['error']}")
             continue
-        print(f"{r['config']:<24}{100 * r['ate_rmse_m']:>8.2f}{r['wall_s']:>8.1f}{r['fps']:>7.1f}{r['loop_closure_s']:>7.1f}"
+        print(f"{r['config']:<30}{100 * r['ate_rmse_m']:>8.2f}{r['wall_s']:>8.1f}{r['fps']:>7.1f}{r['loop_closure_s']:>7.1f}"
               f"{r['refuse_s']:>9.1f}{r['loops_kept']:>7d}{r['loops_rejected']:>6d}{r['keyframes']:>6d}"
               f"{r['tracking_failures']:>6d}{r['peak_rss_mb']:>9.0f}")
     _write(out, results)

@@ -304,7 +304,7 @@ class Mesh:
 # Per-frame status, trajectory metrics, streaming updates
 # --------------------------------------------------------------------------------------------------
 
-FrameState = Literal["tracked", "registered", "given", "interpolated", "failed"]
+FrameState = Literal["tracked", "registered", "given", "interpolated", "failed", "lost"]
 FRAME_STATES: tuple[str, ...] = get_args(FrameState)
 
 
@@ -316,7 +316,8 @@ class FrameStatus:
         state: ``"tracked"`` (odometry / tracking against a reference), ``"registered"`` (registered into
             a global model: SLAM3R L2W, SfM, PnP), ``"given"`` (a known pose: ground truth, ``--poses``),
             ``"interpolated"`` (between neighbours), ``"failed"`` (the pose is a fallback, e.g. the motion
-            prediction; the frame's geometry was not used).
+            prediction; the frame's geometry was not used), ``"lost"`` (tracking is lost and the frame
+            could not be relocalised yet: the pose is the last known one, the geometry was not used).
         reason: why, for ``"failed"`` (and any other state worth a note), e.g. ``"low overlap (fitness 0.12)"``.
         keyframe: the frame is a keyframe of the back-end.
     """
@@ -333,7 +334,7 @@ class FrameStatus:
 
     @property
     def ok(self) -> bool:
-        return self.state != "failed"
+        return self.state not in ("failed", "lost")
 
     def to_dict(self) -> dict[str, Any]:
         return {"state": self.state, "reason": self.reason, "keyframe": self.keyframe}
@@ -575,7 +576,7 @@ class Reconstruction:
 
     @property
     def failures(self) -> list[tuple[int, FrameStatus]]:
-        """``(frame index, status)`` of the frames whose camera is a fallback (``state == "failed"``)."""
+        """``(frame index, status)`` of the frames whose camera is a fallback (``"failed"`` or ``"lost"``)."""
         return [(i, s) for i, s in enumerate(self.frame_status) if not s.ok]
 
     @property

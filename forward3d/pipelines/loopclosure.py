@@ -34,7 +34,7 @@ import numpy as np
 from forward3d.geometry.se3 import rotation_angle
 from forward3d.pipelines.posegraph import PoseGraph
 
-__all__ = ["LoopClosureOptions", "LoopCloser", "LoopResult", "StoredKeyframe", "downsample_rgbd", "thumbnail_descriptor"]
+__all__ = ["CentreGrid", "LoopClosureOptions", "LoopCloser", "LoopResult", "StoredKeyframe", "downsample_rgbd", "thumbnail_descriptor"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,13 @@ class LoopClosureOptions:
             the current estimate join the graph without an immediate optimisation (the next one, or
             :meth:`LoopCloser.finish`, uses them): revisiting a corrected place costs no optimisation.
         depth_max: depth beyond this is not used for verification (metres).
+        features: coarse feature alignment of candidates: when both keyframes have ORB features
+            (:func:`~forward3d.pipelines.features.align_features`) and they disagree with the current
+            estimate, the odometry also starts from the features' pose (the one that passes, with the
+            lower ``rmse / fitness``, is kept), so loops with more drift than the odometry's basin close.
+            The correction check then applies to that start, bounded by ``max_feature_correction`` and
+            ``max_feature_correction_deg`` from the estimate.
+        max_feature_correction, max_feature_correction_deg: see ``features``.
         verify: geometric verification on (off only for diagnostics: every candidate is accepted,
             with the odometry's transform when it converges, else with the proposed guess).
     """
@@ -82,6 +89,9 @@ class LoopClosureOptions:
     optimize_translation: float = 0.003
     optimize_rotation_deg: float = 0.2
     depth_max: float = 4.0
+    features: bool = True
+    max_feature_correction: float = 2.0
+    max_feature_correction_deg: float = 60.0
     verify: bool = True
 
 
@@ -98,6 +108,7 @@ class StoredKeyframe:
         descriptor: ``[768]`` float32 unit-norm thumbnail descriptor.
         median_depth: median valid depth (metres; the view point's distance).
         prepared: the tracker's prepared frame while the keyframe is the newest (then dropped: memory).
+        features: its :class:`~forward3d.pipelines.features.FrameFeatures` (coarse loop alignment), or None.
     """
 
     frame: int
@@ -108,6 +119,7 @@ class StoredKeyframe:
     descriptor: np.ndarray
     median_depth: float
     prepared: Any = None
+    features: Any = None
 
 
 @dataclass
@@ -117,6 +129,7 @@ class LoopResult:
     Attributes:
         source, target: pose-graph nodes (the new keyframe and the older one).
         kind: ``"place"``, ``"appearance"`` or ``"manual"`` (:meth:`LoopCloser.propose`).
+        init: ``"estimate"`` or ``"features"``: the start of the accepted (or last tried) alignment.
         accepted: True when it passed every check (and entered the graph).
         source_to_target: ``[4, 4]`` verified ``w2c_target @ c2w_source`` (the initial guess if the solver failed).
         fitness, rmse, information: the verification numbers (see :class:`LoopClosureOptions`).
@@ -132,11 +145,13 @@ class LoopResult:
     rmse: float = float("inf")
     information: float = 0.0
     reason: str = ""
+    init: str = "estimate"
 
     def summary(self) -> dict[str, Any]:
         return {"source": self.source, "target": self.target, "kind": self.kind, "accepted": self.accepted,
                 "fitness": round(self.fitness, 4), "rmse_m": round(self.rmse, 5) if math.isfinite(self.rmse) else None,
-                "information": round(self.information, 2), "reason": self.reason}
+                "information": round(self.information, 2), "reason": self.reason,
+                "init": self.init}
 
 
 def downsample_rgbd(depth: np.ndarray, image: np.ndarray, K: np.ndarray, factor: int
@@ -176,7 +191,7 @@ def thumbnail_descriptor(image: np.ndarray, size: tuple[int, int] = (32, 24)) ->
     return (g / n if n > 1e-6 else np.zeros_like(g)).ravel().astype(np.float32)
 
 
-class _CentreGrid:
+class CentreGrid:
     """Hash grid of keyframe camera centres (cell = ``cell`` metres): neighbours without a full scan."""
 
     def __init__(self, cell: float) -> None:
@@ -233,7 +248,7 @@ class LoopCloser:
         self.results: list[LoopResult] = []
         self.optimizations = 0
         self.time_s = 0.0
-        self._grid = _CentreGrid(self.o.radius)
+        self._grid = CentreGrid(self.o.radius)
         self._anchor: list[int] = []  # per frame: its keyframe node (-1 before the first)
         self._rel: list[np.ndarray] = []  # per frame: inverse(c2w_keyframe) @ c2w_frame at tracking time
         self._descriptors = np.zeros((0, 768), np.float32)
@@ -241,7 +256,7 @@ class LoopCloser:
 
     # ---------------------------------------------------------------------------------------------
     def add_frame(self, c2w: np.ndarray, keyframe: bool, depth: np.ndarray, image: np.ndarray, K: np.ndarray,
-                  tracked: bool = True) -> bool:
+                  tracked: bool = True, features: Any = None, anchor: int | None = None) -> bool:
         """Record frame ``len(self)`` with its tracked ``c2w``; store it as a keyframe when ``keyframe``.
 
         Args:
@@ -249,18 +264,23 @@ class LoopCloser:
             keyframe: the frame is a keyframe (a tracking reference, with usable depth).
             depth, image, K: the frame (``[H, W]`` metres, ``[H, W, 3]`` uint8, ``[3, 3]``).
             tracked: False when tracking failed (the odometry edge into this keyframe is then weak).
+            features: the keyframe's :class:`~forward3d.pipelines.features.FrameFeatures` (camera-frame
+                points: any resolution), for the coarse alignment of its loop candidates; None: none.
+            anchor: a non-keyframe follows this keyframe node (default: the newest), e.g. the stored
+                keyframe that covers a culled one.
 
         Returns:
             True when a loop was closed and past poses changed (read them with :meth:`trajectory`).
         """
         c2w = np.asarray(c2w, np.float64)
         if not keyframe:
-            a = len(self.keyframes) - 1
+            a = len(self.keyframes) - 1 if anchor is None else int(anchor)
             self._anchor.append(a)
             self._rel.append(np.eye(4) if a < 0 else np.linalg.inv(self.graph.c2w[a]) @ c2w)
             return False
         ts = time.perf_counter()
         node = self._store(len(self._anchor), c2w, depth, image, K)
+        self.keyframes[node].features = features if self.o.features else None
         self._anchor.append(node)
         self._rel.append(np.eye(4))
         if node > 0:
@@ -404,25 +424,57 @@ class LoopCloser:
         return r
 
     def _verify(self, source: int, target: int, kind: str, init: np.ndarray | None = None) -> LoopResult:
-        o = self.o
+        """Verify one candidate from the estimate (or ``init``) and, with features, from their pose."""
         est = np.linalg.inv(self.graph.c2w[target]) @ self.graph.c2w[source]
-        init = est if init is None else np.asarray(init, np.float64)
+        starts = [("estimate", est if init is None else np.asarray(init, np.float64))]
+        src, tgt = self.keyframes[source], self.keyframes[target]
+        if self.o.features and src.features is not None and tgt.features is not None:
+            from forward3d.pipelines.features import align_features
+
+            fa = align_features(src.features, tgt.features)
+            if fa.ok:
+                d = np.linalg.inv(starts[0][1]) @ fa.src_to_tgt
+                dt, dr = float(np.linalg.norm(d[:3, 3])), float(np.degrees(rotation_angle(d[:3, :3])))
+                if (0.01 < dt or 1.0 < dr) and dt <= self.o.max_feature_correction and dr <= self.o.max_feature_correction_deg:
+                    starts.append(("features", fa.src_to_tgt))
+        best: LoopResult | None = None
+        best_info = None
+        for name, guess in starts:
+            r, info = self._check(source, target, kind, guess)
+            r.init = name
+            if best is None or (r.accepted and (not best.accepted or r.rmse / max(r.fitness, 1e-3)
+                                                < best.rmse / max(best.fitness, 1e-3))):
+                best, best_info = r, info
+        assert best is not None
+        if best.accepted:
+            self.graph.add_edge(source, target, best.source_to_target, best_info, loop=True)
+        self.results.append(best)
+        log.debug("loop %d -> %d (%s, from the %s): %s fitness %.2f rmse %.4f info %.1f %s", source, target, kind,
+                  best.init, "accepted" if best.accepted else "rejected", best.fitness, best.rmse, best.information,
+                  best.reason)
+        return best
+
+    def _check(self, source: int, target: int, kind: str, init: np.ndarray) -> tuple[LoopResult, np.ndarray | None]:
+        """Odometry of the pair from ``init`` and the acceptance tests: the result and, when it is
+        accepted, the ``[6, 6]`` information of its graph edge."""
+        o = self.o
         src, tgt = self.keyframes[source], self.keyframes[target]
         res = self.tracker.align(self._prepared(src, keep=source == len(self.keyframes) - 1), self._prepared(tgt), init)
         T = res.src_to_tgt
         r = LoopResult(source, target, kind, False, T, res.fitness, res.rmse)
+        info = None
         if not o.verify:  # diagnostics: the candidate is trusted (the odometry's result, else the guess)
             r.accepted = True
-            self.graph.add_edge(source, target, T if res.ok else init, self._information(src, tgt, T if res.ok else init),
-                                loop=True)
+            r.source_to_target = T if res.ok else init
+            info = self._information(src, tgt, r.source_to_target)
         elif not res.ok or not np.isfinite(res.rmse):
             r.reason = res.reason or "odometry failed"
         else:
             full = self._information(src, tgt, T, full=True)
             r.information = float(np.linalg.eigvalsh(full)[0]) * 1000.0 / src.depth.size
-            info = full.copy()
-            info[:3, 3:] = 0.0  # see _information
-            info[3:, :3] = 0.0
+            block = full.copy()
+            block[:3, 3:] = 0.0  # see _information
+            block[3:, :3] = 0.0
             delta = np.linalg.inv(init) @ T
             dt, dr = float(np.linalg.norm(delta[:3, 3])), float(np.degrees(rotation_angle(delta[:3, :3])))
             if res.fitness < o.min_fitness:
@@ -435,12 +487,8 @@ class LoopCloser:
                 r.reason = f"correction {dt * 100:.1f} cm / {dr:.1f} deg too large"
             else:
                 r.accepted = True
-            if r.accepted:
-                self.graph.add_edge(source, target, T, info, loop=True)
-        self.results.append(r)
-        log.debug("loop %d -> %d (%s): %s fitness %.2f rmse %.4f info %.1f %s", source, target, kind,
-                  "accepted" if r.accepted else "rejected", r.fitness, r.rmse, r.information, r.reason)
-        return r
+                info = block
+        return r, info
 
     def optimize(self) -> bool:
         """Run the robust global optimisation; returns True when poses moved."""
@@ -449,7 +497,7 @@ class LoopCloser:
         self._pending = False
         if res.loops_pruned:
             log.info("loop closure: the optimisation dropped %d inconsistent loop(s)", res.loops_pruned)
-        self._grid = _CentreGrid(self.o.radius)
+        self._grid = CentreGrid(self.o.radius)
         for n, T in enumerate(self.graph.c2w):
             self._grid.add(n, T[:3, 3])
         return res.moved_max > 0.0

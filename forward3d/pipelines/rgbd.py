@@ -91,6 +91,24 @@ class RGBDConfig:
         loop_min_information: loop verification: smallest eigenvalue of the odometry information
             matrix per 1,000 stored pixels at least this.
         loop_downsample: keyframes are stored (verified and re-fused) at 1/this resolution.
+        feature_tracking: ORB feature matches (OpenCV) between the frame and its reference, lifted
+            with depth and aligned by RANSAC (rigid 3D-3D), give a second initial pose besides the
+            constant-velocity prediction; both are refined by the dense odometry and the one with the
+            lower residual is kept (fast hand-held motion). Loop candidates are pre-aligned the same way.
+        feature_count: ORB keypoints detected per frame (at most half of them are stored per keyframe).
+        feature_agreement: when the features align, a densely refined pose farther than this
+            (metres; or 5 degrees) from their pose is rejected, and with none left the feature pose is used.
+        keyframe_cull: a new keyframe within ``keyframe_translation`` / ``keyframe_rotation_deg`` of
+            a stored one (a revisited place) is a tracking reference only: it is not stored for loop
+            closure, relocalisation or re-fusion, and its frames follow the stored keyframe. Memory and
+            loop detection then grow with the explored space, not with the sequence length.
+        relocalize: when tracking fails, match the frame against the keyframes (thumbnail
+            correlation, then features + RANSAC, then ICP against the fused surface) and resume there;
+            frames that cannot be relocalised are ``lost`` (last known pose, not fused, not references).
+        relocalize_candidates: keyframes tried per relocalisation.
+        relocalize_patience: after this many consecutive lost frames tracking restarts from the
+            current frame at the last known pose (a new, unconnected piece of map; as without
+            ``relocalize``).
     """
 
     voxel_size: float = 0.02
@@ -123,6 +141,13 @@ class RGBDConfig:
     loop_max_rmse: float = 0.015
     loop_min_information: float = 5.0
     loop_downsample: int = 2
+    feature_tracking: bool = True
+    keyframe_cull: bool = False
+    feature_count: int = 2000
+    relocalize: bool = True
+    relocalize_candidates: int = 5
+    relocalize_patience: int = 15
+    feature_agreement: float = 0.05
 
     def __post_init__(self) -> None:
         if self.tracking == "odometry":
@@ -134,7 +159,7 @@ class RGBDConfig:
         def bad(name: str, expected: str) -> ValueError:
             return ValueError(f"RGBDConfig.{name}: expected {expected}, found {getattr(self, name)!r}")
 
-        for name in ("voxel_size", "depth_max", "tracking_depth_max", "keyframe_translation",
+        for name in ("voxel_size", "depth_max", "tracking_depth_max", "keyframe_translation", "feature_agreement",
                      "keyframe_rotation_deg", "max_jump_translation", "max_jump_rotation_deg"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -165,7 +190,8 @@ class RGBDConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise bad(name, "a finite number > 0")
-        for name in ("loop_min_gap", "loop_downsample"):
+        for name in ("loop_min_gap", "loop_downsample", "feature_count", "relocalize_candidates",
+                     "relocalize_patience"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise bad(name, "an integer >= 1")
         if not -1.0 <= self.loop_min_appearance <= 1.0:
@@ -187,10 +213,12 @@ class RGBDConfig:
                                   min_appearance=self.loop_min_appearance, min_fitness=self.loop_min_fitness,
                                   max_rmse=self.loop_max_rmse, min_information=self.loop_min_information,
                                   depth_max=min(self.tracking_depth_max, self.depth_max),
-                                  max_correspondence_distance=max(0.03, 1.5 * self.voxel_size))
+                                  max_correspondence_distance=max(0.03, 1.5 * self.voxel_size),
+                                  features=self.feature_tracking)
 
 
 _MIN_VALID_DEPTH = 0.05  # a frame with less valid depth than this fraction never becomes a reference
+_VETO_FITNESS = 0.5  # dense overlap needed when the ORB features of a frame and its reference do not match
 
 
 def open3d_device_name(device: str | None) -> str:
@@ -265,6 +293,38 @@ def _empty_result_message(cfg: RGBDConfig, fused: int, n: int, status: list[Fram
             "and --depth-scale")
 
 
+class _StoredKeyframes:
+    """Frame indices of the stored keyframes, with a hash grid of their centres (keyframe culling)."""
+
+    def __init__(self, translation: float, rotation_deg: float) -> None:
+        from forward3d.pipelines.loopclosure import CentreGrid
+
+        self.translation, self.rotation_deg = float(translation), float(rotation_deg)
+        self._make = lambda: CentreGrid(max(self.translation, 1e-3))
+        self.grid = self._make()
+        self.frames: list[int] = []
+
+    def add(self, frame: int, c2w: np.ndarray) -> None:
+        self.grid.add(frame, c2w[:3, 3])
+        self.frames.append(frame)
+
+    def covering(self, c2w: np.ndarray, c2ws: list[np.ndarray]) -> int | None:
+        """The stored keyframe (frame index) nearest ``c2w`` within the keyframe thresholds, or None."""
+        best = None
+        for f in self.grid.near(c2w[:3, 3]):
+            rel = np.linalg.inv(c2ws[f]) @ c2w
+            d = float(np.linalg.norm(rel[:3, 3]))
+            if d <= self.translation and _rotation_deg(rel[:3, :3]) <= self.rotation_deg and (best is None or d < best[0]):
+                best = (d, f)
+        return None if best is None else best[1]
+
+    def rebuild(self, c2ws: list[np.ndarray]) -> None:
+        """Re-index the centres after a loop closure moved the poses."""
+        self.grid = self._make()
+        for f in self.frames:
+            self.grid.add(f, c2ws[f][:3, 3])
+
+
 def _describe(frame: Frame) -> str:
     return frame.source or frame.name or f"frame {frame.index}"
 
@@ -310,6 +370,7 @@ class RGBDBackend(Backend):
                 intrinsics, of a different size than the first, or without a ground-truth pose when
                 ``use_gt_poses`` is set; or no frames at all.
         """
+        from forward3d.pipelines.loopclosure import thumbnail_descriptor
         from forward3d.pipelines.tsdf import ModelTracker, RGBDTracker, TSDFVolume
 
         cfg = self.resolve_config(config)
@@ -340,6 +401,22 @@ class RGBDBackend(Backend):
             model = ModelTracker(depth_max=min(cfg.tracking_depth_max, cfg.depth_max), device=device)
         model_stats: dict[str, Any] = {"refined": 0, "rejected": 0, "refreshes": 0, "time_s": 0.0}
         model_stale = 0  # keyframes fused since the last model refresh
+        tracking = not cfg.use_gt_poses
+        index = reloc = None
+        if tracking and cfg.feature_tracking:
+            from forward3d.pipelines.features import KeyframeIndex, extract_features
+
+            index = KeyframeIndex(max_features=cfg.feature_count // 2)
+        if tracking and cfg.relocalize:
+            from forward3d.pipelines.features import KeyframeIndex, Relocaliser, extract_features
+
+            index = index or KeyframeIndex(max_features=cfg.feature_count // 2)
+            reloc = Relocaliser(index, cfg.relocalize_candidates, depth_max=min(cfg.tracking_depth_max, cfg.depth_max),
+                                device=device)
+        track_stats: dict[str, Any] = {"feature_candidates": 0, "feature_chosen": 0, "feature_only": 0, "relocalised": 0, "lost": 0,
+                                       "restarts": 0, "features_s": 0.0, "relocalisation_s": 0.0}
+        lost_run = 0  # consecutive lost frames
+        stored = _StoredKeyframes(cfg.keyframe_translation, cfg.keyframe_rotation_deg)  # frames kept as keyframes
 
         c2ws: list[np.ndarray] = []
         Ks: list[np.ndarray] = []
@@ -387,14 +464,43 @@ class RGBDBackend(Backend):
                     cur = None
                 else:
                     cur = tracker.prepare(depth, frame.image, K)  # type: ignore[union-attr]
+                    if index is not None:
+                        tf = time.perf_counter()
+                        cur["features"] = extract_features(frame.image, depth, K, cfg.feature_count,
+                                                           min(cfg.tracking_depth_max, cfg.depth_max))
+                        track_stats["features_s"] += time.perf_counter() - tf
                     if prev is None:
                         c2w, is_key = np.eye(4), True
                     else:
-                        c2w, ok, fit, reason = self._track(cfg, tracker, cur, prev, key, c2ws)
+                        c2w, ok, fit, reason = self._track(cfg, tracker, cur, prev, key, c2ws, track_stats)
                         if ok and model is not None:
                             c2w, model_stale = self._refine(cfg, model, volume, depth, K, c2w, model_stats,
                                                             model_stale, where)
-                        if not ok:
+                        if not ok and reloc is not None and len(index) and float((depth > 0).mean()) >= _MIN_VALID_DEPTH:
+                            tr = time.perf_counter()
+                            r_c2w, r_frame, r_reason = reloc.relocalise(
+                                cur["features"], thumbnail_descriptor(frame.image), depth, K, lambda f: c2ws[f],
+                                volume, cfg.weight_threshold)
+                            track_stats["relocalisation_s"] += time.perf_counter() - tr
+                            if r_c2w is not None:
+                                log.info("rgbd: %s relocalised against keyframe %d after %d lost frame(s)",
+                                         where, r_frame, lost_run)
+                                track_stats["relocalised"] += 1
+                                c2w, ok, fit, is_key = r_c2w, True, 1.0, True
+                                reason = f"relocalised against keyframe {r_frame}"
+                            else:
+                                reason = f"{reason}; relocalisation: {r_reason}"
+                        if not ok and reloc is not None and lost_run < cfg.relocalize_patience:
+                            state, c2w, is_key = "lost", prev[1].copy(), False
+                            lost_run += 1
+                            track_stats["lost"] += 1
+                            log.warning("rgbd: tracking lost at %s (%s); not fused, keeping the last pose", where, reason)
+                            cur = None  # keep the previous frame and keyframe as references
+                        elif not ok:
+                            if reloc is not None:
+                                track_stats["restarts"] += 1
+                                reason += f"; {lost_run} frames lost: tracking restarts here"
+                            lost_run = 0
                             state = "failed"
                             usable = float((depth > 0).mean()) >= _MIN_VALID_DEPTH
                             log.warning("rgbd: tracking failed at %s (%s); using the motion prediction%s",
@@ -403,7 +509,10 @@ class RGBDBackend(Backend):
                             is_key = usable  # re-anchor tracking on this frame unless it has no depth
                             if not usable:
                                 cur = None  # keep the previous frame and keyframe as references
+                        elif reason.startswith("relocalised"):
+                            lost_run = 0
                         else:
+                            lost_run = 0
                             rel = np.linalg.inv(key[1]) @ c2w  # type: ignore[index]
                             is_key = (cfg.tracking == "frame"
                                       or np.linalg.norm(rel[:3, 3]) > cfg.keyframe_translation
@@ -411,8 +520,16 @@ class RGBDBackend(Backend):
                                       or fit < cfg.keyframe_min_fitness)
                 t_track += time.perf_counter() - ts
                 trajectory = None
+                store, cover = is_key and cur is not None, None
+                if store and ok and cfg.keyframe_cull and stored.frames:
+                    cover = stored.covering(c2w, c2ws)
+                    store = cover is None
+                if store:
+                    stored.add(i, c2w)
                 if closer is not None:
-                    if closer.add_frame(c2w, is_key and cur is not None, depth, frame.image, K, tracked=ok):
+                    if closer.add_frame(c2w, store, depth, frame.image, K, tracked=ok,
+                                        features=None if cur is None else cur.get("features"),
+                                        anchor=None if cover is None else stored.frames.index(cover)):
                         trajectory = closer.trajectory()  # every frame so far, this one included
                         c2ws[:] = list(trajectory[:-1])
                         c2w = trajectory[-1]
@@ -420,6 +537,7 @@ class RGBDBackend(Backend):
                             key = (key[0], trajectory[key_i])
                             prev = (prev[0], trajectory[prev_i])  # type: ignore[index]
                         corrected = True
+                        stored.rebuild(c2ws + [c2w])
                         if model is not None:  # the model surface must follow the corrected poses
                             volume = closer.rebuild(new_volume)
                             model_stale = cfg.model_refresh_keyframes
@@ -432,6 +550,8 @@ class RGBDBackend(Backend):
                     model_stale += int(is_key)
                 if is_key and cur is not None:
                     key, key_i = (cur, c2w), i
+                    if index is not None and ok and store:
+                        index.add(i, cur["features"], thumbnail_descriptor(frame.image))
                 if cur is not None:
                     prev, prev_i = (cur, c2w), i
                 st = FrameStatus(state, reason, keyframe=is_key)
@@ -483,6 +603,7 @@ class RGBDBackend(Backend):
         meta = {
             "config": config_to_dict(cfg),
             "keyframes": keyframes,
+            "stored_keyframes": len(stored.frames),
             "num_integrated": volume.num_integrated,
             "weight_threshold": wt,
             "tracking_fitness_mean": float(np.mean(fitness_log)),
@@ -491,6 +612,9 @@ class RGBDBackend(Backend):
         }
         if model is not None:
             meta["model_tracking"] = model_stats
+        if tracking:
+            meta["tracking"] = dict(track_stats, failed=sum(s.state == "failed" for s in status),
+                                    keyframe_index_mb=0.0 if index is None else index.nbytes / 2**20)
         if closer is not None:
             meta["loop_closure"] = dict(closer.stats(), refused_s=t_refuse)
         timings = {"total_s": t_loop + t_extract, "tracking_s": t_track, "fusion_s": t_fuse,
@@ -547,25 +671,74 @@ class RGBDBackend(Backend):
         return c2w, stale
 
     @staticmethod
-    def _track(cfg: RGBDConfig, tracker, cur, prev, key, c2ws: list[np.ndarray]) -> tuple[np.ndarray, bool, float, str]:
-        """Pose of the current frame: against the keyframe, else the previous frame, else predicted."""
+    def _track(cfg: RGBDConfig, tracker, cur, prev, key, c2ws: list[np.ndarray],
+               stats: dict[str, Any]) -> tuple[np.ndarray, bool, float, str]:
+        """Pose of the current frame: against the keyframe, else the previous frame, else predicted.
+
+        Each reference is tried from the constant-velocity prediction and, with ``feature_tracking``,
+        from the feature alignment (when it differs from the prediction by more than 1 cm / 1 degree);
+        the refined pose with the lowest ``rmse / fitness`` that passes the checks is kept. When the
+        features align, a refined pose must also stay within ``feature_agreement`` of their pose (the
+        dense odometry diverges on fast real motion; RANSAC on ORB matches does not need a guess), and
+        when no refined pose does, the feature pose itself is used. When both frames have features
+        (100 or more) and they do not match, a refined pose needs an inlier fraction of at least 0.5
+        (a jump to another place: the dense odometry may still find some wrong overlap).
+        """
+        from forward3d.pipelines.features import align_features
+
         prev_c2w = prev[1]
         velocity = np.linalg.inv(c2ws[-2]) @ c2ws[-1] if len(c2ws) >= 2 else np.eye(4)
         pred = prev_c2w @ velocity
         targets = [prev] if cfg.tracking == "frame" or key[0] is prev[0] else [key, prev]
         reason = ""
         for tgt, tgt_c2w in targets:
-            res = tracker.align(cur, tgt, np.linalg.inv(tgt_c2w) @ pred)
-            if not res.ok:
-                reason = res.reason
-                continue
-            c2w = tgt_c2w @ res.src_to_tgt
-            jump = np.linalg.inv(pred) @ c2w
-            if (np.linalg.norm(jump[:3, 3]) > cfg.max_jump_translation
-                    or _rotation_deg(jump[:3, :3]) > cfg.max_jump_rotation_deg):
-                reason = (f"implausible jump of {np.linalg.norm(jump[:3, 3]):.2f} m / "
-                          f"{_rotation_deg(jump[:3, :3]):.1f} deg from the prediction")
-                continue
-            return c2w, True, res.fitness, ""
+            inits = [("prediction", np.linalg.inv(tgt_c2w) @ pred)]
+            fa = None
+            veto = False  # both frames have features and they do not match: a dense result needs real overlap
+            if "features" in cur and "features" in tgt:
+                ts = time.perf_counter()
+                fa = align_features(cur["features"], tgt["features"])
+                stats["features_s"] += time.perf_counter() - ts
+                if not fa.ok:
+                    veto = min(len(cur["features"]), len(tgt["features"])) >= 100
+                    fa = None
+                else:
+                    d = np.linalg.inv(inits[0][1]) @ fa.src_to_tgt
+                    if np.linalg.norm(d[:3, 3]) > 0.01 or _rotation_deg(d[:3, :3]) > 1.0:
+                        inits.append(("features", fa.src_to_tgt))
+                        stats["feature_candidates"] += 1
+            best = None
+            for kind, init in inits:
+                res = tracker.align(cur, tgt, init)
+                if not res.ok:
+                    reason = res.reason
+                    continue
+                if veto and res.fitness < _VETO_FITNESS:
+                    reason = (f"the features do not match the reference and the dense overlap is only "
+                              f"{res.fitness:.2f} < {_VETO_FITNESS}")
+                    continue
+                c2w = tgt_c2w @ res.src_to_tgt
+                # the prediction's result must stay near the motion model, the features' near the features
+                ref, max_t, max_r = ((pred, cfg.max_jump_translation, cfg.max_jump_rotation_deg) if kind == "prediction"
+                                     else (tgt_c2w @ init, 0.1, 10.0))
+                ref_name = kind
+                if fa is not None:
+                    ref, max_t, max_r, ref_name = tgt_c2w @ fa.src_to_tgt, cfg.feature_agreement, 5.0, "features"
+                jump = np.linalg.inv(ref) @ c2w
+                if np.linalg.norm(jump[:3, 3]) > max_t or _rotation_deg(jump[:3, :3]) > max_r:
+                    reason = (f"implausible jump of {np.linalg.norm(jump[:3, 3]):.2f} m / "
+                              f"{_rotation_deg(jump[:3, :3]):.1f} deg from the {ref_name}")
+                    continue
+                cost = res.rmse / max(res.fitness, 1e-3)
+                if best is None or cost < best[0]:
+                    best = (cost, c2w, res.fitness, kind)
+            if best is None and fa is not None:
+                jump = np.linalg.inv(pred) @ tgt_c2w @ fa.src_to_tgt
+                if (np.linalg.norm(jump[:3, 3]) <= cfg.max_jump_translation
+                        and _rotation_deg(jump[:3, :3]) <= cfg.max_jump_rotation_deg):
+                    stats["feature_only"] += 1
+                    return tgt_c2w @ fa.src_to_tgt, True, fa.inliers / max(fa.matches, 1), ""
+            if best is not None:
+                stats["feature_chosen"] += best[3] == "features"
+                return best[1], True, best[2], ""
         return pred, False, 0.0, reason or "tracking failed"
-
