@@ -84,4 +84,4 @@ def test_bundle_round_trips_typed_fields(tmp_path):
         Reconstruction(np.tile(np.eye(4), (2, 1, 1)), np.tile(np.eye(3), (2, 1, 1)), (8, 6),
                        frame_status=[FrameStatus()])
     with pytest.raises(ValueError, match="state"):
-        FrameStatus("lost")  # type: ignore[arg-type]
+        FrameStatus("vanished")  # type: ignore[arg-type]
