@@ -47,7 +47,7 @@ class LiveViewConfig:
     host: str = option("127.0.0.1", flag="--view-host", metavar="HOST")
     port: int = option(8080, flag="--view-port", metavar="PORT")
     exit: bool = option(False, flag="--view-exit")
-    interval: float = option(0.25, flag="--view-interval", metavar="S")
+    interval: float = option(0.5, flag="--view-interval", metavar="S")
     max_points: int = option(500_000, flag="--view-max-points", metavar="N")
     max_points_per_frame: int = option(20_000, flag="--view-max-points-per-frame", metavar="N")
 
