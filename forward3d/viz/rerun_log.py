@@ -44,9 +44,9 @@ def import_rerun() -> Any:
 
 def _depth_from_point_map(points: np.ndarray, c2w: np.ndarray) -> np.ndarray:
     """``[H, W, 3]`` world points + ``[4, 4]`` c2w -> ``[H, W]`` float32 z in the camera (0 = invalid)."""
-    w2c = np.linalg.inv(c2w)
-    cam = points.reshape(-1, 3).astype(np.float64) @ w2c[:3, :3].T + w2c[:3, 3]
-    z = cam[:, 2].reshape(points.shape[:2])
+    from forward3d.geometry.camera import world_to_camera
+
+    z = world_to_camera(points, c2w)[..., 2]
     z[~np.isfinite(z) | (z < 0)] = 0.0
     return z.astype(np.float32)
 
@@ -90,9 +90,9 @@ class RerunRecorder:
         if update.image is not None:
             ih, iw = update.image.shape[:2]
             if (iw, ih) != (w, h):  # a thumbnail: the pinhole must describe the logged image
-                K = K.copy()
-                K[0] *= iw / w
-                K[1] *= ih / h
+                from forward3d.geometry.camera import scale_K
+
+                K = scale_K(K, iw / w, ih / h)
                 w, h = iw, ih
         rec.log("world/camera", rr.Pinhole(image_from_camera=K, resolution=[w, h], camera_xyz=rr.ViewCoordinates.RDF))
         if update.image is not None:
