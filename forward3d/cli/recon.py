@@ -158,11 +158,15 @@ def run(args: argparse.Namespace) -> int:
         recorder = RerunRecorder(args.rerun)
     live = _open_live_view(view, cls, args.input) if view.view else None
     sinks = [s.push for s in (live, recorder) if s is not None]
+
+    def callback(update: Any) -> None:  # every update to the live view and the recording
+        for push in sinks:
+            push(update)
     try:
         result = reconstruct(args.input, backend, config if auto else None, source=source,
                              out=args.out, overwrite=args.overwrite, previews=not args.no_previews,
                              progress=not args.no_progress, gaussians=gaussians,
-                             callback=(lambda u: [push(u) for push in sinks]) if sinks else None)
+                             callback=callback if sinks else None)
     except BaseException:
         if live is not None:
             live.stop()
