@@ -147,10 +147,10 @@ def run(args: argparse.Namespace) -> int:
     gaussians = config_from_args(SceneGaussiansConfig, args, args._gaussians_dests)
     cls = get_backend_class(name)
     config = config_from_args(cls.config_cls, args, args._backend_dests)
-    backend: Any = cls(config)
     auto = args.backend is None and not view.view  # the live view streams: it keeps the default back-end
-    if auto:  # chosen from the opened input (reconstruct logs which); options left at their defaults stay unsaid
-        backend, config = "auto", (None if config == cls.config_cls() else config)
+    backend: Any = "auto" if auto else cls(config)  # auto: chosen from the opened input (reconstruct logs which)
+    if auto:  # options left at their defaults stay unsaid
+        config = None if config == cls.config_cls() else config
     recorder = None
     if args.rerun:
         from forward3d.viz.rerun_log import RerunRecorder
