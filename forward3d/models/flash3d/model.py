@@ -194,6 +194,15 @@ def _fp32(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, enabled=False)
 
 
+def _normalize4(q: Tensor) -> Tensor:
+    """``F.normalize(q, dim=1)`` for ``[N, 4, H, W]`` as channel slices (the strided norm over dim 1 costs
+    ~20x more on the CPU)."""
+    n = q[:, 0:1] * q[:, 0:1]
+    for i in range(1, 4):
+        n = n.addcmul(q[:, i:i + 1], q[:, i:i + 1])
+    return q / n.sqrt_().clamp_min_(1e-12)
+
+
 class _DepthDecoder(_UNetDecoder):
     def __init__(self, num_ch_enc: list[int], num_ch_dec: tuple[int, ...], num_out: int):
         super().__init__(num_ch_enc, num_ch_dec)
@@ -391,10 +400,24 @@ class Flash3D(nn.Module):
                     m.downsample = nn.Sequential(fuse_conv_bn_eval(ds[0], ds[1]), nn.Identity())
         if channels_last:
             self.to(memory_format=torch.channels_last)
+        from forward3d.models.flash3d.fast import FastDecoders
+
+        decoders, widths = self._decoders()
+        self.fast_decoders = FastDecoders(decoders, widths)
         self.fused = True
         for p in self.parameters():
             p.requires_grad_(False)
         return self
+
+    def _decoders(self) -> tuple[list[nn.Module], list[tuple[int, ...]]]:
+        """The L Gaussian decoders then the depth decoder (if L > 1), and their channel widths."""
+        c, L = self.config, self.config.gaussians_per_pixel
+        decoders = [self.core.models[f"gauss_decoder_{layer}"] for layer in range(L)]
+        widths = [c.num_ch_dec_gauss] * L
+        if L > 1:
+            decoders.append(self.core.models["depth"])
+            widths.append(c.num_ch_dec_depth)
+        return decoders, widths
 
     @property
     def core(self) -> _UniDepthExtended:
@@ -427,14 +450,18 @@ class Flash3D(nn.Module):
             raise ValueError(f"Flash3D: padded size must be a multiple of 32, found {Hp}x{Wp}")
         L = c.gaussians_per_pixel
         x = self.normalise_input(image, depth)
-        decoders = [self.core.models[f"gauss_decoder_{layer}"] for layer in range(L)]
-        if L > 1:
-            decoders.append(self.core.models["depth"])
+        decoders, _ = self._decoders()
         with self._autocast(image.device):  # encoder and decoder bodies in the compute dtype
-            feats = self.core.encoder(x.contiguous(memory_format=torch.channels_last) if self.fused else x)
-            bodies = [d.body(feats, self.fp32_levels) for d in decoders]
+            if self.fused:  # the fast path (fast.py), tested equal to the reference operations below
+                feats = self.core.encoder(x.contiguous(memory_format=torch.channels_last))
+                bodies = self.fast_decoders(feats, self.fp32_levels)
+            else:
+                feats = self.core.encoder(x)
+                bodies = [d.body(feats, self.fp32_levels) for d in decoders]
         # the output convolutions and everything after them in fp32 (quaternions, scales, depths)
         heads = [d.head(y.float()) for d, y in zip(decoders, bodies)]
+        if self.fused:
+            heads = [h.contiguous() for h in heads]  # NCHW outputs, as the reference path's
         depth_raw = heads[L].contiguous() if L > 1 else None  # [B, L-1, Hp, Wp]
         depths = [depth]
         if depth_raw is not None:
@@ -457,7 +484,7 @@ class Flash3D(nn.Module):
         means = torch.cat([means3, torch.ones_like(means3[:, :1])], 1)
         return Flash3DOutput(
             depth=depth_all, opacity=torch.sigmoid(opac), opacity_logit=opac,
-            scaling=torch.exp(scale) * c.scale_lambda, rotation=F.normalize(rot, dim=1),
+            scaling=torch.exp(scale) * c.scale_lambda, rotation=_normalize4(rot) if self.fused else F.normalize(rot, dim=1),
             features_dc=dc, features_rest=rest, offset=offset, means=means, inv_K=inv_K,
             raw=raw, depth_raw=depth_raw, encoder_input=x, features=feats,
         )
