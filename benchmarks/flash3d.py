@@ -4,7 +4,10 @@ Times the Gaussian predictor (ResNet-50 encoder, depth decoder and the L = 2 Gau
 320 x 448 padded input with a given depth map: the part the reference runs after UniDepth):
 
 - ``plain``: the model as loaded, the reference implementation's operations (conv, BN, ... in NCHW);
-- ``fused``: after :meth:`Flash3D.fuse_for_inference` (conv+BN folded), NCHW and channels_last;
+- ``fused``: after :meth:`Flash3D.fuse_for_inference`: conv+BN folded in the encoder, the decoders'
+  fast path (``forward3d/models/flash3d/fast.py``: shared stacked convs, Winograd F(2x2, 3x3) at the
+  coarse levels, nearest-upsample + conv in the sub-pixel form, channels_last) and the cheap quaternion
+  normalisation; ``fused_channels_last`` also stores the encoder's weights channels_last;
 
 at 1 and 2 threads, all in ONE process, interleaved repeat by repeat (ratios compare like with like on a
 shared machine). bf16 (``dtype="bfloat16"``) is measured at ``--bf16-size`` (default 128 x 160: bf16

@@ -408,3 +408,27 @@ def test_hololens_depth_vs_sensor_full(shared_dir, one_thread):
     rel = _sensor_errors(res, depths)
     print(f"hololens 540x360: median rel {np.median(rel):.4f}, within 5% {(rel < 0.05).mean():.3f}, n {len(rel)}")
     assert len(rel) > 50000 and np.median(rel) < 0.03 and (rel < 0.05).mean() > 0.8
+
+
+# ------------------------------------------------------------------------------------------ threads
+
+def test_worker_threads_equal_one_thread(tiny_room, one_thread):
+    """MVSConfig.workers > 1 (views on worker threads, one intra-op thread each) gives the one-thread
+    results exactly, and the intra-op thread count is restored."""
+    frames = list(tiny_room.frames())[:4]
+    args = ([f.image for f in frames], np.stack([f.K for f in frames]), np.stack([f.c2w for f in frames]))
+    kw = dict(sparse_points=_sparse_points(frames), progress=False)
+    ref = dense_reconstruct(*args, config=MVSConfig(num_scales=2, num_depths=16, num_src=3, workers=1), **kw)
+    torch.set_num_threads(2)
+    try:
+        got = dense_reconstruct(*args, config=MVSConfig(num_scales=2, num_depths=16, num_src=3, workers=3), **kw)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert sum(int((d > 0).sum()) for d in ref.depths) > 1000
+    for name in ("raw_depths", "depths", "confidences", "consistent_views"):
+        for a, b in zip(getattr(ref, name), getattr(got, name)):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    np.testing.assert_array_equal(ref.points.points, got.points.points)
+    with pytest.raises(ValueError, match="workers"):
+        MVSConfig(workers=-1).validate()

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from forward3d.threads import run_workers
+
 __all__ = ["PairCheck", "check_pair", "consistency_filter", "fuse_points"]
 
 
@@ -101,13 +103,14 @@ def check_pair(u: Tensor, v: Tensor, d: Tensor, K_r: Tensor, c2w_r: Tensor, dept
 
 
 def consistency_filter(depths: list[Tensor], K: Tensor, c2w: Tensor, sources: list, max_reproj_px: float,
-                       max_rel_depth: float, min_consistent: int, confident: list[Tensor] | None = None
-                       ) -> tuple[list[Tensor], list[Tensor]]:
+                       max_rel_depth: float, min_consistent: int, confident: list[Tensor] | None = None,
+                       workers: int = 1) -> tuple[list[Tensor], list[Tensor]]:
     """``(filtered depths, agreeing-source counts [H, W] int16)`` per view; depths with fewer agreeing
     sources than ``min_consistent`` become 0, except, when ``confident`` (per view ``[H, W]`` bool) is
-    given, its pixels that at least one source confirms."""
-    out, counts = [], []
-    for r, d in enumerate(depths):
+    given, its pixels that at least one source confirms. ``workers`` > 1: the views on that many threads
+    (:func:`forward3d.threads.run_workers`)."""
+    def one(r: int) -> tuple[Tensor, Tensor]:
+        d = depths[r]
         idx, u, v, z = _valid_pixels(d)
         n = torch.zeros(len(idx), dtype=torch.int16, device=d.device)
         for j in sources[r]:
@@ -117,12 +120,13 @@ def consistency_filter(depths: list[Tensor], K: Tensor, c2w: Tensor, sources: li
         full = torch.zeros(d.numel(), dtype=torch.int16, device=d.device)
         full[idx] = n
         full = full.reshape(d.shape)
-        counts.append(full)
         keep = full >= min_consistent
         if confident is not None:
             keep |= (full >= 1) & confident[r]
-        out.append(torch.where(keep, d, torch.zeros_like(d)))
-    return out, counts
+        return torch.where(keep, d, torch.zeros_like(d)), full
+
+    res = run_workers(one, list(range(len(depths))), workers)
+    return [o for o, _ in res], [c for _, c in res]
 
 
 def fuse_points(depths: list[Tensor], images: list[Tensor], K: Tensor, c2w: Tensor, sources: list,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from forward3d.device import resolve_device
 from forward3d.mvs.config import DenseResult, MVSConfig
@@ -15,6 +17,7 @@ from forward3d.mvs.consistency import consistency_filter, fuse_points
 from forward3d.mvs.sweep import build_pyramid, estimate_view_depth
 from forward3d.mvs.views import _visibility, estimate_depth_ranges, select_source_views
 from forward3d.progress import progress_bar
+from forward3d.threads import default_workers, intra_op_threads, run_workers
 from forward3d.types import PointCloud
 
 __all__ = ["check_inputs", "dense_reconstruct"]
@@ -126,28 +129,32 @@ def dense_reconstruct(images: Sequence[np.ndarray], K, c2w, sparse_points=None, 
     grey_w = torch.tensor(_GREY, dtype=dt, device=device)
     rgb = [torch.tensor(im, dtype=dt, device=device) for im in imgs]  # a copy: inputs may be read-only
     pyramids = [build_pyramid((im @ grey_w) / 255.0, Kt[i], cfg.num_scales) for i, im in enumerate(rgb)]
-    raw, conf = [], []
-    with torch.inference_mode():
+    workers = default_workers(device, cfg.workers, "MVSConfig.workers")
+
+    def stereo(i: int) -> tuple[Tensor, Tensor]:
+        src = [int(j) for j in sources[i]]
+        if not src:
+            z = torch.zeros(sizes[i], dtype=dt, device=device)
+            return z, z.clone()
+        with torch.inference_mode():
+            d, ncc = estimate_view_depth(pyramids[i], Ct[i], [pyramids[j] for j in src], Ct[src],
+                                         tuple(ranges[i]), cfg)
+            return d, torch.where(d > 0, ncc.clamp(0.0, 1.0), torch.zeros_like(ncc))
+
+    # workers > 1: the views on worker threads with one intra-op thread each, and the rest of the torch
+    # work on one thread too (on a loaded CPU two OpenMP threads are slower than one: forward3d.threads)
+    with torch.inference_mode(), intra_op_threads(1) if workers > 1 else contextlib.nullcontext():
         bar = progress_bar(n, "mvs depth", unit="view", enabled=progress)
-        for i in range(n):
-            src = [int(j) for j in sources[i]]
-            if not src:
-                raw.append(torch.zeros(sizes[i], dtype=dt, device=device))
-                conf.append(torch.zeros(sizes[i], dtype=dt, device=device))
-            else:
-                d, ncc = estimate_view_depth(pyramids[i], Ct[i], [pyramids[j] for j in src], Ct[src],
-                                             tuple(ranges[i]), cfg)
-                raw.append(d)
-                conf.append(torch.where(d > 0, ncc.clamp(0.0, 1.0), torch.zeros_like(ncc)))
-            bar.update(1)
+        res = run_workers(stereo, list(range(n)), workers, on_done=lambda _: bar.update(1))
         bar.close()
+        raw, conf = [d for d, _ in res], [c for _, c in res]
         timings["stereo"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         if cfg.filter:
             confident = [c >= cfg.single_view_ncc for c in conf] if cfg.single_view_ncc <= 1.0 else None
             depths, counts = consistency_filter(raw, Kt, Ct, sources, cfg.max_reproj_px, cfg.max_rel_depth,
-                                                cfg.min_consistent, confident)
+                                                cfg.min_consistent, confident, workers=workers)
         else:
             depths, counts = list(raw), [torch.zeros(d.shape, dtype=torch.int16, device=device) for d in raw]
         conf = [torch.where(d > 0, c, torch.zeros_like(c)) for d, c in zip(depths, conf)]

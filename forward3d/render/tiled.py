@@ -30,11 +30,12 @@ pixels or single tiles.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from forward3d.threads import run_workers
 
 from .common import MAX_ALPHA, T_EPS, Prepared, RenderOutput, finish, make_meta
 from .projection import ALPHA_THRESHOLD
@@ -209,26 +210,11 @@ def _positions(start: Tensor, count: Tensor, step: int, k: int, pad: int) -> Ten
     return torch.where(j < count[:, None], pos, torch.full_like(pos, pad)).reshape(-1)
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-
-
 def _run_groups(fn, n_groups: int, device: torch.device) -> list:
-    """``[fn(0), ..., fn(n_groups - 1)]``, on ``n_groups`` threads with one intra-op thread each (CPU).
-
-    Each group is a disjoint set of tiles with its own buffers, so the groups share nothing they write;
-    torch ops release the GIL, so the threads run their kernels in parallel. The intra-op thread count is
-    restored afterwards."""
-    if n_groups == 1:
-        return [fn(0)]
-    pool = _POOLS.get(n_groups)
-    if pool is None:
-        pool = _POOLS[n_groups] = ThreadPoolExecutor(n_groups, thread_name_prefix="forward3d-raster")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return list(pool.map(fn, range(n_groups)))
-    finally:
-        torch.set_num_threads(n)
+    """``[fn(0), ..., fn(n_groups - 1)]``, on ``n_groups`` threads with one intra-op thread each (CPU;
+    :func:`forward3d.threads.run_workers`). Each group is a disjoint set of tiles with its own buffers, so the
+    groups share nothing they write."""
+    return run_workers(fn, list(range(n_groups)), n_groups)
 
 
 def _n_groups(device: torch.device, n_tiles: int, workers: int | None) -> int:
