@@ -7,7 +7,8 @@ Times the Gaussian predictor (ResNet-50 encoder, depth decoder and the L = 2 Gau
 - ``fused``: after :meth:`Flash3D.fuse_for_inference`: conv+BN folded in the encoder, the decoders'
   fast path (``forward3d/models/flash3d/fast.py``: shared stacked convs, Winograd F(2x2, 3x3) at the
   coarse levels, nearest-upsample + conv in the sub-pixel form, channels_last) and the cheap quaternion
-  normalisation; ``fused_channels_last`` also stores the encoder's weights channels_last;
+  normalisation, the encoder's weights stored channels_last (the default); ``fused_nchw``: the same with
+  the encoder's weights NCHW (``fuse_for_inference(channels_last=False)``);
 
 at 1 and 2 threads, all in ONE process, interleaved repeat by repeat (ratios compare like with like on a
 shared machine). bf16 (``dtype="bfloat16"``) is measured at ``--bf16-size`` (default 128 x 160: bf16
@@ -64,7 +65,7 @@ def bench_fp32(threads: list[int], repeats: int, height: int, width: int) -> lis
 
     plain = _model(height, width)
     variants = {"plain": plain, "fused": copy.deepcopy(plain).fuse_for_inference(),
-                "fused_channels_last": copy.deepcopy(plain).fuse_for_inference(channels_last=True)}
+                "fused_nchw": copy.deepcopy(plain).fuse_for_inference(channels_last=False)}
     img, depth, K = _inputs(height, width)
     samples: dict[tuple[str, int], list[tuple[float, float]]] = {}
     n0 = torch.get_num_threads()
