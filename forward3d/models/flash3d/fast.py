@@ -14,6 +14,10 @@ the coarse resolution, a x2 nearest upsample, a concat with the encoder's skip f
 - **the concat as a sum**: ``conv(cat[U, S]) = conv_U(U) + conv_S(S)`` (the conv is linear and reflection
   padding acts per channel), so the skip part is a plain 3x3 conv over the skip feature, padded ONCE for
   all decoders that read it, and the four phases are added into its output in place.
+- **the decoders together**: all decoders read the same encoder features, so the convs over a shared
+  input (``upconv(4, 0)`` and the skip part of every ``upconv(i, 1)``) run as ONE conv with the decoders'
+  output channels stacked, and at the coarse levels (small images, large weights) as Winograd F(2x2, 3x3)
+  (:func:`winograd_conv3x3`: 2.25x fewer multiplies, one batched GEMM per band of tile rows).
 - channels_last tensors throughout (oneDNN's layout; no flips between ops), in-place ELU.
 
 Shapes: ``B`` images, coarse ``h x w``, fine ``2h x 2w``.
