@@ -1,0 +1,192 @@
+"""numba kernels of :mod:`forward3d.render.tiled_numba` (imported only when numba is installed).
+
+Module-level functions so that numba's on-disk cache (``cache=True``) can store them. Every float
+constant comes in ``consts`` in the tensors' dtype, so float32 inputs are computed in float32 throughout
+(as the torch path and the reference).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+BOX_MARGIN = 1e-3  # pixels added to the Gaussian's box, as the tile intersection does (against rounding)
+
+
+@njit(inline="always")
+def _box(mx, my, ex, ey, x0, x1, y0, y1, margin):
+    # pixel columns j with |j + 0.5 - mx| <= ex (+ margin), clipped to [x0, x1); rows alike
+    j0 = max(x0, int(np.ceil(mx - ex - margin - 0.5)))
+    j1 = min(x1 - 1, int(np.floor(mx + ex + margin - 0.5)))
+    i0 = max(y0, int(np.ceil(my - ey - margin - 0.5)))
+    i1 = min(y1 - 1, int(np.floor(my + ey + margin - 0.5)))
+    return j0, j1, i0, i1
+
+
+@njit(inline="always")
+def _tile_rect(t, tiles_x, tiles_y, tile, width, height):
+    per_cam = tiles_x * tiles_y
+    cam = t // per_cam
+    r = t - cam * per_cam
+    ty = r // tiles_x
+    tx = r - ty * tiles_x
+    x0, y0 = tx * tile, ty * tile
+    return cam, x0, min(x0 + tile, width), y0, min(y0 + tile, height)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def forward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_y, n_threads, acc, T_out, last):
+    # prm [CN, 8] (mx, my, a, b, c, o, ex, ey); feat [CN, F]; xs [W], ys [H] pixel centres;
+    # consts (0.5, 1, MAX_ALPHA, T_EPS, ALPHA_THRESHOLD, 0) in the dtype; acc [C, H, W, F]; T_out, last [C, H, W]
+    half, one, max_a, t_eps, thr, zero = consts[0], consts[1], consts[2], consts[3], consts[4], consts[5]
+    F = feat.shape[1]
+    height, width = T_out.shape[1], T_out.shape[2]
+    n_tiles = start.shape[0]
+    P = tile * tile
+    margin = BOX_MARGIN
+    for th in prange(n_threads):
+        Tl = np.empty(P, prm.dtype)
+        al = np.empty((P, F), prm.dtype)
+        done = np.empty(P, np.bool_)
+        lst = np.empty(P, np.int32)
+        for t in range(th, n_tiles, n_threads):
+            n = count[t]
+            if n == 0:
+                continue
+            cam, x0, x1, y0, y1 = _tile_rect(t, tiles_x, tiles_y, tile, width, height)
+            tw = x1 - x0
+            n_pix = tw * (y1 - y0)
+            for p in range(n_pix):
+                Tl[p] = one
+                done[p] = False
+                lst[p] = 0
+                for f in range(F):
+                    al[p, f] = zero
+            n_done = 0
+            s0 = start[t]
+            for k in range(n):
+                g = ids[s0 + k]
+                mx, my, a, b, c, o = prm[g, 0], prm[g, 1], prm[g, 2], prm[g, 3], prm[g, 4], prm[g, 5]
+                j0, j1, i0, i1 = _box(mx, my, prm[g, 6], prm[g, 7], x0, x1, y0, y1, margin)
+                for i in range(i0, i1 + 1):
+                    dy = my - ys[i]
+                    row = (i - y0) * tw - x0
+                    for j in range(j0, j1 + 1):
+                        p = row + j
+                        if done[p]:
+                            continue
+                        dx = mx - xs[j]
+                        sigma = half * (a * dx * dx + c * dy * dy) + b * dx * dy
+                        if sigma < zero:
+                            continue
+                        alpha = min(max_a, o * np.exp(-sigma))
+                        if alpha < thr:
+                            continue
+                        T = Tl[p]
+                        nt = T * (one - alpha)
+                        if nt <= t_eps:  # stop before this Gaussian
+                            done[p] = True
+                            n_done += 1
+                            continue
+                        w = T * alpha
+                        for f in range(F):
+                            al[p, f] += w * feat[g, f]
+                        Tl[p] = nt
+                        lst[p] = k + 1
+                if n_done == n_pix:
+                    break
+            for i in range(y0, y1):
+                for j in range(x0, x1):
+                    p = (i - y0) * tw + (j - x0)
+                    T_out[cam, i, j] = Tl[p]
+                    last[cam, i, j] = lst[p]
+                    for f in range(F):
+                        acc[cam, i, j, f] = al[p, f]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def backward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_y, n_threads, T_out, last,
+             g_acc, g_T, g_pair):
+    # g_acc [C, H, W, F], g_T [C, H, W] -> g_pair [M, 6 + F]: the gradient of every (tile, Gaussian) pair
+    half, one, max_a, thr, zero = consts[0], consts[1], consts[2], consts[4], consts[5]
+    F = feat.shape[1]
+    height, width = T_out.shape[1], T_out.shape[2]
+    n_tiles = start.shape[0]
+    P = tile * tile
+    margin = BOX_MARGIN
+    for th in prange(n_threads):
+        Tl = np.empty(P, prm.dtype)
+        S = np.empty(P, prm.dtype)
+        ga = np.empty((P, F), prm.dtype)
+        lst = np.empty(P, np.int32)
+        gf = np.empty(F, prm.dtype)
+        for t in range(th, n_tiles, n_threads):
+            n = count[t]
+            if n == 0:
+                continue
+            cam, x0, x1, y0, y1 = _tile_rect(t, tiles_x, tiles_y, tile, width, height)
+            tw = x1 - x0
+            kmax = 0
+            for i in range(y0, y1):
+                for j in range(x0, x1):
+                    p = (i - y0) * tw + (j - x0)
+                    T = T_out[cam, i, j]
+                    Tl[p] = T
+                    S[p] = T * g_T[cam, i, j]
+                    lst[p] = last[cam, i, j]
+                    kmax = max(kmax, lst[p])
+                    for f in range(F):
+                        ga[p, f] = g_acc[cam, i, j, f]
+            s0 = start[t]
+            for k in range(kmax, n):
+                for q in range(6 + F):
+                    g_pair[s0 + k, q] = zero
+            for k in range(kmax - 1, -1, -1):
+                g = ids[s0 + k]
+                mx, my, a, b, c, o = prm[g, 0], prm[g, 1], prm[g, 2], prm[g, 3], prm[g, 4], prm[g, 5]
+                j0, j1, i0, i1 = _box(mx, my, prm[g, 6], prm[g, 7], x0, x1, y0, y1, margin)
+                g_mx = g_my = g_a = g_b = g_c = g_o = zero
+                for f in range(F):
+                    gf[f] = zero
+                for i in range(i0, i1 + 1):
+                    dy = my - ys[i]
+                    row = (i - y0) * tw - x0
+                    for j in range(j0, j1 + 1):
+                        p = row + j
+                        if k >= lst[p]:
+                            continue
+                        dx = mx - xs[j]
+                        sigma = half * (a * dx * dx + c * dy * dy) + b * dx * dy
+                        if sigma < zero:
+                            continue
+                        vis = np.exp(-sigma)
+                        raw = o * vis
+                        alpha = min(max_a, raw)
+                        if alpha < thr:
+                            continue
+                        ra = one / (one - alpha)
+                        T = Tl[p] * ra  # T before this Gaussian
+                        G = zero
+                        for f in range(F):
+                            G += ga[p, f] * feat[g, f]
+                        w = T * alpha
+                        d_alpha = T * G - S[p] * ra
+                        S[p] += w * G
+                        Tl[p] = T
+                        for f in range(F):
+                            gf[f] += w * ga[p, f]
+                        if raw < max_a:  # no gradient through the clamp
+                            g_o += d_alpha * vis
+                            d_sigma = -d_alpha * alpha
+                            g_mx += d_sigma * (a * dx + b * dy)
+                            g_my += d_sigma * (c * dy + b * dx)
+                            g_a += d_sigma * half * dx * dx
+                            g_b += d_sigma * dx * dy
+                            g_c += d_sigma * half * dy * dy
+                r = s0 + k
+                g_pair[r, 0] = g_mx
+                g_pair[r, 1] = g_my
+                g_pair[r, 2] = g_a
+                g_pair[r, 3] = g_b
+                g_pair[r, 4] = g_c
+                g_pair[r, 5] = g_o
+                for f in range(F):
+                    g_pair[r, 6 + f] = gf[f]
