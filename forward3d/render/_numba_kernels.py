@@ -9,6 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 BOX_MARGIN = 1e-3  # pixels added to the Gaussian's box, as the tile intersection does (against rounding)
+LEVEL_SLACK = 1e-4  # relative enlargement of the ellipse sigma <= s that bounds each row's pixels
 
 
 @njit(inline="always")
@@ -19,6 +20,31 @@ def _box(mx, my, ex, ey, x0, x1, y0, y1, margin):
     i0 = max(y0, int(np.ceil(my - ey - margin - 0.5)))
     i1 = min(y1 - 1, int(np.floor(my + ey + margin - 0.5)))
     return j0, j1, i0, i1
+
+
+@njit(inline="always")
+def _level(o, thr):
+    """The level ``s`` with ``o exp(-sigma) >= thr`` iff ``sigma <= s`` (float64, slightly enlarged against
+    rounding; enlarging only adds pixels that the exact per-pixel test then rejects)."""
+    s = np.log(np.float64(o) / np.float64(thr))
+    return s + LEVEL_SLACK * (1.0 + abs(s))
+
+
+@njit(inline="always")
+def _row_span(a, b, c, s, mx, dy, j0, j1, margin):
+    """Columns ``[j0', j1']`` (within ``[j0, j1]``) of one pixel row whose centres ``x`` can satisfy
+    ``0.5 (a dx^2 + c dy^2) + b dx dy <= s`` (``dx = mx - x``): the chord of the ellipse, in float64."""
+    a64, b64, c64 = np.float64(a), np.float64(b), np.float64(c)
+    if a64 <= 0.0:
+        return j0, j1
+    q = b64 * dy
+    disc = q * q - a64 * (c64 * dy * dy - 2.0 * s)
+    if disc < 0.0:
+        return j0, j0 - 1
+    r = np.sqrt(disc)
+    lo = np.float64(mx) + (q - r) / a64  # x = mx - dx, dx in [(-q - r) / a, (-q + r) / a]
+    hi = np.float64(mx) + (q + r) / a64
+    return max(j0, int(np.ceil(lo - margin - 0.5))), min(j1, int(np.floor(hi + margin - 0.5)))
 
 
 @njit(inline="always")
@@ -47,6 +73,7 @@ def forward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_y
         al = np.empty((P, F), prm.dtype)
         done = np.empty(P, np.bool_)
         lst = np.empty(P, np.int32)
+        row_done = np.empty(tile, np.int64)  # stopped pixels per row of the tile: full rows are skipped
         for t in range(th, n_tiles, n_threads):
             n = count[t]
             if n == 0:
@@ -54,6 +81,7 @@ def forward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_y
             cam, x0, x1, y0, y1 = _tile_rect(t, tiles_x, tiles_y, tile, width, height)
             tw = x1 - x0
             n_pix = tw * (y1 - y0)
+            row_done[:] = 0
             for p in range(n_pix):
                 Tl[p] = one
                 done[p] = False
@@ -65,11 +93,17 @@ def forward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_y
             for k in range(n):
                 g = ids[s0 + k]
                 mx, my, a, b, c, o = prm[g, 0], prm[g, 1], prm[g, 2], prm[g, 3], prm[g, 4], prm[g, 5]
+                if o < thr:  # alpha <= o < 1/255 everywhere
+                    continue
                 j0, j1, i0, i1 = _box(mx, my, prm[g, 6], prm[g, 7], x0, x1, y0, y1, margin)
+                lv = _level(o, thr)
                 for i in range(i0, i1 + 1):
+                    if row_done[i - y0] == tw:
+                        continue
                     dy = my - ys[i]
                     row = (i - y0) * tw - x0
-                    for j in range(j0, j1 + 1):
+                    c0, c1 = _row_span(a, b, c, lv, mx, np.float64(dy), j0, j1, margin)
+                    for j in range(c0, c1 + 1):
                         p = row + j
                         if done[p]:
                             continue
@@ -85,6 +119,7 @@ def forward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_y
                         if nt <= t_eps:  # stop before this Gaussian
                             done[p] = True
                             n_done += 1
+                            row_done[i - y0] += 1
                             continue
                         w = T * alpha
                         for f in range(F):
@@ -143,13 +178,17 @@ def backward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_
                 g = ids[s0 + k]
                 mx, my, a, b, c, o = prm[g, 0], prm[g, 1], prm[g, 2], prm[g, 3], prm[g, 4], prm[g, 5]
                 j0, j1, i0, i1 = _box(mx, my, prm[g, 6], prm[g, 7], x0, x1, y0, y1, margin)
+                if o < thr:
+                    i1 = i0 - 1
+                lv = _level(o, thr)
                 g_mx = g_my = g_a = g_b = g_c = g_o = zero
                 for f in range(F):
                     gf[f] = zero
                 for i in range(i0, i1 + 1):
                     dy = my - ys[i]
                     row = (i - y0) * tw - x0
-                    for j in range(j0, j1 + 1):
+                    c0, c1 = _row_span(a, b, c, lv, mx, np.float64(dy), j0, j1, margin)
+                    for j in range(c0, c1 + 1):
                         p = row + j
                         if k >= lst[p]:
                             continue
