@@ -153,6 +153,7 @@ def backward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_
         ga = np.empty((P, F), prm.dtype)
         lst = np.empty(P, np.int32)
         gf = np.empty(F, prm.dtype)
+        row_last = np.empty(tile, np.int64)  # the largest ``last`` of each row: rows past it are skipped
         for t in range(th, n_tiles, n_threads):
             n = count[t]
             if n == 0:
@@ -160,6 +161,7 @@ def backward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_
             cam, x0, x1, y0, y1 = _tile_rect(t, tiles_x, tiles_y, tile, width, height)
             tw = x1 - x0
             kmax = 0
+            row_last[:] = 0
             for i in range(y0, y1):
                 for j in range(x0, x1):
                     p = (i - y0) * tw + (j - x0)
@@ -167,9 +169,10 @@ def backward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_
                     Tl[p] = T
                     S[p] = T * g_T[cam, i, j]
                     lst[p] = last[cam, i, j]
-                    kmax = max(kmax, lst[p])
+                    row_last[i - y0] = max(row_last[i - y0], lst[p])
                     for f in range(F):
                         ga[p, f] = g_acc[cam, i, j, f]
+                kmax = max(kmax, row_last[i - y0])
             s0 = start[t]
             for k in range(kmax, n):
                 for q in range(6 + F):
@@ -185,6 +188,8 @@ def backward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_
                 for f in range(F):
                     gf[f] = zero
                 for i in range(i0, i1 + 1):
+                    if k >= row_last[i - y0]:
+                        continue
                     dy = my - ys[i]
                     row = (i - y0) * tw - x0
                     c0, c1 = _row_span(a, b, c, lv, mx, np.float64(dy), j0, j1, margin)
