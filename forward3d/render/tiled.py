@@ -26,6 +26,10 @@ Algorithm (same maths as :mod:`forward3d.render.reference`, gsplat's tile scheme
 
 The Python loops run over depth steps and tile batches only (tens of iterations), never over Gaussians,
 pixels or single tiles.
+
+On CPU, :func:`render_tiled` replaces steps 2-3 by the compiled numba kernel of
+:mod:`forward3d.render.tiled_numba` when numba is installed (``cpu_kernel="auto"``, see
+:func:`resolve_cpu_kernel`); step 1 is shared.
 """
 
 from __future__ import annotations
