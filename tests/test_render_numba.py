@@ -3,12 +3,10 @@ edge cases, thread counts, dispatch)."""
 
 import pytest
 import torch
-
-from forward3d.render import Cameras, rasterize
-from forward3d.render import tiled_numba
-from forward3d.types import Gaussians
-
 from test_render_rasterize import assert_outputs_close, make_cams, random_scene
+
+from forward3d.render import Cameras, rasterize, tiled_numba
+from forward3d.types import Gaussians
 
 pytest.importorskip("numba", reason="numba not installed (pip install forward3d[fast]): the compiled CPU kernel "
                                     "is optional; CI installs it with the dev extra")
@@ -41,7 +39,7 @@ def _loss_grads(g, cams, kernel, mode="RGB+D", tile_size=8, seed=0):
     params = [p.clone().requires_grad_(True) for p in (g.means, g.quats, g.log_scales, g.opacity_logits, g.sh)]
     out = _render(Gaussians(*params), cams, kernel, mode, tile_size)
     gen = torch.Generator().manual_seed(seed)
-    w = lambda x: torch.randn(x.shape, generator=gen, dtype=x.dtype)  # noqa: E731
+    w = lambda x: torch.randn(x.shape, generator=gen, dtype=x.dtype)
     loss = (out.colors * w(out.colors)).sum() + (out.alphas * w(out.alphas)).sum() + (out.depths * w(out.depths)).sum()
     return out, torch.autograd.grad(loss, params)
 
@@ -141,3 +139,29 @@ def test_dispatch_auto_forced_and_fallback(monkeypatch):
     assert rasterize(g, cams).meta.kernel == "torch"
     with pytest.raises(ImportError, match=r"forward3d\[fast\]"):
         rasterize(g, cams, cpu_kernel="numba")
+
+
+def test_numba_concurrent_python_threads():
+    """Two Python threads rasterizing at once (a viewer next to an optimisation loop) get the serial result."""
+    import threading
+
+    g = random_scene(30, seed=12)
+    cams = make_cams(W=20, H=16)
+    want = rasterize(g, cams, cpu_kernel="numba").colors
+    got, errors = [], []
+
+    def work():
+        try:
+            for _ in range(5):
+                got.append(rasterize(g, cams, cpu_kernel="numba").colors)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(got) == 10
+    for c in got:
+        torch.testing.assert_close(c, want, atol=0, rtol=0)

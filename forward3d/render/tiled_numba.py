@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 
 import numpy as np
@@ -43,7 +44,7 @@ from torch import Tensor
 from .common import MAX_ALPHA, T_EPS
 from .projection import ALPHA_THRESHOLD
 
-__all__ = ["numba_available", "composite_numba"]
+__all__ = ["composite_numba", "numba_available"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ logger = logging.getLogger(__name__)
 def numba_available() -> bool:
     """Whether numba imports (the compiled CPU compositing kernel is usable)."""
     try:
-        import numba  # noqa: F401
+        import numba
     except ImportError:
         return False
     return True
@@ -80,18 +81,26 @@ def _threads(numba) -> int:
     return n
 
 
-_COMPILED: set[torch.dtype] = set()
+_COMPILED: set[tuple[torch.dtype, str]] = set()
+_LOCK = threading.Lock()  # first calls, and every call under numba's "workqueue" layer (not thread-safe)
 
 
 def _timed_first_call(dtype: torch.dtype, what: str, fn, *args) -> None:
     """Run ``fn(*args)``; the first call per dtype and kernel compiles or loads from the cache: log its time."""
+    import numba
+
     key = (dtype, what)
     if key in _COMPILED:
-        fn(*args)
+        if numba.threading_layer() == "workqueue":
+            with _LOCK:
+                fn(*args)
+        else:
+            fn(*args)
         return
-    t0 = time.perf_counter()
-    fn(*args)
-    _COMPILED.add(key)
+    with _LOCK:
+        t0 = time.perf_counter()
+        fn(*args)
+        _COMPILED.add(key)
     logger.info("numba rasterizer %s kernel (%s): first call %.2f s (compilation or cache load included)", what,
                 str(dtype).removeprefix("torch."), time.perf_counter() - t0)
 
