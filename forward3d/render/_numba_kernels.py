@@ -9,6 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 BOX_MARGIN = 1e-3  # pixels added to the Gaussian's box, as the tile intersection does (against rounding)
+GATHER = 32  # Gaussians of a tile list gathered per block (forward and backward)
 LEVEL_SLACK = 1e-4  # relative enlargement of the ellipse sigma <= s that bounds each row's pixels
 
 
@@ -71,9 +72,11 @@ def forward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_y
     for th in prange(n_threads):
         Tl = np.empty(P, prm.dtype)
         al = np.empty((P, F), prm.dtype)
+        rows = np.empty((GATHER, 8 + F), prm.dtype)  # the next GATHER Gaussians of the list, gathered at once
         done = np.empty(P, np.bool_)
         lst = np.empty(P, np.int32)
-        row_done = np.empty(tile, np.int64)  # stopped pixels per row of the tile: full rows are skipped
+        row_lo = np.empty(tile, np.int64)  # per row of the tile: first and last column not yet stopped
+        row_hi = np.empty(tile, np.int64)
         for t in range(th, n_tiles, n_threads):
             n = count[t]
             if n == 0:
@@ -81,7 +84,8 @@ def forward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_y
             cam, x0, x1, y0, y1 = _tile_rect(t, tiles_x, tiles_y, tile, width, height)
             tw = x1 - x0
             n_pix = tw * (y1 - y0)
-            row_done[:] = 0
+            row_lo[:] = x0
+            row_hi[:] = x1 - 1
             for p in range(n_pix):
                 Tl[p] = one
                 done[p] = False
@@ -91,18 +95,27 @@ def forward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_y
             n_done = 0
             s0 = start[t]
             for k in range(n):
-                g = ids[s0 + k]
-                mx, my, a, b, c, o = prm[g, 0], prm[g, 1], prm[g, 2], prm[g, 3], prm[g, 4], prm[g, 5]
+                q = k % GATHER
+                if q == 0:  # independent loads: the cache misses on the Gaussian table overlap
+                    for u in range(min(GATHER, n - k)):
+                        g = ids[s0 + k + u]
+                        for v in range(8):
+                            rows[u, v] = prm[g, v]
+                        for f in range(F):
+                            rows[u, 8 + f] = feat[g, f]
+                mx, my, a, b, c, o = rows[q, 0], rows[q, 1], rows[q, 2], rows[q, 3], rows[q, 4], rows[q, 5]
                 if o < thr:  # alpha <= o < 1/255 everywhere
                     continue
-                j0, j1, i0, i1 = _box(mx, my, prm[g, 6], prm[g, 7], x0, x1, y0, y1, margin)
+                j0, j1, i0, i1 = _box(mx, my, rows[q, 6], rows[q, 7], x0, x1, y0, y1, margin)
                 lv = _level(o, thr)
                 for i in range(i0, i1 + 1):
-                    if row_done[i - y0] == tw:
+                    r = i - y0
+                    if row_lo[r] > row_hi[r]:  # every pixel of the row has stopped
                         continue
                     dy = my - ys[i]
-                    row = (i - y0) * tw - x0
-                    c0, c1 = _row_span(a, b, c, lv, mx, np.float64(dy), j0, j1, margin)
+                    row = r * tw - x0
+                    c0, c1 = _row_span(a, b, c, lv, mx, np.float64(dy), max(j0, row_lo[r]), min(j1, row_hi[r]),
+                                       margin)
                     for j in range(c0, c1 + 1):
                         p = row + j
                         if done[p]:
@@ -119,11 +132,14 @@ def forward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_y
                         if nt <= t_eps:  # stop before this Gaussian
                             done[p] = True
                             n_done += 1
-                            row_done[i - y0] += 1
+                            while row_lo[r] <= row_hi[r] and done[row + row_lo[r]]:
+                                row_lo[r] += 1
+                            while row_hi[r] >= row_lo[r] and done[row + row_hi[r]]:
+                                row_hi[r] -= 1
                             continue
                         w = T * alpha
                         for f in range(F):
-                            al[p, f] += w * feat[g, f]
+                            al[p, f] += w * rows[q, 8 + f]
                         Tl[p] = nt
                         lst[p] = k + 1
                 if n_done == n_pix:
@@ -153,6 +169,7 @@ def backward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_
         ga = np.empty((P, F), prm.dtype)
         lst = np.empty(P, np.int32)
         gf = np.empty(F, prm.dtype)
+        rows = np.empty((GATHER, 8 + F), prm.dtype)  # the next GATHER Gaussians (back to front), gathered at once
         row_last = np.empty(tile, np.int64)  # the largest ``last`` of each row: rows past it are skipped
         for t in range(th, n_tiles, n_threads):
             n = count[t]
@@ -178,9 +195,16 @@ def backward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_
                 for q in range(6 + F):
                     g_pair[s0 + k, q] = zero
             for k in range(kmax - 1, -1, -1):
-                g = ids[s0 + k]
-                mx, my, a, b, c, o = prm[g, 0], prm[g, 1], prm[g, 2], prm[g, 3], prm[g, 4], prm[g, 5]
-                j0, j1, i0, i1 = _box(mx, my, prm[g, 6], prm[g, 7], x0, x1, y0, y1, margin)
+                q = (kmax - 1 - k) % GATHER
+                if q == 0:
+                    for u in range(min(GATHER, k + 1)):
+                        g = ids[s0 + k - u]
+                        for v in range(8):
+                            rows[u, v] = prm[g, v]
+                        for f in range(F):
+                            rows[u, 8 + f] = feat[g, f]
+                mx, my, a, b, c, o = rows[q, 0], rows[q, 1], rows[q, 2], rows[q, 3], rows[q, 4], rows[q, 5]
+                j0, j1, i0, i1 = _box(mx, my, rows[q, 6], rows[q, 7], x0, x1, y0, y1, margin)
                 if o < thr:
                     i1 = i0 - 1
                 lv = _level(o, thr)
@@ -210,7 +234,7 @@ def backward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_
                         T = Tl[p] * ra  # T before this Gaussian
                         G = zero
                         for f in range(F):
-                            G += ga[p, f] * feat[g, f]
+                            G += ga[p, f] * rows[q, 8 + f]
                         w = T * alpha
                         d_alpha = T * G - S[p] * ra
                         S[p] += w * G
