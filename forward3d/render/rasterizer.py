@@ -79,7 +79,7 @@ def rasterize(
             compositing on CPU; 10-60 s of compilation once per process, so for optimisation loops).
         cpu_kernel: torch path only: the compositing kernel. ``"auto"`` (default): the compiled numba kernel
             for CPU float32/float64 tensors when numba is installed (``pip install forward3d[fast]``;
-            1.6x (1/2 res) to 2.8x (1M Gaussians, 1024^2) less CPU time per forward+backward; compiled on
+            1.6-1.8x (1/2 res) to 2.65x (1M Gaussians, 1024^2) less CPU time per forward+backward; compiled on
             the first call, ~18 s of CPU, then loaded from numba's on-disk cache) and ``compile`` is off,
             else the vectorised torch kernel; ``"numba"`` or ``"torch"`` force one.
 

@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 def numba_available() -> bool:
     """Whether numba imports (the compiled CPU compositing kernel is usable)."""
     try:
-        import numba
+        import numba  # noqa: F401
     except ImportError:
         return False
     return True
