@@ -221,7 +221,8 @@ def test_gradients_fast_match_reference(keep_pairs, monkeypatch):
             p.requires_grad_(True)
             p.grad = None
         out = rasterize(g, Cameras(w2c, cams.K, cams.width, cams.height), backend=backend, tile_size=8,
-                        render_mode="RGB+ED", background=torch.tensor([0.2, 0.3, 0.4], dtype=torch.float64))
+                        render_mode="RGB+ED", background=torch.tensor([0.2, 0.3, 0.4], dtype=torch.float64),
+                        **({"cpu_kernel": "torch"} if backend == "torch" else {}))  # keep_pairs: the torch kernel
         loss = (out.colors * wc).sum() + (out.alphas * wa).sum() + (out.depths * wd).sum()
         grads[backend] = torch.autograd.grad(loss, params)
     for a, b in zip(grads["reference"], grads["torch"]):
@@ -249,7 +250,7 @@ def test_worker_threads_match_one_worker_and_reference(keep_pairs, monkeypatch):
         else:
             prep = prepare(gg, cams, cams.width, cams.height, None, 1, "RGB+D", 0.01, 1e10, False)
             out = render_tiled(prep, cams.width, cams.height, tile_size=4, chunk_size=256, k_step=4,
-                               workers=workers)
+                               workers=workers, cpu_kernel="torch")
         loss = (out.colors * wc).sum() + out.alphas.sum() + out.depths.sum()
         outs[workers], grads[workers] = out, torch.autograd.grad(loss, params)
     assert_outputs_close(outs[1], outs[3], atol=1e-12, rtol=1e-12)
@@ -259,7 +260,7 @@ def test_worker_threads_match_one_worker_and_reference(keep_pairs, monkeypatch):
         torch.testing.assert_close(b, a, atol=1e-12 * a.abs().max().item(), rtol=1e-10)
         torch.testing.assert_close(b, r, atol=1e-9 * r.abs().max().item(), rtol=1e-7)
     with pytest.raises(ValueError, match="workers"):
-        render_tiled(prep, cams.width, cams.height, workers=0)
+        render_tiled(prep, cams.width, cams.height, workers=0, cpu_kernel="torch")
 
 
 def test_gradcheck_float64():
@@ -270,7 +271,7 @@ def test_gradcheck_float64():
     def fn(means, quats, log_scales, opacity_logits, sh, w2c):
         gg = Gaussians(means, quats, log_scales, opacity_logits, sh)
         out = rasterize(gg, Cameras(w2c, cams.K, 7, 6), backend="torch", tile_size=4, render_mode="RGB+D",
-                        background=torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+                        background=torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64), cpu_kernel="torch")
         return out.colors, out.alphas, out.depths
 
     inputs = [p.clone().requires_grad_(True) for p in _params(g, cams.w2c)]
@@ -300,7 +301,8 @@ def test_compiled_kernels_match_eager():
         p.requires_grad_(True)
     results = []
     for compile in (False, True):
-        out = rasterize(g, cams, render_mode="RGB+ED", compile=compile, background=torch.tensor([0.2, 0.3, 0.4]))
+        out = rasterize(g, cams, render_mode="RGB+ED", compile=compile, background=torch.tensor([0.2, 0.3, 0.4]),
+                        cpu_kernel="torch")
         loss = out.colors.sum() + 0.3 * out.alphas.sum() + 0.1 * out.depths.sum()
         results.append((out, torch.autograd.grad(loss, params)))
     assert_outputs_close(results[0][0], results[1][0])

@@ -11,7 +11,10 @@ Usage::
     out.meta     # RenderMeta: radii [C, N], means2d [C, N, 2], depths, conics, opacities, n_isects
 
 Backends: ``"torch"`` (tiled, vectorised; the default on CPU), ``"reference"`` (slow, literal; tests),
-``"gsplat"`` (CUDA), ``"auto"``. The maths is ``../shared/specs/splatting.md``.
+``"gsplat"`` (CUDA), ``"auto"``. On CPU the torch backend composites with the compiled numba kernel
+(:mod:`forward3d.render.tiled_numba`) when numba is installed (``pip install forward3d[fast]``);
+``rasterize(..., cpu_kernel="torch")`` forces the vectorised torch kernel. The maths is
+``../shared/specs/splatting.md``.
 """
 
 from .cameras import Cameras

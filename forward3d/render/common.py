@@ -37,6 +37,8 @@ class RenderMeta:
         n_isects: number of Gaussian-tile intersections (fast path; 0 for other backends).
         tile_size: tile size used by the fast path.
         backend: the backend that rendered (``"torch"``, ``"reference"`` or ``"gsplat"``).
+        kernel: the compositing kernel of the ``"torch"`` backend: ``"numba"`` (compiled, CPU) or ``"torch"``;
+            empty for the other backends.
     """
 
     radii: Tensor
@@ -47,6 +49,7 @@ class RenderMeta:
     n_isects: int = 0
     tile_size: int = 16
     backend: str = "torch"
+    kernel: str = ""
 
 
 @dataclass
@@ -175,6 +178,6 @@ def finish(prep: Prepared, acc: Tensor, T: Tensor, meta: RenderMeta) -> RenderOu
     return RenderOutput(colors, alphas, depths, meta)
 
 
-def make_meta(prep: Prepared, backend: str, n_isects: int = 0, tile_size: int = 16) -> RenderMeta:
+def make_meta(prep: Prepared, backend: str, n_isects: int = 0, tile_size: int = 16, kernel: str = "") -> RenderMeta:
     p = prep.proj
-    return RenderMeta(p.radii, p.means2d, p.depths, p.conics, p.opacities, n_isects, tile_size, backend)
+    return RenderMeta(p.radii, p.means2d, p.depths, p.conics, p.opacities, n_isects, tile_size, backend, kernel)

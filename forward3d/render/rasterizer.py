@@ -10,6 +10,7 @@ from torch import Tensor
 from ..types import Gaussians
 from .cameras import Cameras
 from .common import RenderMode, RenderOutput, check_inputs, prepare
+from .tiled import CpuKernel
 
 __all__ = ["rasterize", "Backend", "DEFAULT_CHUNK_SIZE"]
 
@@ -18,7 +19,8 @@ logger = logging.getLogger(__name__)
 Backend = Literal["auto", "torch", "reference", "gsplat"]
 BACKENDS = ("auto", "torch", "reference", "gsplat")
 DEFAULT_CHUNK_SIZE = 1 << 18  # pixel-Gaussian pairs per vectorised step of the torch path
-TORCH_TILE_SIZE = 4  # the torch path's default tile size (the image does not depend on it; speed does)
+TORCH_TILE_SIZE = 4  # the torch kernel's default tile size (the image does not depend on it; speed does)
+NUMBA_TILE_SIZE = 16  # the numba kernel's (it visits only the pixels of each Gaussian's box: fewer, larger tiles)
 GSPLAT_TILE_SIZE = 16
 
 
@@ -51,6 +53,7 @@ def rasterize(
     tile_size: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     compile: bool = False,
+    cpu_kernel: CpuKernel = "auto",
 ) -> RenderOutput:
     """Render 3D Gaussians into ``C`` cameras (gsplat semantics; differentiable).
 
@@ -68,12 +71,17 @@ def rasterize(
         backend: ``"torch"`` (tiled, vectorised, CPU or GPU), ``"reference"`` (slow, literal, tiny scenes
             only), ``"gsplat"`` (CUDA, needs ``pip install gsplat``), ``"auto"`` (gsplat for CUDA tensors
             when installed, else torch).
-        tile_size: tile size in pixels; default 4 for the torch path (fewer wasted pixel-Gaussian pairs on
-            CPU; the image does not depend on it) and 16 for gsplat.
+        tile_size: tile size in pixels; default 4 for the torch kernel (fewer wasted pixel-Gaussian pairs on
+            CPU; the image does not depend on it), NUMBA_TILE_SIZE for the numba kernel and 16 for gsplat.
         chunk_size: pixel-Gaussian pairs evaluated per vectorised step of the torch path (memory knob:
             roughly 40 bytes each).
         compile: torch path only: run the per-batch pair kernels through ``torch.compile`` (about 2x faster
             compositing on CPU; 10-60 s of compilation once per process, so for optimisation loops).
+        cpu_kernel: torch path only: the compositing kernel. ``"auto"`` (default): the compiled numba kernel
+            for CPU float32/float64 tensors when numba is installed (``pip install forward3d[fast]``;
+            1.6-1.8x (1/2 res) to 2.65x (1M Gaussians, 1024^2) less CPU time per forward+backward; compiled on
+            the first call, ~18 s of CPU, then loaded from numba's on-disk cache) and ``compile`` is off,
+            else the vectorised torch kernel; ``"numba"`` or ``"torch"`` force one.
 
     Returns:
         :class:`RenderOutput` with ``colors`` ``[C, H, W, 3]``, ``alphas`` ``[C, H, W]``, ``depths``
@@ -85,8 +93,14 @@ def rasterize(
     if width <= 0 or height <= 0:
         raise ValueError(f"rasterize: expected a positive image size, found {width}x{height}")
     which = _resolve_backend(backend, gaussians)
+    kernel = "torch"
+    if which == "torch":
+        from .tiled import resolve_cpu_kernel
+
+        kernel = resolve_cpu_kernel(cpu_kernel, gaussians.means, compile)
     if tile_size is None:
-        tile_size = GSPLAT_TILE_SIZE if which == "gsplat" else TORCH_TILE_SIZE
+        tile_size = (GSPLAT_TILE_SIZE if which == "gsplat" else NUMBA_TILE_SIZE if kernel == "numba"
+                     else TORCH_TILE_SIZE)
     if tile_size <= 0 or chunk_size <= 0:
         raise ValueError(f"rasterize: tile_size and chunk_size must be positive, found {tile_size}, {chunk_size}")
     if which == "gsplat":
@@ -103,4 +117,5 @@ def rasterize(
     prep = prepare(gaussians, cameras, width, height, background, deg, render_mode, near, far, antialiased)
     from .tiled import render_tiled
 
-    return render_tiled(prep, width, height, tile_size=tile_size, chunk_size=chunk_size, compiled=compile)
+    return render_tiled(prep, width, height, tile_size=tile_size, chunk_size=chunk_size, compiled=compile,
+                        cpu_kernel=kernel)

@@ -26,11 +26,16 @@ Algorithm (same maths as :mod:`forward3d.render.reference`, gsplat's tile scheme
 
 The Python loops run over depth steps and tile batches only (tens of iterations), never over Gaussians,
 pixels or single tiles.
+
+On CPU, :func:`render_tiled` replaces steps 2-3 by the compiled numba kernel of
+:mod:`forward3d.render.tiled_numba` when numba is installed (``cpu_kernel="auto"``, see
+:func:`resolve_cpu_kernel`); step 1 is shared.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -40,7 +45,7 @@ from forward3d.threads import run_workers
 from .common import MAX_ALPHA, T_EPS, Prepared, RenderOutput, finish, make_meta
 from .projection import ALPHA_THRESHOLD
 
-__all__ = ["TileIsects", "intersect_tiles", "composite_tiled", "render_tiled"]
+__all__ = ["CpuKernel", "TileIsects", "intersect_tiles", "composite_tiled", "render_tiled", "resolve_cpu_kernel"]
 
 _MARGIN = 1e-3  # pixels added to the exact box, against rounding
 SAVE_PAIRS_BUDGET = 1 << 26  # pairs whose alpha and T the forward keeps for the backward (8 bytes each)
@@ -434,14 +439,51 @@ def composite_tiled(
     return untile(acc.transpose(1, 2)), untile(T)
 
 
+CpuKernel = Literal["auto", "numba", "torch"]
+CPU_KERNELS = ("auto", "numba", "torch")
+
+
+def resolve_cpu_kernel(cpu_kernel: str, params: Tensor, compiled: bool = False) -> str:
+    """The compositing kernel for tensors like ``params``: ``"numba"`` (the compiled CPU kernel of
+    :mod:`forward3d.render.tiled_numba`) or ``"torch"``. ``"auto"`` picks numba for CPU float32/float64
+    tensors when numba is installed and ``compiled`` (the ``torch.compile`` kernels) is off; ``"numba"``
+    forces it (error when impossible); ``"torch"`` forces the vectorised torch path."""
+    if cpu_kernel not in CPU_KERNELS:
+        raise ValueError(f"rasterize: cpu_kernel expected one of {CPU_KERNELS}, found {cpu_kernel!r}")
+    if cpu_kernel == "torch":
+        return "torch"
+    from .tiled_numba import numba_available
+
+    fits = params.device.type == "cpu" and params.dtype in (torch.float32, torch.float64)
+    if cpu_kernel == "numba":
+        if not fits:
+            raise ValueError(f"rasterize: cpu_kernel='numba' needs CPU float32/float64 tensors, found "
+                             f"{params.device} {params.dtype}")
+        if compiled:
+            raise ValueError("rasterize: cpu_kernel='numba' and compile=True exclude each other")
+        if not numba_available():
+            raise ImportError("rasterize: cpu_kernel='numba' needs numba: pip install forward3d[fast]")
+        return "numba"
+    return "numba" if fits and not compiled and numba_available() else "torch"
+
+
 def render_tiled(prep: Prepared, width: int, height: int, tile_size: int = 16, chunk_size: int = 1 << 18,
-                 k_step: int = 64, compiled: bool = False, workers: int | None = None) -> RenderOutput:
-    """Render every camera of ``prep`` with the tiled path."""
+                 k_step: int = 64, compiled: bool = False, workers: int | None = None,
+                 cpu_kernel: CpuKernel = "auto") -> RenderOutput:
+    """Render every camera of ``prep`` with the tiled path (compositing kernel: :func:`resolve_cpu_kernel`;
+    ``chunk_size``, ``k_step``, ``workers`` and ``compiled`` concern the torch kernel only)."""
     p = prep.proj
     C, N = p.depths.shape
     isects = intersect_tiles(p.means2d, p.extents, p.depths, p.radii > 0, width, height, tile_size)
     params = torch.cat([p.means2d, p.conics, p.opacities[..., None]], -1).reshape(C * N, 6)
     feats = prep.features.reshape(C * N, prep.features.shape[-1])
-    acc, T = composite_tiled(params, feats, isects, width, height, k_step=k_step, chunk_size=chunk_size,
-                             compiled=compiled, workers=workers)
-    return finish(prep, acc, T, make_meta(prep, "torch", n_isects=int(isects.ids.numel()), tile_size=tile_size))
+    kernel = resolve_cpu_kernel(cpu_kernel, params, compiled)
+    if kernel == "numba":
+        from .tiled_numba import composite_numba
+
+        acc, T = composite_numba(params, feats, p.extents.reshape(C * N, 2), isects, width, height)
+    else:
+        acc, T = composite_tiled(params, feats, isects, width, height, k_step=k_step, chunk_size=chunk_size,
+                                 compiled=compiled, workers=workers)
+    return finish(prep, acc, T, make_meta(prep, "torch", n_isects=int(isects.ids.numel()), tile_size=tile_size,
+                                          kernel=kernel))
