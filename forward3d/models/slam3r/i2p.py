@@ -10,7 +10,7 @@ import os
 from typing import Any, cast
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .base import SLAM3RBase, _check, check_ref_ids, merge_views, split_views
 from .config import SLAM3RNetConfig

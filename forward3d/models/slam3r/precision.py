@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["MixedPrecision", "autocast_active", "lowp", "fp32", "linear", "conv2d", "no_autocast", "ALL_BF16",
-           "PARTS"]
+           "PARTS", "PointError", "point_error"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +97,31 @@ def conv2d(conv: torch.nn.Conv2d, x: Tensor, on: bool) -> Tensor:
             return torch.nn.functional.conv2d(x.float(), conv.weight.float(), b, conv.stride, conv.padding,
                                               conv.dilation, conv.groups)
     return conv(x)
+
+
+@dataclass(frozen=True)
+class PointError:
+    """Scaled point error of a point map against a reference (``point_error``).
+
+    Attributes:
+        worst: max over points of ``|p - p_ref| / median |p_ref|`` (Euclidean norms).
+        median: the median of the same per-point ratio.
+        legacy: max over coordinates of ``|x - x_ref| / (1 + |x_ref|)`` (the parity tests' measure).
+    """
+
+    worst: float
+    median: float
+    legacy: float
+
+
+def point_error(pts: Tensor, ref: Tensor) -> PointError:
+    """Per-point error of ``pts`` [..., 3] against ``ref`` [..., 3], scaled by the median reference
+    point norm over all of ``ref`` (one scale per call: scale-free, like the points themselves)."""
+    if pts.shape != ref.shape or pts.shape[-1] != 3:
+        raise ValueError(f"point_error: expected two [..., 3] tensors of one shape, found "
+                         f"{tuple(pts.shape)} and {tuple(ref.shape)}")
+    p, r = pts.double(), ref.double()
+    scale = r.norm(dim=-1).median().clamp_min(1e-12)
+    e = (p - r).norm(dim=-1) / scale
+    legacy = ((p - r).abs() / (1 + r.abs())).max()
+    return PointError(float(e.max()), float(e.median()), float(legacy))
