@@ -7,8 +7,8 @@ and centre crop, as the pipeline prepares them. ``--qk-gain g`` multiplies the q
 weights by ``g`` (attention logits x g^2) to emulate the peaky attention of trained ViTs (random
 weights give logits of std ~1; the activation statistics are printed). ``--point-range r`` (default 5)
 scales the heads' xyz outputs so that the fp32 point maps span max / median norm = r, as real scenes do
-(2-5 for the HoloLens depth maps in /work/shared/data): random init gives ~13 (reduced size) to ~50
-and more (full size), far-out points whose bf16 error dominates a worst-case measure.
+(2-5 for the HoloLens depth maps in /work/shared/data): random init gives ~13 (reduced size) and ~16
+(full size, 4 views), far-out points whose bf16 error dominates a worst-case measure.
 
 Errors (``forward3d.models.slam3r.precision.point_error``): per point ``|p_bf16 - p_fp32| / median
 |p_fp32|``, worst and median over all points of a call; ``legacy`` = max per coordinate of
@@ -18,11 +18,13 @@ L2W with ``--scene`` scene frames + ``--keyframes`` keyframes (tokens from that 
 point maps = the fp32 I2P output, the same for every variant).
 
 Variants: the policy (all parts fp32), each part switched to bf16 alone (leave-one-out), all bf16
-(plain autocast but fp32 heads = the code before issue 17), and each part alone in fp32 on top of
-all-bf16. Prints the table, the targets (worst <= 0.05) with PASS/FAIL and the timing of fp32 vs
+(plain autocast), each part alone in fp32 on top of all-bf16, and the code before issue 17 (plain
+autocast with fp32 heads). Prints the table, the targets (worst <= 0.05) with PASS/FAIL and the timing of fp32 vs
 the policy (encode + I2P + L2W). Writes ``benchmarks/results/slam3r_precision.json``.
 
-    python benchmarks/slam3r_precision.py                  # every variant (~30 min on the shared 2-core box)
+    python benchmarks/slam3r_precision.py --views 4 --scene 2 --keyframes 2 --variants "policy;all-bf16"
+    python benchmarks/slam3r_precision.py --size reduced --threads 1     # every variant, ~3 min
+    # one full-size bf16 variant at 4 views: ~4 min CPU on this AVX2 box (bf16 GEMMs are 5x slower than fp32)
     python benchmarks/slam3r_precision.py --variants "policy;all-bf16" --views 11 --scene 10 --keyframes 1
 """
 
