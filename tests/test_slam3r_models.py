@@ -22,9 +22,11 @@ from forward3d.models.slam3r.layers import RoPE2D, apply_rope, rope_tables
 from forward3d.models.slam3r.protocol import SLAM3RModels
 
 TOL = 1e-4
-# bf16 on CPU (autocast or bf16 weights), small fixture: points max |x-ref|/(1+|ref|) measured 0.077 / 0.095
-# (median 0.005), conf max relative 0.020 / 0.023. Documented tolerance:
-BF16_PTS_TOL, BF16_CONF_TOL = 0.15, 0.05
+# bf16 on CPU, small fixture, points max |x-ref|/(1+|ref|): autocast with the fp32 parts of MixedPrecision
+# 0.046 (plain autocast with fp32 heads, before issue 17: 0.096), bf16 weights 0.084 (the weights themselves
+# are rounded); conf max relative 0.010 / 0.017. Full-size figures: tests/test_slam3r_bf16.py, notes/bf16.md.
+BF16_PTS_TOL = {"autocast": 0.06, "weights": 0.10}
+BF16_CONF_TOL = 0.03
 
 
 def scaled_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -309,13 +311,12 @@ def test_engine_bf16(fx, cases):
     ref_pts = torch.cat([cases["i2p_from_tokens/view0/pts3d"]] +
                         [cases[f"i2p_from_tokens/view{k}/pts3d_in_other_view"] for k in range(1, 5)])
     ref_conf = torch.cat([cases[f"i2p_from_tokens/view{k}/conf"] for k in range(5)])
-    for eng in (SLAM3REngine.from_pretrained(small / "i2p_weights.safetensors", small / "l2w_weights.safetensors",
-                                             dtype=torch.bfloat16, **kw),
-                SLAM3REngine.from_pretrained(small / "i2p_weights.safetensors", small / "l2w_weights.safetensors",
-                                             weights_dtype=torch.bfloat16, **kw)):
+    for mode, extra in (("autocast", dict(dtype=torch.bfloat16)), ("weights", dict(weights_dtype=torch.bfloat16))):
+        eng = SLAM3REngine.from_pretrained(small / "i2p_weights.safetensors", small / "l2w_weights.safetensors",
+                                           **kw, **extra)
         pts, conf = eng.i2p(ftok, 0)
         assert pts.dtype == torch.float32 and conf.dtype == torch.float32
-        assert scaled_err(pts[0], ref_pts) < BF16_PTS_TOL
+        assert scaled_err(pts[0], ref_pts) < BF16_PTS_TOL[mode], mode
         assert ((conf[0] - ref_conf).abs() / ref_conf).max() < BF16_CONF_TOL
         assert eng.encode(torch.zeros(1, 3, 64, 80)).shape == (1, 20, 128)
 

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from .config import SLAM3RNetConfig
 from .heads import LinearHead
-from .layers import LN_EPS, Block, MultiviewDecoderBlock, RoPE2D
+from .layers import LN_EPS, Block, LayerNorm, MultiviewDecoderBlock, RoPE2D
+from .precision import MixedPrecision, autocast_active, conv2d, fp32, linear
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,9 @@ __all__ = ["PatchEmbed", "SLAM3RBase"]
 
 class PatchEmbed(nn.Module):
     """Conv2d(in_chans, C, p, stride p) -> tokens [N, T, C] in row-major patch order (key ``proj``);
-    ``in_chans`` is 3 (RGB) or 3 + depth channels."""
+    ``in_chans`` is 3 (RGB) or 3 + depth channels; fp32 under autocast when ``precision.embed``."""
+
+    precision: MixedPrecision = MixedPrecision()
 
     def __init__(self, patch_size: int, in_chans: int, dim: int) -> None:
         super().__init__()
@@ -34,7 +37,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, img: Tensor) -> Tensor:
         """``img`` [N, in_chans, H, W] -> [N, (H/p) * (W/p), C]."""
-        return self.proj(img).flatten(2).transpose(1, 2)
+        return conv2d(self.proj, img, self.precision.embed).flatten(2).transpose(1, 2)
 
 
 def _check(name: str, x: Tensor, ndim: int, last: int | None = None, what: str = "") -> None:
@@ -45,9 +48,14 @@ def _check(name: str, x: Tensor, ndim: int, last: int | None = None, what: str =
 
 
 class SLAM3RBase(nn.Module):
-    """Encoder + multiview decoder + heads (subclassed by :class:`Image2Points` / :class:`Local2World`)."""
+    """Encoder + multiview decoder + heads (subclassed by :class:`Image2Points` / :class:`Local2World`).
+
+    ``precision`` (:class:`~forward3d.models.slam3r.precision.MixedPrecision`, set with
+    :meth:`set_precision`): the parts kept in fp32 under bf16 / fp16 autocast.
+    """
 
     config: SLAM3RNetConfig
+    precision: MixedPrecision = MixedPrecision()
 
     def _build(self, cfg: SLAM3RNetConfig) -> None:
         self.config = cfg
@@ -56,13 +64,13 @@ class SLAM3RBase(nn.Module):
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, C)
         if cfg.need_encoder:
             self.enc_blocks = nn.ModuleList(Block(C, cfg.enc_num_heads, cfg.mlp_ratio) for _ in range(cfg.enc_depth))
-        self.enc_norm = nn.LayerNorm(C, eps=LN_EPS)
+        self.enc_norm = LayerNorm(C, eps=LN_EPS)
         self.decoder_embed = nn.Linear(C, D)
         self.mv_dec_blocks1 = nn.ModuleList(
             MultiviewDecoderBlock(D, cfg.dec_num_heads, cfg.mlp_ratio) for _ in range(cfg.dec_depth))
         self.mv_dec_blocks2 = nn.ModuleList(
             MultiviewDecoderBlock(D, cfg.dec_num_heads, cfg.mlp_ratio) for _ in range(cfg.dec_depth))
-        self.dec_norm = nn.LayerNorm(D, eps=LN_EPS)
+        self.dec_norm = LayerNorm(D, eps=LN_EPS)
         self.downstream_head1 = LinearHead(D, cfg.patch_size, cfg.conf_mode)
         self.downstream_head2 = LinearHead(D, cfg.patch_size, cfg.conf_mode)
 
@@ -79,6 +87,15 @@ class SLAM3RBase(nn.Module):
             elif isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
                 nn.init.zeros_(m.bias)
+
+    def set_precision(self, precision: MixedPrecision) -> "SLAM3RBase":
+        """Parts kept in fp32 under autocast, for this model and all its blocks and heads (in place)."""
+        if not isinstance(precision, MixedPrecision):
+            raise TypeError(f"precision: expected MixedPrecision, found {type(precision).__name__}")
+        for m in self.modules():
+            if hasattr(m, "precision"):
+                m.precision = precision
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -127,7 +144,7 @@ class SLAM3RBase(nn.Module):
         hd = self.config.enc_embed_dim // self.config.enc_num_heads
         cos, sin = self.rope.tables(grid, hd, images.device)
         mb = max(1, int(minibatch or self.config.enc_minibatch))
-        dtype = self.param_dtype
+        dtype = None if autocast_active(images) else self.param_dtype
         outs = []
         for i in range(0, N, mb):
             x = self.patch_embed(images[i:i + mb].to(dtype))
@@ -139,10 +156,11 @@ class SLAM3RBase(nn.Module):
     # ------------------------------------------------------------------ decoder
     def _embed(self, tokens: Tensor, trace: dict[str, Any] | None = None, tag: str = "") -> Tensor:
         """Cached tokens [..., T, C] -> this model's enc_norm -> decoder_embed -> [..., T, D]."""
-        x = self.enc_norm(tokens.to(self.param_dtype))
+        p = self.precision
+        x = self.enc_norm(fp32(tokens, p.final_norms) if autocast_active(tokens) else tokens.to(self.param_dtype))
         if trace is not None:
             trace[f"enc/tokens{tag}"] = x
-        return self.decoder_embed(x)
+        return linear(self.decoder_embed, x, p.embed)
 
     def _dec_tables(self, grid: tuple[int, int], device: torch.device) -> tuple[Tensor, Tensor]:
         return self.rope.tables(grid, self.config.dec_embed_dim // self.config.dec_num_heads, device)
@@ -177,7 +195,7 @@ class SLAM3RBase(nn.Module):
               tag: str = "") -> tuple[Tensor, Tensor]:
         """dec_norm + head ``which`` (1 = references, 2 = sources) on [B, V, T, D] -> pts [B, V, H, W, 3], conf [B, V, H, W]."""
         B, V, T, D = x.shape
-        x = self.dec_norm(x)
+        x = self.dec_norm(fp32(x, self.precision.final_norms))
         head = self.downstream_head1 if which == 1 else self.downstream_head2
         if trace is not None:
             trace[f"dec/final_norm_{tag}"] = x

@@ -19,6 +19,7 @@ from forward3d.device import DTypeArg, resolve_dtype
 
 from .i2p import Image2Points
 from .l2w import Local2World
+from .precision import MixedPrecision
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +36,20 @@ class SLAM3REngine:
         device: default: where ``i2p``'s parameters are.
         dtype: compute dtype: ``torch.float32`` (default, exact), ``torch.bfloat16`` /
             ``torch.float16`` (autocast; fp16 GPU only), or ``"auto"`` (bf16 autocast on a GPU that
-            supports it, else fp16; fp32 on CPU). Heads always run in fp32. Models whose
-            parameters are already bf16 also work (inputs are cast to the parameter dtype).
+            supports it, else fp16; fp32 on CPU). Models whose parameters are already bf16 / fp16
+            run under autocast in that dtype.
+        precision: the parts kept in fp32 under autocast (default: all of
+            :class:`~forward3d.models.slam3r.precision.MixedPrecision`: residual stream, attention,
+            RoPE, final norms, embeddings, heads; the large matmuls run in the low precision). Set
+            on both networks.
 
     Shapes: T = (H/16) * (W/16) tokens of width C (1024 for the published models); H, W =
-    :attr:`image_size`. Cached tokens come back in the compute dtype.
+    :attr:`image_size`. Cached tokens are fp32 (``precision.residual``, the default) or in the
+    compute dtype.
     """
 
     def __init__(self, i2p: Image2Points, l2w: Local2World, device: torch.device | str | None = None,
-                 dtype: DTypeArg = torch.float32) -> None:
+                 dtype: DTypeArg = torch.float32, precision: MixedPrecision | None = None) -> None:
         if not isinstance(i2p, Image2Points) or not isinstance(l2w, Local2World):
             raise TypeError(f"SLAM3REngine: expected (Image2Points, Local2World), found "
                             f"({type(i2p).__name__}, {type(l2w).__name__})")
@@ -55,6 +61,14 @@ class SLAM3REngine:
         self.i2p_model = i2p.to(self.device).eval()
         self.l2w_model = l2w.to(self.device).eval()
         self.dtype = _resolve_dtype(dtype, self.device)
+        pdt = self.i2p_model.param_dtype
+        # autocast dtype: the compute dtype, else the parameters' low precision (bf16-weight models)
+        self._amp_dtype = (self.dtype if self.dtype != torch.float32 else
+                           pdt if pdt in (torch.bfloat16, torch.float16) else None)
+        if precision is not None:
+            self.i2p_model.set_precision(precision)
+            self.l2w_model.set_precision(precision)
+        self.precision = self.i2p_model.precision
         self.image_size: tuple[int, int] = (int(ci.img_size[0]), int(ci.img_size[1]))
         self.num_tokens = ci.grid[0] * ci.grid[1]
         self.token_dim = ci.enc_embed_dim
@@ -65,12 +79,13 @@ class SLAM3REngine:
     def from_pretrained(cls, i2p_source: str | os.PathLike = "siyan824/slam3r_i2p",
                         l2w_source: str | os.PathLike = "siyan824/slam3r_l2w", *,
                         device: torch.device | str | None = None, dtype: DTypeArg = torch.float32,
-                        weights_dtype: torch.dtype = torch.float32, **kwargs: Any) -> "SLAM3REngine":
+                        weights_dtype: torch.dtype = torch.float32, precision: MixedPrecision | None = None,
+                        **kwargs: Any) -> "SLAM3REngine":
         """Load both networks (folders, files or hub ids; see ``Image2Points.from_pretrained``).
 
         ``dtype`` is the compute (autocast) dtype; ``weights_dtype=torch.bfloat16`` stores the
         parameters in bf16 instead (half the memory, no per-call weight casts; fastest on CPUs with
-        AVX512-BF16/AMX). ``kwargs``: ``i2p_config=``, ``l2w_config=`` (config objects, dicts or paths).
+        AVX512-BF16/AMX; run under bf16 autocast). ``precision``: see the class. ``kwargs``: ``i2p_config=``, ``l2w_config=`` (config objects, dicts or paths).
         """
         dev = torch.device(device) if device is not None else torch.device("cpu")
         i2p = Image2Points.from_pretrained(i2p_source, device=dev, dtype=weights_dtype,
@@ -79,13 +94,13 @@ class SLAM3REngine:
                                           config=kwargs.pop("l2w_config", None))
         if kwargs:
             raise TypeError(f"SLAM3REngine.from_pretrained: unexpected arguments {sorted(kwargs)}")
-        return cls(i2p, l2w, device=dev, dtype=dtype)
+        return cls(i2p, l2w, device=dev, dtype=dtype, precision=precision)
 
     # ------------------------------------------------------------------ helpers
     def _ctx(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
+        if self._amp_dtype is None or self.device.type == "meta":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return torch.autocast(self.device.type, dtype=self._amp_dtype)
 
     def _tokens(self, name: str, x: Tensor, ndim: int) -> Tensor:
         if not isinstance(x, Tensor):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .precision import MixedPrecision, autocast_active, no_autocast
 
 __all__ = ["LinearHead", "postprocess"]
 
@@ -26,18 +27,15 @@ def postprocess(raw: Tensor, conf_mode: tuple[str, float, float] = ("exp", 1.0, 
     return pts, conf
 
 
-def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Disable autocast on ``device`` (a no-op context on devices without autocast, e.g. meta)."""
-    if device.type in ("cpu", "cuda", "xpu", "mps"):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
 class LinearHead(nn.Module):
     """Linear(D -> 4 * p * p) followed by pixel-shuffle to full resolution (key ``proj``).
 
-    Runs in fp32 whatever the parameter dtype or autocast state (the reference does the same).
+    Runs in fp32 whatever the parameter dtype or autocast state (the reference does the same), unless
+    ``precision.heads`` is False under autocast (ablation only: linear and activations in the autocast
+    dtype).
     """
+
+    precision: MixedPrecision = MixedPrecision()
 
     def __init__(self, dim: int, patch_size: int, conf_mode: tuple[str, float, float] = ("exp", 1.0, math.inf)) -> None:
         super().__init__()
@@ -47,6 +45,8 @@ class LinearHead(nn.Module):
 
     def raw(self, x: Tensor) -> Tensor:
         """``x`` [N, T, D] -> raw features [N, T, 4 * p * p] (fp32)."""
+        if not self.precision.heads and autocast_active(x):
+            return self.proj(x)
         with no_autocast(x.device):
             return F.linear(x.float(), self.proj.weight.float(), self.proj.bias.float())
 

@@ -10,11 +10,12 @@ import os
 from typing import Any, cast
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .base import SLAM3RBase, _check, check_ref_ids, merge_views, split_views
 from .config import SLAM3RNetConfig
-from .layers import Mlp
+from .layers import LayerNorm, Mlp
+from .precision import autocast_active, fp32, linear
 
 __all__ = ["Image2Points"]
 
@@ -38,7 +39,7 @@ class Image2Points(SLAM3RBase):
         cfg = config if config is not None else SLAM3RNetConfig()
         self._build(cfg)
         D = cfg.dec_embed_dim
-        self.corr_score_norm = nn.LayerNorm(D)  # eps 1e-5, as the reference
+        self.corr_score_norm = LayerNorm(D)  # eps 1e-5, as the reference
         self.corr_score_proj = Mlp(D, D, 1)
 
     @classmethod
@@ -88,9 +89,15 @@ class Image2Points(SLAM3RBase):
 
     # ------------------------------------------------------------------ retrieval
     def _score(self, s: Tensor, trace: dict[str, Any] | None = None) -> Tensor:
-        """[..., T, D] -> 1 + exp(Mlp(LN(s))) [..., T] (fp32)."""
-        n = self.corr_score_norm(s)
-        logits = self.corr_score_proj(n).squeeze(-1).float()
+        """[..., T, D] -> 1 + exp(Mlp(LN(s))) [..., T] (fp32; LN and MLP in fp32 under autocast when
+        ``precision.heads``)."""
+        on = self.precision.heads
+        n = self.corr_score_norm(fp32(s, on))
+        if autocast_active(s) and on:
+            mlp = self.corr_score_proj
+            logits = linear(mlp.fc2, mlp.act(linear(mlp.fc1, n, True)), True).squeeze(-1)
+        else:
+            logits = self.corr_score_proj(n).squeeze(-1).float()
         if trace is not None:
             trace["corr/norm"], trace["corr/logits"] = n, logits
         return 1.0 + logits.exp()

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .base import SLAM3RBase, _check, check_ref_ids, merge_views, split_views
 from .config import SLAM3RNetConfig
+from .precision import autocast_active, conv2d
 
 __all__ = ["Local2World", "L2WOutput"]
 
@@ -62,7 +63,8 @@ class Local2World(SLAM3RBase):
     def embed_points(self, pts: Tensor, patch_mask: Tensor | None = None) -> Tensor:
         """Point-map embedding. ``pts`` [N, H, W, 3] -> [N, T, D]; patches where ``patch_mask``
         [N, H/p, W/p] (bool) is True get ``void_pe_token`` instead (training path)."""
-        x = self.ponit_embedder(pts.permute(0, 3, 1, 2).to(self.param_dtype))  # [N, D, h, w]
+        x = pts.permute(0, 3, 1, 2)
+        x = conv2d(self.ponit_embedder, x if autocast_active(x) else x.to(self.param_dtype), self.precision.embed)
         pe = x.flatten(2).transpose(1, 2)
         if patch_mask is not None:
             m = patch_mask.reshape(pe.shape[0], -1, 1).to(pe.device)

@@ -1,7 +1,9 @@
 """Building blocks of the SLAM3R ViTs in plain PyTorch: RoPE-2D, attention, MLP and blocks.
 
 Parameter names follow the reference (CroCo/DUSt3R/SLAM3R) so published state_dicts load as is.
-Attention goes through :func:`torch.nn.functional.scaled_dot_product_attention`.
+Attention goes through :func:`torch.nn.functional.scaled_dot_product_attention`. Under bf16 / fp16
+autocast, the parts named by each module's ``precision`` (:class:`~.precision.MixedPrecision`; residual
+stream, attention, RoPE) run in fp32; without autocast the flags change nothing.
 
 Shapes: ``N`` = batch of views, ``T`` = tokens per view, ``C`` = width, ``h`` = heads,
 ``d`` = head dim (``C / h``).
@@ -13,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .precision import MixedPrecision, autocast_active, fp32, no_autocast
+
 __all__ = ["RoPE2D", "apply_rope", "rope_tables", "Mlp", "Attention", "CrossAttention", "Block",
-           "MultiviewDecoderBlock", "grid_positions"]
+           "MultiviewDecoderBlock", "grid_positions", "LayerNorm", "attend"]
 
 LN_EPS = 1e-6
 # Max elements of one expanded (target view, other view) pair tensor in the multiview cross-attention;
@@ -48,18 +52,49 @@ def rope_tables(pos: Tensor, head_dim: int, base: float = 100.0) -> tuple[Tensor
     return freqs.cos(), freqs.sin()
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Rotate ``x`` [..., T, d] with tables [..., T, d] (broadcast); computed in fp32 (fp64 for fp64
-    inputs), returned in x.dtype.
+    inputs), returned in x.dtype. ``dtype``: compute in and return that dtype instead (tables cast).
 
     Equals ``x * cos + rotate_half(x) * sin`` per axis half, written as one multiply, one flip (the
     half swap) and one fused multiply-add.
     """
     d = x.shape[-1]
-    xf = x if x.dtype == torch.float64 else x.float()
-    sign = (torch.arange(d, device=x.device) // (d // 4) % 2) * 2 - 1  # -1 on each first quarter-pair
+    if dtype is not None:
+        xf, cos, sin = x.to(dtype), cos.to(dtype), sin.to(dtype)
+    else:
+        xf = x if x.dtype == torch.float64 else x.float()
+    sign = ((torch.arange(d, device=x.device) // (d // 4) % 2) * 2 - 1).to(sin.dtype)  # -1: first quarter-pairs
     swapped = xf.unflatten(-1, (2, 2, d // 4)).flip(-2).flatten(-3)
-    return torch.addcmul(xf * cos, swapped, sin * sign).to(x.dtype)
+    return torch.addcmul(xf * cos, swapped, sin * sign).to(dtype or x.dtype)
+
+
+def rope_qk(x: Tensor, cos: Tensor, sin: Tensor, precision: MixedPrecision) -> Tensor:
+    """RoPE on q / k under ``precision``: without autocast, :func:`apply_rope`; under autocast, fp32 in
+    and out (``precision.rope``) or computed in the autocast dtype."""
+    if not autocast_active(x):
+        return apply_rope(x, cos, sin)
+    return apply_rope(x, cos, sin, torch.float32 if precision.rope else torch.get_autocast_dtype(x.device.type))
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, precision: MixedPrecision) -> Tensor:
+    """SDPA; under autocast with ``precision.attention`` from fp32 q, k, v with autocast off (fp32
+    scores, softmax and weighted sum; fp32 output)."""
+    if precision.attention and autocast_active(q):
+        with no_autocast(q.device):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` that also takes fp32 inputs when its parameters are bf16 / fp16 (computed in
+    fp32 then); otherwise identical (same keys, same results)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32 and self.weight is not None and self.weight.dtype != torch.float32:
+            return F.layer_norm(x, self.normalized_shape, self.weight.float(),
+                                None if self.bias is None else self.bias.float(), self.eps)
+        return super().forward(x)
 
 
 class RoPE2D:
@@ -108,7 +143,12 @@ def _heads(x: Tensor, h: int) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Self-attention with RoPE on q and k (keys ``qkv``, ``proj``); no RoPE when the tables are None."""
+    """Self-attention with RoPE on q and k (keys ``qkv``, ``proj``); no RoPE when the tables are None.
+
+    ``precision`` (attribute, set by ``SLAM3RBase.set_precision``): fp32 parts under autocast.
+    """
+
+    precision: MixedPrecision = MixedPrecision()
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -124,9 +164,9 @@ class Attention(nn.Module):
         if cos is None or sin is None:
             q, k = qkv[0], qkv[1]
         else:
-            q, k = apply_rope(qkv[:2], cos, sin).unbind(0)  # q and k rotated in one pass
+            q, k = rope_qk(qkv[:2], cos, sin, self.precision).unbind(0)  # q and k rotated in one pass
         v = qkv[2]
-        o = F.scaled_dot_product_attention(q, k, v)
+        o = attend(q, k, v, self.precision)
         return self.proj(o.transpose(1, 2).reshape(N, T, C))
 
 
@@ -146,19 +186,26 @@ class CrossAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm ViT encoder block (keys ``norm1``, ``attn``, ``norm2``, ``mlp``)."""
+    """Pre-norm ViT encoder block (keys ``norm1``, ``attn``, ``norm2``, ``mlp``).
+
+    ``precision.residual``: under autocast the residual stream (input, output) is fp32.
+    """
+
+    precision: MixedPrecision = MixedPrecision()
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm1 = LayerNorm(dim, eps=LN_EPS)
         self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm2 = LayerNorm(dim, eps=LN_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor, cos: Tensor | None = None, sin: Tensor | None = None) -> Tensor:
         """``x`` [N, T, C] -> [N, T, C] (RoPE tables [T, d], or None for no RoPE)."""
-        x = x + self.attn(self.norm1(x), cos, sin)
-        return x + self.mlp(self.norm2(x))
+        r = self.precision.residual
+        x = fp32(x, r)
+        x = fp32(x + self.attn(self.norm1(x), cos, sin), r)
+        return fp32(x + self.mlp(self.norm2(x)), r)
 
 
 class MultiviewDecoderBlock(nn.Module):
@@ -167,24 +214,29 @@ class MultiviewDecoderBlock(nn.Module):
     element-wise max over those views, then the MLP.
 
     Keys: ``norm1``, ``attn``, ``cross_attn.{projq,projk,projv,proj}``, ``norm2``, ``norm3``,
-    ``mlp``, ``norm_y`` (the reference registration order).
+    ``mlp``, ``norm_y`` (the reference registration order). ``precision``: fp32 parts under autocast
+    (residual stream of ``x``, attention, RoPE).
     """
+
+    precision: MixedPrecision = MixedPrecision()
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm1 = LayerNorm(dim, eps=LN_EPS)
         self.attn = Attention(dim, num_heads)
         self.cross_attn = CrossAttention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.norm3 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm2 = LayerNorm(dim, eps=LN_EPS)
+        self.norm3 = LayerNorm(dim, eps=LN_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.norm_y = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm_y = LayerNorm(dim, eps=LN_EPS)
 
     def self_part(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """``x + SelfAttn(norm1 x)`` for ``x`` [B, V, T, C]."""
         B, V, T, C = x.shape
-        return x + self.attn(self.norm1(x).reshape(B * V, T, C), cos, sin).view(B, V, T, C)
+        x = fp32(x, self.precision.residual)
+        return fp32(x + self.attn(self.norm1(x).reshape(B * V, T, C), cos, sin).view(B, V, T, C),
+                    self.precision.residual)
 
     def cross_part(self, x: Tensor, y: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """``max_m proj(CrossAttn(norm2 x, norm_y y_m))`` for ``x`` [Bx, Vx, T, C] and ``y`` [By, Vy, S, C].
@@ -203,10 +255,13 @@ class MultiviewDecoderBlock(nn.Module):
         h = self.num_heads
         d = C // h
         ca = self.cross_attn
-        q = apply_rope(_heads(ca.projq(self.norm2(x)), h), cos, sin)  # [Bx, Vx, h, T, d]
-        yn = self.norm_y(y)
-        k = apply_rope(_heads(ca.projk(yn), h), cos, sin)  # [By, Vy, h, S, d]
+        prec = self.precision
+        q = rope_qk(_heads(ca.projq(self.norm2(x)), h), cos, sin, prec)  # [Bx, Vx, h, T, d]
+        yn = self.norm_y(fp32(y, prec.residual))
+        k = rope_qk(_heads(ca.projk(yn), h), cos, sin, prec)  # [By, Vy, h, S, d]
         v = _heads(ca.projv(yn), h)
+        if prec.attention and autocast_active(q):  # expand fp32 copies once (not per chunk and call)
+            q, k, v = q.float(), k.float(), v.float()
         per_other = B * Vx * T * C
         chunk = max(1, PAIR_CHUNK_ELEMENTS // max(per_other, 1))
         out = q.new_empty(0)
@@ -215,18 +270,18 @@ class MultiviewDecoderBlock(nn.Module):
             qe = q[:, :, None].expand(B, Vx, c, h, T, d).reshape(B * Vx * c, h, T, d)
             ke = k[:, None, s0:s0 + c].expand(B, Vx, c, h, S, d).reshape(B * Vx * c, h, S, d)
             ve = v[:, None, s0:s0 + c].expand(B, Vx, c, h, S, d).reshape(B * Vx * c, h, S, d)
-            o = F.scaled_dot_product_attention(qe, ke, ve)  # [B*Vx*c, h, T, d]
+            o = attend(qe, ke, ve, prec)  # [B*Vx*c, h, T, d]
             o = o.view(B, Vx, c, h, T, d).permute(0, 1, 2, 4, 3, 5).reshape(B, Vx, c, T, C)
             o = ca.proj(o).amax(dim=2)
             out = o if s0 == 0 else torch.maximum(out, o)
         return out
 
     def mlp_part(self, x: Tensor) -> Tensor:
-        return x + self.mlp(self.norm3(x))
+        return fp32(x + self.mlp(self.norm3(x)), self.precision.residual)
 
     def forward(self, x: Tensor, y: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Target views ``x`` [Bx, Vx, T, C] query the other stack's views ``y`` [By, Vy, S, C]
         (previous-layer outputs). Returns [max(Bx, By), Vx, T, C]."""
         x = self.self_part(x, cos, sin)
-        x = x + self.cross_part(x, y, cos, sin)
+        x = fp32(x + self.cross_part(x, y, cos, sin), self.precision.residual)
         return self.mlp_part(x)
