@@ -83,10 +83,10 @@ class TSDFVolume:
 
     Memory grows with the observed surface only (blocks are allocated where depth lands; the hash map
     grows on demand from ``block_count``), never with the number of frames. With ``max_blocks`` the
-    resident blocks are bounded too: when an integration leaves more than ``max_blocks`` blocks in
-    memory, the blocks farthest from that frame's camera are written to a
-    :class:`~forward3d.pipelines.spool.BlockSpool` on disk and dropped from the grid, down to
-    ``keep_fraction * max_blocks``. :meth:`point_cloud` and :meth:`mesh` then merge everything back,
+    resident blocks are bounded too: when the blocks a frame needs would take the grid past
+    ``max_blocks``, the blocks farthest from its camera (not those the frame updates) are first
+    written to a :class:`~forward3d.pipelines.spool.BlockSpool` on disk and dropped from the grid,
+    so that ``keep_fraction * max_blocks`` are resident after the integration. :meth:`point_cloud` and :meth:`mesh` then merge everything back,
     one spatial tile of blocks at a time: a block that was streamed out and later allocated again
     (the camera came back) is combined with its spooled copies by TSDF weight, which is what
     integrating all its frames into one block would have given.
@@ -118,7 +118,8 @@ class TSDFVolume:
         self.depth_max = float(depth_max)
         self.block_resolution = int(block_resolution)
         self.block_count = int(block_count)
-        self.grid = self._new_grid(self.block_count)
+        # a budgeted grid's hash map is allocated once for the budget (streaming out keeps it there)
+        self.grid = self._new_grid(max(self.block_count, int(max_blocks)))
         self.num_integrated = 0
         self.max_blocks = int(max_blocks)
         self.keep_fraction = float(keep_fraction)
@@ -127,6 +128,7 @@ class TSDFVolume:
         self.spool = None  # BlockSpool once blocks were streamed out
         self.peak_blocks = 0  # most resident blocks right after an integration
         self.stream_outs = 0  # how many times blocks were streamed out
+        self._warned = False
 
     def _new_grid(self, block_count: int):
         o3d = import_open3d()
@@ -170,27 +172,32 @@ class TSDFVolume:
         """The hash map's active buffer indices (int64 open3d tensor), in :meth:`_blocks` order."""
         return hm.active_buf_indices().to(import_open3d().core.int64)
 
-    def _stream_out(self, centre: np.ndarray) -> None:
-        """Write the resident blocks farthest from ``centre`` ``[3]`` to the spool and drop them."""
+    def _stream_out(self, centre: np.ndarray, target: int, protect=None) -> None:
+        """Write the resident blocks farthest from ``centre`` ``[3]`` to the spool and drop them,
+        until at most ``target`` are resident; ``protect`` (open3d buffer indices) are kept."""
         from forward3d.pipelines.spool import BlockSpool
 
         o3c = import_open3d().core
-        keys, flat = self._blocks()
-        keep = int(self.keep_fraction * self.max_blocks)
+        hm = self.grid.hashmap()
+        slots = self._slots(hm)
+        keys = hm.key_tensor()[slots].cpu().numpy().astype(np.int32)
         dist = np.linalg.norm((keys + 0.5) * self.block_size - np.asarray(centre, np.float64), axis=1)
-        far = np.argsort(-dist, kind="stable")[:max(0, len(keys) - keep)]
+        if protect is not None and len(protect):
+            dist[np.isin(slots.cpu().numpy(), protect)] = -1.0  # the current frame's blocks go last
+        order = np.argsort(-dist, kind="stable")[:max(0, len(keys) - max(0, int(target)))]
+        far = order[dist[order] >= 0]
         if len(far) == 0:
             return
         if self.spool is None:
             self.spool = BlockSpool(self.spool_dir, self.spool_tile)
-        self.spool.write(keys[far], [flat[far]])
-        hm = self.grid.hashmap()
+        far_slots = slots[_tensor(far.astype(np.int64), device=self.device)]
+        self.spool.write(keys[far], [hm.value_tensor(i)[far_slots].cpu().numpy().reshape(len(far), -1)
+                                     for i in range(3)])
         # open3d neither clears an erased block's buffer nor a re-used one's: zero it, or a block
         # allocated there later would start from the streamed-out block's tsdf and weight
-        slots = self._slots(hm)[far]
         for i in range(3):
             values = hm.value_tensor(i)
-            values[slots] = o3c.Tensor.zeros((len(far),) + tuple(values.shape[1:]), values.dtype, self.device)
+            values[far_slots] = o3c.Tensor.zeros((len(far),) + tuple(values.shape[1:]), values.dtype, self.device)
         hm.erase(_tensor(keys[far], device=self.device))
         self.stream_outs += 1
         log.debug("tsdf: %d blocks streamed out (farther than %.2f m from the camera), %d resident",
@@ -213,11 +220,24 @@ class TSDFVolume:
         w2c = _tensor(np.linalg.inv(c2w), o3c.float64)
         blocks = self.grid.compute_unique_block_coordinates(dimg, Kt, w2c, 1.0, self.depth_max,
                                                             self.trunc_multiplier)
+        if self.max_blocks:
+            # make room before integrating: the frame's new blocks fit under the budget afterwards
+            found_at, found = self.grid.hashmap().find(blocks)
+            found = found.cpu().numpy().astype(bool)
+            new, need = int((~found).sum()), len(found)
+            # open3d grows (doubles) the hash map when resident + the frame's blocks exceed its capacity
+            capacity = int(self.grid.hashmap().capacity())
+            if self.num_blocks + new > self.max_blocks or self.num_blocks + need > capacity:
+                if need > self.max_blocks and not self._warned:
+                    log.warning("tsdf: one frame needs %d voxel blocks, more than max_blocks=%d; the budget is "
+                                "exceeded by that frame (raise max_blocks or the voxel size)", need, self.max_blocks)
+                    self._warned = True
+                target = min(int(self.keep_fraction * self.max_blocks) - new, capacity - need)
+                self._stream_out(np.asarray(c2w, np.float64)[:3, 3], target,
+                                 found_at.cpu().numpy().astype(np.int64)[found])
         self.grid.integrate(blocks, dimg, cimg, Kt, Kt, w2c, 1.0, self.depth_max, self.trunc_multiplier)
         self.num_integrated += 1
         self.peak_blocks = max(self.peak_blocks, self.num_blocks)
-        if self.max_blocks and self.num_blocks > self.max_blocks:
-            self._stream_out(np.asarray(c2w, np.float64)[:3, 3])
 
     def _tiles(self):
         """Yield ``(grid, tile)``: per spool tile holding spooled or resident blocks, a grid with the
