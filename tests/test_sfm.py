@@ -288,8 +288,8 @@ def test_demo_rgb(tmp_path):
 def test_synthetic_rgb_60_frames_tsdf_mesh_under_2cm():
     """Issue 10's synthetic RGB target: textured room, 60 frames at 320x240, SfM + dense MVS + TSDF
     fusion; after Sim(3) ATE < 1 cm and the fused MESH's accuracy and completion medians < 2 cm
-    (measured 0.23 cm, 1.16 / 1.83 cm; the completion was 2.12 cm when a mesh voxel needed two fused
-    views). ~3 min on one thread."""
+    (measured 0.23 cm, 1.05 / 1.75 cm; the completion was 2.12 cm when a mesh voxel needed two fused
+    views). 3-6 min on one thread."""
     from forward3d.eval.surface import VisibilityMask, score_surface
     from forward3d.mvs import MVSConfig
     from forward3d.types import PointCloud
