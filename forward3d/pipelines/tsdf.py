@@ -129,6 +129,7 @@ class TSDFVolume:
         self.peak_blocks = 0  # most resident blocks right after an integration
         self.stream_outs = 0  # how many times blocks were streamed out
         self._warned = False
+        self._last_used = np.zeros(0, np.int64)  # per hash-map buffer slot: integration of its last update
 
     def _new_grid(self, block_count: int):
         o3d = import_open3d()
@@ -182,10 +183,13 @@ class TSDFVolume:
         slots = self._slots(hm)
         keys = hm.key_tensor()[slots].cpu().numpy().astype(np.int32)
         dist = np.linalg.norm((keys + 0.5) * self.block_size - np.asarray(centre, np.float64), axis=1)
+        slot_np = slots.cpu().numpy()
+        last = self._used_at(slot_np)
         if protect is not None and len(protect):
-            dist[np.isin(slots.cpu().numpy(), protect)] = -1.0  # the current frame's blocks go last
-        order = np.argsort(-dist, kind="stable")[:max(0, len(keys) - max(0, int(target)))]
-        far = order[dist[order] >= 0]
+            last[np.isin(slot_np, protect)] = np.iinfo(np.int64).max  # the current frame's blocks stay
+        # least recently updated first (blocks still in view are not thrashed), the farthest among equals
+        order = np.lexsort((-dist, last))[:max(0, len(keys) - max(0, int(target)))]
+        far = order[last[order] < np.iinfo(np.int64).max]
         if len(far) == 0:
             return
         if self.spool is None:
@@ -200,8 +204,16 @@ class TSDFVolume:
             values[far_slots] = o3c.Tensor.zeros((len(far),) + tuple(values.shape[1:]), values.dtype, self.device)
         hm.erase(_tensor(keys[far], device=self.device))
         self.stream_outs += 1
-        log.debug("tsdf: %d blocks streamed out (farther than %.2f m from the camera), %d resident",
-                  len(far), float(dist[far].min()), self.num_blocks)
+        log.debug("tsdf: %d blocks streamed out (last updated %d frames ago or earlier), %d resident",
+                  len(far), self.num_integrated - int(last[far].max()), self.num_blocks)
+
+    def _used_at(self, slots: np.ndarray) -> np.ndarray:
+        """``[n]`` int64: the integration count at which buffer ``slots`` were last updated."""
+        if len(slots) and int(slots.max()) >= len(self._last_used):
+            grown = np.zeros(int(slots.max()) + 1, np.int64)
+            grown[:len(self._last_used)] = self._last_used
+            self._last_used = grown
+        return self._last_used[slots].copy()
 
     def integrate(self, depth: np.ndarray, image: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> None:
         """Fuse one frame.
@@ -238,19 +250,38 @@ class TSDFVolume:
         self.grid.integrate(blocks, dimg, cimg, Kt, Kt, w2c, 1.0, self.depth_max, self.trunc_multiplier)
         self.num_integrated += 1
         self.peak_blocks = max(self.peak_blocks, self.num_blocks)
+        if self.max_blocks:
+            at, ok = self.grid.hashmap().find(blocks)
+            used = at.cpu().numpy().astype(np.int64)[ok.cpu().numpy().astype(bool)]
+            self._used_at(used)  # grows the table when needed
+            self._last_used[used] = self.num_integrated
 
     def _tiles(self):
         """Yield ``(grid, tile)``: per spool tile holding spooled or resident blocks, a grid with the
-        tile's blocks and a one-block margin of its neighbours, spooled copies merged by weight."""
+        tile's blocks and a one-block margin of its neighbours, spooled copies merged by weight.
+
+        Tiles go in ``x, y, z`` order; each tile's files are read and merged once and kept while the
+        tiles beside it are processed (three ``x`` slabs of tiles in memory at most)."""
         spool = self.spool
+        r3 = self.block_resolution ** 3
         keys, flat = self._blocks()
         tiles = set(spool.files) | set(map(tuple, np.unique(spool.tile_of(keys), axis=0).tolist()))
+        cache: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+        def spooled(tile):
+            if tile not in cache:
+                k, v = spool.read(tile)
+                cache[tile] = _merge_blocks(k, v, r3)
+            return cache[tile]
+
         for tile in sorted(tiles):
+            for old in [t for t in cache if t[0] < tile[0] - 1]:
+                del cache[old]
             lo = np.asarray(tile, np.int64) * spool.tile - 1
             hi = lo + spool.tile + 1  # inclusive
             ks, vs = [], []
             for off in itertools.product((-1, 0, 1), repeat=3):
-                k, v = spool.read(tuple(int(a + b) for a, b in zip(tile, off)))
+                k, v = spooled(tuple(int(a + b) for a, b in zip(tile, off)))
                 if off != (0, 0, 0) and len(k):
                     sel = ((k >= lo) & (k <= hi)).all(1)
                     k, v = k[sel], v[sel]
@@ -260,7 +291,7 @@ class TSDFVolume:
             sel = ((keys >= lo) & (keys <= hi)).all(1)
             ks.append(keys[sel])
             vs.append(flat[sel])
-            k, v = _merge_blocks(np.concatenate(ks), np.concatenate(vs), self.block_resolution ** 3)
+            k, v = _merge_blocks(np.concatenate(ks), np.concatenate(vs), r3)
             if len(k):
                 yield self._grid_of(k, v), tile
 
@@ -321,12 +352,14 @@ def _merge_blocks(keys: np.ndarray, flat: np.ndarray, r3: int) -> tuple[np.ndarr
     up (the running averages of an integration, merged)."""
     if len(keys) == 0:
         return keys, flat
-    uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+    code = ((keys[:, 0].astype(np.int64) + 2**20) << 42) | ((keys[:, 1].astype(np.int64) + 2**20) << 21) \
+        | (keys[:, 2].astype(np.int64) + 2**20)  # block coordinates are far inside +-2^20
+    uniq, first, inv = np.unique(code, return_index=True, return_inverse=True)
     if len(uniq) == len(keys):
         return keys, flat
     inv = inv.reshape(-1)
     order = np.argsort(inv, kind="stable")
-    k, v = uniq, flat[order]
+    k, v = keys[first], flat[order]
     starts = np.flatnonzero(np.r_[True, np.diff(inv[order]) != 0])
     w = v[:, r3:2 * r3]
     W = np.add.reduceat(w, starts, axis=0)
