@@ -77,11 +77,11 @@ class RGBDConfig:
         mesh: extract a triangle mesh (the point cloud is always extracted).
         block_count: initial voxel-block hash-map capacity (grows on demand).
         max_blocks: voxel-block budget of the TSDF (0 = unbounded). When a fused frame leaves more
-            blocks than this in memory, the blocks farthest from its camera are written to a
-            temporary spool on disk and dropped (down to 3/4 of the budget); the final mesh and
-            cloud merge them back by TSDF weight, so memory stays flat on large scenes. A block
-            is 8^3 voxels, 10 KiB; frame-to-model tracking and relocalisation see only the
-            resident blocks.
+            blocks than this in memory, the blocks updated least recently (farthest from the camera
+            among equals) are first written to a temporary spool on disk and dropped (down to 3/4
+            of the budget); the final mesh and cloud merge them back by TSDF weight, so memory
+            stays flat on large scenes. A block is 8^3 voxels, 10 KiB; frame-to-model tracking
+            and relocalisation see only the resident blocks.
         device: ``auto`` (CUDA when open3d was built with it, else CPU), ``cpu``, ``cuda[:N]`` or
             open3d's ``CPU:0`` / ``CUDA:N``.
         update_stride: streaming: every this-many-th pixel of a frame's depth goes into its

@@ -84,9 +84,10 @@ class TSDFVolume:
     Memory grows with the observed surface only (blocks are allocated where depth lands; the hash map
     grows on demand from ``block_count``), never with the number of frames. With ``max_blocks`` the
     resident blocks are bounded too: when the blocks a frame needs would take the grid past
-    ``max_blocks``, the blocks farthest from its camera (not those the frame updates) are first
-    written to a :class:`~forward3d.pipelines.spool.BlockSpool` on disk and dropped from the grid,
-    so that ``keep_fraction * max_blocks`` are resident after the integration. :meth:`point_cloud` and :meth:`mesh` then merge everything back,
+    ``max_blocks``, the blocks updated least recently (the farthest from the camera among equals;
+    never those the frame updates) are first written to a
+    :class:`~forward3d.pipelines.spool.BlockSpool` on disk and dropped from the grid, so that
+    ``keep_fraction * max_blocks`` are resident after the integration. :meth:`point_cloud` and :meth:`mesh` then merge everything back,
     one spatial tile of blocks at a time: a block that was streamed out and later allocated again
     (the camera came back) is combined with its spooled copies by TSDF weight, which is what
     integrating all its frames into one block would have given.
@@ -174,8 +175,9 @@ class TSDFVolume:
         return hm.active_buf_indices().to(import_open3d().core.int64)
 
     def _stream_out(self, centre: np.ndarray, target: int, protect=None) -> None:
-        """Write the resident blocks farthest from ``centre`` ``[3]`` to the spool and drop them,
-        until at most ``target`` are resident; ``protect`` (open3d buffer indices) are kept."""
+        """Write resident blocks to the spool and drop them until at most ``target`` are resident:
+        the least recently updated first, among equals the farthest from ``centre`` ``[3]``;
+        ``protect`` (open3d buffer indices: the blocks the next frame updates) are kept."""
         from forward3d.pipelines.spool import BlockSpool
 
         o3c = import_open3d().core
