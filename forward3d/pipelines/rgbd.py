@@ -76,8 +76,8 @@ class RGBDConfig:
             ``fused frames - 1`` when fewer frames were fused (one fused frame: every observed voxel).
         mesh: extract a triangle mesh (the point cloud is always extracted).
         block_count: initial voxel-block hash-map capacity (grows on demand).
-        max_blocks: voxel-block budget of the TSDF (0 = unbounded). When a fused frame leaves more
-            blocks than this in memory, the blocks updated least recently (farthest from the camera
+        max_blocks: voxel-block budget of the TSDF (0 = unbounded). When a frame to fuse would leave
+            more blocks than this in memory, the blocks updated least recently (farthest from the camera
             among equals) are first written to a temporary spool on disk and dropped (down to 3/4
             of the budget); the final mesh and cloud merge them back by TSDF weight, so memory
             stays flat on large scenes. A block is 8^3 voxels, 10 KiB; frame-to-model tracking
