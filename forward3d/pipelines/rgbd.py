@@ -599,8 +599,7 @@ class RGBDBackend(Backend):
             log.info("rgbd: %d loop closure(s); trajectory corrected, %d keyframes re-fused in %.1f s",
                      len(closer.loops), len(closer.keyframes), t_refuse)
         wt = effective_weight_threshold(cfg.weight_threshold, volume.num_integrated)
-        points = volume.point_cloud(wt)
-        mesh = volume.mesh(wt) if cfg.mesh else None
+        points, mesh = volume.surface(wt, mesh=cfg.mesh)  # one pass over a block spool
         t_extract = time.perf_counter() - ts
         if len(points) == 0:
             raise ValueError(_empty_result_message(cfg, volume.num_integrated, len(c2ws), status))

@@ -322,12 +322,7 @@ class TSDFVolume:
             return PointCloud(np.zeros((0, 3), np.float32))
         if self.spool is None or resident_only:
             return _grid_points(self.grid, weight_threshold)
-        parts = []
-        for grid, tile in self._tiles():
-            pc = _grid_points(grid, weight_threshold)
-            if len(pc):
-                parts.append(pc.subset(self._owned(pc.points, tile)))
-        return _concat_clouds(parts)
+        return self.surface(weight_threshold, mesh=False)[0]
 
     def mesh(self, weight_threshold: float = 1.0) -> Mesh:
         """Marching-cubes triangle mesh with vertex colours and normals, world frame.
@@ -339,13 +334,26 @@ class TSDFVolume:
             return _empty_mesh()
         if self.spool is None:
             return _grid_mesh(self.grid, weight_threshold)
-        parts = []
+        return self.surface(weight_threshold, points=False)[1]
+
+    def surface(self, weight_threshold: float = 1.0, points: bool = True,
+                mesh: bool = True) -> tuple[PointCloud | None, Mesh | None]:
+        """``(point_cloud, mesh)`` as :meth:`point_cloud` and :meth:`mesh` give them (None when not
+        asked for), from one pass over the spool when blocks were streamed out."""
+        if self.num_integrated == 0 or self.spool is None:
+            return (self.point_cloud(weight_threshold) if points else None,
+                    self.mesh(weight_threshold) if mesh else None)
+        clouds, meshes = [], []
         for grid, tile in self._tiles():
-            m = _grid_mesh(grid, weight_threshold)
-            if len(m.faces):
-                keep = self._owned(m.vertices[m.faces].mean(1), tile)
-                parts.append(_submesh(m, keep))
-        return _concat_meshes(parts)
+            if points:
+                pc = _grid_points(grid, weight_threshold)
+                if len(pc):
+                    clouds.append(pc.subset(self._owned(pc.points, tile)))
+            if mesh:
+                m = _grid_mesh(grid, weight_threshold)
+                if len(m.faces):
+                    meshes.append(_submesh(m, self._owned(m.vertices[m.faces].mean(1), tile)))
+        return (_concat_clouds(clouds) if points else None), (_concat_meshes(meshes) if mesh else None)
 
 
 def _merge_blocks(keys: np.ndarray, flat: np.ndarray, r3: int) -> tuple[np.ndarray, np.ndarray]:
