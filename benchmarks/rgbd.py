@@ -11,8 +11,10 @@ Frames are rendered lazily inside the loop; their rendering time is measured and
                                          # and the tracking modes on the real sequence
     python benchmarks/rgbd.py --memory 10000   # peak RSS of a long synthetic stream (160x120), keyframe
                                                # culling on and off, RSS sampled every 1,000 frames
+    python benchmarks/rgbd.py --blocks 300 3000  # TSDF block budget: a walk around a 30 m room,
+                                                 # max_blocks 0 (unbounded) and 3000
 
-Writes ``benchmarks/results/rgbd.json`` (``rgbd_loops.json`` with ``--loops``; or ``--out``) and prints a table.
+Writes ``benchmarks/results/rgbd.json`` (``rgbd_loops.json`` with ``--loops``, ``rgbd_blocks.json`` with ``--blocks``; or ``--out``) and prints a table.
 """
 
 from __future__ import annotations
@@ -167,6 +169,47 @@ def _child_memory(spec: str) -> dict:
             "rss_trace_mb": trace, "peak_rss_mb": _rss_mb()}
 
 
+def _child_blocks(spec: str) -> dict:
+    """``blocks:N:MAX_BLOCKS``: N frames at 160x120 walking around a 30 x 3 x 8 m room (ground-truth poses,
+    lazily rendered), TSDF voxel 4 cm with ``max_blocks`` (0 = unbounded); RSS and resident blocks sampled
+    every ``max(1, N // 10)`` frames, the mesh scored against the surface the frames saw."""
+    from forward3d.data.synthetic import SyntheticConfig, SyntheticScene
+    from forward3d.eval.surface import VisibilityMask, score_surface
+    from forward3d.pipelines.rgbd import RGBDBackend
+    from forward3d.types import PointCloud
+
+    _, n, budget = spec.split(":")
+    n, budget = int(n), int(budget)
+    scene = SyntheticScene(SyntheticConfig(num_frames=n, width=160, height=120, room_size=(30.0, 3.0, 8.0),
+                                           trajectory="walk", speed=1000.0 / n))
+    gt = scene.surface_points(0.04)
+    vis = VisibilityMask(gt.points)
+    every = max(1, n // 10)
+    trace: list[tuple[int, float]] = []
+
+    def frames():
+        for i in range(n):
+            f = scene.frame(i)
+            if i % every == 0:
+                trace.append((i, _rss_mb()))
+            if i % 5 == 0:
+                vis.update(f)
+            yield f
+
+    t0 = time.perf_counter()
+    backend = RGBDBackend(use_gt_poses=True, voxel_size=0.04, max_blocks=budget, block_count=1024)
+    rec = backend.run(frames(), progress=False)
+    wall = time.perf_counter() - t0
+    m = score_surface(PointCloud(rec.mesh.vertices), gt, vis.seen)
+    meta = rec.metadata
+    return {"config": spec, "frames": n, "max_blocks": budget, "wall_s": wall, "fps": n / wall,
+            "extraction_s": rec.timings["extraction_s"], "resident_blocks": meta["num_voxel_blocks"],
+            "peak_blocks": meta["peak_voxel_blocks"], "spooled_blocks": meta["spooled_voxel_blocks"],
+            "stream_outs": meta["block_stream_outs"], "triangles": len(rec.mesh.faces),
+            "mesh_accuracy_median_m": m["accuracy_median"], "mesh_completion_median_m": m["completion_median"],
+            "mesh_recall@0.05": m["recall@0.05"], "rss_trace_mb": trace, "peak_rss_mb": _rss_mb()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
@@ -177,9 +220,14 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"loop closure runs (default: {' '.join(LOOP_RUNS)})")
     p.add_argument("--memory", type=int, default=None, metavar="N",
                    help="long-stream memory run: N frames at 160x120, keyframe culling on and off")
+    p.add_argument("--blocks", type=int, nargs=2, default=None, metavar=("N", "MAX_BLOCKS"),
+                   help="TSDF block budget run: N frames through a 30 m room, max_blocks 0 (unbounded) and MAX_BLOCKS")
     p.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/rgbd.json or rgbd_loops.json)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child and args.child.startswith("blocks:"):
+        print(json.dumps(_child_blocks(args.child)))
+        return 0
     if args.child and args.child.startswith("memory:"):
         print(json.dumps(_child_memory(args.child)))
         return 0
@@ -188,8 +236,20 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child))
         return 0
     if args.out is None:
-        name = "rgbd_memory.json" if args.memory is not None else "rgbd_loops.json" if args.loops is not None else "rgbd.json"
+        name = "rgbd_blocks.json" if args.blocks is not None else "rgbd_memory.json" if args.memory is not None else "rgbd_loops.json" if args.loops is not None else "rgbd.json"
         args.out = str(ROOT / "benchmarks" / "results" / name)
+    if args.blocks is not None:
+        n, budget = args.blocks
+        results = _run_children([f"blocks:{n}:0", f"blocks:{n}:{budget}"], [])
+        for r in results:
+            if "error" not in r:
+                print(f"{r['config']:<18} {r['fps']:.1f} frames/s, blocks resident {r['resident_blocks']} (peak "
+                      f"{r['peak_blocks']}, spooled {r['spooled_blocks']}), peak RSS {r['peak_rss_mb']:.0f} MB, mesh "
+                      f"accuracy {100 * r['mesh_accuracy_median_m']:.2f} cm completion "
+                      f"{100 * r['mesh_completion_median_m']:.2f} cm, extraction {r['extraction_s']:.1f} s, "
+                      f"RSS every {n // 10} frames: {[round(m) for _, m in r['rss_trace_mb']]}")
+        _write(Path(args.out), results)
+        return 0
     if args.memory is not None:
         out = Path(args.out)
         results = _run_children([f"memory:{args.memory}:cull", f"memory:{args.memory}:nocull"], [])

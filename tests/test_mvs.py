@@ -11,7 +11,7 @@ import torch
 from forward3d.data.synthetic import SyntheticScene
 from forward3d.geometry.camera import depth_to_points
 from forward3d.mvs import DenseResult, MVSConfig, dense_reconstruct
-from forward3d.mvs.consistency import consistency_filter
+from forward3d.mvs.consistency import consistency_filter, refill_holes
 from forward3d.mvs.cost import (
     RefWindow,
     pair_projection,
@@ -234,6 +234,54 @@ def test_consistency_filter_removes_wrong_depths(tiny_room, one_thread):
 # --------------------------------------------------------------------------------------- input
 
 
+def test_refill_holes_only_small_consistent_holes():
+    """A filtered plane with a 1-pixel hole, a 6x6 hole and a depth step: only the small hole's raw
+    depths come back, and only where they agree with the neighbours (no depth is invented)."""
+    h, w = 40, 60
+    plane = torch.full((h, w), 2.0) + torch.arange(w, dtype=torch.float32) * 1e-3  # a gentle slant
+    raw = plane.clone()
+    raw[10, 10] = 2.5  # a wrong raw match in a small hole: stays empty
+    depth = plane.clone()
+    depth[10, 10] = depth[20, 30] = 0.0  # small holes
+    depth[25:31, 5:11] = 0.0  # a hole wider than 2 * radius: its centre stays empty
+    depth[:, 45:] += 1.0  # a step: the pixels next to it are not on one smooth surface
+    depth[5, 45] = 0.0
+    raw[:, 45:] += 1.0
+    raw[5, 44] = 0.0
+    out = refill_holes(depth, raw, radius=1, max_rel_depth=0.01)
+    assert out[20, 30] == raw[20, 30] and out[10, 10] == 0.0
+    assert (out[27:29, 7:9] == 0).all() and (out[25:31, 5:11] > 0).sum() > 0  # border pixels of the big hole
+    assert out[5, 45] == 0.0  # beside the step: the window spans two surfaces
+    changed = (out != depth)
+    assert torch.equal(out[changed], raw[changed])  # only raw depths come back
+    assert torch.equal(refill_holes(depth, raw, 0, 0.01), depth)
+
+
+def test_tsdf_fusion_keeps_surfaces_one_filtered_view_saw(tiny_room, one_thread):
+    """TSDF fusion of the tiny room: with the default weight threshold 0 (voxels one filtered depth
+    map saw) and small holes refilled the mesh is more complete than with threshold 1 (two fused
+    views, the rgbd back-end's rule). Measured: completion median 2.0 vs 4.0 cm, accuracy median 1.9 vs
+    1.4 cm (a pixel is about 2.5 cm at this size)."""
+    pytest.importorskip("open3d")
+    from forward3d.eval.recon import recon_metrics
+    from forward3d.mvs.dense import _tsdf_fusion
+
+    frames = list(tiny_room.frames())
+    images, K, c2w = [f.image for f in frames], np.stack([f.K for f in frames]), np.stack([f.c2w for f in frames])
+    cfg = MVSConfig(num_scales=2, num_depths=32, fusion="tsdf")
+    res = dense_reconstruct(images, K, c2w, sparse_points=_sparse_points(frames), config=cfg, progress=False)
+    gt = tiny_room.surface_points(0.01, visible_only=True)
+    m = recon_metrics(res.mesh.vertices, gt, voxel_size=0.01)
+    _, old = _tsdf_fusion(res.depths, images, K, c2w, MVSConfig(tsdf_weight_threshold=1.0), progress=False)
+    m_old = recon_metrics(old.vertices, gt, voxel_size=0.01)
+    print({k: (round(float(m[k]), 4), round(float(m_old[k]), 4)) for k in ("accuracy_median", "completion_median",
+                                                                         "recall@0.05")})
+    assert m["completion_median"] < 0.8 * m_old["completion_median"] and m["recall@0.05"] > m_old["recall@0.05"]
+    assert m["accuracy_median"] < 0.025 and m["completion_median"] < 0.04
+    with pytest.raises(ValueError, match="tsdf_fill_radius"):
+        MVSConfig(tsdf_fill_radius=-1).validate()
+
+
 def test_bad_input_is_one_clear_error(tiny_room):
     f = tiny_room.frame(0)
     K2, C2 = np.stack([f.K] * 2), np.stack([f.c2w] * 2)
@@ -337,10 +385,11 @@ def test_synthetic_room_tsdf_and_without_sparse_points(one_thread):
     assert np.median(_rel_errors(res.depths, frames)) < 0.01
     assert res.mesh is not None and len(res.mesh.faces) > 1000
     m = recon_metrics(res.mesh.vertices, scene.surface_points(0.01, visible_only=True), voxel_size=0.01)
-    # measured 0.78 / 2.15 cm (completion 12.6 cm when every depth needed two confirming views and the
-    # cost was the mean of the 3 best sources); the rest: surfaces seen by one view, the grazing floor
-    assert m["accuracy_median"] < 0.01 and m["precision@0.02"] > 0.8
-    assert m["completion_median"] < 0.03 and m["recall@0.05"] > 0.5
+    # measured 0.89 / 1.48 cm (0.78 / 2.15 cm when mesh voxels needed two fused views besides the consistency
+    # filter's second view, 12.6 cm when every depth needed two confirming views and the cost was the mean
+    # of the 3 best sources); the rest: surfaces no view reconstructs, the grazing floor
+    assert m["accuracy_median"] < 0.01 and m["precision@0.02"] > 0.7
+    assert m["completion_median"] < 0.02 and m["recall@0.05"] > 0.55
     res = dense_reconstruct(images, K, c2w, progress=False)
     rel = _rel_errors(res.depths, frames)
     assert np.median(rel) < 0.02 and np.mean([(d > 0).mean() for d in res.depths]) > 0.3

@@ -49,6 +49,13 @@ class MVSConfig:
         fusion: ``points`` (consistent pixels merged across views) or ``tsdf`` (the rgbd back-end's
             TSDF: mesh and surface points; needs ``forward3d[rgbd]``).
         voxel_size: TSDF voxel size in scene units (0 = the median depth / 250).
+        tsdf_weight_threshold: TSDF fusion: mesh vertices and surface points need a TSDF weight above
+            this (each fused view adds 1). 0 keeps voxels one filtered depth map saw: the consistency
+            filter has already asked for a second view (1 asked again: completion 2.15 -> 1.57 cm).
+        tsdf_fill_radius: TSDF fusion: before integration, a pixel the filter removed gets its raw
+            depth back when that depth agrees (``max_rel_depth``) with the kept depths within this
+            many pixels and they lie on one smooth surface (0 = off); closes the small holes in the
+            filtered depth maps that become holes in the mesh.
         normals: compute per-view normals from the depth maps (world frame, facing the camera).
         max_batch_pixels: memory bound: warped source pixels scored at once (rows are tiled to fit);
             the default 2^18 keeps a tile's working set in the CPU caches (1.3x faster than 2^22).
@@ -81,6 +88,8 @@ class MVSConfig:
     single_view_ncc: float = 0.8
     fusion: Literal["points", "tsdf"] = "points"
     voxel_size: float = 0.0
+    tsdf_weight_threshold: float = 0.0
+    tsdf_fill_radius: int = 1
     normals: bool = True
     max_batch_pixels: int = 1 << 18
     device: str = "auto"
@@ -119,6 +128,10 @@ class MVSConfig:
             raise bad("voxel_size", ">= 0 (0 = auto)")
         if self.workers < 0:
             raise bad("workers", ">= 0 (0 = auto)")
+        if not self.tsdf_weight_threshold >= 0:
+            raise bad("tsdf_weight_threshold", ">= 0")
+        if int(self.tsdf_fill_radius) < 0:
+            raise bad("tsdf_fill_radius", ">= 0 (0 = off)")
 
 
 @dataclass

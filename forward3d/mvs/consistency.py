@@ -15,6 +15,7 @@ agreeing source pixels are marked used, so that a surface seen by ten views give
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from forward3d.threads import run_workers
 
-__all__ = ["PairCheck", "check_pair", "consistency_filter", "fuse_points"]
+__all__ = ["PairCheck", "check_pair", "consistency_filter", "fuse_points", "refill_holes"]
 
 
 @dataclass
@@ -165,3 +166,38 @@ def fuse_points(depths: list[Tensor], images: list[Tensor], K: Tensor, c2w: Tens
         if normals is not None:
             nrms.append(normals[r].reshape(-1, 3)[idx])
     return torch.cat(pts), torch.cat(cols), (torch.cat(nrms) if normals is not None else None)
+
+
+def refill_holes(depth: Tensor, raw: Tensor, radius: int, max_rel_depth: float, min_fraction: float = 0.4) -> Tensor:
+    """Give back the raw matches of small holes that agree with their consistent neighbours.
+
+    A pixel the consistency filter removed (``depth == 0``) gets its raw stereo depth back when, in its
+    ``(2 radius + 1)^2`` window, at least ``min_fraction`` of the pixels kept a depth, those depths span
+    less than ``3 * max_rel_depth`` of their median (one smooth surface, not an edge) and the raw depth
+    is within ``max_rel_depth`` of that median. No depth is invented (only measured depths come
+    back), and holes wider than ``2 * radius`` pixels stay empty.
+
+    Args:
+        depth: ``[H, W]`` filtered depth, 0 = invalid.
+        raw: ``[H, W]`` raw stereo depth (before the filter), 0 = no match.
+        radius: window half-size in pixels (0: nothing is filled).
+        max_rel_depth: relative depth tolerance (the consistency filter's).
+        min_fraction: fraction of the window that must hold a kept depth.
+
+    Returns:
+        ``[H, W]`` depth with the refilled pixels.
+    """
+    if radius <= 0:
+        return depth
+    h, w = depth.shape
+    k = 2 * radius + 1
+    win = torch.nn.functional.unfold(depth[None, None], k, padding=radius)[0].T.reshape(h, w, k * k)
+    valid = win > 0
+    count = valid.sum(-1)
+    big = torch.where(valid, win, torch.full_like(win, float("inf")))
+    lo = big.amin(-1)
+    hi = torch.where(valid, win, torch.zeros_like(win)).amax(-1)
+    med = torch.where(valid, win, torch.full_like(win, float("nan"))).nanmedian(-1).values
+    ok = ((depth <= 0) & (raw > 0) & (count >= max(1, math.ceil(min_fraction * k * k)))
+          & (hi - lo < 3.0 * max_rel_depth * med) & ((raw - med).abs() < max_rel_depth * med))
+    return torch.where(ok, raw, depth)

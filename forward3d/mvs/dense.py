@@ -13,7 +13,7 @@ from torch import Tensor
 
 from forward3d.device import resolve_device
 from forward3d.mvs.config import DenseResult, MVSConfig
-from forward3d.mvs.consistency import consistency_filter, fuse_points
+from forward3d.mvs.consistency import consistency_filter, fuse_points, refill_holes
 from forward3d.mvs.sweep import build_pyramid, estimate_view_depth
 from forward3d.mvs.views import _visibility, estimate_depth_ranges, select_source_views
 from forward3d.progress import progress_bar
@@ -184,7 +184,11 @@ def dense_reconstruct(images: Sequence[np.ndarray], K, c2w, sparse_points=None, 
             cloud = PointCloud(P.cpu().numpy(), np.clip(C.cpu().numpy() + 0.5, 0, 255).astype(np.uint8),
                                None if N is None else N.cpu().numpy())
         else:
-            cloud, mesh = _tsdf_fusion(depths_np, imgs, Kn, c2wn, cfg, progress)
+            fused = depths_np
+            if cfg.tsdf_fill_radius > 0 and cfg.filter:
+                fused = [refill_holes(d, r, int(cfg.tsdf_fill_radius), cfg.max_rel_depth).cpu().numpy()
+                         .astype(np.float32) for d, r in zip(depths, raw)]
+            cloud, mesh = _tsdf_fusion(fused, imgs, Kn, c2wn, cfg, progress)
         timings["fusion"] = time.perf_counter() - t0
 
     kept = sum(int((d > 0).sum()) for d in depths_np)
@@ -220,4 +224,4 @@ def _tsdf_fusion(depths: list[np.ndarray], images: list[np.ndarray], K: np.ndarr
         vol.integrate(d, images[i], K[i], c2w[i])
         bar.update(1)
     bar.close()
-    return vol.point_cloud(), vol.mesh()
+    return vol.point_cloud(cfg.tsdf_weight_threshold), vol.mesh(cfg.tsdf_weight_threshold)

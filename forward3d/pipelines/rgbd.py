@@ -76,6 +76,12 @@ class RGBDConfig:
             ``fused frames - 1`` when fewer frames were fused (one fused frame: every observed voxel).
         mesh: extract a triangle mesh (the point cloud is always extracted).
         block_count: initial voxel-block hash-map capacity (grows on demand).
+        max_blocks: voxel-block budget of the TSDF (0 = unbounded). When a frame to fuse would leave
+            more blocks than this in memory, the blocks updated least recently (farthest from the camera
+            among equals) are first written to a temporary spool on disk and dropped (down to 3/4
+            of the budget); the final mesh and cloud merge them back by TSDF weight, so memory
+            stays flat on large scenes. A block is 8^3 voxels, 10 KiB; frame-to-model tracking
+            and relocalisation see only the resident blocks.
         device: ``auto`` (CUDA when open3d was built with it, else CPU), ``cpu``, ``cuda[:N]`` or
             open3d's ``CPU:0`` / ``CUDA:N``.
         update_stride: streaming: every this-many-th pixel of a frame's depth goes into its
@@ -131,6 +137,7 @@ class RGBDConfig:
     weight_threshold: float = 1.0
     mesh: bool = True
     block_count: int = 4096
+    max_blocks: int = 0
     device: str = "auto"
     update_stride: int = 4
     loop_closure: bool = True
@@ -181,6 +188,8 @@ class RGBDConfig:
             raise bad("weight_threshold", ">= 0")
         if int(self.block_count) < 1:
             raise bad("block_count", ">= 1")
+        if not (isinstance(self.max_blocks, int) and self.max_blocks >= 0):
+            raise bad("max_blocks", "an integer >= 0 (0 = unbounded)")
         open3d_device_name(self.device)  # raises on a bad device string
         if not (isinstance(self.update_stride, int) and self.update_stride >= 1):
             raise bad("update_stride", "an integer >= 1")
@@ -384,7 +393,7 @@ class RGBDBackend(Backend):
         self.result = None
         def new_volume() -> TSDFVolume:
             return TSDFVolume(cfg.voxel_size, cfg.trunc, block_count=cfg.block_count, depth_min=cfg.depth_min,
-                              depth_max=cfg.depth_max, device=device)
+                              depth_max=cfg.depth_max, device=device, max_blocks=cfg.max_blocks)
 
         volume = new_volume()
         closer = None
@@ -590,8 +599,7 @@ class RGBDBackend(Backend):
             log.info("rgbd: %d loop closure(s); trajectory corrected, %d keyframes re-fused in %.1f s",
                      len(closer.loops), len(closer.keyframes), t_refuse)
         wt = effective_weight_threshold(cfg.weight_threshold, volume.num_integrated)
-        points = volume.point_cloud(wt)
-        mesh = volume.mesh(wt) if cfg.mesh else None
+        points, mesh = volume.surface(wt, mesh=cfg.mesh)  # one pass over a block spool
         t_extract = time.perf_counter() - ts
         if len(points) == 0:
             raise ValueError(_empty_result_message(cfg, volume.num_integrated, len(c2ws), status))
@@ -608,6 +616,9 @@ class RGBDBackend(Backend):
             "weight_threshold": wt,
             "tracking_fitness_mean": float(np.mean(fitness_log)),
             "num_voxel_blocks": volume.num_blocks,
+            "peak_voxel_blocks": volume.peak_blocks,
+            "spooled_voxel_blocks": volume.spooled_blocks,
+            "block_stream_outs": volume.stream_outs,
             "stream_dropped": bool(getattr(frames, "dropped", False)),
         }
         if model is not None:

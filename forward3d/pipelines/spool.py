@@ -1,8 +1,12 @@
-"""Per-frame results spooled to disk, so that a long sequence's memory stays flat.
+"""Results spooled to disk, so that a long sequence's memory stays flat.
 
-Used by the streaming back-ends (SLAM3R online, Spann3R): every frame's model-resolution world
-point map, confidence and colours are appended to three flat files; the final
+:class:`FrameSpool` is used by the streaming back-ends (SLAM3R online, Spann3R): every frame's
+model-resolution world point map, confidence and colours are appended to three flat files; the final
 :class:`~forward3d.types.Reconstruction` maps them read-only (``numpy.memmap``).
+
+:class:`BlockSpool` holds the TSDF voxel blocks that a budgeted
+:class:`~forward3d.pipelines.tsdf.TSDFVolume` streamed out, filed by spatial tile so that the final
+extraction reads one tile (and its neighbours) at a time.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 
 from forward3d.types import PointCloud
 
-__all__ = ["FrameSpool", "trim_heap"]
+__all__ = ["BlockSpool", "FrameSpool", "trim_heap"]
 
 _LIBC = None
 
@@ -102,3 +106,69 @@ class FrameSpool:
         if self.temporary:  # the maps stay valid after the files are unlinked
             shutil.rmtree(self.dir, ignore_errors=True)
         return out
+
+
+class BlockSpool:
+    """Voxel blocks written to disk, filed by tile (``tile`` blocks per side).
+
+    Every :meth:`write` adds one ``.npz`` file per tile it touches, holding the block coordinates
+    ``keys`` ``[n, 3]`` int32 and the flattened attributes ``values`` ``[n, C]`` float32; a block
+    streamed out twice (the camera came back) is in two files and :meth:`read` returns both.
+
+    Args:
+        folder: where the files go (kept afterwards); None = a temporary folder, deleted by
+            :meth:`discard` or when the spool is garbage-collected.
+        tile: tile side in blocks.
+    """
+
+    def __init__(self, folder: str | None = None, tile: int = 16) -> None:
+        self.temporary = folder is None
+        self.dir = Path(tempfile.mkdtemp(prefix="forward3d-tsdf-spool-")) if folder is None else Path(folder)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.tile = int(tile)
+        self.files: dict[tuple[int, int, int], list[Path]] = {}
+        self.blocks_written = 0
+        self.bytes_written = 0
+        self._count = 0
+
+    def tile_of(self, keys: np.ndarray) -> np.ndarray:
+        """``[n, 3]`` int64 tile of each block coordinate in ``keys`` ``[n, 3]``."""
+        return np.floor_divide(np.asarray(keys, np.int64), self.tile)
+
+    def write(self, keys: np.ndarray, values: list[np.ndarray]) -> None:
+        """Append blocks: ``keys`` ``[n, 3]`` int32 and per attribute ``[n, ...]`` float32 values."""
+        keys = np.asarray(keys, np.int32)
+        flat = np.concatenate([np.asarray(v, np.float32).reshape(len(keys), -1) for v in values], axis=1)
+        uniq, inv = np.unique(self.tile_of(keys), axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        for t, tile in enumerate(map(tuple, uniq.tolist())):
+            path = self.dir / f"blocks_{self._count:07d}.npz"
+            self._count += 1
+            sel = inv == t
+            np.savez(path, keys=keys[sel], values=flat[sel])
+            self.files.setdefault(tile, []).append(path)
+            self.bytes_written += int(sel.sum()) * (12 + flat.shape[1] * 4)
+        self.blocks_written += len(keys)
+
+    def read(self, tile: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Every block spooled in ``tile``: keys ``[n, 3]`` int32 and the flattened attributes ``[n, C]``."""
+        keys, values = [], []
+        for p in self.files.get(tuple(tile), []):
+            with np.load(p) as z:
+                keys.append(z["keys"])
+                values.append(z["values"])
+        if not keys:
+            return np.zeros((0, 3), np.int32), np.zeros((0, 0), np.float32)
+        return np.concatenate(keys), np.concatenate(values)
+
+    def discard(self) -> None:
+        """Delete the files of a temporary spool."""
+        if self.temporary:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self.files = {}
+
+    def __del__(self) -> None:
+        try:
+            self.discard()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass

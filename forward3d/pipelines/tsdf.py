@@ -12,6 +12,7 @@ forward3d, so it takes forward3d's ``K`` unchanged. The odometry kernels (vertex
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from dataclasses import dataclass
@@ -78,10 +79,18 @@ def _colors_normals(attrs) -> tuple[np.ndarray | None, np.ndarray | None]:
 
 
 class TSDFVolume:
-    """A sparse TSDF (``open3d.t.geometry.VoxelBlockGrid``) with colour.
+    """A sparse TSDF (``open3d.t.geometry.VoxelBlockGrid``) with colour, optionally with a block budget.
 
     Memory grows with the observed surface only (blocks are allocated where depth lands; the hash map
-    grows on demand from ``block_count``), never with the number of frames.
+    grows on demand from ``block_count``), never with the number of frames. With ``max_blocks`` the
+    resident blocks are bounded too: when the blocks a frame needs would take the grid past
+    ``max_blocks``, the blocks updated least recently (the farthest from the camera among equals;
+    never those the frame updates) are first written to a
+    :class:`~forward3d.pipelines.spool.BlockSpool` on disk and dropped from the grid, so that
+    ``keep_fraction * max_blocks`` are resident after the integration. :meth:`point_cloud` and :meth:`mesh` then merge everything back,
+    one spatial tile of blocks at a time: a block that was streamed out and later allocated again
+    (the camera came back) is combined with its spooled copies by TSDF weight, which is what
+    integrating all its frames into one block would have given.
 
     Args:
         voxel_size: metres per voxel.
@@ -90,32 +99,123 @@ class TSDFVolume:
         block_count: initial hash-map capacity in blocks.
         depth_min, depth_max: depth range in metres used for integration.
         device: open3d device string, ``"CPU:0"`` or ``"CUDA:0"``.
+        max_blocks: resident block budget (0 = unbounded).
+        keep_fraction: streaming out stops at this fraction of ``max_blocks`` (fewer, larger spools).
+        spool_dir: folder of the spooled blocks (kept); None = a temporary folder, deleted with the volume.
+        spool_tile: blocks per side of a spool tile (the unit of the final merge).
     """
 
     def __init__(self, voxel_size: float, sdf_trunc: float, block_resolution: int = 8,
                  block_count: int = 4096, depth_min: float = 0.1, depth_max: float = 8.0,
-                 device: str = "CPU:0") -> None:
-        o3d = import_open3d()
-        o3c = o3d.core
+                 device: str = "CPU:0", max_blocks: int = 0, keep_fraction: float = 0.75,
+                 spool_dir: str | None = None, spool_tile: int = 16) -> None:
+        if int(max_blocks) < 0 or not 0.0 < keep_fraction <= 1.0:
+            raise ValueError(f"TSDFVolume: expected max_blocks >= 0 and keep_fraction in (0, 1], found "
+                             f"{max_blocks} and {keep_fraction}")
         self.device = _device(device)
         self.voxel_size = float(voxel_size)
         self.trunc_multiplier = float(sdf_trunc) / float(voxel_size)
         self.depth_min = float(depth_min)
         self.depth_max = float(depth_max)
-        self.grid = o3d.t.geometry.VoxelBlockGrid(
+        self.block_resolution = int(block_resolution)
+        self.block_count = int(block_count)
+        # a budgeted grid's hash map is allocated once for the budget (streaming out keeps it there)
+        self.grid = self._new_grid(max(self.block_count, int(max_blocks)))
+        self.num_integrated = 0
+        self.max_blocks = int(max_blocks)
+        self.keep_fraction = float(keep_fraction)
+        self.spool_dir = spool_dir
+        self.spool_tile = int(spool_tile)
+        self.spool = None  # BlockSpool once blocks were streamed out
+        self.peak_blocks = 0  # most resident blocks right after an integration
+        self.stream_outs = 0  # how many times blocks were streamed out
+        self._warned = False
+        self._last_used = np.zeros(0, np.int64)  # per hash-map buffer slot: integration of its last update
+
+    def _new_grid(self, block_count: int):
+        o3d = import_open3d()
+        o3c = o3d.core
+        return o3d.t.geometry.VoxelBlockGrid(
             attr_names=("tsdf", "weight", "color"),
             attr_dtypes=(o3c.float32, o3c.float32, o3c.float32),
             attr_channels=((1), (1), (3)),
             voxel_size=self.voxel_size,
-            block_resolution=int(block_resolution),
-            block_count=int(block_count),
+            block_resolution=self.block_resolution,
+            block_count=max(1, int(block_count)),
             device=self.device,
         )
-        self.num_integrated = 0
 
     @property
     def num_blocks(self) -> int:
+        """Voxel blocks in memory (not counting the spooled ones)."""
         return int(self.grid.hashmap().size())
+
+    @property
+    def block_size(self) -> float:
+        """Side of a voxel block in metres."""
+        return self.voxel_size * self.block_resolution
+
+    @property
+    def spooled_blocks(self) -> int:
+        """Blocks written to the spool so far (a block streamed out twice counts twice)."""
+        return 0 if self.spool is None else self.spool.blocks_written
+
+    def _blocks(self) -> tuple[np.ndarray, np.ndarray]:
+        """The resident blocks: coordinates ``[n, 3]`` int32 and attributes ``[n, 5 R^3]`` float32
+        (per block the tsdf ``R^3``, the weight ``R^3`` and the colour ``3 R^3``, voxel-major)."""
+        hm = self.grid.hashmap()
+        idx = self._slots(hm)
+        keys = hm.key_tensor()[idx].cpu().numpy().astype(np.int32)
+        vals = [hm.value_tensor(i)[idx].cpu().numpy().reshape(len(keys), -1) for i in range(3)]
+        return keys, np.concatenate(vals, axis=1).astype(np.float32)
+
+    @staticmethod
+    def _slots(hm):
+        """The hash map's active buffer indices (int64 open3d tensor), in :meth:`_blocks` order."""
+        return hm.active_buf_indices().to(import_open3d().core.int64)
+
+    def _stream_out(self, centre: np.ndarray, target: int, protect=None) -> None:
+        """Write resident blocks to the spool and drop them until at most ``target`` are resident:
+        the least recently updated first, among equals the farthest from ``centre`` ``[3]``;
+        ``protect`` (open3d buffer indices: the blocks the next frame updates) are kept."""
+        from forward3d.pipelines.spool import BlockSpool
+
+        o3c = import_open3d().core
+        hm = self.grid.hashmap()
+        slots = self._slots(hm)
+        keys = hm.key_tensor()[slots].cpu().numpy().astype(np.int32)
+        dist = np.linalg.norm((keys + 0.5) * self.block_size - np.asarray(centre, np.float64), axis=1)
+        slot_np = slots.cpu().numpy()
+        last = self._used_at(slot_np)
+        if protect is not None and len(protect):
+            last[np.isin(slot_np, protect)] = np.iinfo(np.int64).max  # the current frame's blocks stay
+        # least recently updated first (blocks still in view are not thrashed), the farthest among equals
+        order = np.lexsort((-dist, last))[:max(0, len(keys) - max(0, int(target)))]
+        far = order[last[order] < np.iinfo(np.int64).max]
+        if len(far) == 0:
+            return
+        if self.spool is None:
+            self.spool = BlockSpool(self.spool_dir, self.spool_tile)
+        far_slots = slots[_tensor(far.astype(np.int64), device=self.device)]
+        self.spool.write(keys[far], [hm.value_tensor(i)[far_slots].cpu().numpy().reshape(len(far), -1)
+                                     for i in range(3)])
+        # open3d neither clears an erased block's buffer nor a re-used one's: zero it, or a block
+        # allocated there later would start from the streamed-out block's tsdf and weight
+        for i in range(3):
+            values = hm.value_tensor(i)
+            values[far_slots] = o3c.Tensor.zeros((len(far),) + tuple(values.shape[1:]), values.dtype, self.device)
+        hm.erase(_tensor(keys[far], device=self.device))
+        self.stream_outs += 1
+        log.debug("tsdf: %d blocks streamed out (last updated %d frames ago or earlier), %d resident",
+                  len(far), self.num_integrated - int(last[far].max()), self.num_blocks)
+
+    def _used_at(self, slots: np.ndarray) -> np.ndarray:
+        """``[n]`` int64: the integration count at which buffer ``slots`` were last updated."""
+        if len(slots) and int(slots.max()) >= len(self._last_used):
+            grown = np.zeros(int(slots.max()) + 1, np.int64)
+            grown[:len(self._last_used)] = self._last_used
+            self._last_used = grown
+        return self._last_used[slots].copy()
 
     def integrate(self, depth: np.ndarray, image: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> None:
         """Fuse one frame.
@@ -134,29 +234,200 @@ class TSDFVolume:
         w2c = _tensor(np.linalg.inv(c2w), o3c.float64)
         blocks = self.grid.compute_unique_block_coordinates(dimg, Kt, w2c, 1.0, self.depth_max,
                                                             self.trunc_multiplier)
+        if self.max_blocks:
+            # make room before integrating: the frame's new blocks fit under the budget afterwards
+            found_at, found = self.grid.hashmap().find(blocks)
+            found = found.cpu().numpy().astype(bool)
+            new, need = int((~found).sum()), len(found)
+            # open3d grows (doubles) the hash map when resident + the frame's blocks exceed its capacity
+            capacity = int(self.grid.hashmap().capacity())
+            if self.num_blocks + new > self.max_blocks or self.num_blocks + need > capacity:
+                if need > self.max_blocks and not self._warned:
+                    log.warning("tsdf: one frame needs %d voxel blocks, more than max_blocks=%d; the budget is "
+                                "exceeded by that frame (raise max_blocks or the voxel size)", need, self.max_blocks)
+                    self._warned = True
+                target = min(int(self.keep_fraction * self.max_blocks) - new, capacity - need)
+                self._stream_out(np.asarray(c2w, np.float64)[:3, 3], target,
+                                 found_at.cpu().numpy().astype(np.int64)[found])
         self.grid.integrate(blocks, dimg, cimg, Kt, Kt, w2c, 1.0, self.depth_max, self.trunc_multiplier)
         self.num_integrated += 1
+        self.peak_blocks = max(self.peak_blocks, self.num_blocks)
+        if self.max_blocks:
+            at, ok = self.grid.hashmap().find(blocks)
+            used = at.cpu().numpy().astype(np.int64)[ok.cpu().numpy().astype(bool)]
+            self._used_at(used)  # grows the table when needed
+            self._last_used[used] = self.num_integrated
 
-    def point_cloud(self, weight_threshold: float = 1.0) -> PointCloud:
-        """Surface points (zero crossings) with colours and normals, world frame."""
+    def _tiles(self):
+        """Yield ``(grid, tile)``: per spool tile holding spooled or resident blocks, a grid with the
+        tile's blocks and a one-block margin of its neighbours, spooled copies merged by weight.
+
+        Tiles go in ``x, y, z`` order; each tile's files are read and merged once and kept while the
+        tiles beside it are processed (three ``x`` slabs of tiles in memory at most)."""
+        spool = self.spool
+        r3 = self.block_resolution ** 3
+        keys, flat = self._blocks()
+        tiles = set(spool.files) | set(map(tuple, np.unique(spool.tile_of(keys), axis=0).tolist()))
+        cache: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+        def spooled(tile):
+            if tile not in cache:
+                k, v = spool.read(tile)
+                cache[tile] = _merge_blocks(k, v, r3)
+            return cache[tile]
+
+        for tile in sorted(tiles):
+            for old in [t for t in cache if t[0] < tile[0] - 1]:
+                del cache[old]
+            lo = np.asarray(tile, np.int64) * spool.tile - 1
+            hi = lo + spool.tile + 1  # inclusive
+            ks, vs = [], []
+            for off in itertools.product((-1, 0, 1), repeat=3):
+                k, v = spooled(tuple(int(a + b) for a, b in zip(tile, off)))
+                if off != (0, 0, 0) and len(k):
+                    sel = ((k >= lo) & (k <= hi)).all(1)
+                    k, v = k[sel], v[sel]
+                if len(k):
+                    ks.append(k)
+                    vs.append(v)
+            sel = ((keys >= lo) & (keys <= hi)).all(1)
+            ks.append(keys[sel])
+            vs.append(flat[sel])
+            k, v = _merge_blocks(np.concatenate(ks), np.concatenate(vs), r3)
+            if len(k):
+                yield self._grid_of(k, v), tile
+
+    def _grid_of(self, keys: np.ndarray, flat: np.ndarray):
+        """A new grid holding ``keys`` ``[n, 3]`` with attributes ``flat`` ``[n, 5 R^3]``."""
+        R = self.block_resolution
+        n, r3 = len(keys), R ** 3
+        grid = self._new_grid(n)
+        values = [_tensor(flat[:, :r3].reshape(n, R, R, R, 1), device=self.device),
+                  _tensor(flat[:, r3:2 * r3].reshape(n, R, R, R, 1), device=self.device),
+                  _tensor(flat[:, 2 * r3:].reshape(n, R, R, R, 3), device=self.device)]
+        grid.hashmap().insert(_tensor(keys, device=self.device), values)
+        return grid
+
+    def _owned(self, points: np.ndarray, tile) -> np.ndarray:
+        """``[n]`` bool: ``points`` ``[n, 3]`` that lie in the blocks of spool tile ``tile``."""
+        block = np.floor(points / self.block_size).astype(np.int64)
+        return (np.floor_divide(block, self.spool.tile) == np.asarray(tile, np.int64)).all(1)
+
+    def point_cloud(self, weight_threshold: float = 1.0, resident_only: bool = False) -> PointCloud:
+        """Surface points (zero crossings) with colours and normals, world frame.
+
+        With streamed-out blocks, the whole surface (spooled and resident) unless ``resident_only``.
+        """
         if self.num_integrated == 0:
             return PointCloud(np.zeros((0, 3), np.float32))
-        pc = self.grid.extract_point_cloud(float(weight_threshold))
-        pts = pc.point.positions.cpu().numpy().astype(np.float32)
-        if len(pts) == 0:
-            return PointCloud(np.zeros((0, 3), np.float32))
-        return PointCloud(pts, *_colors_normals(pc.point))
+        if self.spool is None or resident_only:
+            return _grid_points(self.grid, weight_threshold)
+        return self.surface(weight_threshold, mesh=False)[0]
 
     def mesh(self, weight_threshold: float = 1.0) -> Mesh:
-        """Marching-cubes triangle mesh with vertex colours and normals, world frame."""
+        """Marching-cubes triangle mesh with vertex colours and normals, world frame.
+
+        With streamed-out blocks, the whole surface: per tile the triangles whose centroid lies in
+        the tile, vertices on tile borders welded.
+        """
         if self.num_integrated == 0:
-            return Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64))
-        m = self.grid.extract_triangle_mesh(float(weight_threshold))
-        verts = m.vertex.positions.cpu().numpy().astype(np.float32)
-        if len(verts) == 0 or "indices" not in m.triangle:
-            return Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64))
-        faces = m.triangle.indices.cpu().numpy().astype(np.int64)
-        return Mesh(verts, faces, *_colors_normals(m.vertex))
+            return _empty_mesh()
+        if self.spool is None:
+            return _grid_mesh(self.grid, weight_threshold)
+        return self.surface(weight_threshold, points=False)[1]
+
+    def surface(self, weight_threshold: float = 1.0, points: bool = True,
+                mesh: bool = True) -> tuple[PointCloud | None, Mesh | None]:
+        """``(point_cloud, mesh)`` as :meth:`point_cloud` and :meth:`mesh` give them (None when not
+        asked for), from one pass over the spool when blocks were streamed out."""
+        if self.num_integrated == 0 or self.spool is None:
+            return (self.point_cloud(weight_threshold) if points else None,
+                    self.mesh(weight_threshold) if mesh else None)
+        clouds, meshes = [], []
+        for grid, tile in self._tiles():
+            if points:
+                pc = _grid_points(grid, weight_threshold)
+                if len(pc):
+                    clouds.append(pc.subset(self._owned(pc.points, tile)))
+            if mesh:
+                m = _grid_mesh(grid, weight_threshold)
+                if len(m.faces):
+                    meshes.append(_submesh(m, self._owned(m.vertices[m.faces].mean(1), tile)))
+        return (_concat_clouds(clouds) if points else None), (_concat_meshes(meshes) if mesh else None)
+
+
+def _merge_blocks(keys: np.ndarray, flat: np.ndarray, r3: int) -> tuple[np.ndarray, np.ndarray]:
+    """Combine the copies of a block (same coordinates) by TSDF weight: ``[n, 3]``, ``[n, 5 r3]`` ->
+    unique blocks. The tsdf and colour of a voxel become the weight-averaged ones, the weights add
+    up (the running averages of an integration, merged)."""
+    if len(keys) == 0:
+        return keys, flat
+    code = ((keys[:, 0].astype(np.int64) + 2**20) << 42) | ((keys[:, 1].astype(np.int64) + 2**20) << 21) \
+        | (keys[:, 2].astype(np.int64) + 2**20)  # block coordinates are far inside +-2^20
+    uniq, first, inv = np.unique(code, return_index=True, return_inverse=True)
+    if len(uniq) == len(keys):
+        return keys, flat
+    inv = inv.reshape(-1)
+    order = np.argsort(inv, kind="stable")
+    k, v = keys[first], flat[order]
+    starts = np.flatnonzero(np.r_[True, np.diff(inv[order]) != 0])
+    w = v[:, r3:2 * r3]
+    W = np.add.reduceat(w, starts, axis=0)
+    safe = np.where(W > 0, W, 1.0)
+    tsdf = np.add.reduceat(v[:, :r3] * w, starts, axis=0) / safe
+    color = np.add.reduceat((v[:, 2 * r3:].reshape(len(v), r3, 3) * w[..., None]), starts, axis=0) / safe[..., None]
+    return k.astype(np.int32), np.concatenate([tsdf, W, color.reshape(len(k), -1)], axis=1).astype(np.float32)
+
+
+def _empty_mesh() -> Mesh:
+    return Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64))
+
+
+def _grid_points(grid, weight_threshold: float) -> PointCloud:
+    pc = grid.extract_point_cloud(float(weight_threshold))
+    pts = pc.point.positions.cpu().numpy().astype(np.float32)
+    if len(pts) == 0:
+        return PointCloud(np.zeros((0, 3), np.float32))
+    return PointCloud(pts, *_colors_normals(pc.point))
+
+
+def _grid_mesh(grid, weight_threshold: float) -> Mesh:
+    m = grid.extract_triangle_mesh(float(weight_threshold))
+    verts = m.vertex.positions.cpu().numpy().astype(np.float32)
+    if len(verts) == 0 or "indices" not in m.triangle:
+        return _empty_mesh()
+    faces = m.triangle.indices.cpu().numpy().astype(np.int64)
+    return Mesh(verts, faces, *_colors_normals(m.vertex))
+
+
+def _concat_clouds(parts: list[PointCloud]) -> PointCloud:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return PointCloud(np.zeros((0, 3), np.float32))
+    cat = (lambda name: None if getattr(parts[0], name) is None else np.concatenate([getattr(p, name) for p in parts]))
+    return PointCloud(np.concatenate([p.points for p in parts]), cat("colors"), cat("normals"))
+
+
+def _submesh(m: Mesh, keep: np.ndarray) -> Mesh:
+    """The faces ``keep`` ``[F]`` bool of ``m`` and the vertices they use."""
+    faces = m.faces[keep]
+    used, inv = np.unique(faces.reshape(-1), return_inverse=True)
+    pick = (lambda a: None if a is None else a[used])
+    return Mesh(m.vertices[used], inv.reshape(-1, 3).astype(np.int64), pick(m.vertex_colors), pick(m.vertex_normals))
+
+
+def _concat_meshes(parts: list[Mesh]) -> Mesh:
+    """One mesh of ``parts``; vertices at the same position (tile borders) are welded."""
+    parts = [p for p in parts if len(p.faces)]
+    if not parts:
+        return _empty_mesh()
+    offsets = np.cumsum([0] + [len(p.vertices) for p in parts[:-1]])
+    verts = np.concatenate([p.vertices for p in parts])
+    faces = np.concatenate([p.faces + o for p, o in zip(parts, offsets)])
+    uniq, first, inv = np.unique(verts, axis=0, return_index=True, return_inverse=True)
+    cat = (lambda name: None if getattr(parts[0], name) is None
+           else np.concatenate([getattr(p, name) for p in parts])[first])
+    return Mesh(uniq, inv.reshape(-1)[faces].astype(np.int64), cat("vertex_colors"), cat("vertex_normals"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,7 +599,7 @@ class ModelTracker:
         frustum crop of these levels).
         """
         o3d = import_open3d()
-        pc = volume.point_cloud(weight_threshold)
+        pc = volume.point_cloud(weight_threshold, resident_only=True)  # the blocks near the camera
         self.levels = []
         if pc.normals is None or len(pc) == 0:
             return
