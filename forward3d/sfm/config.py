@@ -35,7 +35,9 @@ class SfMConfig:
         overlap: sequential matching: each image is matched with this many following images.
         loop_candidates: sequential matching: per image, this many earlier non-neighbour images
             most similar in a global descriptor (a tiny normalised thumbnail) are matched too (0 = none).
-        mapper: ``incremental`` (COLMAP) or ``global`` (GLOMAP, pycolmap's global_mapping).
+        mapper: ``global`` (GLOMAP, pycolmap's global_mapping: rotation averaging + global positioning, then
+            bundle adjustment; the default: robust on hand-held video where the incremental mapper bent the
+            model) or ``incremental`` (COLMAP).
         camera_model: COLMAP camera model estimated when the intrinsics are unknown; forward3d keeps the
             pinhole part (radial distortion is dropped, with a warning when it is large).
         shared_camera: one camera (intrinsics) for all frames (a video, one camera); off: one per image.
@@ -71,7 +73,7 @@ class SfMConfig:
     exhaustive_max: int = option(40, metavar="N")
     overlap: int = option(8, metavar="N")
     loop_candidates: int = option(2, metavar="N")
-    mapper: Literal["incremental", "global"] = "incremental"
+    mapper: Literal["incremental", "global"] = "global"
     camera_model: Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL"] = "SIMPLE_PINHOLE"
     shared_camera: bool = True
     intrinsics_file: str | None = option(None, metavar="JSON")
