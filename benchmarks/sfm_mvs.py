@@ -15,8 +15,8 @@ ratio of the SfM times is reported.
 
 ``holo:N`` reads the first N frames of ``shared/data/hololens_000`` (540x360) with its K (as
 ``--intrinsics`` would give it) and neither its depth nor its poses, runs SfM only (``dense=none``) and
-scores the trajectory against ``poses.txt`` after Sim(3). ``holo:N:legacy`` uses the SIFT settings of
-before (COLMAP's peak threshold, no domain-size pooling / affine shapes) for the before/after row.
+scores the trajectory against ``poses.txt`` after Sim(3). ``holo:N:legacy`` uses the settings of before
+(the incremental mapper, COLMAP's SIFT peak threshold, no sub-model joining) for the before/after row.
 
 Writes ``benchmarks/results/sfm_mvs.json`` and prints a table.
 """
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._util import machine_info, print_table, write_json  # noqa: E402
 
-STAGES = ["read_s", "keyframes_s", "extract_s", "match_s", "map_s", "register_s", "dense_s", "total_s"]
+STAGES = ["read_s", "keyframes_s", "extract_s", "match_s", "map_s", "join_s", "register_s", "dense_s", "total_s"]
 
 
 def _colmap_cli(image_dir: Path, names: list[str], matching: str, threads: int, K) -> dict:
@@ -96,7 +96,7 @@ def run_holo(spec: str, threads: int) -> dict:
     frames = [f.with_(depth=None, c2w=None) for f in frames]
     opts = {"threads": threads, "dense": "none"}
     if legacy:
-        opts.update(sift_peak_threshold=0.02 / 3, sift_dsp=False, sift_affine=False, join_models=False)
+        opts.update(mapper="incremental", sift_peak_threshold=0.02 / 3, join_models=False)
     t = time.perf_counter()
     recon = SfMBackend(**opts).run(frames, progress=False)
     wall = time.perf_counter() - t

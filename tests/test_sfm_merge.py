@@ -120,3 +120,16 @@ def test_join_models_keeps_a_disconnected_model_out():
     main.others = [sub]
     joined, reports = join_models(main, list(range(10)), lambda i: i, _OneHotMatcher(far))
     assert not reports[0]["joined"] and joined.registered.sum() == 6
+
+
+def test_sift_options_reach_pycolmap():
+    pycolmap = pytest.importorskip("pycolmap")
+    from forward3d.sfm.colmap_sfm import extraction_options
+    from forward3d.sfm.config import SfMConfig
+
+    opts = extraction_options(pycolmap, SfMConfig(sift_peak_threshold=0.004, sift_dsp=True, threads=1))
+    assert abs(opts.sift.peak_threshold - 0.004) < 1e-12 and opts.sift.domain_size_pooling
+    assert not opts.sift.estimate_affine_shape and opts.num_threads == 1
+    assert SfMConfig().mapper == "global"
+    with pytest.raises(ValueError, match="sift_peak_threshold"):
+        SfMConfig(sift_peak_threshold=0.0)
