@@ -27,12 +27,13 @@ def _run(frames, **kw):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_hololens_rgb_only_first_40_frames(shared_dir, one_thread):
-    """The section that bent the old model (frames 9-20: a poster on a wall, motion blur): 3.6 m of path.
-    Before (COLMAP's SIFT peak threshold): ATE 59 cm; now (peak 0.002 + domain-size pooling + affine
-    shapes) measured 1.7 cm; asserted < 5 cm."""
+    """The section that bent the old model (frames 8-20: a poster on a wall, motion blur), 3.6 m of path,
+    every frame an SfM image, sequential matching (8 neighbours + loop candidates). Before (incremental
+    mapper, exhaustive matching): ATE 58.6 cm; the global mapper: see notes/sfmholo.md; asserted < 5 cm."""
     frames, gt = _holo(shared_dir, 40)
-    recon = _run(frames)
+    recon = _run(frames, matching="sequential")
     assert all(s.state == "registered" for s in recon.frame_status)
     assert recon.metadata["mean_reprojection_error_px"] < 1.0
     a = ate(recon.c2w, gt, align="sim3")
