@@ -126,26 +126,26 @@ def join_models(model: Any, keys: list[int], image: Callable[[int], np.ndarray],
     frames is found (:func:`model_point_pairs`, :func:`fit_model_sim3`); the rest stay out (their images
     count as unregistered). Returns the joined model and one report dict per sub-model."""
     joined = dataclasses.replace(model, others=[])
-    reports: list[dict[str, Any]] = []
-    pending = sorted(model.others, key=lambda m: -int(m.registered.sum()))
+    subs = sorted(model.others, key=lambda m: -int(m.registered.sum()))
+    reports: list[dict[str, Any]] = [{"images": int(m.registered.sum()), "joined": False} for m in subs]
+    pending = list(range(len(subs)))
     progress = True
-    while pending and progress:  # a model may only connect through one joined before it
+    while pending and progress:  # a sub-model may connect only through one joined before it
         progress = False
-        for sub in list(pending):
-            src_b_a = model_point_pairs(joined, sub, keys, image, matcher, frames)
-            dst, src, used = src_b_a
+        for k in list(pending):
+            dst, src, used = model_point_pairs(joined, subs[k], keys, image, matcher, frames)
             fit = fit_model_sim3(src, dst, _scene_size(joined), min_inliers=min_inliers)
-            rep = {"images": int(sub.registered.sum()), "point_pairs": len(src), "frames": used, "joined": False}
-            if fit is not None:
-                S, inl = fit
-                joined = merge_models(joined, sub, S)
-                rep.update(joined=True, inliers=inl, scale=float(split_sim3(S)[0]))
-                pending.remove(sub)
-                progress = True
-                log.info("sfm: joined a sub-model of %d images (%d point pairs through frames %s, %d inliers, "
-                         "scale %.3g)", rep["images"], len(src), used, inl, rep["scale"])
-            reports = [r for r in reports if r.get("_id") != id(sub)] + [{**rep, "_id": id(sub)}]
-    for sub in pending:
+            reports[k].update(point_pairs=len(src), frames=used)
+            if fit is None:
+                continue
+            S, inl = fit
+            joined = merge_models(joined, subs[k], S)
+            reports[k].update(joined=True, inliers=inl, scale=float(split_sim3(S)[0]))
+            pending.remove(k)
+            progress = True
+            log.info("sfm: joined a sub-model of %d images (%d point pairs through frames %s, %d inliers, "
+                     "scale %.3g)", reports[k]["images"], len(src), used, inl, reports[k]["scale"])
+    for k in pending:
         log.warning("sfm: a sub-model of %d images shares too few points with the main model; its images are "
-                    "registered one by one (PnP) or interpolated", int(sub.registered.sum()))
-    return joined, [{k: v for k, v in r.items() if k != "_id"} for r in reports]
+                    "registered one by one (PnP) or interpolated", reports[k]["images"])
+    return joined, reports
