@@ -17,6 +17,13 @@ With ``--fusion tsdf`` the dense stage fuses into the TSDF and the fused mesh (i
 too: after the trajectory's Sim(3), against the room's surface seen by the frames (accuracy and
 completion medians and means, F-scores; issue 10's target: both medians < 2 cm at 320x240:60).
 
+    python benchmarks/sfm_mvs.py --configs holo:40 holo:200 --threads 2   # real: hololens_000, RGB only
+
+``holo:N`` reads the first N frames of ``shared/data/hololens_000`` (540x360) with its K (as
+``--intrinsics`` would give it) and neither its depth nor its poses, runs SfM only (``dense=none``) and
+scores the trajectory against ``poses.txt`` after Sim(3). ``holo:N:legacy`` uses the settings of before
+(the incremental mapper, COLMAP's SIFT peak threshold, no sub-model joining) for the before/after row.
+
 Writes ``benchmarks/results/sfm_mvs.json`` and prints a table.
 """
 
@@ -37,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._util import machine_info, print_table, write_json  # noqa: E402
 
-STAGES = ["read_s", "keyframes_s", "extract_s", "match_s", "map_s", "register_s", "dense_s", "total_s"]
+STAGES = ["read_s", "keyframes_s", "extract_s", "match_s", "map_s", "join_s", "register_s", "dense_s", "total_s"]
 
 
 def _colmap_cli(image_dir: Path, names: list[str], matching: str, threads: int, K) -> dict:
@@ -93,7 +100,43 @@ def _surface_scores(recon, scene, frames, alignment) -> dict:
     return out
 
 
+HOLO = ROOT.parent / "shared" / "data" / "hololens_000"
+
+
+def run_holo(spec: str, threads: int) -> dict:
+    """``holo:N[:legacy]``: hololens_000 RGB only (K known), SfM trajectory vs poses.txt after Sim(3)."""
+    import numpy as np
+
+    from forward3d.eval.traj import ate
+    from forward3d.io.sources import open_frames
+    from forward3d.pipelines.sfm import SfMBackend
+
+    parts = spec.split(":")
+    n = int(parts[1])
+    legacy = len(parts) > 2 and parts[2] == "legacy"
+    root = HOLO if HOLO.is_dir() else Path("/work/shared/data/hololens_000")
+    frames = list(open_frames(root, max_frames=n))
+    gt = np.stack([f.c2w for f in frames])
+    frames = [f.with_(depth=None, c2w=None) for f in frames]
+    opts = {"threads": threads, "dense": "none"}
+    if legacy:
+        opts.update(mapper="incremental", sift_peak_threshold=0.02 / 3, join_models=False)
+    t = time.perf_counter()
+    recon = SfMBackend(**opts).run(frames, progress=False)
+    wall = time.perf_counter() - t
+    a = ate(recon.c2w, gt, align="sim3")
+    m = recon.metadata
+    return {"config": spec, "frames": n, "keyframes": len(recon.keyframes), "sfm_registered": m["sfm_registered"],
+            "pnp": m["pnp_registered"], "interpolated": m["interpolated"], "models": m["num_models"],
+            "joined_models": m.get("joined_models", 0), "ate_sim3_cm": a["rmse"] * 100,
+            "ate_sim3_max_cm": a["max"] * 100, "path_m": float(np.linalg.norm(np.diff(gt[:, :3, 3], axis=0), axis=1).sum()),
+            "reproj_px": m["mean_reprojection_error_px"], "features_median": m["features_per_image_median"],
+            "wall_s": wall, **{k: recon.timings.get(k, float("nan")) for k in STAGES}}
+
+
 def run_config(spec: str, threads: int, colmap: bool, fusion: str = "points") -> dict:
+    if spec.startswith("holo:"):
+        return run_holo(spec, threads)
     import numpy as np
 
     from forward3d.data.synthetic import SyntheticScene

@@ -60,11 +60,13 @@ class SfMModel:
         visibility: M int64 arrays: indices into ``points`` seen by each image (empty if unregistered).
         mean_reprojection_error: over all observations, pixels.
         num_features: ``[M]`` SIFT features per image.
-        num_models: models COLMAP found (the largest is kept).
+        num_models: models COLMAP found (this is the largest; the others are in ``others``).
         camera: the estimated camera: COLMAP model name and parameters of the first registered image.
         features: M tuples ``(uv [k, 2], descriptors [k, 128] float32 unit norm, point index [k])`` of
             the keypoints of each registered image that have a 3D point (for PnP of other frames).
         timings: seconds per stage (``extract_s``, ``match_s``, ``map_s``).
+        others: the smaller models of the same run (at least 3 images each, largest first), in their own
+            worlds and scales (:func:`forward3d.sfm.merge.join_models` maps them into this one).
     """
 
     registered: np.ndarray
@@ -79,6 +81,7 @@ class SfMModel:
     camera: dict[str, Any]
     features: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     timings: dict[str, float] = field(default_factory=dict)
+    others: list["SfMModel"] = field(default_factory=list)
 
 
 def _unit_rows(d: np.ndarray) -> np.ndarray:
@@ -92,6 +95,18 @@ def _camera_params(model: str, K: np.ndarray) -> list[float]:
         return [fx, fy, cx, cy]
     f = 0.5 * (fx + fy)
     return [f, cx, cy] + ([0.0] if model == "SIMPLE_RADIAL" else [])
+
+
+def extraction_options(pycolmap: Any, cfg: SfMConfig) -> Any:
+    """pycolmap's SIFT extraction options from the SfM options (one place for the SfM images and PnP)."""
+    opts = pycolmap.FeatureExtractionOptions()
+    opts.num_threads = cfg.threads
+    opts.max_image_size = cfg.max_image_size if cfg.max_image_size > 0 else -1
+    opts.sift.max_num_features = cfg.max_features
+    opts.sift.peak_threshold = float(cfg.sift_peak_threshold)
+    opts.sift.domain_size_pooling = bool(cfg.sift_dsp)
+    opts.sift.estimate_affine_shape = bool(cfg.sift_affine)
+    return opts
 
 
 def run_colmap(image_dir: Path, names: list[str], pairs: set[tuple[int, int]], prior: CameraPrior, cfg: SfMConfig,
@@ -130,10 +145,7 @@ def _run_colmap(pycolmap: Any, image_dir: Path, names: list[str], pairs: set[tup
     reader.camera_model = model
     if prior.K is not None:
         reader.camera_params = ",".join(f"{v:.10g}" for v in _camera_params(model, prior.K))
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.num_threads = cfg.threads
-    extraction.max_image_size = cfg.max_image_size if cfg.max_image_size > 0 else -1
-    extraction.sift.max_num_features = cfg.max_features
+    extraction = extraction_options(pycolmap, cfg)
     mode = pycolmap.CameraMode.SINGLE if cfg.shared_camera else pycolmap.CameraMode.PER_IMAGE
     t = time.perf_counter()
     pycolmap.extract_features(db_path, image_dir, image_names=names, camera_mode=mode, reader_options=reader,
@@ -191,8 +203,12 @@ def _run_colmap(pycolmap: Any, image_dir: Path, names: list[str], pairs: set[tup
                          "too little overlap between views, too little camera translation (a pure rotation or "
                          "a camera that does not move) or repeated texture; move the camera sideways, lower "
                          "--min-parallax, use --matching exhaustive, or give known poses with --poses")
-    rec = max(models.values(), key=lambda r: r.num_reg_images())
-    return _convert(pycolmap, rec, names, ids, num_features, len(models), db_path, timings)
+    recs = sorted(models.values(), key=lambda r: -r.num_reg_images())
+    log.info("sfm: %d model(s) with %s registered images", len(recs), [r.num_reg_images() for r in recs])
+    main = _convert(pycolmap, recs[0], names, ids, num_features, len(models), db_path, timings)
+    main.others = [_convert(pycolmap, r, names, ids, num_features, len(models), db_path, {})
+                   for r in recs[1:] if r.num_reg_images() >= 3]
+    return main
 
 
 def _convert(pycolmap: Any, rec: Any, names: list[str], ids: dict[str, int], num_features: np.ndarray,
@@ -259,10 +275,7 @@ class SiftMatcher:
     def __init__(self, cfg: SfMConfig) -> None:
         pycolmap = import_pycolmap()
         self._pycolmap = pycolmap
-        opts = pycolmap.FeatureExtractionOptions()
-        opts.num_threads = cfg.threads
-        opts.max_image_size = cfg.max_image_size if cfg.max_image_size > 0 else -1
-        opts.sift.max_num_features = cfg.max_features
+        opts = extraction_options(pycolmap, cfg)
         with quiet_colmap(pycolmap):
             self._extractor = pycolmap.FeatureExtractor.create(opts, pycolmap.Device.cpu)
 

@@ -35,7 +35,9 @@ class SfMConfig:
         overlap: sequential matching: each image is matched with this many following images.
         loop_candidates: sequential matching: per image, this many earlier non-neighbour images
             most similar in a global descriptor (a tiny normalised thumbnail) are matched too (0 = none).
-        mapper: ``incremental`` (COLMAP) or ``global`` (GLOMAP, pycolmap's global_mapping).
+        mapper: ``global`` (GLOMAP, pycolmap's global_mapping: rotation averaging + global positioning, then
+            bundle adjustment; the default: robust on hand-held video where the incremental mapper bent the
+            model) or ``incremental`` (COLMAP).
         camera_model: COLMAP camera model estimated when the intrinsics are unknown; forward3d keeps the
             pinhole part (radial distortion is dropped, with a warning when it is large).
         shared_camera: one camera (intrinsics) for all frames (a video, one camera); off: one per image.
@@ -46,6 +48,12 @@ class SfMConfig:
         exif: use the EXIF focal length (35 mm equivalent) of image files as the starting focal length.
         max_features: SIFT features per image.
         max_image_size: SIFT runs on images downscaled to this long side (0 = native).
+        sift_peak_threshold: SIFT's difference-of-Gaussians peak threshold (COLMAP's default is
+            0.0067); lower finds more features on low-contrast or blurred video frames.
+        sift_dsp: domain-size pooling of the SIFT descriptors (more robust matches, slower extraction).
+        sift_affine: estimate an affine shape per feature (more robust to oblique views, slower).
+        join_models: when the mapper splits into several models, map the smaller ones into the largest
+            (a Sim(3) fitted to 3D points seen through shared frames) instead of dropping them.
         register_others: frames outside the SfM model: ``pnp`` (SIFT matches against the nearest
             registered keyframes' 3D points, then LO-RANSAC PnP; else interpolation) or ``interpolate``.
         pnp_min_inliers: a PnP pose needs this many inlier 2D-3D matches (else the frame is interpolated).
@@ -65,7 +73,7 @@ class SfMConfig:
     exhaustive_max: int = option(40, metavar="N")
     overlap: int = option(8, metavar="N")
     loop_candidates: int = option(2, metavar="N")
-    mapper: Literal["incremental", "global"] = "incremental"
+    mapper: Literal["incremental", "global"] = "global"
     camera_model: Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL"] = "SIMPLE_PINHOLE"
     shared_camera: bool = True
     intrinsics_file: str | None = option(None, metavar="JSON")
@@ -73,6 +81,10 @@ class SfMConfig:
     exif: bool = True
     max_features: int = option(4096, metavar="N")
     max_image_size: int = option(1600, metavar="PX")
+    sift_peak_threshold: float = option(0.002, metavar="F")
+    sift_dsp: bool = False
+    sift_affine: bool = False
+    join_models: bool = True
     register_others: Literal["pnp", "interpolate"] = "pnp"
     pnp_min_inliers: int = option(30, metavar="N")
     min_features: int = option(50, metavar="N")
@@ -102,6 +114,8 @@ class SfMConfig:
                 raise bad(name, f"an integer >= {lo}")
         if not (isinstance(self.threads, int) and (self.threads == -1 or self.threads >= 1)):
             raise bad("threads", "-1 (all) or an integer >= 1")
+        if not (isinstance(self.sift_peak_threshold, (int, float)) and 0.0 < self.sift_peak_threshold < 1.0):
+            raise bad("sift_peak_threshold", "a number in (0, 1)")
         if not (isinstance(self.min_parallax, (int, float)) and math.isfinite(self.min_parallax)
                 and 0.0 < self.min_parallax < 1.0):
             raise bad("min_parallax", "a fraction of the image width in (0, 1)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -382,6 +383,18 @@ def run_sfm(spooled: SpooledFrames, cfg: SfMConfig, workdir: str | Path, progres
     model = run_colmap(spooled.folder, [spooled.names[k] for k in keys], pairs, prior, cfg, Path(workdir) / "colmap",
                        progress)
     timings.update(model.timings)
+    matcher = None
+    join_reports: list[dict[str, Any]] = []
+    if model.others and cfg.join_models:
+        from forward3d.sfm.merge import join_models
+
+        t = time.perf_counter()
+        matcher = SiftMatcher(cfg)
+        model, join_reports = join_models(model, keys, spooled.image, matcher)
+        timings["join_s"] = time.perf_counter() - t
+    elif model.others:
+        log.warning("sfm: %d smaller sub-model(s) (%s images) are left out (--no-join-models)", len(model.others),
+                    [int(m.registered.sum()) for m in model.others])
     n = len(spooled)
     key_pos = {k: p for p, k in enumerate(keys)}
     c2w = np.tile(np.eye(4), (n, 1, 1))
@@ -400,7 +413,7 @@ def run_sfm(spooled: SpooledFrames, cfg: SfMConfig, workdir: str | Path, progres
     todo = [i for i in range(n) if not posed[i]]
     n_pnp = 0
     if cfg.register_others == "pnp" and todo:
-        matcher = SiftMatcher(cfg)
+        matcher = matcher or SiftMatcher(cfg)
         with progress_bar(len(todo), "sfm: PnP of other frames", unit="frame", enabled=progress) as bar:
             for i in todo:
                 Ki = K[i] if cfg.shared_camera else model.K[key_pos[min(key_pos, key=lambda k: abs(k - i))]]
@@ -435,10 +448,14 @@ def run_sfm(spooled: SpooledFrames, cfg: SfMConfig, workdir: str | Path, progres
             "interpolated": int(n - sfm_posed.sum()), "pairs": len(pairs), "matching": scheme, "mapper": cfg.mapper,
             "camera_prior": prior.source, "num_models": model.num_models, "num_points": len(model.points),
             "mean_reprojection_error_px": model.mean_reprojection_error,
-            "features_per_image_median": float(np.median(model.num_features))}
+            "features_per_image_median": float(np.median(model.num_features)),
+            "joined_models": sum(r["joined"] for r in join_reports), "sub_models": join_reports}
+    counts = Counter(s.state + (", keyframe" if s.keyframe else "") for s in status)
+    meta["status_counts"] = dict(counts)
     log.info("sfm: %d/%d SfM images registered (%d models), %d points, reprojection error %.2f px; %d frames by PnP, "
              "%d interpolated", n_reg, len(keys), model.num_models, len(model.points), model.mean_reprojection_error,
              n_pnp, meta["interpolated"])
+    log.info("sfm: frame status counts: %s", ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     if not math.isfinite(model.mean_reprojection_error):  # pragma: no cover - defensive
         log.warning("sfm: the model has no observations")
     if scale_fit is not None:
