@@ -736,6 +736,9 @@ class RGBDBackend(Backend):
                 ts = time.perf_counter()
                 fa = align_features(cur["features"], tgt["features"])
                 stats["features_s"] += time.perf_counter() - ts
+                log.debug("rgbd: frame %d -> %s features: %s, %d inliers of %d matches (%s) %s", len(c2ws),
+                          "previous" if tgt is prev[0] else "keyframe", "ok" if fa.ok else "failed", fa.inliers,
+                          fa.matches, fa.method, fa.reason)
                 if not fa.ok:
                     veto = min(len(cur["features"]), len(tgt["features"])) >= 100
                     fa = None
