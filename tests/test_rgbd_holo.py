@@ -91,7 +91,7 @@ def test_pnp_aligns_a_frame_whose_keypoints_have_no_depth(room):
 def test_runs_are_reproducible_and_the_thread_limit_is_restored():
     import open3d as o3d
 
-    scene = SyntheticScene(num_frames=30, width=160, height=120, seed=0, depth_noise=0.002, depth_holes=0.05)
+    scene = SyntheticScene(num_frames=16, width=160, height=120, seed=0, depth_noise=0.002, depth_holes=0.05)
     frames = list(scene.frames())
     before = o3d.utility.get_max_threads()
     runs = [RGBDBackend(loop_closure=False, mesh=False).run(frames, progress=False) for _ in range(2)]
