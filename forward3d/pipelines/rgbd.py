@@ -717,7 +717,8 @@ class RGBDBackend(Backend):
         the refined pose with the lowest ``rmse / fitness`` that passes the checks is kept. When the
         features align, a refined pose must also stay within ``feature_agreement`` of their pose (the
         dense odometry diverges on fast real motion; RANSAC on ORB matches does not need a guess), and
-        when no refined pose does, the feature pose itself is used. When both frames have features
+        when no refined pose does, the feature pose itself is used (a 3D-3D one only: a PnP pose does not
+        check the frame's own depth). When both frames have features
         (100 or more) and they do not match, a refined pose needs an inlier fraction of at least 0.5
         (a jump to another place: the dense odometry may still find some wrong overlap).
         """
@@ -774,7 +775,9 @@ class RGBDBackend(Backend):
                           "previous" if tgt is prev[0] else "keyframe", kind, res.fitness, res.rmse, cost)
                 if best is None or cost < best[0]:
                     best = (cost, c2w, res.fitness, kind)
-            if best is None and fa is not None:
+            if best is None and fa is not None and fa.method == "3d":
+                # only a 3D-3D fit vouches for the frame's own depth; a PnP pose (pixels only) is a start
+                # for the dense odometry, never used alone: the frame would be fused with unchecked depth
                 jump = np.linalg.inv(pred) @ tgt_c2w @ fa.src_to_tgt
                 if (np.linalg.norm(jump[:3, 3]) <= cfg.max_jump_translation
                         and _rotation_deg(jump[:3, :3]) <= cfg.max_jump_rotation_deg):
