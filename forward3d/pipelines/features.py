@@ -97,6 +97,8 @@ class FeatureAlignment:
         rmse: inlier 3D residual RMSE (metres; inliers with depth on both sides, inf when none).
         reason: why it failed, "" when ok.
         method: ``"3d"`` (rigid 3D-3D RANSAC) or ``"pnp"`` (target 3D points, source pixels).
+        depth_inliers: inliers whose source point (its own depth) also lies within the 3D threshold of
+            the target's point: all of them for ``"3d"``; for ``"pnp"`` how far the frame's depth agrees.
     """
 
     ok: bool
@@ -106,6 +108,7 @@ class FeatureAlignment:
     rmse: float = float("inf")
     reason: str = ""
     method: str = "3d"
+    depth_inliers: int = 0
 
 
 def extract_features(image: np.ndarray, depth: np.ndarray, K: np.ndarray, num_features: int = 1000,
@@ -184,7 +187,7 @@ def align_features(src: FrameFeatures, tgt: FrameFeatures, threshold: float = 0.
     if res.ok or pnp_threshold is None or src.K is None or len(s3) == len(src):
         return res
     m = _match(src, tgt3, ratio)
-    pnp = _align_pnp(src, tgt3, m, float(pnp_threshold), min_inliers, min_inlier_ratio, iters)
+    pnp = _align_pnp(src, tgt3, m, float(pnp_threshold), min_inliers, min_inlier_ratio, iters, threshold)
     if pnp.ok:
         return pnp
     pnp.reason = f"3D: {res.reason}; PnP: {pnp.reason}"
@@ -212,11 +215,11 @@ def _align_3d(src: FrameFeatures, tgt: FrameFeatures, m: np.ndarray, threshold: 
         return FeatureAlignment(False, T, len(m), n, rmse,
                                 reason=f"{n} RANSAC inliers of {len(m)} matches (need {min_inliers} and "
                                        f"{100 * min_inlier_ratio:.0f} %)")
-    return FeatureAlignment(True, T, len(m), n, rmse)
+    return FeatureAlignment(True, T, len(m), n, rmse, depth_inliers=n)
 
 
 def _align_pnp(src: FrameFeatures, tgt: FrameFeatures, m: np.ndarray, threshold: float, min_inliers: int,
-               min_inlier_ratio: float, iters: int) -> FeatureAlignment:
+               min_inlier_ratio: float, iters: int, threshold_3d: float = 0.03) -> FeatureAlignment:
     """PnP of the target's 3D points against the source's pixels: the source camera in the target frame."""
     from forward3d.geometry.pnp import reprojection_errors, solve_pnp_ransac
 
@@ -233,12 +236,14 @@ def _align_pnp(src: FrameFeatures, tgt: FrameFeatures, m: np.ndarray, threshold:
     T = r.c2w
     both = inl & src.has_depth[m[:, 0]]
     a = src.points[m[both, 0]].astype(np.float64)
-    rmse = float(np.sqrt(np.mean(((a @ T[:3, :3].T + T[:3, 3] - X[both]) ** 2).sum(1)))) if both.any() else float("inf")
+    r2 = ((a @ T[:3, :3].T + T[:3, 3] - X[both]) ** 2).sum(1)
+    rmse = float(np.sqrt(np.mean(r2))) if both.any() else float("inf")
+    agree = int((r2 < threshold_3d**2).sum())
     if n < min_inliers or n < min_inlier_ratio * len(m):
-        return FeatureAlignment(False, T, len(m), n, rmse, method="pnp",
+        return FeatureAlignment(False, T, len(m), n, rmse, method="pnp", depth_inliers=agree,
                                 reason=f"{n} PnP inliers of {len(m)} matches (need {min_inliers} and "
                                        f"{100 * min_inlier_ratio:.0f} %)")
-    return FeatureAlignment(True, T, len(m), n, rmse, method="pnp")
+    return FeatureAlignment(True, T, len(m), n, rmse, method="pnp", depth_inliers=agree)
 
 
 class KeyframeIndex:

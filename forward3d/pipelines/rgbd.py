@@ -227,6 +227,7 @@ class RGBDConfig:
 
 
 _MIN_VALID_DEPTH = 0.05  # a frame with less valid depth than this fraction never becomes a reference
+_MIN_DEPTH_INLIERS = 10  # a feature-only pose needs this many matches whose depths agree (3D-3D)
 _VETO_FITNESS = 0.5  # dense overlap needed when the ORB features of a frame and its reference do not match
 
 
@@ -717,8 +718,8 @@ class RGBDBackend(Backend):
         the refined pose with the lowest ``rmse / fitness`` that passes the checks is kept. When the
         features align, a refined pose must also stay within ``feature_agreement`` of their pose (the
         dense odometry diverges on fast real motion; RANSAC on ORB matches does not need a guess), and
-        when no refined pose does, the feature pose itself is used (a 3D-3D one only: a PnP pose does not
-        check the frame's own depth). When both frames have features
+        when no refined pose does, the feature pose itself is used (only when at least 10 matched points
+        of the frame's own depth agree with it: a PnP pose alone does not check that depth). When both frames have features
         (100 or more) and they do not match, a refined pose needs an inlier fraction of at least 0.5
         (a jump to another place: the dense odometry may still find some wrong overlap).
         """
@@ -775,9 +776,9 @@ class RGBDBackend(Backend):
                           "previous" if tgt is prev[0] else "keyframe", kind, res.fitness, res.rmse, cost)
                 if best is None or cost < best[0]:
                     best = (cost, c2w, res.fitness, kind)
-            if best is None and fa is not None and fa.method == "3d":
-                # only a 3D-3D fit vouches for the frame's own depth; a PnP pose (pixels only) is a start
-                # for the dense odometry, never used alone: the frame would be fused with unchecked depth
+            if best is None and fa is not None and fa.depth_inliers >= _MIN_DEPTH_INLIERS:
+                # the frame's own depth must agree with the reference at the feature pose: a PnP pose
+                # (pixels only) of a frame without depth, or with garbage depth, is not used (it would be fused)
                 jump = np.linalg.inv(pred) @ tgt_c2w @ fa.src_to_tgt
                 if (np.linalg.norm(jump[:3, 3]) <= cfg.max_jump_translation
                         and _rotation_deg(jump[:3, :3]) <= cfg.max_jump_rotation_deg):
