@@ -104,16 +104,18 @@ HOLOLENS = ROOT.parent / "shared" / "data" / "hololens_000"
 
 
 def _child_loops(spec: str) -> dict:
-    """One loop-closure run ``dataset:tracking:on|off[:plain]`` (``synthetic``: 300 frames = 3 loops at
+    """One loop-closure run ``dataset:tracking:on|off[:plain][:tN]`` (``synthetic``: 300 frames = 3 loops at
     320x240, depth noise 0.002, 5 % holes; ``hololens``: ``../shared/data/hololens_000``, ATE against its
-    poses; ``plain``: without feature tracking and relocalisation)."""
+    poses; ``plain``: without feature tracking and relocalisation; ``tN``: open3d on N threads, default
+    1 = the back-end's default, reproducible; 0 = all cores)."""
     import numpy as np
 
     from forward3d.eval import ate
     from forward3d.pipelines.rgbd import RGBDBackend
 
     dataset, tracking, lc, *rest = spec.split(":")
-    plain = rest == ["plain"]
+    plain = "plain" in rest
+    threads = next((int(r[1:]) for r in rest if r.startswith("t") and r[1:].isdigit()), 1)
     if dataset == "synthetic":
         from forward3d.data.synthetic import SyntheticScene
 
@@ -126,7 +128,7 @@ def _child_loops(spec: str) -> dict:
         gt = np.loadtxt(HOLOLENS / "poses.txt").reshape(-1, 4, 4)
     t0 = time.perf_counter()
     rec = RGBDBackend(tracking=tracking, loop_closure=lc == "on", feature_tracking=not plain,
-                      relocalize=not plain).run(frames, progress=False)
+                      relocalize=not plain, threads=threads).run(frames, progress=False)
     wall = time.perf_counter() - t0
     lcm = rec.metadata.get("loop_closure", {})
     return {"config": spec, "frames": len(frames), "ate_rmse_m": ate(rec.c2w, gt)["rmse"], "wall_s": wall,
@@ -135,7 +137,8 @@ def _child_loops(spec: str) -> dict:
             "loops_kept": lcm.get("kept", 0), "loop_candidates": lcm.get("candidates", 0),
             "loops_rejected": lcm.get("rejected", 0), "keyframes": len(rec.keyframes),
             "tracking_failures": len(rec.failures), "keyframe_store_mb": lcm.get("keyframe_store_mb", 0.0),
-            "lost": sum(s.state == "lost" for s in rec.frame_status),
+            "lost": sum(s.state == "lost" for s in rec.frame_status), "threads": threads,
+            "lost_frames": [i for i, s in enumerate(rec.frame_status) if s.state == "lost"],
             "relocalised": rec.metadata.get("tracking", {}).get("relocalised", 0),
             "peak_rss_mb": _rss_mb()}
 

@@ -249,8 +249,14 @@ def solve_pnp(points, pixels, K, weights=None, c2w_init: np.ndarray | None = Non
     return PnPResult(c2w, float(np.median(errs[keep])), float(keep.mean()), it, name, ok)
 
 
-def solve_pnp_ransac(points, pixels, K) -> PnPResult:
-    """OpenCV ``solvePnPRansac`` (default parameters, no distortion, unweighted), as Spann3R's demo."""
+def solve_pnp_ransac(points, pixels, K, threshold: float = 8.0, iters: int = 100,
+                     confidence: float = 0.99) -> PnPResult:
+    """OpenCV ``solvePnPRansac`` (no distortion, unweighted); the defaults are OpenCV's, as Spann3R's demo.
+
+    ``threshold``: inlier reprojection error (pixels); ``iters``: RANSAC iterations; ``confidence``:
+    its early-stop confidence. OpenCV's RANSAC sampler is seeded, so the result is deterministic.
+    ``inlier_ratio`` is the fraction of RANSAC inliers.
+    """
     try:
         import cv2
     except ImportError as exc:
@@ -259,7 +265,9 @@ def solve_pnp_ransac(points, pixels, K) -> PnPResult:
     if len(X) < 4:
         return PnPResult(np.eye(4), float("inf"), 0.0, 0, "none", False)
     ok, rvec, tvec, inliers = cv2.solvePnPRansac(X.astype(np.float32), uv.astype(np.float32),
-                                                 K.astype(np.float32), np.zeros(4, np.float32))
+                                                 K.astype(np.float32), np.zeros(4, np.float32),
+                                                 iterationsCount=int(iters), reprojectionError=float(threshold),
+                                                 confidence=float(confidence))
     if not ok:
         return PnPResult(np.eye(4), float("inf"), 0.0, 0, "ransac", False)
     R, _ = cv2.Rodrigues(rvec)

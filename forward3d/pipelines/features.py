@@ -50,20 +50,34 @@ def _cv2():
 
 @dataclass
 class FrameFeatures:
-    """ORB features of one RGB-D frame with valid depth.
+    """ORB features of one RGB-D frame.
 
     Attributes:
         uv: ``[N, 2]`` float32 pixel positions (pixel centres at +0.5).
         descriptors: ``[N, 32]`` uint8 ORB descriptors.
-        points: ``[N, 3]`` float32 camera-frame points (metres) at the keypoints' depth.
+        points: ``[N, 3]`` float32 camera-frame points (metres) at the keypoints' depth; NaN rows for
+            keypoints without usable depth (they still serve as the 2D side of a PnP match). The
+            keypoints with depth come first.
+        K: ``[3, 3]`` intrinsics of ``uv`` (needed for PnP), or None.
     """
 
     uv: np.ndarray
     descriptors: np.ndarray
     points: np.ndarray
+    K: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.uv)
+
+    @property
+    def has_depth(self) -> np.ndarray:
+        """``[N]`` bool: the keypoint has a 3D point."""
+        return np.isfinite(self.points).all(1)
+
+    def head(self, k: int) -> "FrameFeatures":
+        """A copy of the first ``k`` keypoints (those with depth first)."""
+        return FrameFeatures(self.uv[:k].copy(), self.descriptors[:k].copy(), self.points[:k].copy(),
+                             None if self.K is None else self.K.copy())
 
     @property
     def nbytes(self) -> int:
@@ -77,10 +91,14 @@ class FeatureAlignment:
     Attributes:
         ok: enough matches and RANSAC inliers (``min_inliers``, ``min_inlier_ratio``).
         src_to_tgt: ``[4, 4]`` source-camera -> target-camera transform (identity when not ok).
-        matches: number of putative matches (ratio + mutual test).
+        matches: number of putative matches (ratio + mutual test; with ``method="pnp"`` those whose
+            target keypoint has depth).
         inliers: number of RANSAC inliers.
-        rmse: inlier 3D residual RMSE (metres).
+        rmse: inlier 3D residual RMSE (metres; inliers with depth on both sides, inf when none).
         reason: why it failed, "" when ok.
+        method: ``"3d"`` (rigid 3D-3D RANSAC) or ``"pnp"`` (target 3D points, source pixels).
+        depth_inliers: inliers whose source point (its own depth) also lies within the 3D threshold of
+            the target's point: all of them for ``"3d"``; for ``"pnp"`` how far the frame's depth agrees.
     """
 
     ok: bool
@@ -89,13 +107,20 @@ class FeatureAlignment:
     inliers: int = 0
     rmse: float = float("inf")
     reason: str = ""
+    method: str = "3d"
+    depth_inliers: int = 0
 
 
 def extract_features(image: np.ndarray, depth: np.ndarray, K: np.ndarray, num_features: int = 1000,
-                     depth_max: float = 4.0) -> FrameFeatures:
-    """ORB features of ``image`` ``[H, W, 3]`` uint8 where ``depth`` ``[H, W]`` (metres, 0 invalid) is
-    valid and below ``depth_max``; ``K`` ``[3, 3]``. Keypoints on depth edges (neighbours more than
-    5 % away) are dropped: their lifted point is unreliable."""
+                     depth_max: float = 4.0, keep_2d: bool = False) -> FrameFeatures:
+    """ORB features of ``image`` ``[H, W, 3]`` uint8, lifted where ``depth`` ``[H, W]`` (metres, 0 invalid)
+    is valid and below ``depth_max``; ``K`` ``[3, 3]``. Keypoints on depth edges (a valid neighbour more
+    than 5 % away) or beside a hole get no point: their lifted point is unreliable.
+
+    ``keep_2d``: keep the keypoints without a point too (NaN points, after those with one), for PnP
+    (:func:`align_features`); on real sensors most ORB keypoints can lie where the depth is missing
+    (hololens_000: about 75 %). Otherwise they are dropped.
+    """
     cv2 = _cv2()
     img = np.ascontiguousarray(np.asarray(image, np.uint8))
     grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
@@ -112,11 +137,15 @@ def extract_features(image: np.ndarray, depth: np.ndarray, K: np.ndarray, num_fe
     z = d[c[:, 1], c[:, 0]]
     nb = np.stack([d[c[:, 1] + dy, c[:, 0] + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], -1)
     ok = (z > 0) & (z <= depth_max) & (nb.min(-1) > 0) & (nb.max(-1) - nb.min(-1) <= 0.05 * z)
-    if not ok.any():
-        return empty
-    uv = pts[ok] + 0.5  # OpenCV's keypoints have pixel centres at integers
-    xyz = unproject(uv, z[ok].astype(np.float64), K)
-    return FrameFeatures(uv.astype(np.float32), np.ascontiguousarray(desc[ok]), xyz.astype(np.float32))
+    K = np.asarray(K, np.float64)
+    order = np.concatenate([np.flatnonzero(ok), np.flatnonzero(~ok) if keep_2d else np.zeros(0, int)])
+    if not len(order):
+        return FrameFeatures(empty.uv, empty.descriptors, empty.points, K)
+    uv = pts[order] + 0.5  # OpenCV's keypoints have pixel centres at integers
+    xyz = np.full((len(order), 3), np.nan)
+    n = int(ok.sum())
+    xyz[:n] = unproject(uv[:n], z[order[:n]].astype(np.float64), K)
+    return FrameFeatures(uv.astype(np.float32), np.ascontiguousarray(desc[order]), xyz.astype(np.float32), K)
 
 
 def _match(src: FrameFeatures, tgt: FrameFeatures, ratio: float) -> np.ndarray:
@@ -133,23 +162,49 @@ def _match(src: FrameFeatures, tgt: FrameFeatures, ratio: float) -> np.ndarray:
 
 
 def align_features(src: FrameFeatures, tgt: FrameFeatures, threshold: float = 0.03, min_inliers: int = 20,
-                   min_inlier_ratio: float = 0.3, ratio: float = 0.8, iters: int = 300) -> FeatureAlignment:
+                   min_inlier_ratio: float = 0.3, ratio: float = 0.8, iters: int = 300,
+                   pnp_threshold: float | None = 3.0) -> FeatureAlignment:
     """Rigid ``source -> target`` camera transform from feature matches (no initial guess needed).
 
+    Matches with depth on both sides go to a rigid 3D-3D RANSAC (seeded: deterministic). When that
+    fails and ``pnp_threshold`` is set, the matches whose target keypoint has depth go to PnP RANSAC
+    (the target's 3D points against the source's pixels, OpenCV, seeded): it needs no source depth,
+    and its pixel threshold scales with depth (far points are not outliers of a metric threshold).
+
     Args:
-        src, tgt: :class:`FrameFeatures` of the two frames.
-        threshold: RANSAC inlier distance in metres (3D, after the transform).
+        src, tgt: :class:`FrameFeatures` of the two frames (PnP needs ``src.K``).
+        threshold: 3D RANSAC inlier distance in metres (after the transform).
         min_inliers, min_inlier_ratio: acceptance: at least this many inliers and this fraction of
-            the putative matches (a wrong pose rarely gathers many consistent 3D matches).
+            the putative matches (a wrong pose rarely gathers many consistent matches).
         ratio: Lowe's ratio test.
         iters: RANSAC samples.
+        pnp_threshold: PnP inlier reprojection error in pixels; None: no PnP fallback.
     """
-    m = _match(src, tgt, ratio)
+    s3, t3 = np.flatnonzero(src.has_depth), np.flatnonzero(tgt.has_depth)
+    src3, tgt3 = _select(src, s3), _select(tgt, t3)
+    m = _match(src3, tgt3, ratio)  # keypoints with depth only: fewer distractors for the ratio test
+    res = _align_3d(src3, tgt3, m, threshold, min_inliers, min_inlier_ratio, iters)
+    if res.ok or pnp_threshold is None or src.K is None or len(s3) == len(src):
+        return res
+    m = _match(src, tgt3, ratio)
+    pnp = _align_pnp(src, tgt3, m, float(pnp_threshold), min_inliers, min_inlier_ratio, iters, threshold)
+    if pnp.ok:
+        return pnp
+    pnp.reason = f"3D: {res.reason}; PnP: {pnp.reason}"
+    return pnp
+
+
+def _select(f: FrameFeatures, idx: np.ndarray) -> FrameFeatures:
+    return f if len(idx) == len(f) else FrameFeatures(f.uv[idx], f.descriptors[idx], f.points[idx], f.K)
+
+
+def _align_3d(src: FrameFeatures, tgt: FrameFeatures, m: np.ndarray, threshold: float, min_inliers: int,
+              min_inlier_ratio: float, iters: int) -> FeatureAlignment:
     if len(m) < max(3, min_inliers):
         return FeatureAlignment(False, matches=len(m), reason=f"{len(m)} feature matches < {min_inliers}")
     a, b = src.points[m[:, 0]].astype(np.float64), tgt.points[m[:, 1]].astype(np.float64)
     try:
-        _, R, t, inl = umeyama_ransac(a, b, threshold, iters=iters, with_scale=False)
+        _, R, t, inl = umeyama_ransac(a, b, threshold, iters=iters, with_scale=False, seed=0)
     except ValueError as exc:
         return FeatureAlignment(False, matches=len(m), reason=f"RANSAC: {exc}")
     n = int(inl.sum())
@@ -160,7 +215,35 @@ def align_features(src: FrameFeatures, tgt: FrameFeatures, threshold: float = 0.
         return FeatureAlignment(False, T, len(m), n, rmse,
                                 reason=f"{n} RANSAC inliers of {len(m)} matches (need {min_inliers} and "
                                        f"{100 * min_inlier_ratio:.0f} %)")
-    return FeatureAlignment(True, T, len(m), n, rmse)
+    return FeatureAlignment(True, T, len(m), n, rmse, depth_inliers=n)
+
+
+def _align_pnp(src: FrameFeatures, tgt: FrameFeatures, m: np.ndarray, threshold: float, min_inliers: int,
+               min_inlier_ratio: float, iters: int, threshold_3d: float = 0.03) -> FeatureAlignment:
+    """PnP of the target's 3D points against the source's pixels: the source camera in the target frame."""
+    from forward3d.geometry.pnp import reprojection_errors, solve_pnp_ransac
+
+    if len(m) < max(4, min_inliers):
+        return FeatureAlignment(False, matches=len(m), reason=f"{len(m)} matches with target depth < {min_inliers}",
+                                method="pnp")
+    X = tgt.points[m[:, 1]].astype(np.float64)
+    uv = src.uv[m[:, 0]].astype(np.float64)
+    r = solve_pnp_ransac(X, uv, src.K, threshold=threshold, iters=max(iters, 100), confidence=0.999)
+    if not r.ok:
+        return FeatureAlignment(False, matches=len(m), reason="PnP RANSAC found no pose", method="pnp")
+    inl = reprojection_errors(X, uv, src.K, r.c2w) < threshold
+    n = int(inl.sum())
+    T = r.c2w
+    both = inl & src.has_depth[m[:, 0]]
+    a = src.points[m[both, 0]].astype(np.float64)
+    r2 = ((a @ T[:3, :3].T + T[:3, 3] - X[both]) ** 2).sum(1)
+    rmse = float(np.sqrt(np.mean(r2))) if both.any() else float("inf")
+    agree = int((r2 < threshold_3d**2).sum())
+    if n < min_inliers or n < min_inlier_ratio * len(m):
+        return FeatureAlignment(False, T, len(m), n, rmse, method="pnp", depth_inliers=agree,
+                                reason=f"{n} PnP inliers of {len(m)} matches (need {min_inliers} and "
+                                       f"{100 * min_inlier_ratio:.0f} %)")
+    return FeatureAlignment(True, T, len(m), n, rmse, method="pnp", depth_inliers=agree)
 
 
 class KeyframeIndex:
@@ -187,8 +270,7 @@ class KeyframeIndex:
         """Store keyframe ``frame`` (its features and its thumbnail descriptor ``[768]``)."""
         k = self.max_features
         self.frames.append(int(frame))
-        self.features.append(FrameFeatures(features.uv[:k].copy(), features.descriptors[:k].copy(),
-                                           features.points[:k].copy()))
+        self.features.append(features.head(k))
         self._desc = np.concatenate([self._desc, np.asarray(descriptor, np.float32)[None]])
 
     def query(self, descriptor: np.ndarray, k: int = 5) -> list[int]:

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -37,7 +38,7 @@ from forward3d.pipelines.base import Backend, Capabilities
 from forward3d.progress import progress_bar
 from forward3d.types import Frame, FrameStatus, Reconstruction, Update
 
-__all__ = ["RGBDConfig", "RGBDBackend", "open3d_device_name", "TRACKING_MODES"]
+__all__ = ["RGBDConfig", "RGBDBackend", "open3d_device_name", "open3d_threads", "TRACKING_MODES"]
 
 TRACKING_MODES = ("keyframe", "frame", "model")
 
@@ -115,6 +116,11 @@ class RGBDConfig:
         relocalize_patience: after this many consecutive lost frames tracking restarts from the
             current frame at the last known pose (a new, unconnected piece of map; as without
             ``relocalize``).
+        threads: CPU threads of open3d while the back-end runs. 1 (default) makes a run
+            reproducible bit for bit: open3d's parallel reductions sum in a scheduling-dependent
+            order, and on fast real motion such last-digit differences can flip a tracking decision
+            (hololens_000: 10 and 19 cm ATE from the same input with 2 threads). 0: all cores (faster,
+            not reproducible). The previous setting is restored afterwards.
     """
 
     voxel_size: float = 0.02
@@ -155,6 +161,7 @@ class RGBDConfig:
     relocalize_candidates: int = 5
     relocalize_patience: int = 15
     feature_agreement: float = 0.05
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if self.tracking == "odometry":
@@ -199,6 +206,8 @@ class RGBDConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise bad(name, "a finite number > 0")
+        if not (isinstance(self.threads, int) and self.threads >= 0):
+            raise bad("threads", "an integer >= 0 (0: all cores)")
         for name in ("loop_min_gap", "loop_downsample", "feature_count", "relocalize_candidates",
                      "relocalize_patience"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
@@ -227,6 +236,7 @@ class RGBDConfig:
 
 
 _MIN_VALID_DEPTH = 0.05  # a frame with less valid depth than this fraction never becomes a reference
+_MIN_DEPTH_INLIERS = 10  # a feature-only pose needs this many matches whose depths agree (3D-3D)
 _VETO_FITNESS = 0.5  # dense overlap needed when the ORB features of a frame and its reference do not match
 
 
@@ -247,6 +257,25 @@ def open3d_device_name(device: str | None) -> str:
     if kind not in ("CPU", "CUDA") or (idx and not idx.isdigit()):
         raise ValueError(f"rgbd device: expected cpu, cuda, cuda:N (or CPU:0 / CUDA:N), found {device!r}")
     return f"{kind}:{idx or 0}"
+
+
+@contextlib.contextmanager
+def open3d_threads(n: int) -> Iterator[None]:
+    """Limit open3d (oneTBB) to ``n`` CPU threads inside the block (0: no limit); restores the
+    previous limit afterwards. Without open3d it does nothing (the run reports the missing extra)."""
+    try:
+        import open3d as o3d
+
+        util = o3d.utility
+        prev = util.get_max_threads()
+        util.set_max_threads(int(n))
+    except (ImportError, AttributeError):  # open3d missing, or older than set_max_threads
+        yield
+        return
+    try:
+        yield
+    finally:
+        util.set_max_threads(prev)
 
 
 def _rotation_deg(R: np.ndarray) -> float:
@@ -359,6 +388,14 @@ class RGBDBackend(Backend):
 
     def stream(self, frames: Iterable[Frame], config: RGBDConfig | None = None, *,
                progress: bool = True, num_frames: int | None = None) -> Iterator[Update]:
+        """Reconstruct a stream of RGB-D frames, yielding one :class:`Update` per frame (see
+        :meth:`_stream`), with open3d limited to ``config.threads`` CPU threads meanwhile."""
+        threads = self.resolve_config(config).threads
+        with open3d_threads(threads):
+            yield from self._stream(frames, config, progress=progress, num_frames=num_frames)
+
+    def _stream(self, frames: Iterable[Frame], config: RGBDConfig | None = None, *,
+                progress: bool = True, num_frames: int | None = None) -> Iterator[Update]:
         """Reconstruct a stream of RGB-D frames, yielding one :class:`Update` per frame.
 
         Args:
@@ -475,8 +512,8 @@ class RGBDBackend(Backend):
                     cur = tracker.prepare(depth, frame.image, K)  # type: ignore[union-attr]
                     if index is not None:
                         tf = time.perf_counter()
-                        cur["features"] = extract_features(frame.image, depth, K, cfg.feature_count,
-                                                           min(cfg.tracking_depth_max, cfg.depth_max))
+                        cur["features"] = extract_features(frame.image, depth, K, cfg.feature_count, cfg.depth_max,
+                                                           keep_2d=True)
                         track_stats["features_s"] += time.perf_counter() - tf
                     if prev is None:
                         c2w, is_key = np.eye(4), True
@@ -537,7 +574,8 @@ class RGBDBackend(Backend):
                     stored.add(i, c2w)
                 if closer is not None:
                     if closer.add_frame(c2w, store, depth, frame.image, K, tracked=ok,
-                                        features=None if cur is None else cur.get("features"),
+                                        features=None if cur is None or "features" not in cur
+                                        else cur["features"].head(cfg.feature_count // 2),
                                         anchor=None if cover is None else stored.frames.index(cover)):
                         trajectory = closer.trajectory()  # every frame so far, this one included
                         c2ws[:] = list(trajectory[:-1])
@@ -691,7 +729,8 @@ class RGBDBackend(Backend):
         the refined pose with the lowest ``rmse / fitness`` that passes the checks is kept. When the
         features align, a refined pose must also stay within ``feature_agreement`` of their pose (the
         dense odometry diverges on fast real motion; RANSAC on ORB matches does not need a guess), and
-        when no refined pose does, the feature pose itself is used. When both frames have features
+        when no refined pose does, the feature pose itself is used (only when at least 10 matched points
+        of the frame's own depth agree with it: a PnP pose alone does not check that depth). When both frames have features
         (100 or more) and they do not match, a refined pose needs an inlier fraction of at least 0.5
         (a jump to another place: the dense odometry may still find some wrong overlap).
         """
@@ -710,6 +749,9 @@ class RGBDBackend(Backend):
                 ts = time.perf_counter()
                 fa = align_features(cur["features"], tgt["features"])
                 stats["features_s"] += time.perf_counter() - ts
+                log.debug("rgbd: frame %d -> %s features: %s, %d inliers of %d matches (%s) %s", len(c2ws),
+                          "previous" if tgt is prev[0] else "keyframe", "ok" if fa.ok else "failed", fa.inliers,
+                          fa.matches, fa.method, fa.reason)
                 if not fa.ok:
                     veto = min(len(cur["features"]), len(tgt["features"])) >= 100
                     fa = None
@@ -741,9 +783,13 @@ class RGBDBackend(Backend):
                               f"{_rotation_deg(jump[:3, :3]):.1f} deg from the {ref_name}")
                     continue
                 cost = res.rmse / max(res.fitness, 1e-3)
+                log.debug("rgbd: frame %d -> %s, from the %s: fitness %.3f rmse %.4f cost %.4f", len(c2ws),
+                          "previous" if tgt is prev[0] else "keyframe", kind, res.fitness, res.rmse, cost)
                 if best is None or cost < best[0]:
                     best = (cost, c2w, res.fitness, kind)
-            if best is None and fa is not None:
+            if best is None and fa is not None and fa.depth_inliers >= _MIN_DEPTH_INLIERS:
+                # the frame's own depth must agree with the reference at the feature pose: a PnP pose
+                # (pixels only) of a frame without depth, or with garbage depth, is not used (it would be fused)
                 jump = np.linalg.inv(pred) @ tgt_c2w @ fa.src_to_tgt
                 if (np.linalg.norm(jump[:3, 3]) <= cfg.max_jump_translation
                         and _rotation_deg(jump[:3, :3]) <= cfg.max_jump_rotation_deg):
