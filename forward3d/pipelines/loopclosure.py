@@ -61,6 +61,10 @@ class LoopClosureOptions:
         optimize_translation, optimize_rotation_deg: accepted loops that differ less than this from
             the current estimate join the graph without an immediate optimisation (the next one, or
             :meth:`LoopCloser.finish`, uses them): revisiting a corrected place costs no optimisation.
+        optimize_now, optimize_every: loop edges that disagree more than ``optimize_now`` times those
+            thresholds optimise at once; smaller disagreements wait until ``optimize_every`` keyframes
+            with new loop edges have passed since the last optimisation (throttling: each optimisation
+            costs the whole graph).
         depth_max: depth beyond this is not used for verification (metres).
         features: coarse feature alignment of candidates: when both keyframes have ORB features
             (:func:`~forward3d.pipelines.features.align_features`) and they disagree with the current
@@ -90,6 +94,8 @@ class LoopClosureOptions:
     edge_prune_threshold: float = 0.25
     optimize_translation: float = 0.003
     optimize_rotation_deg: float = 0.2
+    optimize_now: float = 5.0
+    optimize_every: int = 5
     depth_max: float = 4.0
     features: bool = True
     max_feature_correction: float = 2.0
@@ -261,6 +267,7 @@ class LoopCloser:
         self._rel: list[np.ndarray] = []  # per frame: inverse(c2w_keyframe) @ c2w_frame at tracking time
         self._descriptors = np.zeros((0, 768), np.float32)
         self._pending = False  # loop edges added since the last optimisation
+        self._since_optimize = 0  # keyframes with new loop edges since the last optimisation
         self._last: tuple[int, np.ndarray] | None = None  # newest keyframe (stored or culled): (node, c2w rel. to it)
         self._links: dict[tuple[int, int], int] = {}  # re-anchoring edges per node pair
         self.reanchored = 0  # culled keyframes re-anchored on the stored keyframe that covers them
@@ -311,8 +318,8 @@ class LoopCloser:
         changed = False
         if accepted:
             self._pending = True
-            if max(self._disagreement(r.source, r.target, r.source_to_target) for r in accepted) > 1.0:
-                changed = self.optimize()
+            changed = self._maybe_optimize(max(self._disagreement(r.source, r.target, r.source_to_target)
+                                               for r in accepted))
         self.time_s += time.perf_counter() - ts
         return changed
 
@@ -355,12 +362,13 @@ class LoopCloser:
             log.debug("culled keyframe %d not re-anchored on nodes %s", kf.frame, covers)
             return False, None
         self.reanchored += 1
-        cover, T, info = verified[0]
-        if len(verified) > 1:  # the pose from both covers, weighted by their translation information
+        cover, T, info = verified[0]  # the edges use the measured T, the anchor the pose from both covers
+        rel = T
+        if len(verified) > 1:  # weighted by their translation information
             c2, T2, info2 = verified[1]
             w1, w2 = float(np.trace(info[3:, 3:])), float(np.trace(info2[3:, 3:]))
             both = slerp_pose(self.graph.c2w[cover] @ T, self.graph.c2w[c2] @ T2, w2 / max(w1 + w2, 1e-12))
-            T = np.linalg.inv(self.graph.c2w[cover]) @ both
+            rel = np.linalg.inv(self.graph.c2w[cover]) @ both
         edges = []
         if tracked and self._last is not None and self._last[0] != cover:
             a = self._last[0]  # w2c_a @ c2w_cover: the tracked pose in a's frame, then back to the cover
@@ -376,12 +384,21 @@ class LoopCloser:
             self.graph.add_edge(src, tgt, meas, inf, loop=True)
             self._pending = True
             worst = max(worst, self._disagreement(src, tgt, meas))
-        changed = self.optimize() if worst > 1.0 else False
+        changed = self._maybe_optimize(worst) if edges else False
         self._anchor.append(cover)
-        self._rel.append(T)
-        self._last = (cover, T)
+        self._rel.append(rel)
+        self._last = (cover, rel)
         self.time_s += time.perf_counter() - ts
-        return changed, self.graph.c2w[cover] @ T
+        return changed, self.graph.c2w[cover] @ rel
+
+    def _maybe_optimize(self, disagreement: float) -> bool:
+        """Optimise after new loop edges that disagree ``disagreement`` (:meth:`_disagreement` units) with
+        the estimate: at once beyond ``optimize_now``; above 1, once ``optimize_every`` keyframes have
+        passed since the last optimisation (else the edges wait for the next one, or :meth:`finish`)."""
+        self._since_optimize += 1
+        if disagreement > self.o.optimize_now or (disagreement > 1.0 and self._since_optimize >= self.o.optimize_every):
+            return self.optimize()
+        return False
 
     def finish(self) -> bool:
         """Optimise once more if loops joined the graph since the last optimisation; True when poses moved."""
@@ -584,6 +601,7 @@ class LoopCloser:
         res = self.graph.optimize(self.o.max_correspondence_distance, self.o.edge_prune_threshold)
         self.optimizations += 1
         self._pending = False
+        self._since_optimize = 0
         if res.loops_pruned:
             log.info("loop closure: the optimisation dropped %d inconsistent loop(s)", res.loops_pruned)
         self._grid = CentreGrid(self.o.radius)
