@@ -100,8 +100,11 @@ class RGBDConfig:
             (metres; or 5 degrees) from their pose is rejected, and with none left the feature pose is used.
         keyframe_cull: a new keyframe within ``keyframe_translation`` / ``keyframe_rotation_deg`` of
             a stored one (a revisited place) is a tracking reference only: it is not stored for loop
-            closure, relocalisation or re-fusion, and its frames follow the stored keyframe. Memory and
-            loop detection then grow with the explored space, not with the sequence length.
+            closure, relocalisation or re-fusion, and not fused. With loop closure it is verified against
+            the (two nearest) stored keyframes that cover it and re-anchored on them (its pose and its
+            frames' follow them), and it links them and the previous keyframe in the pose graph, so
+            revisits still close loops; one that does not verify is stored. Memory and loop detection
+            then grow with the explored space, not with the sequence length.
         relocalize: when tracking fails, match the frame against the keyframes (thumbnail
             correlation, then features + RANSAC, then ICP against the fused surface) and resume there;
             frames that cannot be relocalised are ``lost`` (last known pose, not fused, not references).
