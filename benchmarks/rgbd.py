@@ -13,6 +13,8 @@ Frames are rendered lazily inside the loop; their rendering time is measured and
                                                # culling on and off, RSS sampled every 1,000 frames
     python benchmarks/rgbd.py --blocks 300 3000  # TSDF block budget: a walk around a 30 m room,
                                                  # max_blocks 0 (unbounded) and 3000
+    python benchmarks/rgbd.py --memory 10000 --memory-modes cull --memory-size 320x240 --trace t.jsonl \
+        --out benchmarks/results/rgbd_memory_10000.json   # one mode; samples appended to t.jsonl as they come
 
 Writes ``benchmarks/results/rgbd.json`` (``rgbd_loops.json`` with ``--loops``, ``rgbd_blocks.json`` with ``--blocks``; or ``--out``) and prints a table.
 """
@@ -143,32 +145,54 @@ def _child_loops(spec: str) -> dict:
             "peak_rss_mb": _rss_mb()}
 
 
-def _child_memory(spec: str) -> dict:
-    """``memory:N:cull|nocull``: N synthetic frames at 160x120 (orbit loops, lazily rendered), loop closure
-    on, RSS sampled every ``max(1, N // 10)`` frames; returns the samples, keyframes and stored keyframes."""
+def _child_memory(spec: str, size: tuple[int, int] = (160, 120), trace_file: str | None = None) -> dict:
+    """``memory:N:cull|nocull``: N synthetic frames at ``size`` (orbit loops, lazily rendered), loop closure
+    on, RSS sampled every ``max(1, N // 10)`` frames; returns the samples, keyframes and stored keyframes.
+
+    With ``trace_file``, every sample is also appended there as it is taken (one JSON line: frame, RSS,
+    wall and CPU seconds so far), so a run stopped before its end still says how far it got."""
     from forward3d.data.synthetic import SyntheticScene
     from forward3d.eval import ate
     from forward3d.pipelines.rgbd import RGBDBackend
 
     _, n, cull = spec.split(":")
     n = int(n)
-    scene = SyntheticScene(num_frames=n, width=160, height=120, seed=0, depth_noise=0.002)
+    scene = SyntheticScene(num_frames=n, width=size[0], height=size[1], seed=0, depth_noise=0.002)
     every = max(1, n // 10)
     trace: list[tuple[int, float]] = []
+    render_s = 0.0
+    t0, c0 = time.perf_counter(), time.process_time()
+
+    def sample(i: int) -> None:
+        trace.append((i, _rss_mb()))
+        if trace_file:
+            with open(trace_file, "a") as fh:
+                fh.write(json.dumps({"config": spec, "frame": i, "rss_mb": trace[-1][1], "peak_rss_mb": _rss_mb(),
+                                     "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}) + "\n")
 
     def frames():
+        nonlocal render_s
         for i in range(n):
             if i % every == 0:
-                trace.append((i, _rss_mb()))
-            yield scene.frame(i)
+                sample(i)
+            t = time.perf_counter()
+            f = scene.frame(i)
+            render_s += time.perf_counter() - t
+            yield f
 
-    t0 = time.perf_counter()
     rec = RGBDBackend(keyframe_cull=cull == "cull", mesh=False).run(frames(), progress=False)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    sample(n)
     lcm = rec.metadata.get("loop_closure", {})
-    return {"config": spec, "frames": n, "wall_s": wall, "fps": n / wall, "ate_rmse_m": ate(rec.c2w, scene.c2w)["rmse"],
+    return {"config": spec, "frames": n, "width": size[0], "height": size[1], "wall_s": wall, "cpu_s": cpu,
+            "render_s": render_s, "fps": n / wall, "fps_cpu": n / max(cpu, 1e-9),
+            "fps_pipeline": n / max(wall - render_s, 1e-9),
+            "ate_rmse_m": ate(rec.c2w, scene.c2w)["rmse"],
             "keyframes": len(rec.keyframes), "stored_keyframes": rec.metadata["stored_keyframes"],
-            "loops_kept": lcm.get("kept", 0), "keyframe_store_mb": lcm.get("keyframe_store_mb", 0.0),
+            "loops_kept": lcm.get("kept", 0), "reanchored": lcm.get("reanchored", 0),
+            "reanchor_edges": lcm.get("reanchor_edges", 0), "optimizations": lcm.get("optimizations", 0),
+            "loop_closure_s": rec.timings.get("loop_closure_s", 0.0), "tracking_s": rec.timings["tracking_s"],
+            "fusion_s": rec.timings["fusion_s"], "keyframe_store_mb": lcm.get("keyframe_store_mb", 0.0),
             "rss_trace_mb": trace, "peak_rss_mb": _rss_mb()}
 
 
@@ -225,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="long-stream memory run: N frames at 160x120, keyframe culling on and off")
     p.add_argument("--blocks", type=int, nargs=2, default=None, metavar=("N", "MAX_BLOCKS"),
                    help="TSDF block budget run: N frames through a 30 m room, max_blocks 0 (unbounded) and MAX_BLOCKS")
+    p.add_argument("--memory-modes", nargs="+", default=["cull", "nocull"], choices=["cull", "nocull"],
+                   help="--memory: the keyframe culling modes to run")
+    p.add_argument("--memory-size", default="160x120", metavar="WxH", help="--memory: frame size")
+    p.add_argument("--trace", default=None, metavar="FILE",
+                   help="--memory: append each RSS sample to FILE as it is taken (JSON lines)")
     p.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/rgbd.json or rgbd_loops.json)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -232,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_child_blocks(args.child)))
         return 0
     if args.child and args.child.startswith("memory:"):
-        print(json.dumps(_child_memory(args.child)))
+        w, h = (int(v) for v in args.memory_size.split("x"))
+        print(json.dumps(_child_memory(args.child, (w, h), args.trace)))
         return 0
     if args.child:
         child = _child_loops(args.child) if args.child.count(":") >= 2 else _child(args.child, args.voxel_size, args.noise)
@@ -255,10 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.memory is not None:
         out = Path(args.out)
-        results = _run_children([f"memory:{args.memory}:cull", f"memory:{args.memory}:nocull"], [])
+        extra = ["--memory-size", args.memory_size] + (["--trace", args.trace] if args.trace else [])
+        results = _run_children([f"memory:{args.memory}:{m}" for m in args.memory_modes], extra)
         for r in results:
             if "error" not in r:
-                print(f"{r['config']:<22} {r['fps']:.1f} frames/s, ATE {100 * r['ate_rmse_m']:.2f} cm, "
+                print(f"{r['config']:<22} {r['fps']:.1f} frames/s ({r['fps_cpu']:.1f} per CPU second), "
+                      f"ATE {100 * r['ate_rmse_m']:.2f} cm, "
                       f"{r['stored_keyframes']} of {r['keyframes']} keyframes stored, peak {r['peak_rss_mb']:.0f} MB, "
                       f"RSS every {args.memory // 10} frames: {[round(m) for _, m in r['rss_trace_mb']]}")
         _write(out, results)

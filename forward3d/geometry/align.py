@@ -108,17 +108,33 @@ def _batched_fit(src: np.ndarray, dst: np.ndarray, with_scale: bool):
     return s, R, t, ok
 
 
+def _sample_triples(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
+    """``[m, 3]`` indices: ``m`` uniform draws of 3 distinct elements of ``range(n)`` (``n >= 3``), vectorised."""
+    a = rng.integers(0, n, m)
+    b = rng.integers(0, n - 1, m)
+    b = b + (b >= a)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    c = rng.integers(0, n - 2, m)
+    c = c + (c >= lo)
+    c = c + (c >= hi)
+    return np.stack([a, b, c], 1)
+
+
 def umeyama_ransac(src, dst, threshold: float, iters: int = 1000, with_scale: bool = True,
-                   seed: int | None = 0, refine_iters: int = 3) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+                   seed: int | None = 0, refine_iters: int = 3,
+                   confidence: float | None = None) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """Robust :func:`umeyama`: RANSAC over minimal 3-point samples, then a refit on the inliers.
 
     Args:
         src, dst: ``[N, 3]`` correspondences; NaN/inf rows are ignored (never inliers).
         threshold: inlier distance ``|dst - (s R src + t)| < threshold`` (units of ``dst``).
-        iters: number of random minimal samples.
+        iters: number of random minimal samples (the most, with ``confidence``).
         with_scale: Sim(3) (True) or SE(3).
         seed: seed of the sampler (deterministic by default).
         refine_iters: refit-on-inliers rounds after the best sample.
+        confidence: stop early (samples are scored 32 at a time) once an all-inlier sample has been
+            drawn with this probability, given the best inlier fraction so far (the standard adaptive
+            RANSAC bound ``log(1 - confidence) / log(1 - w^3)``); None: always ``iters`` samples.
 
     Returns:
         ``(s, R [3, 3], t [3], inlier_mask [N] bool)``.
@@ -131,6 +147,8 @@ def umeyama_ransac(src, dst, threshold: float, iters: int = 1000, with_scale: bo
         raise ValueError(f"umeyama_ransac: expected threshold > 0, found {threshold}")
     if iters < 1:
         raise ValueError(f"umeyama_ransac: expected iters >= 1, found {iters}")
+    if confidence is not None and not 0.0 < confidence < 1.0:
+        raise ValueError(f"umeyama_ransac: expected confidence in (0, 1) or None, found {confidence}")
     src_all, dst_all, _, ok = _pairs(src, dst, None, "umeyama_ransac")
     idx = np.flatnonzero(ok)
     n = len(idx)
@@ -138,8 +156,7 @@ def umeyama_ransac(src, dst, threshold: float, iters: int = 1000, with_scale: bo
         raise ValueError(f"umeyama_ransac: expected at least 3 valid (finite) correspondences, found {n}")
     src_v, dst_v = src_all[idx], dst_all[idx]
     rng = np.random.default_rng(seed)
-    samples = np.stack([rng.choice(n, 3, replace=False) for _ in range(iters)]) if n > 3 \
-        else np.tile(np.arange(3), (1, 1))
+    samples = _sample_triples(rng, n, iters) if n > 3 else np.tile(np.arange(3), (1, 1))
     s, R, t, good = _batched_fit(src_v[samples], dst_v[samples], with_scale)
     s, R, t = s[good], R[good], t[good]
     if len(s) == 0:
@@ -147,9 +164,14 @@ def umeyama_ransac(src, dst, threshold: float, iters: int = 1000, with_scale: bo
     thr2 = threshold**2
     best_count, best_cost, best = -1, np.inf, 0
     chunk = max(1, int(4e6 // max(1, 3 * n)))  # bounds the [chunk, n, 3] residual arrays (~32 MB)
+    if confidence is not None:
+        chunk = min(chunk, 32)
+    needed = len(s)
     for c0 in range(0, len(s), chunk):
+        if c0 >= needed:
+            break
         sl = slice(c0, c0 + chunk)
-        pred = s[sl, None, None] * np.einsum("mij,nj->mni", R[sl], src_v) + t[sl, None, :]
+        pred = s[sl, None, None] * (src_v[None] @ R[sl].transpose(0, 2, 1)) + t[sl, None, :]  # [m, n, 3]
         r2 = ((pred - dst_v[None]) ** 2).sum(-1)  # [m, n]
         inl = r2 < thr2
         count = inl.sum(1)
@@ -157,6 +179,10 @@ def umeyama_ransac(src, dst, threshold: float, iters: int = 1000, with_scale: bo
         j = int(np.lexsort((cost, -count))[0])  # most inliers, then lowest cost
         if count[j] > best_count or (count[j] == best_count and cost[j] < best_cost):
             best_count, best_cost, best = int(count[j]), float(cost[j]), c0 + j
+            if confidence is not None:
+                w3 = (best_count / n) ** 3
+                needed = (0 if w3 >= 1.0 else len(s) if w3 <= 0.0 else
+                          int(np.ceil(np.log(1.0 - confidence) / np.log(1.0 - w3))))
     model = (float(s[best]), R[best], t[best])
     inliers = np.zeros(n, dtype=bool)
     for _ in range(max(1, refine_iters)):

@@ -155,10 +155,16 @@ def _match(src: FrameFeatures, tgt: FrameFeatures, ratio: float) -> np.ndarray:
         return np.zeros((0, 2), int)
     bf = cv2.BFMatcher(cv2.NORM_HAMMING)
     fwd = bf.knnMatch(src.descriptors, tgt.descriptors, k=2)
-    back = {m.queryIdx: m.trainIdx for m in bf.match(tgt.descriptors, src.descriptors)}
-    out = [(p[0].queryIdx, p[0].trainIdx) for p in fwd
-           if len(p) == 2 and p[0].distance < ratio * p[1].distance and back.get(p[0].trainIdx) == p[0].queryIdx]
-    return np.array(out, int).reshape(-1, 2)
+    cand = np.array([(p[0].queryIdx, p[0].trainIdx) for p in fwd
+                     if len(p) == 2 and p[0].distance < ratio * p[1].distance], int).reshape(-1, 2)
+    if not len(cand):
+        return cand
+    # mutual check: only the targets that passed the ratio test are matched back
+    targets = np.unique(cand[:, 1])
+    nearest = np.full(len(tgt), -1)
+    for m in bf.match(tgt.descriptors[targets], src.descriptors):
+        nearest[targets[m.queryIdx]] = m.trainIdx
+    return cand[nearest[cand[:, 1]] == cand[:, 0]]
 
 
 def align_features(src: FrameFeatures, tgt: FrameFeatures, threshold: float = 0.03, min_inliers: int = 20,
@@ -204,7 +210,7 @@ def _align_3d(src: FrameFeatures, tgt: FrameFeatures, m: np.ndarray, threshold: 
         return FeatureAlignment(False, matches=len(m), reason=f"{len(m)} feature matches < {min_inliers}")
     a, b = src.points[m[:, 0]].astype(np.float64), tgt.points[m[:, 1]].astype(np.float64)
     try:
-        _, R, t, inl = umeyama_ransac(a, b, threshold, iters=iters, with_scale=False, seed=0)
+        _, R, t, inl = umeyama_ransac(a, b, threshold, iters=iters, with_scale=False, seed=0, confidence=0.9999)
     except ValueError as exc:
         return FeatureAlignment(False, matches=len(m), reason=f"RANSAC: {exc}")
     n = int(inl.sum())

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from forward3d.geometry.se3 import rotation_angle
+from forward3d.geometry.se3 import rotation_angle, slerp_pose
 from forward3d.pipelines.posegraph import PoseGraph
 
 __all__ = ["CentreGrid", "LoopClosureOptions", "LoopCloser", "LoopResult", "StoredKeyframe", "downsample_rgbd", "thumbnail_descriptor"]
@@ -61,6 +61,10 @@ class LoopClosureOptions:
         optimize_translation, optimize_rotation_deg: accepted loops that differ less than this from
             the current estimate join the graph without an immediate optimisation (the next one, or
             :meth:`LoopCloser.finish`, uses them): revisiting a corrected place costs no optimisation.
+        optimize_now, optimize_every: loop edges that disagree more than ``optimize_now`` times those
+            thresholds optimise at once; smaller disagreements wait until ``optimize_every`` keyframes
+            with new loop edges have passed since the last optimisation (throttling: each optimisation
+            costs the whole graph).
         depth_max: depth beyond this is not used for verification (metres).
         features: coarse feature alignment of candidates: when both keyframes have ORB features
             (:func:`~forward3d.pipelines.features.align_features`) and they disagree with the current
@@ -71,6 +75,8 @@ class LoopClosureOptions:
         max_feature_correction, max_feature_correction_deg: see ``features``.
         verify: geometric verification on (off only for diagnostics: every candidate is accepted,
             with the odometry's transform when it converges, else with the proposed guess).
+        max_links_per_pair: re-anchored culled keyframes (:meth:`LoopCloser.add_culled`) add at most
+            this many edges between the same two stored keyframes.
     """
 
     downsample: int = 2
@@ -88,11 +94,14 @@ class LoopClosureOptions:
     edge_prune_threshold: float = 0.25
     optimize_translation: float = 0.003
     optimize_rotation_deg: float = 0.2
+    optimize_now: float = 5.0
+    optimize_every: int = 5
     depth_max: float = 4.0
     features: bool = True
     max_feature_correction: float = 2.0
     max_feature_correction_deg: float = 60.0
     verify: bool = True
+    max_links_per_pair: int = 3
 
 
 @dataclass
@@ -214,6 +223,11 @@ class CentreGrid:
         return out
 
 
+def _composed_information(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[6, 6]`` information of two independent measurements composed (their covariances add)."""
+    return np.linalg.inv(np.linalg.inv(a + 1e-9 * np.eye(6)) + np.linalg.inv(b + 1e-9 * np.eye(6)))
+
+
 def _in_view(point: np.ndarray, c2w: np.ndarray, K: np.ndarray, width: int, height: int) -> bool:
     p = np.linalg.inv(c2w)[:3] @ np.append(point, 1.0)
     if p[2] <= 0.05:
@@ -253,28 +267,37 @@ class LoopCloser:
         self._rel: list[np.ndarray] = []  # per frame: inverse(c2w_keyframe) @ c2w_frame at tracking time
         self._descriptors = np.zeros((0, 768), np.float32)
         self._pending = False  # loop edges added since the last optimisation
+        self._since_optimize = 0  # keyframes with new loop edges since the last optimisation
+        self._last: tuple[int, np.ndarray] | None = None  # newest keyframe (stored or culled): (node, c2w rel. to it)
+        self._links: dict[tuple[int, int], int] = {}  # re-anchoring edges per node pair
+        self.reanchored = 0  # culled keyframes re-anchored on the stored keyframe that covers them
+        self.reanchor_rejected = 0  # ... whose verification failed (the caller stores them instead)
 
     # ---------------------------------------------------------------------------------------------
     def add_frame(self, c2w: np.ndarray, keyframe: bool, depth: np.ndarray, image: np.ndarray, K: np.ndarray,
-                  tracked: bool = True, features: Any = None, anchor: int | None = None) -> bool:
+                  tracked: bool = True, features: Any = None, anchor: int | None = None,
+                  relocalised_on: int | None = None) -> bool:
         """Record frame ``len(self)`` with its tracked ``c2w``; store it as a keyframe when ``keyframe``.
 
         Args:
             c2w: ``[4, 4]`` tracked pose.
             keyframe: the frame is a keyframe (a tracking reference, with usable depth).
             depth, image, K: the frame (``[H, W]`` metres, ``[H, W, 3]`` uint8, ``[3, 3]``).
-            tracked: False when tracking failed (the odometry edge into this keyframe is then weak).
+            tracked: False when the keyframe was not tracked from the previous keyframe (tracking failed,
+                or it was relocalised): the odometry edge into it is then weak.
             features: the keyframe's :class:`~forward3d.pipelines.features.FrameFeatures` (camera-frame
                 points: any resolution), for the coarse alignment of its loop candidates; None: none.
-            anchor: a non-keyframe follows this keyframe node (default: the newest), e.g. the stored
-                keyframe that covers a culled one.
+            anchor: a non-keyframe follows this keyframe node (default: the node of the newest keyframe,
+                or the stored keyframe a culled newest keyframe was re-anchored on, :meth:`add_culled`).
+            relocalised_on: the keyframe's pose comes from a relocalisation against this node: the pair
+                is verified like a loop candidate and, when it passes, joins the graph as a loop edge.
 
         Returns:
             True when a loop was closed and past poses changed (read them with :meth:`trajectory`).
         """
         c2w = np.asarray(c2w, np.float64)
         if not keyframe:
-            a = len(self.keyframes) - 1 if anchor is None else int(anchor)
+            a = (self._last[0] if self._last is not None else -1) if anchor is None else int(anchor)
             self._anchor.append(a)
             self._rel.append(np.eye(4) if a < 0 else np.linalg.inv(self.graph.c2w[a]) @ c2w)
             return False
@@ -283,18 +306,99 @@ class LoopCloser:
         self.keyframes[node].features = features if self.o.features else None
         self._anchor.append(node)
         self._rel.append(np.eye(4))
-        if node > 0:
-            self._odometry_edge(node - 1, node, tracked)
-        accepted = [r for r in (self._verify(node, j, kind) for j, kind in self.candidates(node)) if r.accepted]
+        if self._last is not None:
+            self._odometry_edge(self._last[0], node, tracked)
+        self._last = (node, np.eye(4))
+        pairs = self.candidates(node)
+        if relocalised_on is not None and 0 <= relocalised_on < node:
+            pairs = [(int(relocalised_on), "relocalisation")] + [p for p in pairs if p[0] != relocalised_on]
+        accepted = [r for r in (self._verify(node, j, kind) for j, kind in pairs) if r.accepted]
         if node > 0:
             self.keyframes[node - 1].prepared = None  # only the newest keyframe keeps its open3d maps
         changed = False
         if accepted:
             self._pending = True
-            if max(self._disagreement(r) for r in accepted) > 1.0:
-                changed = self.optimize()
+            changed = self._maybe_optimize(max(self._disagreement(r.source, r.target, r.source_to_target)
+                                               for r in accepted))
         self.time_s += time.perf_counter() - ts
         return changed
+
+    def add_culled(self, c2w: np.ndarray, covers: list[int], depth: np.ndarray, image: np.ndarray, K: np.ndarray,
+                   tracked: bool = True, features: Any = None) -> tuple[bool, np.ndarray | None]:
+        """Record frame ``len(self)``, a culled keyframe (not stored) that the stored keyframes ``covers``
+        (nodes, nearest first) cover.
+
+        The frame is verified against each cover like a loop candidate (:class:`LoopClosureOptions`
+        thresholds, from the current estimate, then from the features). When one passes, the frame is
+        re-anchored on the first that passed: its pose is ``c2w_cover @ verified``, and later frames
+        follow that node. Edges join the graph (at most ``max_links_per_pair`` per node pair, so the
+        graph grows with the map, not with the sequence), as a stored keyframe's loops would:
+
+        - the previous keyframe's node and the cover, when the frame was tracked from that keyframe
+          (tracking odometry composed with the verification);
+        - two covers that both verified (the two verifications composed).
+
+        Args:
+            c2w: ``[4, 4]`` tracked pose; depth, image, K, tracked, features: as :meth:`add_frame`.
+            covers: the covering stored keyframes' nodes.
+
+        Returns:
+            ``(changed, c2w)``: changed as :meth:`add_frame`; ``c2w`` the re-anchored ``[4, 4]`` pose, or
+            None when no verification passed (nothing was recorded: store the frame as a keyframe).
+        """
+        ts = time.perf_counter()
+        c2w = np.asarray(c2w, np.float64)
+        d, img, Ks = downsample_rgbd(depth, image, K, self.o.downsample)
+        kf = StoredKeyframe(len(self._anchor), -1, d, img, Ks, np.zeros(0, np.float32), 1.0,
+                            features=features if self.o.features else None)
+        verified: list[tuple[int, np.ndarray, np.ndarray]] = []  # (node, culled -> node, information)
+        for c in covers:
+            r, info = self._verify_pair(kf, self.keyframes[c], np.linalg.inv(self.graph.c2w[c]) @ c2w, -1, c, "culled")
+            if r.accepted:
+                verified.append((c, r.source_to_target, info))
+        if not verified:
+            self.reanchor_rejected += 1
+            self.time_s += time.perf_counter() - ts
+            log.debug("culled keyframe %d not re-anchored on nodes %s", kf.frame, covers)
+            return False, None
+        self.reanchored += 1
+        cover, T, info = verified[0]  # the edges use the measured T, the anchor the pose from both covers
+        rel = T
+        if len(verified) > 1:  # weighted by their translation information
+            c2, T2, info2 = verified[1]
+            w1, w2 = float(np.trace(info[3:, 3:])), float(np.trace(info2[3:, 3:]))
+            both = slerp_pose(self.graph.c2w[cover] @ T, self.graph.c2w[c2] @ T2, w2 / max(w1 + w2, 1e-12))
+            rel = np.linalg.inv(self.graph.c2w[cover]) @ both
+        edges = []
+        if tracked and self._last is not None and self._last[0] != cover:
+            a = self._last[0]  # w2c_a @ c2w_cover: the tracked pose in a's frame, then back to the cover
+            edges.append((cover, a, np.linalg.inv(self.graph.c2w[a]) @ c2w @ np.linalg.inv(T), 0.5 * info))
+        for c, T2, info2 in verified[1:]:  # w2c_cover @ c2w_c
+            edges.append((c, cover, T @ np.linalg.inv(T2), _composed_information(info, info2)))
+        worst = 0.0
+        for src, tgt, meas, inf in edges:
+            pair = (min(src, tgt), max(src, tgt))
+            if self._links.get(pair, 0) >= self.o.max_links_per_pair:
+                continue
+            self._links[pair] = self._links.get(pair, 0) + 1
+            self.graph.add_edge(src, tgt, meas, inf, loop=True)
+            self._pending = True
+            worst = max(worst, self._disagreement(src, tgt, meas))
+        changed = self._maybe_optimize(worst) if edges else False
+        self._anchor.append(cover)
+        self._rel.append(rel)
+        self._last = (cover, rel)
+        self.time_s += time.perf_counter() - ts
+        return changed, self.graph.c2w[cover] @ rel
+
+    def _maybe_optimize(self, disagreement: float) -> bool:
+        """Optimise after new loop edges that disagree ``disagreement`` (:meth:`_disagreement` units) with
+        the estimate: at once beyond ``optimize_now``; above 1, once ``optimize_every`` keyframes have
+        passed since the last optimisation (else the edges wait for the next one, or :meth:`finish`)."""
+        self._since_optimize += 1
+        if disagreement > self.o.optimize_now or (disagreement > 1.0 and self._since_optimize >= self.o.optimize_every):
+            return self.optimize()
+        return False
 
     def finish(self) -> bool:
         """Optimise once more if loops joined the graph since the last optimisation; True when poses moved."""
@@ -305,9 +409,9 @@ class LoopCloser:
         self.time_s += time.perf_counter() - ts
         return changed
 
-    def _disagreement(self, r: LoopResult) -> float:
-        """How far a loop's measurement is from the current estimate, in units of the optimise thresholds."""
-        D = np.linalg.inv(np.linalg.inv(self.graph.c2w[r.target]) @ self.graph.c2w[r.source]) @ r.source_to_target
+    def _disagreement(self, source: int, target: int, source_to_target: np.ndarray) -> float:
+        """How far an edge's measurement is from the current estimate, in units of the optimise thresholds."""
+        D = np.linalg.inv(np.linalg.inv(self.graph.c2w[target]) @ self.graph.c2w[source]) @ source_to_target
         return max(float(np.linalg.norm(D[:3, 3])) / self.o.optimize_translation,
                    float(np.degrees(rotation_angle(D[:3, :3]))) / self.o.optimize_rotation_deg)
 
@@ -424,42 +528,44 @@ class LoopCloser:
         return r
 
     def _verify(self, source: int, target: int, kind: str, init: np.ndarray | None = None) -> LoopResult:
-        """Verify one candidate from the estimate (or ``init``) and, with features, from their pose."""
-        est = np.linalg.inv(self.graph.c2w[target]) @ self.graph.c2w[source]
-        starts = [("estimate", est if init is None else np.asarray(init, np.float64))]
-        src, tgt = self.keyframes[source], self.keyframes[target]
-        if self.o.features and src.features is not None and tgt.features is not None:
+        """Verify one candidate pair of nodes (:meth:`_verify_pair`); an accepted one joins the graph."""
+        est = np.linalg.inv(self.graph.c2w[target]) @ self.graph.c2w[source] if init is None else np.asarray(init, np.float64)
+        best, info = self._verify_pair(self.keyframes[source], self.keyframes[target], est, source, target, kind)
+        if best.accepted:
+            self.graph.add_edge(source, target, best.source_to_target, info, loop=True)
+        self.results.append(best)
+        return best
+
+    def _verify_pair(self, src: StoredKeyframe, tgt: StoredKeyframe, est: np.ndarray, source: int, target: int,
+                     kind: str) -> tuple[LoopResult, np.ndarray | None]:
+        """Verify ``src -> tgt`` from ``est`` (``[4, 4]`` guess of ``w2c_tgt @ c2w_src``) and, when that fails
+        and both have features that disagree with it, from the features' pose; returns the result and the
+        ``[6, 6]`` information of an accepted one."""
+        best, info = self._check(src, tgt, source, target, kind, est)
+        if not best.accepted and self.o.features and src.features is not None and tgt.features is not None:
             from forward3d.pipelines.features import align_features
 
             fa = align_features(src.features, tgt.features)
             if fa.ok:
-                d = np.linalg.inv(starts[0][1]) @ fa.src_to_tgt
+                d = np.linalg.inv(est) @ fa.src_to_tgt
                 dt, dr = float(np.linalg.norm(d[:3, 3])), float(np.degrees(rotation_angle(d[:3, :3])))
                 if (0.01 < dt or 1.0 < dr) and dt <= self.o.max_feature_correction and dr <= self.o.max_feature_correction_deg:
-                    starts.append(("features", fa.src_to_tgt))
-        best: LoopResult | None = None
-        best_info = None
-        for name, guess in starts:
-            r, info = self._check(source, target, kind, guess)
-            r.init = name
-            if best is None or (r.accepted and (not best.accepted or r.rmse / max(r.fitness, 1e-3)
-                                                < best.rmse / max(best.fitness, 1e-3))):
-                best, best_info = r, info
-        assert best is not None
-        if best.accepted:
-            self.graph.add_edge(source, target, best.source_to_target, best_info, loop=True)
-        self.results.append(best)
+                    r, i2 = self._check(src, tgt, source, target, kind, fa.src_to_tgt)
+                    r.init = "features"
+                    if r.accepted:
+                        best, info = r, i2
         log.debug("loop %d -> %d (%s, from the %s): %s fitness %.2f rmse %.4f info %.1f %s", source, target, kind,
                   best.init, "accepted" if best.accepted else "rejected", best.fitness, best.rmse, best.information,
                   best.reason)
-        return best
+        return best, info
 
-    def _check(self, source: int, target: int, kind: str, init: np.ndarray) -> tuple[LoopResult, np.ndarray | None]:
+    def _check(self, src: StoredKeyframe, tgt: StoredKeyframe, source: int, target: int, kind: str,
+               init: np.ndarray) -> tuple[LoopResult, np.ndarray | None]:
         """Odometry of the pair from ``init`` and the acceptance tests: the result and, when it is
         accepted, the ``[6, 6]`` information of its graph edge."""
         o = self.o
-        src, tgt = self.keyframes[source], self.keyframes[target]
-        res = self.tracker.align(self._prepared(src, keep=source == len(self.keyframes) - 1), self._prepared(tgt), init)
+        newest = source == len(self.keyframes) - 1
+        res = self.tracker.align(self._prepared(src, keep=newest), self._prepared(tgt), init)
         T = res.src_to_tgt
         r = LoopResult(source, target, kind, False, T, res.fitness, res.rmse)
         info = None
@@ -495,6 +601,7 @@ class LoopCloser:
         res = self.graph.optimize(self.o.max_correspondence_distance, self.o.edge_prune_threshold)
         self.optimizations += 1
         self._pending = False
+        self._since_optimize = 0
         if res.loops_pruned:
             log.info("loop closure: the optimisation dropped %d inconsistent loop(s)", res.loops_pruned)
         self._grid = CentreGrid(self.o.radius)
@@ -520,5 +627,7 @@ class LoopCloser:
                 "accepted": sum(r.accepted for r in self.results), "kept": len(loops),
                 "rejected": sum(not r.accepted for r in self.results), "optimizations": self.optimizations,
                 "time_s": self.time_s, "loops": [r.summary() for r in loops],
+                "reanchored": self.reanchored, "reanchor_rejected": self.reanchor_rejected,
+                "reanchor_edges": sum(self._links.values()),
                 "keyframe_store_mb": sum(k.depth.nbytes + k.image.nbytes for k in self.keyframes) / 2**20}
 

@@ -107,8 +107,11 @@ class RGBDConfig:
             (metres; or 5 degrees) from their pose is rejected, and with none left the feature pose is used.
         keyframe_cull: a new keyframe within ``keyframe_translation`` / ``keyframe_rotation_deg`` of
             a stored one (a revisited place) is a tracking reference only: it is not stored for loop
-            closure, relocalisation or re-fusion, and its frames follow the stored keyframe. Memory and
-            loop detection then grow with the explored space, not with the sequence length.
+            closure, relocalisation or re-fusion, and not fused. With loop closure it is verified against
+            the (two nearest) stored keyframes that cover it and re-anchored on them (its pose and its
+            frames' follow them), and it links them and the previous keyframe in the pose graph, so
+            revisits still close loops; one that does not verify is stored. Memory and loop detection
+            then grow with the explored space, not with the sequence length.
         relocalize: when tracking fails, match the frame against the keyframes (thumbnail
             correlation, then features + RANSAC, then ICP against the fused surface) and resume there;
             frames that cannot be relocalised are ``lost`` (last known pose, not fused, not references).
@@ -346,15 +349,16 @@ class _StoredKeyframes:
         self.grid.add(frame, c2w[:3, 3])
         self.frames.append(frame)
 
-    def covering(self, c2w: np.ndarray, c2ws: list[np.ndarray]) -> int | None:
-        """The stored keyframe (frame index) nearest ``c2w`` within the keyframe thresholds, or None."""
-        best = None
+    def covering(self, c2w: np.ndarray, c2ws: list[np.ndarray], k: int = 2) -> list[int]:
+        """The (up to ``k``) stored keyframes (frame indices) nearest ``c2w`` within the keyframe
+        thresholds, nearest first; empty when none covers it."""
+        near = []
         for f in self.grid.near(c2w[:3, 3]):
             rel = np.linalg.inv(c2ws[f]) @ c2w
             d = float(np.linalg.norm(rel[:3, 3]))
-            if d <= self.translation and _rotation_deg(rel[:3, :3]) <= self.rotation_deg and (best is None or d < best[0]):
-                best = (d, f)
-        return None if best is None else best[1]
+            if d <= self.translation and _rotation_deg(rel[:3, :3]) <= self.rotation_deg:
+                near.append((d, f))
+        return [f for _, f in sorted(near)[:k]]
 
     def rebuild(self, c2ws: list[np.ndarray]) -> None:
         """Re-index the centres after a loop closure moved the poses."""
@@ -500,6 +504,7 @@ class RGBDBackend(Backend):
                 K = np.asarray(frame.K, np.float64)
                 ts = time.perf_counter()
                 ok, fit, is_key, reason = True, 1.0, False, ""
+                reloc_node = None  # the stored keyframe (node) this frame was relocalised against
                 state = "tracked"
                 if cfg.use_gt_poses:
                     if frame.c2w is None or not np.isfinite(frame.c2w).all():
@@ -533,6 +538,7 @@ class RGBDBackend(Backend):
                                          where, r_frame, lost_run)
                                 track_stats["relocalised"] += 1
                                 c2w, ok, fit, is_key = r_c2w, True, 1.0, True
+                                reloc_node = stored.frames.index(r_frame) if r_frame in stored.frames else None
                                 reason = f"relocalised against keyframe {r_frame}"
                             else:
                                 reason = f"{reason}; relocalisation: {r_reason}"
@@ -568,15 +574,29 @@ class RGBDBackend(Backend):
                 trajectory = None
                 store, cover = is_key and cur is not None, None
                 if store and ok and cfg.keyframe_cull and stored.frames:
-                    cover = stored.covering(c2w, c2ws)
+                    covers = stored.covering(c2w, c2ws)
+                    cover = covers[0] if covers else None
                     store = cover is None
+                if closer is not None:
+                    # chained: tracked from the previous keyframe (not relocalised, not re-anchored after a failure)
+                    chained = ok and not reason.startswith("relocalised")
+                    feats = (None if cur is None or "features" not in cur
+                             else cur["features"].head(cfg.feature_count // 2))
+                    changed = False
+                    if cover is not None:  # re-anchor the culled keyframe on the stored one that covers it
+                        changed, fixed = closer.add_culled(c2w, [stored.frames.index(f) for f in covers], depth,
+                                                           frame.image, K, tracked=chained, features=feats)
+                        if fixed is None:  # not verified: store it (the graph stays connected)
+                            store, cover = True, None
+                        else:
+                            c2w = fixed
+                    if cover is None:
+                        changed = closer.add_frame(c2w, store, depth, frame.image, K, tracked=chained, features=feats,
+                                                   relocalised_on=reloc_node if state == "tracked" else None)
                 if store:
                     stored.add(i, c2w)
                 if closer is not None:
-                    if closer.add_frame(c2w, store, depth, frame.image, K, tracked=ok,
-                                        features=None if cur is None or "features" not in cur
-                                        else cur["features"].head(cfg.feature_count // 2),
-                                        anchor=None if cover is None else stored.frames.index(cover)):
+                    if changed:
                         trajectory = closer.trajectory()  # every frame so far, this one included
                         c2ws[:] = list(trajectory[:-1])
                         c2w = trajectory[-1]
@@ -589,7 +609,9 @@ class RGBDBackend(Backend):
                             volume = closer.rebuild(new_volume)
                             model_stale = cfg.model_refresh_keyframes
                 integrated = False
-                if ok and (is_key or cfg.integrate == "all" or volume.num_integrated < cfg.fuse_first):
+                # a culled keyframe (cover: a revisit) is not fused: the stored one has that surface
+                fuse_key = is_key and cover is None
+                if ok and (fuse_key or cfg.integrate == "all" or volume.num_integrated < cfg.fuse_first):
                     ts = time.perf_counter()
                     volume.integrate(depth, frame.image, K, c2w)
                     t_fuse += time.perf_counter() - ts
@@ -650,6 +672,7 @@ class RGBDBackend(Backend):
             "config": config_to_dict(cfg),
             "keyframes": keyframes,
             "stored_keyframes": len(stored.frames),
+            "stored_keyframe_frames": list(stored.frames),
             "num_integrated": volume.num_integrated,
             "weight_threshold": wt,
             "tracking_fitness_mean": float(np.mean(fitness_log)),
