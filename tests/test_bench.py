@@ -329,7 +329,7 @@ def test_ray_executor_retries_and_reports(tmp_path):
 @pytest.mark.slow
 def test_real_hololens_rgbd_table(shared_dir, tmp_path):
     """forward3d bench ate on the real HoloLens sequence: the oracle (the reader's poses replayed) scores 0,
-    the rgbd back-end's row is written with its (real, currently poor: see notes/bench.md) ATE."""
+    the rgbd back-end's row is written with its (real, currently poor: see docs/bench.md) ATE."""
     from forward3d.cli import main
 
     data = shared_dir / "data" / "hololens_000"

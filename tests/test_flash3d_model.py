@@ -198,7 +198,7 @@ def test_fuse_for_inference_equals_unfused(fx, small_model, channels_last):
 
 def test_dtype_option_bf16_bounds(fx, small_model):
     """bf16 autocast over encoder and coarse decoder levels; heads, finest level, activations and quaternion
-    normalisation in fp32. Bounds are the figures measured on the parity fixture (notes/speed.md): every
+    normalisation in fp32. Bounds are the figures measured on the parity fixture (docs/speed.md): every
     output within 1% of its range; rotation error median 2.4e-3, p99 1.1e-2, max 4.1e-2 (issue 17 asks for
     a max of 1e-2: not met; the tail comes from quaternions with a small raw norm)."""
     ref = _run(small_model, fx)

@@ -109,7 +109,7 @@ def test_runs_are_reproducible_and_the_thread_limit_is_restored():
 @pytest.mark.timeout(2400)  # two full runs: 8-10 min each on 2 loaded cores
 def test_hololens_cli_defaults_below_10cm_and_loop_closure_not_worse():
     """hololens_000 (200 real frames, device poses): the CLI defaults (loop closure on, 1 open3d
-    thread) and loop closure off; measured 9.89 / 9.89 cm ATE (no loop accepted on this sequence; notes/holo.md)."""
+    thread) and loop closure off; measured 9.89 / 9.89 cm ATE (no loop accepted on this sequence; docs/rgbd_hololens.md)."""
     from forward3d.io.sources import open_frames
 
     root = SHARED / "data" / "hololens_000"

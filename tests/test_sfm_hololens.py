@@ -31,7 +31,7 @@ def _run(frames, **kw):
 def test_hololens_rgb_only_first_40_frames(shared_dir, one_thread):
     """The section that bent the old model (frames 8-20: a poster on a wall, motion blur), 3.6 m of path,
     every frame an SfM image, sequential matching (8 neighbours + loop candidates). Before (incremental
-    mapper, exhaustive matching): ATE 58.6 cm; the global mapper: see notes/sfmholo.md; asserted < 5 cm."""
+    mapper, exhaustive matching): ATE 58.6 cm; the global mapper: see docs/sfm_hololens.md; asserted < 5 cm."""
     frames, gt = _holo(shared_dir, 40)
     recon = _run(frames, matching="sequential")
     assert all(s.state == "registered" for s in recon.frame_status)

@@ -3,7 +3,7 @@
 Reduced size (``bf16_study.REDUCED``: head dim 64 as the published models, encoder 6 x 256, decoders
 4 x 192, 96 x 128) with the reference (CroCo) init, real images (fern), and the heads scaled so that the
 fp32 point maps span max / median norm = 5, as real scenes do (``POINT_RANGE``; the raw random init
-gives ~13). The full-size figures come from ``benchmarks/slam3r_precision.py`` (notes/bf16.md).
+gives ~13). The full-size figures come from ``benchmarks/slam3r_precision.py`` (docs/slam3r_bf16.md).
 """
 
 from __future__ import annotations

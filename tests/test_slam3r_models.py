@@ -24,7 +24,7 @@ from forward3d.models.slam3r.protocol import SLAM3RModels
 TOL = 1e-4
 # bf16 on CPU, small fixture, points max |x-ref|/(1+|ref|): autocast with the fp32 parts of MixedPrecision
 # 0.046 (plain autocast with fp32 heads, before issue 17: 0.096), bf16 weights 0.084 (the weights themselves
-# are rounded); conf max relative 0.010 / 0.017. Full-size figures: tests/test_slam3r_bf16.py, notes/bf16.md.
+# are rounded); conf max relative 0.010 / 0.017. Full-size figures: tests/test_slam3r_bf16.py, docs/slam3r_bf16.md.
 BF16_PTS_TOL = {"autocast": 0.06, "weights": 0.10}
 BF16_CONF_TOL = 0.03
 

@@ -7,7 +7,7 @@ flag is a no-op without autocast (fp32 models are bit-identical whatever the fla
 parameters are bf16 are run by :class:`~forward3d.models.slam3r.SLAM3REngine` under autocast).
 
 The default keeps every part in fp32; ``benchmarks/slam3r.py --part precision`` measures the
-point error of each choice at full size (see ``notes/bf16.md``).
+point error of each choice at full size (see ``docs/slam3r_bf16.md``).
 """
 
 from __future__ import annotations
