@@ -385,7 +385,8 @@ class Flash3D(nn.Module):
         Outputs equal the unfused model's to float rounding (tested, and at parity with the reference
         fixture). Afterwards the model is for inference only: it cannot be trained and its state_dict no
         longer has the reference layout (fuse after loading; the fast decoders' weights are derived buffers,
-        not saved). Measured: 1.21-1.50x less CPU time than the unfused model at 320x448 across runs on a loaded 2-core CPU (docs/flash3d_fast_mvs_threads.md).
+        not saved). Measured: 1.21-1.50x less CPU time than the unfused model at 320x448 across runs on a
+        loaded 2-core CPU (docs/flash3d_fast_mvs_threads.md).
         """
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
