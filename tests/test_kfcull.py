@@ -145,3 +145,40 @@ def test_culling_keeps_the_loops(two_orbits):
     assert lc["reanchor_edges"] > 0 and not cull.failures
     assert a_cull < 1.5 * a_keep + 0.001, (a_cull, a_keep)
     assert sorted(cull.metadata["stored_keyframe_frames"]) == cull.metadata["stored_keyframe_frames"]
+
+
+def test_a_re_anchoring_correction_does_not_enter_the_motion_prediction(monkeypatch):
+    """Frames 0..8 and back to 0 (keyframes every 2 frames; the way back is culled). Frames 9 and 10
+    are tracked 3 cm off (drift), and frame 10, a culled keyframe, is re-anchored: its pose moves back by
+    3 cm. That correction is not motion: the constant-velocity prediction of frame 11 must be the tracked
+    motion (measured: 0.3 cm from the motion of frames 9 -> 10; 2.4 cm when the correction entered it)."""
+    from forward3d.pipelines.tsdf import RGBDTracker
+
+    scene = SyntheticScene(num_frames=10, width=160, height=120, seed=0, depth_noise=0.002)
+    order = list(range(9)) + list(range(7, -1, -1))
+    frames = [scene.frame(i) for i in order]
+    drift = np.eye(4)
+    drift[:3, 3] = [0.03, 0.0, 0.0]
+    calls: list[list[np.ndarray]] = []  # per tracked frame (1, 2, ...): the inits given to the odometry
+    track, align = RGBDBackend._track, RGBDTracker.align
+
+    def drifting_track(cfg, tracker, cur, prev, key, *args):
+        calls.append([])
+        c2w, ok, fit, reason = track(cfg, tracker, cur, prev, key, *args)
+        return (drift @ c2w if len(calls) in (9, 10) else c2w), ok, fit, reason
+
+    def recording_align(self, cur, tgt, init):
+        calls[-1].append(np.array(init))
+        return align(self, cur, tgt, init)
+
+    monkeypatch.setattr(RGBDBackend, "_track", staticmethod(drifting_track))
+    monkeypatch.setattr(RGBDTracker, "align", recording_align)
+    rec = RGBDBackend(mesh=False, keyframe_cull=True, **OFF).run(frames, progress=False)
+    lc = rec.metadata["loop_closure"]
+    assert rec.metadata["stored_keyframe_frames"] == [0, 2, 4, 6, 8] and lc["reanchored"] >= 3
+    assert rec.frame_status[10].keyframe and 10 not in rec.metadata["stored_keyframe_frames"]
+    gt = np.stack([f.c2w for f in frames])
+    # frame 11 is tracked from frame 10 (the keyframe): its first init is the predicted motion 10 -> 11
+    predicted, motion = calls[10][0], np.linalg.inv(gt[9]) @ gt[10]
+    assert _err(motion, predicted)[0] < 0.01, _err(motion, predicted)
+    assert _err(np.linalg.inv(rec.c2w[10]) @ rec.c2w[11], np.linalg.inv(gt[10]) @ gt[11])[0] < 0.005
