@@ -111,7 +111,9 @@ class RGBDConfig:
             the (two nearest) stored keyframes that cover it and re-anchored on them (its pose and its
             frames' follow them), and it links them and the previous keyframe in the pose graph, so
             revisits still close loops; one that does not verify is stored. Memory and loop detection
-            then grow with the explored space, not with the sequence length.
+            then grow with the explored space, not with the sequence length. On by default (1,000
+            synthetic frames: ATE 0.38 cm against 0.29 cm with every keyframe stored, peak RSS 668
+            against 853 MB); ``--no-keyframe-cull`` stores every keyframe.
         relocalize: when tracking fails, match the frame against the keyframes (thumbnail
             correlation, then features + RANSAC, then ICP against the fused surface) and resume there;
             frames that cannot be relocalised are ``lost`` (last known pose, not fused, not references).
@@ -158,7 +160,7 @@ class RGBDConfig:
     loop_min_information: float = 5.0
     loop_downsample: int = 2
     feature_tracking: bool = True
-    keyframe_cull: bool = False
+    keyframe_cull: bool = True
     feature_count: int = 2000
     relocalize: bool = True
     relocalize_candidates: int = 5
