@@ -190,6 +190,7 @@ def _child_memory(spec: str, size: tuple[int, int] = (160, 120), trace_file: str
             "ate_rmse_m": ate(rec.c2w, scene.c2w)["rmse"],
             "keyframes": len(rec.keyframes), "stored_keyframes": rec.metadata["stored_keyframes"],
             "loops_kept": lcm.get("kept", 0), "reanchored": lcm.get("reanchored", 0),
+            "reanchor_inconsistent": lcm.get("reanchor_inconsistent", 0),
             "reanchor_edges": lcm.get("reanchor_edges", 0), "optimizations": lcm.get("optimizations", 0),
             "loop_closure_s": rec.timings.get("loop_closure_s", 0.0), "tracking_s": rec.timings["tracking_s"],
             "fusion_s": rec.timings["fusion_s"], "keyframe_store_mb": lcm.get("keyframe_store_mb", 0.0),

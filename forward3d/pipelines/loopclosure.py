@@ -77,6 +77,10 @@ class LoopClosureOptions:
             with the odometry's transform when it converges, else with the proposed guess).
         max_links_per_pair: re-anchored culled keyframes (:meth:`LoopCloser.add_culled`) add at most
             this many edges between the same two stored keyframes.
+        max_cover_disagreement, max_cover_disagreement_deg: a culled keyframe verified against two
+            covers whose verified poses differ by more than this (metres / degrees) keeps only the one
+            that moves it least from its tracked pose (one of them slid: a wall, a floor), and the two
+            covers are not joined through it.
     """
 
     downsample: int = 2
@@ -102,6 +106,8 @@ class LoopClosureOptions:
     max_feature_correction_deg: float = 60.0
     verify: bool = True
     max_links_per_pair: int = 3
+    max_cover_disagreement: float = 0.01
+    max_cover_disagreement_deg: float = 1.0
 
 
 @dataclass
@@ -272,6 +278,7 @@ class LoopCloser:
         self._links: dict[tuple[int, int], int] = {}  # re-anchoring edges per node pair
         self.reanchored = 0  # culled keyframes re-anchored on the stored keyframe that covers them
         self.reanchor_rejected = 0  # ... whose verification failed (the caller stores them instead)
+        self.reanchor_inconsistent = 0  # ... verified on two covers that disagreed (the worse one dropped)
 
     # ---------------------------------------------------------------------------------------------
     def add_frame(self, c2w: np.ndarray, keyframe: bool, depth: np.ndarray, image: np.ndarray, K: np.ndarray,
@@ -362,6 +369,12 @@ class LoopCloser:
             log.debug("culled keyframe %d not re-anchored on nodes %s", kf.frame, covers)
             return False, None
         self.reanchored += 1
+        if len(verified) > 1 and not self._covers_agree(verified):
+            self.reanchor_inconsistent += 1
+            # the one nearer the tracked pose (in optimise-threshold units, as _disagreement)
+            verified = [min(verified, key=lambda v: self._moved(c2w, self.graph.c2w[v[0]] @ v[1]))]
+            log.debug("culled keyframe %d: covers %s disagree; re-anchored on node %d only", kf.frame, covers,
+                      verified[0][0])
         cover, T, info = verified[0]  # the edges use the measured T, the anchor the pose from both covers
         rel = T
         if len(verified) > 1:  # weighted by their translation information
@@ -391,6 +404,20 @@ class LoopCloser:
         self.time_s += time.perf_counter() - ts
         return changed, self.graph.c2w[cover] @ rel
 
+    def _covers_agree(self, verified: list[tuple[int, np.ndarray, np.ndarray]]) -> bool:
+        """Whether the culled keyframe's poses verified against two covers (``(node, culled -> node,
+        information)``) agree within ``max_cover_disagreement`` / ``max_cover_disagreement_deg``."""
+        (a, Ta, _), (b, Tb, _) = verified[:2]
+        D = np.linalg.inv(self.graph.c2w[a] @ Ta) @ self.graph.c2w[b] @ Tb
+        return (float(np.linalg.norm(D[:3, 3])) <= self.o.max_cover_disagreement
+                and float(np.degrees(rotation_angle(D[:3, :3]))) <= self.o.max_cover_disagreement_deg)
+
+    def _moved(self, a: np.ndarray, b: np.ndarray) -> float:
+        """How far pose ``b`` is from pose ``a`` (``[4, 4]`` c2w), in units of the optimise thresholds."""
+        D = np.linalg.inv(a) @ b
+        return max(float(np.linalg.norm(D[:3, 3])) / self.o.optimize_translation,
+                   float(np.degrees(rotation_angle(D[:3, :3]))) / self.o.optimize_rotation_deg)
+
     def _maybe_optimize(self, disagreement: float) -> bool:
         """Optimise after new loop edges that disagree ``disagreement`` (:meth:`_disagreement` units) with
         the estimate: at once beyond ``optimize_now``; above 1, once ``optimize_every`` keyframes have
@@ -411,9 +438,7 @@ class LoopCloser:
 
     def _disagreement(self, source: int, target: int, source_to_target: np.ndarray) -> float:
         """How far an edge's measurement is from the current estimate, in units of the optimise thresholds."""
-        D = np.linalg.inv(np.linalg.inv(self.graph.c2w[target]) @ self.graph.c2w[source]) @ source_to_target
-        return max(float(np.linalg.norm(D[:3, 3])) / self.o.optimize_translation,
-                   float(np.degrees(rotation_angle(D[:3, :3]))) / self.o.optimize_rotation_deg)
+        return self._moved(np.linalg.inv(self.graph.c2w[target]) @ self.graph.c2w[source], source_to_target)
 
     def __len__(self) -> int:
         return len(self._anchor)
@@ -628,6 +653,7 @@ class LoopCloser:
                 "rejected": sum(not r.accepted for r in self.results), "optimizations": self.optimizations,
                 "time_s": self.time_s, "loops": [r.summary() for r in loops],
                 "reanchored": self.reanchored, "reanchor_rejected": self.reanchor_rejected,
+                "reanchor_inconsistent": self.reanchor_inconsistent,
                 "reanchor_edges": sum(self._links.values()),
                 "keyframe_store_mb": sum(k.depth.nbytes + k.image.nbytes for k in self.keyframes) / 2**20}
 

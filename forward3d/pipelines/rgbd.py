@@ -111,7 +111,9 @@ class RGBDConfig:
             the (two nearest) stored keyframes that cover it and re-anchored on them (its pose and its
             frames' follow them), and it links them and the previous keyframe in the pose graph, so
             revisits still close loops; one that does not verify is stored. Memory and loop detection
-            then grow with the explored space, not with the sequence length.
+            then grow with the explored space, not with the sequence length. On by default (1,000
+            synthetic frames: ATE 0.38 cm against 0.29 cm with every keyframe stored, peak RSS 668
+            against 853 MB); ``--no-keyframe-cull`` stores every keyframe.
         relocalize: when tracking fails, match the frame against the keyframes (thumbnail
             correlation, then features + RANSAC, then ICP against the fused surface) and resume there;
             frames that cannot be relocalised are ``lost`` (last known pose, not fused, not references).
@@ -158,7 +160,7 @@ class RGBDConfig:
     loop_min_information: float = 5.0
     loop_downsample: int = 2
     feature_tracking: bool = True
-    keyframe_cull: bool = False
+    keyframe_cull: bool = True
     feature_count: int = 2000
     relocalize: bool = True
     relocalize_candidates: int = 5
@@ -478,6 +480,9 @@ class RGBDBackend(Backend):
         prev = None  # (prepared, c2w) of the previous frame
         key = None  # (prepared, c2w) of the current keyframe
         prev_i = key_i = 0  # their frame indices
+        # the last frame's motion as tracked (c2w_prev^-1 c2w): loop-closure corrections (a re-anchored
+        # keyframe, an optimised graph) move poses but are not motion, so they must not enter the prediction
+        motion = np.eye(4)
         t_track = t_fuse = 0.0
         interrupted = False
         t0 = time.perf_counter()
@@ -523,7 +528,7 @@ class RGBDBackend(Backend):
                     if prev is None:
                         c2w, is_key = np.eye(4), True
                     else:
-                        c2w, ok, fit, reason = self._track(cfg, tracker, cur, prev, key, c2ws, track_stats)
+                        c2w, ok, fit, reason = self._track(cfg, tracker, cur, prev, key, motion, i, track_stats)
                         if ok and model is not None:
                             c2w, model_stale = self._refine(cfg, model, volume, depth, K, c2w, model_stats,
                                                             model_stale, where)
@@ -571,6 +576,7 @@ class RGBDBackend(Backend):
                                       or _rotation_deg(rel[:3, :3]) > cfg.keyframe_rotation_deg
                                       or fit < cfg.keyframe_min_fitness)
                 t_track += time.perf_counter() - ts
+                tracked_motion = np.linalg.inv(c2ws[-1]) @ c2w if c2ws else np.eye(4)
                 trajectory = None
                 store, cover = is_key and cur is not None, None
                 if store and ok and cfg.keyframe_cull and stored.frames:
@@ -625,6 +631,7 @@ class RGBDBackend(Backend):
                     prev, prev_i = (cur, c2w), i
                 st = FrameStatus(state, reason, keyframe=is_key)
                 c2ws.append(c2w)
+                motion = tracked_motion
                 Ks.append(K)
                 names.append(frame.name or f"{frame.index:06d}")
                 stamps.append(float(frame.timestamp))
@@ -743,9 +750,12 @@ class RGBDBackend(Backend):
         return c2w, stale
 
     @staticmethod
-    def _track(cfg: RGBDConfig, tracker, cur, prev, key, c2ws: list[np.ndarray],
+    def _track(cfg: RGBDConfig, tracker, cur, prev, key, motion: np.ndarray, frame_index: int,
                stats: dict[str, Any]) -> tuple[np.ndarray, bool, float, str]:
         """Pose of the current frame: against the keyframe, else the previous frame, else predicted.
+
+        ``motion`` (``[4, 4]``) is the previous frame's tracked motion (``c2w_{i-2}^-1 c2w_{i-1}`` before
+        any loop-closure correction); the constant-velocity prediction is ``prev c2w @ motion``.
 
         Each reference is tried from the constant-velocity prediction and, with ``feature_tracking``,
         from the feature alignment (when it differs from the prediction by more than 1 cm / 1 degree);
@@ -759,9 +769,7 @@ class RGBDBackend(Backend):
         """
         from forward3d.pipelines.features import align_features
 
-        prev_c2w = prev[1]
-        velocity = np.linalg.inv(c2ws[-2]) @ c2ws[-1] if len(c2ws) >= 2 else np.eye(4)
-        pred = prev_c2w @ velocity
+        pred = prev[1] @ motion
         targets = [prev] if cfg.tracking == "frame" or key[0] is prev[0] else [key, prev]
         reason = ""
         for tgt, tgt_c2w in targets:
@@ -772,7 +780,7 @@ class RGBDBackend(Backend):
                 ts = time.perf_counter()
                 fa = align_features(cur["features"], tgt["features"])
                 stats["features_s"] += time.perf_counter() - ts
-                log.debug("rgbd: frame %d -> %s features: %s, %d inliers of %d matches (%s) %s", len(c2ws),
+                log.debug("rgbd: frame %d -> %s features: %s, %d inliers of %d matches (%s) %s", frame_index,
                           "previous" if tgt is prev[0] else "keyframe", "ok" if fa.ok else "failed", fa.inliers,
                           fa.matches, fa.method, fa.reason)
                 if not fa.ok:
@@ -806,7 +814,7 @@ class RGBDBackend(Backend):
                               f"{_rotation_deg(jump[:3, :3]):.1f} deg from the {ref_name}")
                     continue
                 cost = res.rmse / max(res.fitness, 1e-3)
-                log.debug("rgbd: frame %d -> %s, from the %s: fitness %.3f rmse %.4f cost %.4f", len(c2ws),
+                log.debug("rgbd: frame %d -> %s, from the %s: fitness %.3f rmse %.4f cost %.4f", frame_index,
                           "previous" if tgt is prev[0] else "keyframe", kind, res.fitness, res.rmse, cost)
                 if best is None or cost < best[0]:
                     best = (cost, c2w, res.fitness, kind)
