@@ -45,7 +45,7 @@ from forward3d.threads import run_workers
 from .common import MAX_ALPHA, T_EPS, Prepared, RenderOutput, finish, make_meta
 from .projection import ALPHA_THRESHOLD
 
-__all__ = ["CpuKernel", "TileIsects", "intersect_tiles", "composite_tiled", "render_tiled", "resolve_cpu_kernel"]
+__all__ = ["CpuKernel", "TileIsects", "depth_order", "intersect_tiles", "composite_tiled", "render_tiled", "resolve_cpu_kernel"]
 
 _MARGIN = 1e-3  # pixels added to the exact box, against rounding
 SAVE_PAIRS_BUDGET = 1 << 26  # pairs whose alpha and T the forward keeps for the backward (8 bytes each)
@@ -84,6 +84,18 @@ def _sortable(x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def depth_order(depths: Tensor, visible: Tensor) -> Tensor:
+    """``[V]`` flat (``camera * N + Gaussian``) indices of the ``visible`` ``[C, N]`` Gaussians, front to back
+    by ``depths`` ``[C, N]`` within each camera (ties by index, as the reference), cameras in order."""
+    N = depths.shape[1]
+    flat = torch.nonzero(visible.reshape(-1)).squeeze(1)  # [V]
+    key = _sortable(depths.detach().reshape(-1)[flat])
+    key = torch.sort(key, stable=True).indices  # radix sort on the float bits: much faster than a float sort
+    cam = torch.div(flat[key], N, rounding_mode="floor")
+    return flat[key][torch.sort(cam, stable=True).indices]
+
+
+@torch.no_grad()
 def intersect_tiles(
     means2d: Tensor,  # [C, N, 2]
     extents: Tensor,  # [C, N, 2]
@@ -99,12 +111,7 @@ def intersect_tiles(
     tx_n = (width + tile_size - 1) // tile_size
     ty_n = (height + tile_size - 1) // tile_size
     n_tiles = C * tx_n * ty_n
-    # visible Gaussians front to back within each camera (ties by index, as the reference), cameras in order
-    flat = torch.nonzero(visible.reshape(-1)).squeeze(1)  # [V]
-    key = _sortable(depths.detach().reshape(-1)[flat])
-    key = torch.sort(key, stable=True).indices  # radix sort on the float bits: much faster than a float sort
-    cam = torch.div(flat[key], N, rounding_mode="floor")
-    order = flat[key][torch.sort(cam, stable=True).indices]
+    order = depth_order(depths, visible)
     m = means2d.detach().reshape(-1, 2).index_select(0, order).double()
     e = extents.detach().reshape(-1, 2).index_select(0, order).double() + _MARGIN
     # pixel columns j with |j + 0.5 - mx| <= ex, clamped to the image; then their tiles
@@ -474,10 +481,15 @@ def render_tiled(prep: Prepared, width: int, height: int, tile_size: int = 16, c
     ``chunk_size``, ``k_step``, ``workers`` and ``compiled`` concern the torch kernel only)."""
     p = prep.proj
     C, N = p.depths.shape
-    isects = intersect_tiles(p.means2d, p.extents, p.depths, p.radii > 0, width, height, tile_size)
     params = torch.cat([p.means2d, p.conics, p.opacities[..., None]], -1).reshape(C * N, 6)
     feats = prep.features.reshape(C * N, prep.features.shape[-1])
     kernel = resolve_cpu_kernel(cpu_kernel, params, compiled)
+    if kernel == "numba":
+        from .numba_prepare import intersect_tiles_numba
+
+        isects = intersect_tiles_numba(p.means2d, p.extents, p.depths, p.radii > 0, width, height, tile_size)
+    else:
+        isects = intersect_tiles(p.means2d, p.extents, p.depths, p.radii > 0, width, height, tile_size)
     if kernel == "numba":
         from .tiled_numba import composite_numba
 

@@ -1,0 +1,147 @@
+"""numba kernels of :mod:`forward3d.render.numba_prepare` (imported only when numba is installed).
+
+Module-level functions so that numba's on-disk cache (``cache=True``) can store them. Every float constant
+comes in ``consts`` in the tensors' dtype, and each formula is written in the operation order of
+:func:`forward3d.render.projection.project_gaussians` / :func:`~forward3d.render.projection.screen_extents`
+(float32 inputs are computed in float32, as there).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+CHUNK = 4096  # Gaussians per parallel work item of the projection
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def project(means, quats, scales, opac, w2c, K, lims, consts, width, height, antialiased, n_threads,
+            means2d, depths, conics, covars2d, opac_out, radii, extents):
+    # means [N, 3], quats [N, 4] wxyz (raw), scales [N, 3], opac [N]; w2c [C, 4, 4], K [C, 3, 3];
+    # lims [C, 4] (x neg, x pos, y neg, y pos) of the x/z, y/z clamp; consts (near, far, eps2d, 1e-12, 1e-10,
+    # ALPHA_THRESHOLD, MAX_EXTENT, 0, 0.5, 1, 2) in the dtype. Outputs: means2d [C, N, 2], depths [C, N],
+    # conics [C, N, 3], covars2d [C, N, 2, 2], opac_out [C, N], radii [C, N] int32, extents [C, N, 2].
+    near, far, eps2d, qeps, deps = consts[0], consts[1], consts[2], consts[3], consts[4]
+    thr, max_ext, zero, half, one, two = consts[5], consts[6], consts[7], consts[8], consts[9], consts[10]
+    N = means.shape[0]
+    C = w2c.shape[0]
+    n_chunks = (N + CHUNK - 1) // CHUNK
+    for ch in prange(n_chunks):
+        R = np.empty((3, 3), means.dtype)
+        A = np.empty((3, 3), means.dtype)
+        for n in range(ch * CHUNK, min(N, (ch + 1) * CHUNK)):
+            w, x, y, z = quats[n, 0], quats[n, 1], quats[n, 2], quats[n, 3]
+            nrm = max(np.sqrt(w * w + x * x + y * y + z * z), qeps)
+            w, x, y, z = w / nrm, x / nrm, y / nrm, z / nrm
+            xx, yy, zz = x * x, y * y, z * z
+            xy, xz, yz, wx, wy, wz = x * y, x * z, y * z, w * x, w * y, w * z
+            R[0, 0], R[0, 1], R[0, 2] = one - two * (yy + zz), two * (xy - wz), two * (xz + wy)
+            R[1, 0], R[1, 1], R[1, 2] = two * (xy + wz), one - two * (xx + zz), two * (yz - wx)
+            R[2, 0], R[2, 1], R[2, 2] = two * (xz - wy), two * (yz + wx), one - two * (xx + yy)
+            o = opac[n]
+            for c in range(C):
+                for i in range(3):  # A = W R S
+                    for j in range(3):
+                        A[i, j] = (w2c[c, i, 0] * R[0, j] + w2c[c, i, 1] * R[1, j] + w2c[c, i, 2] * R[2, j]) * scales[n, j]
+                mx = w2c[c, 0, 0] * means[n, 0] + w2c[c, 0, 1] * means[n, 1] + w2c[c, 0, 2] * means[n, 2] + w2c[c, 0, 3]
+                my = w2c[c, 1, 0] * means[n, 0] + w2c[c, 1, 1] * means[n, 1] + w2c[c, 1, 2] * means[n, 2] + w2c[c, 1, 3]
+                mz = w2c[c, 2, 0] * means[n, 0] + w2c[c, 2, 1] * means[n, 1] + w2c[c, 2, 2] * means[n, 2] + w2c[c, 2, 3]
+                depths[c, n] = mz
+                in_range = mz > near and mz < far
+                zc = mz if in_range else one
+                fx, fy, cx, cy = K[c, 0, 0], K[c, 1, 1], K[c, 0, 2], K[c, 1, 2]
+                rz = one / zc
+                tx = min(max(mx * rz, -lims[c, 0]), lims[c, 1])
+                ty = min(max(my * rz, -lims[c, 2]), lims[c, 3])
+                j00, j02 = fx * rz, -fx * tx * rz
+                j11, j12 = fy * rz, -fy * ty * rz
+                a0 = j00 * A[0, 0] + j02 * A[2, 0]
+                a1 = j00 * A[0, 1] + j02 * A[2, 1]
+                a2 = j00 * A[0, 2] + j02 * A[2, 2]
+                b0 = j11 * A[1, 0] + j12 * A[2, 0]
+                b1 = j11 * A[1, 1] + j12 * A[2, 1]
+                b2 = j11 * A[1, 2] + j12 * A[2, 2]
+                c00 = a0 * a0 + a1 * a1 + a2 * a2
+                c01 = a0 * b0 + a1 * b1 + a2 * b2
+                c11 = b0 * b0 + b1 * b1 + b2 * b2
+                det_orig = c00 * c11 - c01 * c01
+                c00 = c00 + eps2d
+                c11 = c11 + eps2d
+                det = c00 * c11 - c01 * c01
+                valid = in_range and det > zero
+                rdet = one / max(det, deps)
+                conics[c, n, 0] = c11 * rdet
+                conics[c, n, 1] = -c01 * rdet
+                conics[c, n, 2] = c00 * rdet
+                covars2d[c, n, 0, 0] = c00
+                covars2d[c, n, 0, 1] = c01
+                covars2d[c, n, 1, 0] = c01
+                covars2d[c, n, 1, 1] = c11
+                u = fx * mx * rz + cx
+                v = fy * my * rz + cy
+                means2d[c, n, 0] = u
+                means2d[c, n, 1] = v
+                oc = o
+                if antialiased:
+                    oc = o * np.sqrt(max(det_orig * rdet, zero))
+                opac_out[c, n] = oc
+                # screen_extents
+                valid = valid and oc >= thr
+                extent = min(np.sqrt(two * np.log(max(oc, thr) / thr)), max_ext)
+                b = half * (c00 + c11)
+                lam = b + np.sqrt(max(b * b - det, zero))
+                radius = np.ceil(extent * np.sqrt(lam))
+                inside = u + radius > zero and u - radius < width and v + radius > zero and v - radius < height
+                valid = valid and inside and radius > zero and np.isfinite(u) and np.isfinite(v)
+                if valid:
+                    radii[c, n] = np.int32(radius)
+                    extents[c, n, 0] = extent * np.sqrt(max(c00, zero))
+                    extents[c, n, 1] = extent * np.sqrt(max(c11, zero))
+                else:
+                    radii[c, n] = 0
+                    extents[c, n, 0] = zero
+                    extents[c, n, 1] = zero
+
+
+@njit(cache=True, nogil=True)
+def tile_lists(order, means2d, extents, N, C, width, height, tile, tiles_x, tiles_y, margin):
+    """``order`` [V] flat (camera * N + Gaussian) indices front to back per camera, cameras in order;
+    ``means2d``, ``extents`` [C * N, 2] -> (``ids`` [M], ``start``, ``count`` [C * tiles_y * tiles_x]): the
+    Gaussians of each tile in ``order``'s order (a stable counting sort of the pairs by tile)."""
+    V = order.shape[0]
+    n_tiles = C * tiles_x * tiles_y
+    box = np.empty((V, 4), np.int64)  # tile range tx0, tx1, ty0, ty1 (tx1 < tx0: no tile)
+    count = np.zeros(n_tiles, np.int64)
+    for v in range(V):
+        g = order[v]
+        mx, my = np.float64(means2d[g, 0]), np.float64(means2d[g, 1])
+        ex, ey = np.float64(extents[g, 0]) + margin, np.float64(extents[g, 1]) + margin
+        # pixel columns j with |j + 0.5 - mx| <= ex, clamped to the image; then their tiles
+        j0 = int(min(max(np.ceil(mx - ex - 0.5), 0.0), width - 1.0))
+        j1 = int(min(max(np.floor(mx + ex - 0.5), -1.0), width - 1.0))
+        i0 = int(min(max(np.ceil(my - ey - 0.5), 0.0), height - 1.0))
+        i1 = int(min(max(np.floor(my + ey - 0.5), -1.0), height - 1.0))
+        if j1 < j0 or i1 < i0:
+            box[v, 0], box[v, 1] = 0, -1
+            continue
+        box[v, 0], box[v, 1], box[v, 2], box[v, 3] = j0 // tile, j1 // tile, i0 // tile, i1 // tile
+        base = (g // N) * tiles_y
+        for ty in range(box[v, 2], box[v, 3] + 1):
+            for tx in range(box[v, 0], box[v, 1] + 1):
+                count[(base + ty) * tiles_x + tx] += 1
+    start = np.empty(n_tiles, np.int64)
+    total = 0
+    for t in range(n_tiles):
+        start[t] = total
+        total += count[t]
+    fill = start.copy()
+    ids = np.empty(total, np.int64)
+    for v in range(V):
+        if box[v, 1] < box[v, 0]:
+            continue
+        g = order[v]
+        base = (g // N) * tiles_y
+        for ty in range(box[v, 2], box[v, 3] + 1):
+            for tx in range(box[v, 0], box[v, 1] + 1):
+                t = (base + ty) * tiles_x + tx
+                ids[fill[t]] = g
+                fill[t] += 1
+    return ids, start, count

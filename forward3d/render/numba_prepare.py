@@ -1,0 +1,115 @@
+"""Compiled CPU projection and tile intersection (numba) for the tiled rasterizer.
+
+- :func:`project_gaussians_numba`: :func:`forward3d.render.projection.project_gaussians` (EWA projection,
+  culling, screen extents) as one parallel loop over the Gaussians, without gradients. :func:`rasterize`
+  uses it on CPU when nothing needs a gradient (``torch.no_grad()`` or inputs that do not require grad)
+  and the numba compositing kernel is in use; otherwise the torch projection (differentiable) runs.
+- :func:`intersect_tiles_numba`: :func:`forward3d.render.tiled.intersect_tiles` with the pair expansion and
+  the sort by tile as one counting sort (the depth order is the same torch radix sort); identical lists.
+
+The torch functions are the readable references; the tests compare both (tests/test_render_numba.py).
+One call replaces the ~60 small torch ops of the projection and the intersection, each of which started
+an OpenMP team: these dominated a 2-thread forward and kept it from scaling.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .projection import ALPHA_THRESHOLD, MAX_EXTENT, Projected, _fov_limits
+from .tiled import _MARGIN, TileIsects, depth_order
+from .tiled_numba import _threads, _timed_first_call, numba_available
+
+__all__ = ["project_gaussians_numba", "intersect_tiles_numba", "numba_projector"]
+
+
+def _module():
+    import numba
+
+    from . import _numba_prepare as k
+
+    return numba, k
+
+
+def project_gaussians_numba(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4] wxyz
+    scales: Tensor,  # [N, 3]
+    opacities: Tensor,  # [N]
+    w2c: Tensor,  # [C, 4, 4]
+    K: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    near: float = 0.01,
+    far: float = 1e10,
+    eps2d: float = 0.3,
+    antialiased: bool = False,
+) -> Projected:
+    """:func:`forward3d.render.projection.project_gaussians` compiled (CPU float32/float64; no gradients)."""
+    if not numba_available():
+        raise ImportError("the numba CPU projection needs numba: pip install forward3d[fast]")
+    dtype = means.dtype
+    if means.device.type != "cpu" or dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"project_gaussians_numba: expected CPU float32/float64 tensors, found {means.device} {dtype}")
+    numba, k = _module()
+    C, N = w2c.shape[0], means.shape[0]
+
+    def arr(t: Tensor):
+        return t.detach().to(dtype).contiguous().numpy()
+
+    w2c, K = w2c.detach().to(dtype), K.detach().to(dtype)
+    lims = torch.cat(_fov_limits(K, width, height), 1)  # [C, 4]
+    consts = torch.tensor([near, far, eps2d, 1e-12, 1e-10, ALPHA_THRESHOLD, MAX_EXTENT, 0.0, 0.5, 1.0, 2.0],
+                          dtype=dtype)
+    means2d = torch.empty(C, N, 2, dtype=dtype)
+    depths = torch.empty(C, N, dtype=dtype)
+    conics = torch.empty(C, N, 3, dtype=dtype)
+    cov2d = torch.empty(C, N, 2, 2, dtype=dtype)
+    opac = torch.empty(C, N, dtype=dtype)
+    radii = torch.empty(C, N, dtype=torch.int32)
+    extents = torch.empty(C, N, 2, dtype=dtype)
+    _timed_first_call(dtype, "projection", k.project, arr(means), arr(quats), arr(scales), arr(opacities),
+                      arr(w2c), arr(K), arr(lims), consts.numpy(), width, height, bool(antialiased),
+                      _threads(numba), means2d.numpy(), depths.numpy(), conics.numpy(), cov2d.numpy(),
+                      opac.numpy(), radii.numpy(), extents.numpy())
+    return Projected(means2d, depths, conics, cov2d, opac, radii, extents)
+
+
+@torch.no_grad()
+def intersect_tiles_numba(
+    means2d: Tensor,  # [C, N, 2]
+    extents: Tensor,  # [C, N, 2]
+    depths: Tensor,  # [C, N]
+    visible: Tensor,  # [C, N] bool
+    width: int,
+    height: int,
+    tile_size: int,
+) -> TileIsects:
+    """:func:`forward3d.render.tiled.intersect_tiles` with a compiled counting sort (CPU; identical lists)."""
+    if not numba_available():
+        raise ImportError("the numba CPU tile intersection needs numba: pip install forward3d[fast]")
+    _, k = _module()
+    C, N = depths.shape
+    tx_n = (width + tile_size - 1) // tile_size
+    ty_n = (height + tile_size - 1) // tile_size
+    order = depth_order(depths, visible)
+    m = means2d.detach().reshape(-1, 2).contiguous().numpy()
+    e = extents.detach().reshape(-1, 2).contiguous().numpy()
+    box = [None]
+
+    def run(*args):
+        box[0] = k.tile_lists(*args)
+
+    _timed_first_call(means2d.dtype, "intersection", run, order.numpy(), m, e, N, C, width, height, tile_size,
+                      tx_n, ty_n, _MARGIN)
+    ids, start, count = (torch.from_numpy(a) for a in box[0])
+    return TileIsects(ids, start, count, tile_size, tx_n, ty_n, C)
+
+
+def numba_projector(gaussians, w2c: Tensor, K: Tensor, width: int, height: int, near: float, far: float,
+                    antialiased: bool) -> Projected:
+    """:func:`project_gaussians_numba` in the ``projector`` form of :func:`forward3d.render.common.prepare`."""
+    with torch.no_grad():
+        return project_gaussians_numba(gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities,
+                                       w2c, K, width, height, near=near, far=far, antialiased=antialiased)

@@ -1,0 +1,98 @@
+"""The compiled numba projection and tile intersection vs their torch references (values, culling, lists),
+and the dispatch of :func:`rasterize` to them (no-gradient renders only)."""
+
+import pytest
+import torch
+from test_render_rasterize import assert_outputs_close, make_cams, random_scene
+
+from forward3d.render import rasterize
+from forward3d.render.projection import project_gaussians
+from forward3d.render.tiled import intersect_tiles
+from forward3d.types import Gaussians
+
+pytest.importorskip("numba", reason="numba not installed (pip install forward3d[fast])")
+
+from forward3d.render.numba_prepare import intersect_tiles_numba, project_gaussians_numba  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _edge_scene(dtype):
+    """Random Gaussians plus the culling cases: behind the camera, beyond ``far``, opacity below 1/255,
+    off screen, on the near plane, and a degenerate (flat) one."""
+    g = random_scene(300, seed=7, spread=(2.5, 2.0, 1.5), opacity_std=4.0, dtype=dtype)
+    means = g.means.clone()
+    means[:10, 2] = -1.0  # behind
+    means[10:15, 2] = 5e10  # beyond far
+    means[15:20, 0] = 40.0  # far off screen to the right
+    means[20:25, 2] = 0.01  # on the near plane
+    logits = g.opacity_logits.clone()
+    logits[25:35] = -8.0  # opacity < 1/255
+    log_scales = g.log_scales.clone()
+    log_scales[35:40, 2] = -30.0  # flat
+    return Gaussians(means, g.quats, log_scales, logits, g.sh)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("antialiased", [False, True])
+def test_projection_matches_torch(dtype, antialiased):
+    g = _edge_scene(dtype)
+    cams = make_cams(W=41, H=29, n=3, jitter=0.4, cx=15.0, dtype=dtype)
+    args = (g.means, g.quats, g.scales, g.opacities, cams.w2c, cams.K, cams.width, cams.height)
+    ref = project_gaussians(*args, near=0.05, far=1e10, antialiased=antialiased)
+    out = project_gaussians_numba(*args, near=0.05, far=1e10, antialiased=antialiased)
+    assert torch.equal(out.radii, ref.radii)
+    assert 0 < int((ref.radii > 0).sum()) < ref.radii.numel()  # some culled, some not
+    vis = ref.radii > 0
+    tol = dict(atol=0, rtol=1e-6) if dtype == torch.float32 else dict(atol=0, rtol=1e-13)
+    for name in ("means2d", "depths", "conics", "covars2d", "opacities", "extents"):
+        a, b = getattr(ref, name), getattr(out, name)
+        assert b.dtype == dtype and b.shape == a.shape, name
+        torch.testing.assert_close(b[vis], a[vis], **tol, msg=lambda m: f"{name}: {m}")
+    assert (out.extents[~vis] == 0).all()
+
+
+@pytest.mark.parametrize("tile_size", [4, 8, 16])
+def test_intersection_lists_identical(tile_size):
+    g = _edge_scene(torch.float32)
+    cams = make_cams(W=53, H=37, n=2, jitter=0.3, cx=20.0)
+    p = project_gaussians(g.means, g.quats, g.scales, g.opacities, cams.w2c, cams.K, cams.width, cams.height)
+    vis = p.radii > 0
+    ref = intersect_tiles(p.means2d, p.extents, p.depths, vis, cams.width, cams.height, tile_size)
+    out = intersect_tiles_numba(p.means2d, p.extents, p.depths, vis, cams.width, cams.height, tile_size)
+    assert ref.ids.numel() > 100
+    for name in ("ids", "start", "count"):
+        assert torch.equal(getattr(out, name), getattr(ref, name)), name
+    assert (out.tiles_x, out.tiles_y, out.n_cams, out.tile_size) == (ref.tiles_x, ref.tiles_y, 2, tile_size)
+    # nothing visible: empty lists of the right size
+    none = intersect_tiles_numba(p.means2d, p.extents, p.depths, torch.zeros_like(vis), cams.width, cams.height, 8)
+    assert none.ids.numel() == 0 and none.count.shape == (2 * 7 * 5,) and int(none.count.sum()) == 0
+
+
+def test_rasterize_uses_compiled_projection_only_without_gradients(monkeypatch):
+    from forward3d.render import numba_prepare
+
+    calls = []
+    real = numba_prepare.numba_projector
+    monkeypatch.setattr(numba_prepare, "numba_projector", lambda *a: calls.append(1) or real(*a))
+    g = random_scene(120, deg=1, seed=3, opacity_std=3.0)
+    cams = make_cams(W=30, H=22, n=2, jitter=0.2)
+    bg = torch.tensor([0.1, 0.2, 0.3])
+    with torch.no_grad():
+        fast = rasterize(g, cams, render_mode="RGB+ED", background=bg)
+    assert calls == [1] and fast.meta.kernel == "numba"
+    ref = rasterize(g, cams, render_mode="RGB+ED", background=bg, cpu_kernel="torch")  # torch projection too
+    assert_outputs_close(ref, fast, atol=2e-6, rtol=1e-5)
+    assert torch.equal(fast.meta.radii, ref.meta.radii)
+    # a geometry gradient: the differentiable torch projection (the compiled one has no backward)
+    means = g.means.clone().requires_grad_(True)
+    out = rasterize(Gaussians(means, g.quats, g.log_scales, g.opacity_logits, g.sh), cams)
+    assert calls == [1] and out.meta.kernel == "numba"
+    out.colors.sum().backward()
+    assert means.grad is not None and means.grad.abs().max() > 0
+    # a colour-only gradient does not need the projection's backward: compiled projection, SH gradient
+    sh = g.sh.clone().requires_grad_(True)
+    out = rasterize(Gaussians(g.means, g.quats, g.log_scales, g.opacity_logits, sh), cams)
+    assert calls == [1, 1]
+    out.colors.sum().backward()
+    assert sh.grad.abs().max() > 0
