@@ -76,8 +76,14 @@ def _consts(dtype: torch.dtype) -> np.ndarray:
 
 
 def _threads(numba) -> int:
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    """Set numba's thread count to torch's intra-op count (at most NUMBA_NUM_THREADS) and return it."""
+    n_torch = torch.get_num_threads()
+    n = max(1, min(n_torch, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
+    # the first set_num_threads starts numba's OpenMP pool, which sets the thread count of the OpenMP
+    # runtime torch shares (torch.get_num_threads() would read NUMBA_NUM_THREADS after): keep the caller's
+    if torch.get_num_threads() != n_torch:
+        torch.set_num_threads(n_torch)
     return n
 
 
