@@ -42,10 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _bf16_study import (POINT_RANGE, REDUCED, WORST_TARGET, activation_stats, build_models, compare,  # noqa: E402
+                         head_gain_for_range, run_calls, scale_heads, variants)
 from _util import write_json  # noqa: E402
 from forward3d.models.slam3r import SLAM3REngine  # noqa: E402
-from forward3d.models.slam3r.bf16_study import (POINT_RANGE, REDUCED, WORST_TARGET, activation_stats, build_models,  # noqa: E402
-                                                compare, head_gain_for_range, run_calls, scale_heads, variants)
 from forward3d.pipelines.slam3r.common import prepare_frame  # noqa: E402
 from forward3d.io.sources import open_frames  # noqa: E402
 
