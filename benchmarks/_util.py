@@ -63,10 +63,21 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
-def write_json(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+def results_path(out: str | os.PathLike) -> Path:
+    """Where ``out`` is written: a bare file name goes under ``benchmarks/results/``; a path with a folder
+    part (``results/x.json``, ``/tmp/x.json``) is used as given (relative to the current folder)."""
+    p = Path(out)
+    return RESULTS / p if len(p.parts) == 1 and not p.is_absolute() else p
+
+
+def write_json(out: str | os.PathLike, payload: dict) -> Path:
+    """Write ``payload`` as indented JSON to :func:`results_path` ``(out)``, atomically (a killed run never
+    leaves half a file); numpy values and Paths are converted, anything else unknown is written as ``str``."""
+    from forward3d.io.atomic import atomic_write
+    from forward3d.io.jsonio import to_jsonable
+
+    path = results_path(out)
+    with atomic_write(path, "w") as f:
+        json.dump(to_jsonable(payload), f, indent=2, default=str)
+        f.write("\n")
     return path

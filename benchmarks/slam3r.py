@@ -17,7 +17,6 @@ when present). Timings on a shared machine are noisy: the load average is record
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -32,7 +31,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _util import write_json  # noqa: E402
 from forward3d.models.slam3r import Image2Points, Local2World, SLAM3RNetConfig, SLAM3REngine  # noqa: E402
 
 logger = logging.getLogger("benchmarks.slam3r")
@@ -283,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retrieval", type=_ints, default=[100, 5], help="candidates,queries")
     ap.add_argument("--only", type=lambda s: s.split(","), default=None, help="substrings of task names to run")
     ap.add_argument("--quick", action="store_true", help="1 repeat, no warmup, retrieval 20x5, keyframes 1,10")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "slam3r_models.json")
+    ap.add_argument("--out", default="slam3r_models.json",
+                    help="results JSON: a file name goes under benchmarks/results/, a path is used as given")
     argv = sys.argv[1:] if argv is None else list(argv)
     rest = argv[argv.index("--") + 1:] if "--" in argv else []
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -304,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     def save(rows: list[dict[str, Any]]) -> None:  # incremental: a long run killed midway keeps its rows
         result["models"] = {"rows": rows, "complete": False}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1, default=str))
+        write_json(args.out, result)
 
     if args.part in ("models", "all"):
         result["models"] = bench_models(args, save)
@@ -315,9 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("online", "all"):
         result["online"] = bench_online(args)
     result["meta"]["load_avg_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1, default=str))
-    logger.info("wrote %s", args.out)
+    logger.info("wrote %s", write_json(args.out, result))
     return 0
 
 

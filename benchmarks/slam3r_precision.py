@@ -31,7 +31,6 @@ the policy (encode + I2P + L2W). Writes ``benchmarks/results/slam3r_precision.js
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -41,10 +40,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _bf16_study import (POINT_RANGE, REDUCED, WORST_TARGET, activation_stats, build_models, compare,  # noqa: E402
+                         head_gain_for_range, run_calls, scale_heads, variants)
+from _util import write_json  # noqa: E402
 from forward3d.models.slam3r import SLAM3REngine  # noqa: E402
-from forward3d.models.slam3r.bf16_study import (POINT_RANGE, REDUCED, WORST_TARGET, activation_stats, build_models,  # noqa: E402
-                                                compare, head_gain_for_range, run_calls, scale_heads, variants)
 from forward3d.pipelines.slam3r.common import prepare_frame  # noqa: E402
 from forward3d.io.sources import open_frames  # noqa: E402
 
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(real scenes: 2-5; 0: keep the raw random-init range)")
     ap.add_argument("--variants", type=lambda s: [v.strip() for v in s.split(";")], default=None,
                     help="';'-separated names (default: all; 'policy' and 'all-bf16' are the short run)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "slam3r_precision.json")
+    ap.add_argument("--out", default="slam3r_precision.json",
+                    help="results JSON: a file name goes under benchmarks/results/, a path is used as given")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.scene + args.keyframes > args.views:
@@ -129,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                        "size": args.size, "args": {k: str(v) for k, v in vars(args).items()}, "target_worst": WORST_TARGET,
                        "activations_fp32": stats, "head_gain": gain,
                        "raw_point_range": raw_range, "fp32_seconds": ref["seconds"]}, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1, default=str))
-    logger.info("wrote %s", args.out)
+    logger.info("wrote %s", write_json(args.out, result))
     return 0
 
 

@@ -6,6 +6,9 @@ the rasterizer's compositing, the dense MVS at 26 s vs 4.2 s per keyframe at loa
 of work (tile groups, reference views) dealt to Python threads scale instead: torch releases the GIL inside
 its kernels, and one intra-op thread per worker needs no team barrier. :func:`run_workers` sets the
 process's intra-op thread count to 1 for the duration of the call and restores it after.
+
+Thread limits as context managers: :func:`intra_op_threads` (torch) and :func:`open3d_threads` (open3d's
+oneTBB pool).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["default_workers", "intra_op_threads", "run_workers"]
+__all__ = ["default_workers", "intra_op_threads", "open3d_threads", "run_workers"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -47,6 +50,25 @@ def intra_op_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def open3d_threads(n: int) -> Iterator[None]:
+    """Limit open3d (oneTBB) to ``n`` CPU threads inside the block (0: no limit); restores the
+    previous limit afterwards. Without open3d it does nothing (the run reports the missing extra)."""
+    try:
+        import open3d as o3d
+
+        util = o3d.utility
+        prev = util.get_max_threads()
+        util.set_max_threads(int(n))
+    except (ImportError, AttributeError):  # open3d missing, or older than set_max_threads
+        yield
+        return
+    try:
+        yield
+    finally:
+        util.set_max_threads(prev)
 
 
 def _pool(n: int) -> ThreadPoolExecutor:

@@ -308,3 +308,43 @@ def test_fast_path_bf16(fx, small_model):
             assert ((a - b).abs().max() / (b.max() - b.min())).item() < 0.01, name
     err = _rotation_error(out.rotation, ref.rotation)
     assert err.median() < 5e-3 and torch.quantile(err, 0.99) < 2e-2 and err.max() < 0.1, err.max()
+
+
+def _tensor_bytes(model):
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def test_fuse_without_reference_drops_decoder_weights(fx, small_model):
+    """``keep_reference=False``: the decoder bodies' weights are held once (in the fast decoders), the outputs
+    are those of the fused model that keeps them, and what needs the dropped bodies raises."""
+    import copy
+
+    kept = copy.deepcopy(small_model).fuse_for_inference()
+    dropped = copy.deepcopy(small_model).fuse_for_inference(keep_reference=False)
+    body = sum(p.numel() * p.element_size() for d in kept._decoders()[0] for p in d.decoder[:10].parameters())
+    assert body > 0 and _tensor_bytes(kept) - _tensor_bytes(dropped) == body
+    assert dropped.reference_dropped and not kept.reference_dropped
+    a, b = _run(kept, fx), _run(dropped, fx)
+    for name in (*_OUTPUTS, "raw", "depth_raw"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    with pytest.raises(RuntimeError, match="keep_reference"):
+        dropped.core.models["gauss_decoder_0"].body(b.features)
+    with pytest.raises(ValueError, match="keep_reference=False"):
+        dropped.reference_state_dict()
+    assert kept.fuse_for_inference(keep_reference=False) is kept and kept.reference_dropped  # drop later
+    assert _tensor_bytes(kept) == _tensor_bytes(dropped)
+
+
+@pytest.mark.parametrize("fp32_levels", [1, 5])
+def test_fuse_without_reference_bf16_fp32_levels(fx, small_model, fp32_levels):
+    """``dtype`` with its fp32 decoder levels needs no original decoder: same outputs as the fused model
+    that keeps them, at the default level count (1) and with every level in fp32 (5)."""
+    import copy
+
+    kept = copy.deepcopy(small_model).fuse_for_inference()
+    dropped = copy.deepcopy(small_model).fuse_for_inference(keep_reference=False)
+    for m in (kept, dropped):
+        m.dtype, m.fp32_levels = "bfloat16", fp32_levels
+    a, b = _run(kept, fx), _run(dropped, fx)
+    for name in _OUTPUTS:
+        assert torch.equal(getattr(a, name), getattr(b, name)), name

@@ -3,7 +3,7 @@ edge cases, thread counts, dispatch)."""
 
 import pytest
 import torch
-from test_render_rasterize import assert_outputs_close, make_cams, random_scene
+from _scenes import assert_outputs_close, make_cams, random_scene
 
 from forward3d.render import Cameras, rasterize, tiled_numba
 from forward3d.types import Gaussians

@@ -13,8 +13,9 @@ from forward3d.eval import ate  # noqa: E402
 from forward3d.geometry.se3 import rotation_angle  # noqa: E402
 from forward3d.pipelines.features import align_features, extract_features  # noqa: E402
 from forward3d.pipelines.loopclosure import LoopCloser, LoopClosureOptions  # noqa: E402
-from forward3d.pipelines.rgbd import RGBDBackend, RGBDConfig, open3d_threads  # noqa: E402
+from forward3d.pipelines.rgbd import RGBDBackend, RGBDConfig  # noqa: E402
 from forward3d.pipelines.tsdf import RGBDTracker  # noqa: E402
+from forward3d.threads import open3d_threads  # noqa: E402
 
 from conftest import SHARED  # noqa: E402
 

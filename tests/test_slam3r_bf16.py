@@ -1,7 +1,7 @@
 """SLAM3R under bf16 autocast: the fp32 parts (MixedPrecision) and the point-error bound of issue 17.
 
-Reduced size (``bf16_study.REDUCED``: head dim 64 as the published models, encoder 6 x 256, decoders
-4 x 192, 96 x 128) with the reference (CroCo) init, real images (fern), and the heads scaled so that the
+Reduced size (``REDUCED`` of ``benchmarks/_bf16_study.py``: head dim 64 as the published models, encoder
+6 x 256, decoders 4 x 192, 96 x 128) with the reference (CroCo) init, real images (fern), and the heads scaled so that the
 fp32 point maps span max / median norm = 5, as real scenes do (``POINT_RANGE``; the raw random init
 gives ~13). The full-size figures come from ``benchmarks/slam3r_precision.py`` (docs/slam3r_bf16.md).
 """
@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from forward3d.io.sources import open_frames
 from forward3d.models.slam3r import SLAM3REngine
-from forward3d.models.slam3r.bf16_study import (POINT_RANGE, REDUCED, WORST_TARGET, build_models, compare,
-                                                head_gain_for_range, run_calls, scale_heads)
 from forward3d.models.slam3r.precision import ALL_BF16, MixedPrecision, point_error
 from forward3d.pipelines.slam3r.common import prepare_frame
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the study code lives there
+from _bf16_study import (POINT_RANGE, REDUCED, WORST_TARGET, build_models, compare,  # noqa: E402
+                         head_gain_for_range, run_calls, scale_heads)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -380,7 +380,7 @@ def run_nvs_eval(cfg: NVSEvalConfig) -> tuple[NVSReport, dict[str, Any]]:
     if cfg.weights is not None:
         from forward3d.models.flash3d import Flash3D
 
-        model = Flash3D.from_pretrained(cfg.weights, device=device).fuse_for_inference()  # inference only
+        model = Flash3D.from_pretrained(cfg.weights, device=device).fuse_for_inference(keep_reference=False)
         c = model.config
         size = (c.height, c.width, c.pad_border)
         predictor = Flash3DPredictor(model, depth_model, device=device)

@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -34,11 +33,13 @@ import numpy as np
 
 from forward3d.config import config_to_dict, option
 from forward3d.geometry.camera import camera_to_world, unproject
+from forward3d.geometry.se3 import rotation_angle
 from forward3d.pipelines.base import Backend, Capabilities
 from forward3d.progress import progress_bar
+from forward3d.threads import open3d_threads
 from forward3d.types import Frame, FrameStatus, Reconstruction, Update
 
-__all__ = ["RGBDConfig", "RGBDBackend", "open3d_device_name", "open3d_threads", "TRACKING_MODES"]
+__all__ = ["RGBDConfig", "RGBDBackend", "open3d_device_name", "TRACKING_MODES"]
 
 TRACKING_MODES = ("keyframe", "frame", "model")
 
@@ -264,29 +265,6 @@ def open3d_device_name(device: str | None) -> str:
     return f"{kind}:{idx or 0}"
 
 
-@contextlib.contextmanager
-def open3d_threads(n: int) -> Iterator[None]:
-    """Limit open3d (oneTBB) to ``n`` CPU threads inside the block (0: no limit); restores the
-    previous limit afterwards. Without open3d it does nothing (the run reports the missing extra)."""
-    try:
-        import open3d as o3d
-
-        util = o3d.utility
-        prev = util.get_max_threads()
-        util.set_max_threads(int(n))
-    except (ImportError, AttributeError):  # open3d missing, or older than set_max_threads
-        yield
-        return
-    try:
-        yield
-    finally:
-        util.set_max_threads(prev)
-
-
-def _rotation_deg(R: np.ndarray) -> float:
-    return math.degrees(math.acos(max(-1.0, min(1.0, (float(np.trace(R)) - 1.0) / 2.0))))
-
-
 def _clean_depth(depth: np.ndarray, dmin: float, dmax: float) -> np.ndarray:
     """``[H, W]`` float32 with 0 wherever the depth is non-finite or outside ``(dmin, dmax]``."""
     d = np.asarray(depth, dtype=np.float32)
@@ -358,7 +336,7 @@ class _StoredKeyframes:
         for f in self.grid.near(c2w[:3, 3]):
             rel = np.linalg.inv(c2ws[f]) @ c2w
             d = float(np.linalg.norm(rel[:3, 3]))
-            if d <= self.translation and _rotation_deg(rel[:3, :3]) <= self.rotation_deg:
+            if d <= self.translation and float(np.degrees(rotation_angle(rel[:3, :3]))) <= self.rotation_deg:
                 near.append((d, f))
         return [f for _, f in sorted(near)[:k]]
 
@@ -573,7 +551,7 @@ class RGBDBackend(Backend):
                             rel = np.linalg.inv(key[1]) @ c2w  # type: ignore[index]
                             is_key = (cfg.tracking == "frame"
                                       or np.linalg.norm(rel[:3, 3]) > cfg.keyframe_translation
-                                      or _rotation_deg(rel[:3, :3]) > cfg.keyframe_rotation_deg
+                                      or float(np.degrees(rotation_angle(rel[:3, :3]))) > cfg.keyframe_rotation_deg
                                       or fit < cfg.keyframe_min_fitness)
                 t_track += time.perf_counter() - ts
                 tracked_motion = np.linalg.inv(c2ws[-1]) @ c2w if c2ws else np.eye(4)
@@ -788,7 +766,7 @@ class RGBDBackend(Backend):
                     fa = None
                 else:
                     d = np.linalg.inv(inits[0][1]) @ fa.src_to_tgt
-                    if np.linalg.norm(d[:3, 3]) > 0.01 or _rotation_deg(d[:3, :3]) > 1.0:
+                    if np.linalg.norm(d[:3, 3]) > 0.01 or float(np.degrees(rotation_angle(d[:3, :3]))) > 1.0:
                         inits.append(("features", fa.src_to_tgt))
                         stats["feature_candidates"] += 1
             best = None
@@ -809,9 +787,9 @@ class RGBDBackend(Backend):
                 if fa is not None:
                     ref, max_t, max_r, ref_name = tgt_c2w @ fa.src_to_tgt, cfg.feature_agreement, 5.0, "features"
                 jump = np.linalg.inv(ref) @ c2w
-                if np.linalg.norm(jump[:3, 3]) > max_t or _rotation_deg(jump[:3, :3]) > max_r:
+                if np.linalg.norm(jump[:3, 3]) > max_t or float(np.degrees(rotation_angle(jump[:3, :3]))) > max_r:
                     reason = (f"implausible jump of {np.linalg.norm(jump[:3, 3]):.2f} m / "
-                              f"{_rotation_deg(jump[:3, :3]):.1f} deg from the {ref_name}")
+                              f"{np.degrees(rotation_angle(jump[:3, :3])):.1f} deg from the {ref_name}")
                     continue
                 cost = res.rmse / max(res.fitness, 1e-3)
                 log.debug("rgbd: frame %d -> %s, from the %s: fitness %.3f rmse %.4f cost %.4f", frame_index,
@@ -823,7 +801,7 @@ class RGBDBackend(Backend):
                 # (pixels only) of a frame without depth, or with garbage depth, is not used (it would be fused)
                 jump = np.linalg.inv(pred) @ tgt_c2w @ fa.src_to_tgt
                 if (np.linalg.norm(jump[:3, 3]) <= cfg.max_jump_translation
-                        and _rotation_deg(jump[:3, :3]) <= cfg.max_jump_rotation_deg):
+                        and float(np.degrees(rotation_angle(jump[:3, :3]))) <= cfg.max_jump_rotation_deg):
                     stats["feature_only"] += 1
                     return tgt_c2w @ fa.src_to_tgt, True, fa.inliers / max(fa.matches, 1), ""
             if best is not None:

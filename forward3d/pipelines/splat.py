@@ -433,8 +433,10 @@ def splat_image_file(cfg: SplatConfig, progress: bool = True) -> tuple[SplatResu
     if cfg.weights:
         from forward3d.models.flash3d import Flash3D
 
-        # inference only: conv+BN folded and the fast decoders (same outputs to float rounding, >= 1.3x less CPU)
-        model = Flash3D.from_pretrained(cfg.weights, device=device, dtype=cfg.dtype).fuse_for_inference()
+        # inference only: conv+BN folded and the fast decoders (same outputs to float rounding, >= 1.3x less CPU);
+        # the original decoder bodies are dropped (one copy of their weights in memory)
+        model = Flash3D.from_pretrained(cfg.weights, device=device, dtype=cfg.dtype).fuse_for_inference(
+            keep_reference=False)
     else:
         logger.warning("no --weights: using the no-network unproject baseline (one Gaussian per pixel)")
     result = splat_image(image, K, depth=depth, model=model, depth_model=depth_model,

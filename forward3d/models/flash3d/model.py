@@ -181,6 +181,14 @@ class _UNetDecoder(nn.Module):
         return x
 
 
+class _DroppedConv(nn.Module):
+    """Stands in for a decoder body convolution dropped by ``fuse_for_inference(keep_reference=False)``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise RuntimeError("Flash3D: this decoder body was dropped by fuse_for_inference(keep_reference=False); "
+                           "its weights live only in the fast decoders (fuse with keep_reference=True to keep it)")
+
+
 def _cpu_has_fast_bf16() -> bool:
     """Whether oneDNN runs bf16 convolutions natively on this CPU."""
     try:
@@ -342,6 +350,7 @@ class Flash3D(nn.Module):
         self.dtype = dtype
         self.fp32_levels = FP32_DECODER_LEVELS
         self.fused = False
+        self.reference_dropped = False  # fuse_for_inference(keep_reference=False): decoder bodies dropped
         self._warned = False  # the slow-bf16-CPU warning, once per model
 
     @property
@@ -371,7 +380,7 @@ class Flash3D(nn.Module):
         return torch.autocast(device.type, dtype=dtype)
 
     @torch.no_grad()
-    def fuse_for_inference(self, channels_last: bool = True) -> "Flash3D":
+    def fuse_for_inference(self, channels_last: bool = True, keep_reference: bool = True) -> "Flash3D":
         """Speed up inference in place (returns ``self``): fold every BatchNorm that follows a conv in the
         encoder's residual blocks into that conv (eval statistics: ``w' = w g / sqrt(v + eps)``,
         ``b' = (b - m) g / sqrt(v + eps) + beta``), run the decoders through their fast form
@@ -387,12 +396,20 @@ class Flash3D(nn.Module):
         longer has the reference layout (fuse after loading; the fast decoders' weights are derived buffers,
         not saved). Measured: 1.21-1.50x less CPU time than the unfused model at 320x448 across runs on a
         loaded 2-core CPU (docs/flash3d_fast_mvs_threads.md).
+
+        ``keep_reference=False`` drops the decoders' original body convolutions once their fast copies are
+        built (the heads stay): the fused model then holds one set of decoder weights instead of two, the
+        outputs are the same (every ``dtype``, its fp32 levels included, runs through the fast decoders),
+        and calling a dropped body (``decoder.body(...)``) raises a RuntimeError. Keep the default (True)
+        to compare against the reference operations or to read the decoder weights.
         """
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
         from forward3d.models.resnet import BasicBlock, Bottleneck
 
         if self.fused:
+            if not keep_reference:
+                self._drop_reference_decoders()
             return self
         self.eval()
         for m in self.core.encoder.modules():
@@ -411,10 +428,20 @@ class Flash3D(nn.Module):
 
         decoders, widths = self._decoders()
         self.fast_decoders = FastDecoders(decoders, widths)
+        if not keep_reference:
+            self._drop_reference_decoders()
         self.fused = True
         for p in self.parameters():
             p.requires_grad_(False)
         return self
+
+    def _drop_reference_decoders(self) -> None:
+        """Replace the decoders' body convolutions (their weights now live in ``fast_decoders`` only) by
+        :class:`_DroppedConv`; the heads stay, the forward uses them."""
+        for d in self._decoders()[0]:
+            for j in range(10):  # upconv(4, 0) ... upconv(0, 1); index 10 is the depth decoder's head
+                d.decoder[j] = _DroppedConv()
+        self.reference_dropped = True
 
     def _decoders(self) -> tuple[list[nn.Module], list[tuple[int, ...]]]:
         """The L Gaussian decoders then the depth decoder (if L > 1), and their channel widths."""
@@ -549,6 +576,9 @@ class Flash3D(nn.Module):
     def reference_state_dict(self, batch_size: int = 1) -> dict[str, Tensor]:
         """The state_dict in the reference layout, including the ``backproject_depth.0.*`` buffers
         the reference checkpoint carries (for saving checkpoints the reference code can load)."""
+        if self.reference_dropped:
+            raise ValueError("Flash3D.reference_state_dict: the decoder bodies were dropped by "
+                             "fuse_for_inference(keep_reference=False); save the model before fusing it")
         sd = dict(self.state_dict())
         hp, wp = self.config.padded_size
         L = self.config.gaussians_per_pixel

@@ -1,8 +1,9 @@
 """bf16 precision study of the SLAM3R networks: policies to compare, reference-like random models and
 the error of bf16 autocast against fp32 on the pipeline's calls (encode -> I2P -> L2W).
 
-Used by ``benchmarks/slam3r_precision.py`` (full size) and ``tests/test_slam3r_bf16.py`` (reduced
-size). Errors are :func:`~forward3d.models.slam3r.precision.point_error`.
+Measurement code, not part of the package: used by ``benchmarks/slam3r_precision.py`` (full size) and
+``tests/test_slam3r_bf16.py`` (reduced size; it puts ``benchmarks/`` on ``sys.path``). Errors are
+:func:`forward3d.models.slam3r.precision.point_error`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from typing import Any
 
 import torch
 
-from .config import SLAM3RNetConfig
-from .engine import SLAM3REngine
-from .i2p import Image2Points
-from .l2w import Local2World
-from .layers import Attention, CrossAttention, _heads
-from .precision import ALL_BF16, PARTS, MixedPrecision, point_error
+from forward3d.models.slam3r.config import SLAM3RNetConfig
+from forward3d.models.slam3r.engine import SLAM3REngine
+from forward3d.models.slam3r.i2p import Image2Points
+from forward3d.models.slam3r.l2w import Local2World
+from forward3d.models.slam3r.layers import Attention, CrossAttention, _heads
+from forward3d.models.slam3r.precision import ALL_BF16, PARTS, MixedPrecision, point_error
 
 __all__ = ["WORST_TARGET", "POINT_RANGE", "REDUCED", "variants", "build_models", "scale_qk", "head_gain_for_range",
            "scale_heads", "activation_stats", "run_calls", "compare"]
