@@ -1,9 +1,11 @@
 """The compiled numba projection and tile intersection vs their torch references (values, culling, lists),
 and the dispatch of :func:`rasterize` to them (no-gradient renders only)."""
 
+from pathlib import Path
+
 import pytest
 import torch
-from test_render_rasterize import assert_outputs_close, make_cams, random_scene
+from _scenes import assert_outputs_close, make_cams, random_scene
 
 from forward3d.render import rasterize
 from forward3d.render.projection import project_gaussians
@@ -96,3 +98,26 @@ def test_rasterize_uses_compiled_projection_only_without_gradients(monkeypatch):
     assert calls == [1, 1]
     out.colors.sum().backward()
     assert sh.grad.abs().max() > 0
+
+
+def test_first_numba_call_keeps_torch_thread_count(tmp_path):
+    """numba's OpenMP pool, started by the first compiled call, used to reset torch's intra-op thread count
+    to NUMBA_NUM_THREADS (so a process that had set 1 thread ran torch with 2 after its first render)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from _scenes import make_cams, random_scene\n"
+        "from forward3d.render import rasterize\n"
+        "torch.set_num_threads(1)\n"
+        "with torch.no_grad():\n"
+        "    out = rasterize(random_scene(30, seed=1), make_cams(W=12, H=10))\n"
+        "assert out.meta.kernel == 'numba', out.meta.kernel\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = {**__import__("os").environ, "NUMBA_NUM_THREADS": "2",
+           "PYTHONPATH": f"{Path(__file__).parent}{__import__('os').pathsep}{Path(__file__).parents[1]}"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "1"
