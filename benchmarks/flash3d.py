@@ -33,7 +33,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _util  # noqa: E402
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/rasterize.py
 
 FUSED_MIN_SPEEDUP = 1.3  # issue 17: fp32 >= 1.3x the reference-equivalent path
 ROT_MAX_ERR = 1e-2  # issue 17: bf16 rotation error
@@ -138,7 +137,9 @@ def main() -> None:
     ap.add_argument("--size", default="320x448", help="padded input HxW")
     ap.add_argument("--bf16-size", default="128x160", help="padded input HxW of the bf16 run")
     ap.add_argument("--no-bf16", action="store_true")
+    _util.add_omp_wait_policy_arg(ap)
     a = ap.parse_args()
+    omp_policy = _util.apply_omp_wait_policy(a.omp_wait_policy)
     h, w = (int(s) for s in a.size.split("x"))
     rows = bench_fp32(a.threads, a.repeats, h, w)
     _util.print_table(rows, ["variant", "threads", "size", "wall_s", "wall_min_s", "cpu_s", "loadavg"])
@@ -154,7 +155,7 @@ def main() -> None:
     _util.print_table([{**t, "pass": "PASS" if t["pass"] else "FAIL"} for t in tg],
                       ["target", "measured", "cpu_ratio", "pass"])
     path = _util.write_json("flash3d.json", {"benchmark": "flash3d_forward", "machine": _util.machine_info(),
-                                             "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "fp32": rows,
+                                             "omp_wait_policy": omp_policy, "fp32": rows,
                                              "bf16": bf16, "targets": tg})
     print(f"wrote {path}")
 

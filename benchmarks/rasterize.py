@@ -11,7 +11,8 @@ all the garden means (with replacement, jittered by N(0, 0.01)), same recipe oth
 to 1024x1024.
 
 All thread counts run in ONE process (``torch.set_num_threads``), interleaved repeat by repeat, so that a
-ratio compares like with like on a shared machine (``OMP_WAIT_POLICY=PASSIVE`` unless set). Reported per (case, threads): median and minimum wall
+ratio compares like with like on a shared machine (OpenMP's default wait policy unless
+``--omp-wait-policy`` says otherwise). Reported per (case, threads): median and minimum wall
 time, median process CPU time (on a loaded machine CPU time is the steadier single-thread figure), the
 load average. Each target is printed beside its measured figure with pass/fail; JSON goes to
 ``benchmarks/results/rasterize.json``.
@@ -36,9 +37,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _util  # noqa: E402
 
-# before torch starts OpenMP: on a loaded shared machine spinning OpenMP threads wait for descheduled
-# siblings (2-thread runs 5-20x slower); sleeping waits give fair figures. Override by setting it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FORWARD3D_SHARED", ROOT.parent / "shared")) / "data" / "garden" / "test_garden.npz"
@@ -176,7 +174,9 @@ def main() -> None:
     ap.add_argument("--kernels", nargs="+", default=["numba", "torch"], choices=["numba", "torch"],
                     help="compositing kernels to measure (targets: the first)")
     ap.add_argument("--out", default="rasterize.json", help="file name under benchmarks/results/")
+    _util.add_omp_wait_policy_arg(ap)
     args = ap.parse_args()
+    omp_policy = _util.apply_omp_wait_policy(args.omp_wait_policy)
     if not DATA.exists():
         sys.exit(f"{DATA} not found (set FORWARD3D_SHARED to the shared folder)")
     if args.compile and "numba" in args.kernels:
@@ -202,7 +202,7 @@ def main() -> None:
         "recipe": "gsplat garden test recipe, camera 0, ../shared/specs/splatting.md; 1M@1024 see docstring",
         "note": "one process, thread counts interleaved; shared machine: wall depends on the load (loadavg)",
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "tile_size": args.tile_size,
-        "compile": args.compile, "kernels": args.kernels, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "rows": rows,
+        "compile": args.compile, "kernels": args.kernels, "omp_wait_policy": omp_policy, "rows": rows,
         "targets": targets})
     print(f"wrote {path}")
 

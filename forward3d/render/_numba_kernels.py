@@ -10,6 +10,10 @@ from numba import njit, prange
 
 BOX_MARGIN = 1e-3  # pixels added to the Gaussian's box, as the tile intersection does (against rounding)
 GATHER = 32  # Gaussians of a tile list gathered per block (forward and backward)
+FEAT = 4  # feature channels of the kernels (callers pad to it): a compile-time loop bound, unrolled
+# fastmath (reassociation, FMA contraction, no NaN/inf inputs: the projection culls those) on the kernels:
+# ~10% less time; the results stay within float rounding of the torch kernel and independent of threads
+FASTMATH = True
 LEVEL_SLACK = 1e-4  # relative enlargement of the ellipse sigma <= s that bounds each row's pixels
 
 
@@ -49,6 +53,18 @@ def _row_span(a, b, c, s, mx, dy, j0, j1, margin):
 
 
 @njit(inline="always")
+def _gather(rows, prm, feat, ids, first, n_rows, step):
+    """``rows[u] = (prm[g], feat[g])`` for ``g = ids[first + step * u]``, ``u < n_rows``: the next Gaussians of a
+    tile list in one block of independent loads (their cache misses on the Gaussian table overlap)."""
+    for u in range(n_rows):
+        g = ids[first + step * u]
+        for v in range(8):
+            rows[u, v] = prm[g, v]
+        for f in range(FEAT):
+            rows[u, 8 + f] = feat[g, f]
+
+
+@njit(inline="always")
 def _tile_rect(t, tiles_x, tiles_y, tile, width, height):
     per_cam = tiles_x * tiles_y
     cam = t // per_cam
@@ -59,12 +75,12 @@ def _tile_rect(t, tiles_x, tiles_y, tile, width, height):
     return cam, x0, min(x0 + tile, width), y0, min(y0 + tile, height)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
 def forward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_y, n_threads, acc, T_out, last):
     # prm [CN, 8] (mx, my, a, b, c, o, ex, ey); feat [CN, F]; xs [W], ys [H] pixel centres;
     # consts (0.5, 1, MAX_ALPHA, T_EPS, ALPHA_THRESHOLD, 0) in the dtype; acc [C, H, W, F]; T_out, last [C, H, W]
     half, one, max_a, t_eps, thr, zero = consts[0], consts[1], consts[2], consts[3], consts[4], consts[5]
-    F = feat.shape[1]
+    F = FEAT  # feat.shape[1] == FEAT
     height, width = T_out.shape[1], T_out.shape[2]
     n_tiles = start.shape[0]
     P = tile * tile
@@ -97,12 +113,7 @@ def forward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_y
             for k in range(n):
                 q = k % GATHER
                 if q == 0:  # independent loads: the cache misses on the Gaussian table overlap
-                    for u in range(min(GATHER, n - k)):
-                        g = ids[s0 + k + u]
-                        for v in range(8):
-                            rows[u, v] = prm[g, v]
-                        for f in range(F):
-                            rows[u, 8 + f] = feat[g, f]
+                    _gather(rows, prm, feat, ids, s0 + k, min(GATHER, n - k), 1)
                 mx, my, a, b, c, o = rows[q, 0], rows[q, 1], rows[q, 2], rows[q, 3], rows[q, 4], rows[q, 5]
                 if o < thr:  # alpha <= o < 1/255 everywhere
                     continue
@@ -153,12 +164,12 @@ def forward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_y
                         acc[cam, i, j, f] = al[p, f]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
 def backward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_y, n_threads, T_out, last,
              g_acc, g_T, g_pair):
     # g_acc [C, H, W, F], g_T [C, H, W] -> g_pair [M, 6 + F]: the gradient of every (tile, Gaussian) pair
     half, one, max_a, thr, zero = consts[0], consts[1], consts[2], consts[4], consts[5]
-    F = feat.shape[1]
+    F = FEAT  # feat.shape[1] == FEAT
     height, width = T_out.shape[1], T_out.shape[2]
     n_tiles = start.shape[0]
     P = tile * tile
@@ -197,12 +208,7 @@ def backward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_
             for k in range(kmax - 1, -1, -1):
                 q = (kmax - 1 - k) % GATHER
                 if q == 0:
-                    for u in range(min(GATHER, k + 1)):
-                        g = ids[s0 + k - u]
-                        for v in range(8):
-                            rows[u, v] = prm[g, v]
-                        for f in range(F):
-                            rows[u, 8 + f] = feat[g, f]
+                    _gather(rows, prm, feat, ids, s0 + k, min(GATHER, k + 1), -1)
                 mx, my, a, b, c, o = rows[q, 0], rows[q, 1], rows[q, 2], rows[q, 3], rows[q, 4], rows[q, 5]
                 j0, j1, i0, i1 = _box(mx, my, rows[q, 6], rows[q, 7], x0, x1, y0, y1, margin)
                 if o < thr:

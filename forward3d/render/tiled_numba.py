@@ -44,6 +44,8 @@ from torch import Tensor
 from .common import MAX_ALPHA, T_EPS
 from .projection import ALPHA_THRESHOLD
 
+FEAT = 4  # the kernels' feature channels (forward3d.render._numba_kernels.FEAT): features are padded to it
+
 __all__ = ["composite_numba", "numba_available"]
 
 logger = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ def _kernels():
         raise ImportError("the numba CPU rasterizer kernel needs numba: pip install forward3d[fast]") from e
     from . import _numba_kernels as k
 
+    assert k.FEAT == FEAT
     return numba, k.forward, k.backward
 
 
@@ -118,12 +121,13 @@ class _CompositeNumba(torch.autograd.Function):
     def forward(ctx, params: Tensor, feats: Tensor, extents: Tensor, isects, width: int, height: int):
         numba, fwd, _ = _kernels()
         dtype = params.dtype
-        C, F = isects.n_cams, feats.shape[1]
+        C = isects.n_cams
         prm = torch.cat([params.detach(), extents.detach().to(dtype)], 1).contiguous()  # [CN, 8]
-        f = feats.detach().contiguous()
+        F = feats.shape[1]
+        f = torch.nn.functional.pad(feats.detach(), (0, FEAT - F)).contiguous()  # [CN, FEAT]
         xs = torch.arange(width, dtype=dtype) + 0.5
         ys = torch.arange(height, dtype=dtype) + 0.5
-        acc = torch.zeros(C, height, width, F, dtype=dtype)
+        acc = torch.zeros(C, height, width, FEAT, dtype=dtype)
         T = torch.ones(C, height, width, dtype=dtype)
         last = torch.zeros(C, height, width, dtype=torch.int32)
         args = (prm.numpy(), f.numpy(), isects.ids.numpy(), isects.start.numpy(), isects.count.numpy(),
@@ -131,9 +135,10 @@ class _CompositeNumba(torch.autograd.Function):
                 _threads(numba), acc.numpy(), T.numpy(), last.numpy())
         _timed_first_call(dtype, "forward", fwd, *args)
         ctx.isects = isects
+        ctx.n_feat = F
         ctx.save_for_backward(prm, f, xs, ys, T, last)
         ctx.mark_non_differentiable(last)
-        return acc, T
+        return (acc if F == FEAT else acc[..., :F].contiguous()), T
 
     @staticmethod
     def backward(ctx, g_acc: Tensor, g_T: Tensor):
@@ -141,16 +146,16 @@ class _CompositeNumba(torch.autograd.Function):
         prm, f, xs, ys, T, last = ctx.saved_tensors
         isects = ctx.isects
         dtype = prm.dtype
-        F = f.shape[1]
-        g_acc = g_acc.to(dtype).contiguous()
+        F = ctx.n_feat
+        g_acc = torch.nn.functional.pad(g_acc.to(dtype), (0, FEAT - F)).contiguous()  # [C, H, W, FEAT]
         g_T = g_T.to(dtype).contiguous()
-        g_pair = torch.empty(isects.ids.numel(), 6 + F, dtype=dtype)
+        g_pair = torch.empty(isects.ids.numel(), 6 + FEAT, dtype=dtype)
         args = (prm.numpy(), f.numpy(), isects.ids.numpy(), isects.start.numpy(), isects.count.numpy(),
                 xs.numpy(), ys.numpy(), _consts(dtype), isects.tile_size, isects.tiles_x, isects.tiles_y,
                 _threads(numba), T.numpy(), last.numpy(), g_acc.numpy(), g_T.numpy(), g_pair.numpy())
         _timed_first_call(dtype, "backward", bwd, *args)
-        g = torch.zeros(prm.shape[0], 6 + F, dtype=dtype).index_add_(0, isects.ids, g_pair)
-        return g[:, :6], g[:, 6:], None, None, None, None
+        g = torch.zeros(prm.shape[0], 6 + FEAT, dtype=dtype).index_add_(0, isects.ids, g_pair)
+        return g[:, :6], g[:, 6:6 + F], None, None, None, None
 
 
 def composite_numba(
@@ -166,6 +171,8 @@ def composite_numba(
     if params.device.type != "cpu" or params.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"composite_numba: expected CPU float32/float64 tensors, found {params.device} "
                          f"{params.dtype}")
+    if not 1 <= feats.shape[1] <= FEAT:
+        raise ValueError(f"composite_numba: expected 1 to {FEAT} feature channels, found {feats.shape[1]}")
     if not numba_available():
         raise ImportError("the numba CPU rasterizer kernel needs numba: pip install forward3d[fast]")
     acc, T = _CompositeNumba.apply(params, feats.to(params.dtype), extents, isects, width, height)
