@@ -264,3 +264,13 @@ def backward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_
                 g_pair[r, 5] = g_o
                 for f in range(F):
                     g_pair[r, 6 + f] = gf[f]
+
+
+@njit(cache=True, nogil=True)
+def reduce_pairs(ids, g_pair, out):
+    """``out[ids[m]] += g_pair[m]`` for every pair ``m`` in order (``out`` zeroed by the caller): the
+    per-Gaussian sums of the pair gradients, in one pass (deterministic: a fixed summation order)."""
+    for m in range(ids.shape[0]):
+        g = ids[m]
+        for q in range(g_pair.shape[1]):
+            out[g, q] += g_pair[m, q]

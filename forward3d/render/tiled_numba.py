@@ -23,7 +23,7 @@ Backward (gsplat's recurrence), per tile, Gaussians back to front from the large
 ``S = sum_{j later} T_j alpha_j <f_j, dL/dacc> + T_final dL/dT`` is carried per pixel, so that
 ``dL/dalpha = T <f, dL/dacc> - S / (1 - alpha)``. Each (tile, Gaussian) pair writes its summed gradient
 (``means2d``, conic, opacity, features) to its own row of a ``[M, 6 + F]`` buffer (no races, and the result
-does not depend on the thread count); one ``index_add_`` reduces the rows per Gaussian.
+does not depend on the thread count); one compiled pass sums the rows per Gaussian in list order.
 
 numba is optional (``pip install forward3d[fast]``): :func:`numba_available` tells whether it imports.
 The kernels are compiled on the first call per dtype (float32, float64) and cached on disk
@@ -71,6 +71,12 @@ def _kernels():
 
     assert k.FEAT == FEAT
     return numba, k.forward, k.backward
+
+
+def _reduce_kernel():
+    from . import _numba_kernels as k
+
+    return k.reduce_pairs
 
 
 def _consts(dtype: torch.dtype) -> np.ndarray:
@@ -154,7 +160,8 @@ class _CompositeNumba(torch.autograd.Function):
                 xs.numpy(), ys.numpy(), _consts(dtype), isects.tile_size, isects.tiles_x, isects.tiles_y,
                 _threads(numba), T.numpy(), last.numpy(), g_acc.numpy(), g_T.numpy(), g_pair.numpy())
         _timed_first_call(dtype, "backward", bwd, *args)
-        g = torch.zeros(prm.shape[0], 6 + FEAT, dtype=dtype).index_add_(0, isects.ids, g_pair)
+        g = torch.zeros(prm.shape[0], 6 + FEAT, dtype=dtype)
+        _timed_first_call(dtype, "reduction", _reduce_kernel(), isects.ids.numpy(), g_pair.numpy(), g.numpy())
         return g[:, :6], g[:, 6:6 + F], None, None, None, None
 
 
