@@ -32,6 +32,7 @@ def _edge_scene(dtype):
     logits[25:35] = -8.0  # opacity < 1/255
     log_scales = g.log_scales.clone()
     log_scales[35:40, 2] = -30.0  # flat
+    means[60:80] = means[80:100]  # equal depths: the depth order breaks ties by index
     return Gaussians(means, g.quats, log_scales, logits, g.sh)
 
 
@@ -63,6 +64,11 @@ def test_intersection_lists_identical(tile_size):
     ref = intersect_tiles(p.means2d, p.extents, p.depths, vis, cams.width, cams.height, tile_size)
     out = intersect_tiles_numba(p.means2d, p.extents, p.depths, vis, cams.width, cams.height, tile_size)
     assert ref.ids.numel() > 100
+    from forward3d.render import _numba_prepare as k
+    from forward3d.render.tiled import depth_order
+
+    order = k.depth_order(p.depths.reshape(-1).view(torch.int32).numpy(), vis.reshape(-1).int().numpy(), len(g))
+    assert torch.equal(torch.from_numpy(order), depth_order(p.depths, vis))
     for name in ("ids", "start", "count"):
         assert torch.equal(getattr(out, name), getattr(ref, name)), name
     assert (out.tiles_x, out.tiles_y, out.n_cams, out.tile_size) == (ref.tiles_x, ref.tiles_y, 2, tile_size)

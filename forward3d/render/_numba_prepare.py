@@ -102,31 +102,106 @@ def project(means, quats, scales, opac, w2c, K, lims, consts, width, height, ant
 
 
 @njit(cache=True, nogil=True)
-def tile_lists(order, means2d, extents, N, C, width, height, tile, tiles_x, tiles_y, margin):
-    """``order`` [V] flat (camera * N + Gaussian) indices front to back per camera, cameras in order;
-    ``means2d``, ``extents`` [C * N, 2] -> (``ids`` [M], ``start``, ``count`` [C * tiles_y * tiles_x]): the
-    Gaussians of each tile in ``order``'s order (a stable counting sort of the pairs by tile)."""
+def _radix_pass(key_of, shift, mask, n_buckets, dst):
+    """``dst``: the positions ``0 .. len(key_of) - 1`` stably sorted by the digit ``(key_of >> shift) & mask``."""
+    hist = np.zeros(n_buckets + 1, np.int64)
+    for v in range(key_of.shape[0]):
+        hist[((key_of[v] >> shift) & mask) + 1] += 1
+    for b in range(n_buckets):
+        hist[b + 1] += hist[b]
+    for v in range(key_of.shape[0]):
+        d = (key_of[v] >> shift) & mask
+        dst[hist[d]] = v
+        hist[d] += 1
+
+
+@njit(cache=True, nogil=True)
+def depth_order(bits, radii, N):
+    """``bits`` [C * N] int32 (the float32 depths' bits), ``radii`` [C * N] -> [V] flat indices of the
+    Gaussians with ``radii > 0``, front to back by depth within each camera (ties by index), cameras in
+    order: LSD radix sort (16-bit digits) of the order-preserving integer keys, then by camera."""
+    V = 0
+    for g in range(radii.shape[0]):
+        if radii[g] > 0:
+            V += 1
+    flat = np.empty(V, np.int64)
+    key = np.empty(V, np.int64)  # float order as unsigned 32-bit integers
+    v = 0
+    for g in range(radii.shape[0]):
+        if radii[g] > 0:
+            b = np.int64(bits[g])
+            if b < 0:
+                b = b ^ 0x7FFFFFFF  # negative floats: reverse their order (as tiled._sortable)
+            flat[v] = g
+            key[v] = b + 2147483648
+            v += 1
+    perm = np.empty(V, np.int64)
+    keys = np.empty(V, np.int64)
+    idx = np.arange(V)
+    for shift in (0, 16):
+        for u in range(V):
+            keys[u] = key[idx[u]]
+        _radix_pass(keys, shift, 0xFFFF, 65536, perm)
+        for u in range(V):
+            perm[u] = idx[perm[u]]
+        idx, perm = perm, idx
+    # by camera (stable): the flat index // N, already grouped when the cameras' visible sets are in order
+    C = radii.shape[0] // N if N > 0 else 0
+    if C > 1:
+        for u in range(V):
+            keys[u] = flat[idx[u]] // N
+        _radix_pass(keys, 0, 0x7FFFFFFFFFFFFFFF, C, perm)
+        for u in range(V):
+            perm[u] = idx[perm[u]]
+        idx = perm
+    out = np.empty(V, np.int64)
+    for u in range(V):
+        out[u] = flat[idx[u]]
+    return out
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def tile_boxes(means2d, extents, radii, width, height, tile, margin, box):
+    """``box`` [C * N, 4] int32: the tile range (tx0, tx1, ty0, ty1) of each visible Gaussian's pixel box
+    (``tx1 < tx0``: none), computed in float64 as :func:`forward3d.render.tiled.intersect_tiles`."""
+    n = means2d.shape[0]
+    n_chunks = (n + CHUNK - 1) // CHUNK
+    for ch in prange(n_chunks):
+        for g in range(ch * CHUNK, min(n, (ch + 1) * CHUNK)):
+            box[g, 0], box[g, 1], box[g, 2], box[g, 3] = 0, -1, 0, -1
+            if radii[g] <= 0:
+                continue
+            mx, my = np.float64(means2d[g, 0]), np.float64(means2d[g, 1])
+            ex, ey = np.float64(extents[g, 0]) + margin, np.float64(extents[g, 1]) + margin
+            # pixel columns j with |j + 0.5 - mx| <= ex, clamped to the image; then their tiles
+            j0 = int(min(max(np.ceil(mx - ex - 0.5), 0.0), width - 1.0))
+            j1 = int(min(max(np.floor(mx + ex - 0.5), -1.0), width - 1.0))
+            i0 = int(min(max(np.ceil(my - ey - 0.5), 0.0), height - 1.0))
+            i1 = int(min(max(np.floor(my + ey - 0.5), -1.0), height - 1.0))
+            if j1 >= j0 and i1 >= i0:
+                box[g, 0], box[g, 1], box[g, 2], box[g, 3] = j0 // tile, j1 // tile, i0 // tile, i1 // tile
+
+
+@njit(cache=True, nogil=True)
+def tile_lists(order, box, N, C, tiles_x, tiles_y):
+    """``order`` [V] flat (camera * N + Gaussian) indices front to back per camera, cameras in order; ``box``
+    from :func:`tile_boxes` -> (``ids`` [M], ``start``, ``count`` [C * tiles_y * tiles_x]): the Gaussians of
+    each tile in ``order``'s order (a stable counting sort of the pairs by tile)."""
     V = order.shape[0]
     n_tiles = C * tiles_x * tiles_y
-    box = np.empty((V, 4), np.int64)  # tile range tx0, tx1, ty0, ty1 (tx1 < tx0: no tile)
     count = np.zeros(n_tiles, np.int64)
+    rect = np.empty((V, 4), np.int32)  # the boxes in order (one random-access pass) with the camera's row offset
+    cam = 0  # order is camera-major: the camera advances (no 64-bit division per Gaussian)
     for v in range(V):
         g = order[v]
-        mx, my = np.float64(means2d[g, 0]), np.float64(means2d[g, 1])
-        ex, ey = np.float64(extents[g, 0]) + margin, np.float64(extents[g, 1]) + margin
-        # pixel columns j with |j + 0.5 - mx| <= ex, clamped to the image; then their tiles
-        j0 = int(min(max(np.ceil(mx - ex - 0.5), 0.0), width - 1.0))
-        j1 = int(min(max(np.floor(mx + ex - 0.5), -1.0), width - 1.0))
-        i0 = int(min(max(np.ceil(my - ey - 0.5), 0.0), height - 1.0))
-        i1 = int(min(max(np.floor(my + ey - 0.5), -1.0), height - 1.0))
-        if j1 < j0 or i1 < i0:
-            box[v, 0], box[v, 1] = 0, -1
-            continue
-        box[v, 0], box[v, 1], box[v, 2], box[v, 3] = j0 // tile, j1 // tile, i0 // tile, i1 // tile
-        base = (g // N) * tiles_y
-        for ty in range(box[v, 2], box[v, 3] + 1):
-            for tx in range(box[v, 0], box[v, 1] + 1):
-                count[(base + ty) * tiles_x + tx] += 1
+        while g >= (cam + 1) * N:
+            cam += 1
+        tx0, tx1 = box[g, 0], box[g, 1]
+        ty0, ty1 = box[g, 2] + cam * tiles_y, box[g, 3] + cam * tiles_y
+        rect[v, 0], rect[v, 1], rect[v, 2], rect[v, 3] = tx0, tx1, ty0, ty1
+        for ty in range(ty0, ty1 + 1):
+            for tx in range(tx0, tx1 + 1):
+                count[ty * tiles_x + tx] += 1
     start = np.empty(n_tiles, np.int64)
     total = 0
     for t in range(n_tiles):
@@ -135,13 +210,10 @@ def tile_lists(order, means2d, extents, N, C, width, height, tile, tiles_x, tile
     fill = start.copy()
     ids = np.empty(total, np.int64)
     for v in range(V):
-        if box[v, 1] < box[v, 0]:
-            continue
         g = order[v]
-        base = (g // N) * tiles_y
-        for ty in range(box[v, 2], box[v, 3] + 1):
-            for tx in range(box[v, 0], box[v, 1] + 1):
-                t = (base + ty) * tiles_x + tx
+        for ty in range(rect[v, 2], rect[v, 3] + 1):
+            for tx in range(rect[v, 0], rect[v, 1] + 1):
+                t = ty * tiles_x + tx
                 ids[fill[t]] = g
                 fill[t] += 1
     return ids, start, count

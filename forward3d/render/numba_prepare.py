@@ -32,6 +32,17 @@ def _module():
     return numba, k
 
 
+def _call(dtype: torch.dtype, what: str, fn, *args):
+    """``fn(*args)`` through :func:`~forward3d.render.tiled_numba._timed_first_call`, returning its result."""
+    box = [None]
+
+    def run(*a):
+        box[0] = fn(*a)
+
+    _timed_first_call(dtype, what, run, *args)
+    return box[0]
+
+
 def project_gaussians_numba(
     means: Tensor,  # [N, 3]
     quats: Tensor,  # [N, 4] wxyz
@@ -89,21 +100,24 @@ def intersect_tiles_numba(
     """:func:`forward3d.render.tiled.intersect_tiles` with a compiled counting sort (CPU; identical lists)."""
     if not numba_available():
         raise ImportError("the numba CPU tile intersection needs numba: pip install forward3d[fast]")
-    _, k = _module()
+    numba, k = _module()
     C, N = depths.shape
     tx_n = (width + tile_size - 1) // tile_size
     ty_n = (height + tile_size - 1) // tile_size
-    order = depth_order(depths, visible)
+    radii = visible.reshape(-1).to(torch.int32).contiguous().numpy()
+    if depths.dtype == torch.float32:
+        bits = depths.detach().reshape(-1).contiguous().view(torch.int32).numpy()
+        order = _call(depths.dtype, "depth order", k.depth_order, bits, radii, N)
+    else:  # float64 keys: the torch radix sort of the 64-bit patterns
+        order = depth_order(depths, visible).numpy()
     m = means2d.detach().reshape(-1, 2).contiguous().numpy()
     e = extents.detach().reshape(-1, 2).contiguous().numpy()
-    box = [None]
-
-    def run(*args):
-        box[0] = k.tile_lists(*args)
-
-    _timed_first_call(means2d.dtype, "intersection", run, order.numpy(), m, e, N, C, width, height, tile_size,
-                      tx_n, ty_n, _MARGIN)
-    ids, start, count = (torch.from_numpy(a) for a in box[0])
+    box = torch.empty(C * N, 4, dtype=torch.int32)
+    _threads(numba)
+    _timed_first_call(means2d.dtype, "tile boxes", k.tile_boxes, m, e, radii, width, height, tile_size, _MARGIN,
+                      box.numpy())
+    lists = _call(means2d.dtype, "tile lists", k.tile_lists, order, box.numpy(), N, C, tx_n, ty_n)
+    ids, start, count = (torch.from_numpy(a) for a in lists)
     return TileIsects(ids, start, count, tile_size, tx_n, ty_n, C)
 
 
