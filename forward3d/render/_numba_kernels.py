@@ -266,11 +266,18 @@ def backward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_
                     g_pair[r, 6 + f] = gf[f]
 
 
-@njit(cache=True, nogil=True)
-def reduce_pairs(ids, g_pair, out):
-    """``out[ids[m]] += g_pair[m]`` for every pair ``m`` in order (``out`` zeroed by the caller): the
-    per-Gaussian sums of the pair gradients, in one pass (deterministic: a fixed summation order)."""
-    for m in range(ids.shape[0]):
-        g = ids[m]
-        for q in range(g_pair.shape[1]):
-            out[g, q] += g_pair[m, q]
+@njit(parallel=True, cache=True, nogil=True)
+def reduce_pairs(ids, g_pair, n_threads, out):
+    """``out[ids[m]] += g_pair[m]`` for every pair ``m`` (``out`` zeroed by the caller): the per-Gaussian sums
+    of the pair gradients. Thread ``th`` owns the Gaussians of one contiguous id range and adds their pairs in
+    list order, so each sum has the same order for any thread count (bit-identical results)."""
+    n = out.shape[0]
+    Q = g_pair.shape[1]
+    for th in prange(n_threads):
+        lo = th * n // n_threads
+        hi = (th + 1) * n // n_threads
+        for m in range(ids.shape[0]):
+            g = ids[m]
+            if g >= lo and g < hi:
+                for q in range(Q):
+                    out[g, q] += g_pair[m, q]

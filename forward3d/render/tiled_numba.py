@@ -161,7 +161,8 @@ class _CompositeNumba(torch.autograd.Function):
                 _threads(numba), T.numpy(), last.numpy(), g_acc.numpy(), g_T.numpy(), g_pair.numpy())
         _timed_first_call(dtype, "backward", bwd, *args)
         g = torch.zeros(prm.shape[0], 6 + FEAT, dtype=dtype)
-        _timed_first_call(dtype, "reduction", _reduce_kernel(), isects.ids.numpy(), g_pair.numpy(), g.numpy())
+        _timed_first_call(dtype, "reduction", _reduce_kernel(), isects.ids.numpy(), g_pair.numpy(), _threads(numba),
+                          g.numpy())
         return g[:, :6], g[:, 6:6 + F], None, None, None, None
 
 
