@@ -169,6 +169,7 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats-1m", type=int, default=3, help="repeats of the 1M@1024 case (a few seconds each)")
     ap.add_argument("--tile-size", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="rasterize(..., compile=True) (opt-in torch.compile kernels)")
     ap.add_argument("--kernels", nargs="+", default=["numba", "torch"], choices=["numba", "torch"],
@@ -183,7 +184,7 @@ def main() -> None:
         sys.exit("--compile is for the torch kernel: add --kernels torch")
     rows = []
     for case in args.cases:
-        repeats = 1 if case.startswith("1M") else args.repeats
+        repeats = args.repeats_1m if case.startswith("1M") else args.repeats
         for kernel in args.kernels:
             for r in bench_case(case, args.threads, repeats, args.tile_size, args.compile, kernel):
                 rows.append(r)
