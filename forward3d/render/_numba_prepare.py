@@ -217,3 +217,167 @@ def tile_lists(order, box, N, C, tiles_x, tiles_y):
                 ids[fill[t]] = g
                 fill[t] += 1
     return ids, start, count
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def project_backward(means, quats, scales, opac, w2c, K, lims, consts, antialiased, g_means2d, g_depths,
+                     g_conics, g_opac, g_means, g_quats, g_scales, g_opacities):
+    # The backward of :func:`project` for the Gaussians' parameters (the cameras get no gradient here):
+    # upstream g_means2d [C, N, 2], g_depths [C, N], g_conics [C, N, 3], g_opac [C, N] -> g_means [N, 3],
+    # g_quats [N, 4], g_scales [N, 3], g_opacities [N] (written, summed over the cameras in camera order).
+    # The forward's intermediates are recomputed per Gaussian.
+    near, far, eps2d, qeps, deps = consts[0], consts[1], consts[2], consts[3], consts[4]
+    zero, half, one, two = consts[7], consts[8], consts[9], consts[10]
+    N = means.shape[0]
+    C = w2c.shape[0]
+    n_chunks = (N + CHUNK - 1) // CHUNK
+    for ch in prange(n_chunks):
+        R = np.empty((3, 3), means.dtype)
+        M = np.empty((3, 3), means.dtype)  # W R (before the scales)
+        A = np.empty((3, 3), means.dtype)
+        dA = np.empty((3, 3), means.dtype)
+        dR = np.empty((3, 3), means.dtype)
+        for n in range(ch * CHUNK, min(N, (ch + 1) * CHUNK)):
+            qw, qx, qy, qz = quats[n, 0], quats[n, 1], quats[n, 2], quats[n, 3]
+            qn = np.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
+            nrm = max(qn, qeps)
+            w, x, y, z = qw / nrm, qx / nrm, qy / nrm, qz / nrm
+            xx, yy, zz = x * x, y * y, z * z
+            xy, xz, yz, wx, wy, wz = x * y, x * z, y * z, w * x, w * y, w * z
+            R[0, 0], R[0, 1], R[0, 2] = one - two * (yy + zz), two * (xy - wz), two * (xz + wy)
+            R[1, 0], R[1, 1], R[1, 2] = two * (xy + wz), one - two * (xx + zz), two * (yz - wx)
+            R[2, 0], R[2, 1], R[2, 2] = two * (xz - wy), two * (yz + wx), one - two * (xx + yy)
+            o = opac[n]
+            gm0 = gm1 = gm2 = zero
+            gs0 = gs1 = gs2 = zero
+            go = zero
+            for i in range(3):
+                for j in range(3):
+                    dR[i, j] = zero
+            for c in range(C):
+                for i in range(3):
+                    for j in range(3):
+                        M[i, j] = w2c[c, i, 0] * R[0, j] + w2c[c, i, 1] * R[1, j] + w2c[c, i, 2] * R[2, j]
+                        A[i, j] = M[i, j] * scales[n, j]
+                mx = w2c[c, 0, 0] * means[n, 0] + w2c[c, 0, 1] * means[n, 1] + w2c[c, 0, 2] * means[n, 2] + w2c[c, 0, 3]
+                my = w2c[c, 1, 0] * means[n, 0] + w2c[c, 1, 1] * means[n, 1] + w2c[c, 1, 2] * means[n, 2] + w2c[c, 1, 3]
+                mz = w2c[c, 2, 0] * means[n, 0] + w2c[c, 2, 1] * means[n, 1] + w2c[c, 2, 2] * means[n, 2] + w2c[c, 2, 3]
+                in_range = mz > near and mz < far
+                zc = mz if in_range else one
+                fx, fy = K[c, 0, 0], K[c, 1, 1]
+                rz = one / zc
+                ux, uy = mx * rz, my * rz
+                tx = min(max(ux, -lims[c, 0]), lims[c, 1])
+                ty = min(max(uy, -lims[c, 2]), lims[c, 3])
+                j00, j02 = fx * rz, -fx * tx * rz
+                j11, j12 = fy * rz, -fy * ty * rz
+                a0 = j00 * A[0, 0] + j02 * A[2, 0]
+                a1 = j00 * A[0, 1] + j02 * A[2, 1]
+                a2 = j00 * A[0, 2] + j02 * A[2, 2]
+                b0 = j11 * A[1, 0] + j12 * A[2, 0]
+                b1 = j11 * A[1, 1] + j12 * A[2, 1]
+                b2 = j11 * A[1, 2] + j12 * A[2, 2]
+                p00 = a0 * a0 + a1 * a1 + a2 * a2  # before the dilation
+                c01 = a0 * b0 + a1 * b1 + a2 * b2
+                p11 = b0 * b0 + b1 * b1 + b2 * b2
+                c00 = p00 + eps2d
+                c11 = p11 + eps2d
+                det = c00 * c11 - c01 * c01
+                rdet = one / max(det, deps)
+                # conic = Sigma^-1 (a, b, c): dL/dSigma = -Sigma^-1 G Sigma^-1, G = [[ga, gb / 2], [gb / 2, gc]]
+                ia, ib, ic = c11 * rdet, -c01 * rdet, c00 * rdet
+                ga, gb, gc = g_conics[c, n, 0], g_conics[c, n, 1] * half, g_conics[c, n, 2]
+                # H = Sigma^-1 G; dSigma = -(H Sigma^-1)
+                h00 = ia * ga + ib * gb
+                h01 = ia * gb + ib * gc
+                h10 = ib * ga + ic * gb
+                h11 = ib * gb + ic * gc
+                d00 = -(h00 * ia + h01 * ib)
+                d01 = -(h00 * ib + h01 * ic)
+                d10 = -(h10 * ia + h11 * ib)
+                d11 = -(h10 * ib + h11 * ic)
+                g00, g01, g11 = d00, d01 + d10, d11
+                oc_g = g_opac[c, n]
+                if antialiased:
+                    det_orig = p00 * p11 - c01 * c01
+                    r = det_orig * rdet
+                    comp = np.sqrt(max(r, zero))
+                    go += oc_g * comp
+                    if r > zero:
+                        g_r = oc_g * o * half / comp
+                        g_do = g_r * rdet  # d r / d det_orig
+                        g_det = -g_r * det_orig * rdet * rdet
+                        # det_orig = p00 p11 - c01^2, det = c00 c11 - c01^2 (c00 = p00 + eps, ...)
+                        g00 += g_do * p11 + g_det * c11
+                        g11 += g_do * p00 + g_det * c00
+                        g01 += -two * c01 * (g_do + g_det)
+                else:
+                    go += oc_g
+                # c00 = a.a, c01 = a.b, c11 = b.b
+                da0 = two * g00 * a0 + g01 * b0
+                da1 = two * g00 * a1 + g01 * b1
+                da2 = two * g00 * a2 + g01 * b2
+                db0 = two * g11 * b0 + g01 * a0
+                db1 = two * g11 * b1 + g01 * a1
+                db2 = two * g11 * b2 + g01 * a2
+                # a = j00 A0 + j02 A2, b = j11 A1 + j12 A2
+                dA[0, 0], dA[0, 1], dA[0, 2] = j00 * da0, j00 * da1, j00 * da2
+                dA[1, 0], dA[1, 1], dA[1, 2] = j11 * db0, j11 * db1, j11 * db2
+                dA[2, 0] = j02 * da0 + j12 * db0
+                dA[2, 1] = j02 * da1 + j12 * db1
+                dA[2, 2] = j02 * da2 + j12 * db2
+                g_j00 = da0 * A[0, 0] + da1 * A[0, 1] + da2 * A[0, 2]
+                g_j02 = da0 * A[2, 0] + da1 * A[2, 1] + da2 * A[2, 2]
+                g_j11 = db0 * A[1, 0] + db1 * A[1, 1] + db2 * A[1, 2]
+                g_j12 = db0 * A[2, 0] + db1 * A[2, 1] + db2 * A[2, 2]
+                # j00 = fx rz, j02 = -fx tx rz, j11 = fy rz, j12 = -fy ty rz
+                g_rz = fx * g_j00 - fx * tx * g_j02 + fy * g_j11 - fy * ty * g_j12
+                g_tx = -fx * rz * g_j02
+                g_ty = -fy * rz * g_j12
+                # means2d = (fx x rz + cx, fy y rz + cy)
+                gu, gv = g_means2d[c, n, 0], g_means2d[c, n, 1]
+                g_x = fx * rz * gu
+                g_y = fy * rz * gv
+                g_rz += fx * mx * gu + fy * my * gv
+                # tx = clamp(x rz), ty = clamp(y rz): the gradient passes where not clamped
+                if ux > -lims[c, 0] and ux < lims[c, 1]:
+                    g_x += rz * g_tx
+                    g_rz += mx * g_tx
+                if uy > -lims[c, 2] and uy < lims[c, 3]:
+                    g_y += rz * g_ty
+                    g_rz += my * g_ty
+                g_z = g_depths[c, n]
+                if in_range:
+                    g_z += -rz * rz * g_rz
+                # camera-space mean = W mean + t
+                gm0 += w2c[c, 0, 0] * g_x + w2c[c, 1, 0] * g_y + w2c[c, 2, 0] * g_z
+                gm1 += w2c[c, 0, 1] * g_x + w2c[c, 1, 1] * g_y + w2c[c, 2, 1] * g_z
+                gm2 += w2c[c, 0, 2] * g_x + w2c[c, 1, 2] * g_y + w2c[c, 2, 2] * g_z
+                # A = M S, M = W R
+                gs0 += dA[0, 0] * M[0, 0] + dA[1, 0] * M[1, 0] + dA[2, 0] * M[2, 0]
+                gs1 += dA[0, 1] * M[0, 1] + dA[1, 1] * M[1, 1] + dA[2, 1] * M[2, 1]
+                gs2 += dA[0, 2] * M[0, 2] + dA[1, 2] * M[1, 2] + dA[2, 2] * M[2, 2]
+                for k in range(3):
+                    for j in range(3):
+                        dR[k, j] += (w2c[c, 0, k] * dA[0, j] + w2c[c, 1, k] * dA[1, j] + w2c[c, 2, k] * dA[2, j]) * scales[n, j]
+            g_means[n, 0], g_means[n, 1], g_means[n, 2] = gm0, gm1, gm2
+            g_scales[n, 0], g_scales[n, 1], g_scales[n, 2] = gs0, gs1, gs2
+            g_opacities[n] = go
+            # R(w, x, y, z) of the normalised quaternion
+            gw = two * (-z * dR[0, 1] + y * dR[0, 2] + z * dR[1, 0] - x * dR[1, 2] - y * dR[2, 0] + x * dR[2, 1])
+            gx = two * (y * dR[0, 1] + z * dR[0, 2] + y * dR[1, 0] - two * x * dR[1, 1] - w * dR[1, 2]
+                        + z * dR[2, 0] + w * dR[2, 1] - two * x * dR[2, 2])
+            gy = two * (-two * y * dR[0, 0] + x * dR[0, 1] + w * dR[0, 2] + x * dR[1, 0] + z * dR[1, 2]
+                        - w * dR[2, 0] + z * dR[2, 1] - two * y * dR[2, 2])
+            gz = two * (-two * z * dR[0, 0] - w * dR[0, 1] + x * dR[0, 2] + w * dR[1, 0] - two * z * dR[1, 1]
+                        + y * dR[1, 2] + x * dR[2, 0] + y * dR[2, 1])
+            # q / max(|q|, eps): the tangential part over the norm (no gradient through the clamp)
+            if qn > qeps:
+                dot = w * gw + x * gx + y * gy + z * gz
+                g_quats[n, 0] = (gw - w * dot) / nrm
+                g_quats[n, 1] = (gx - x * dot) / nrm
+                g_quats[n, 2] = (gy - y * dot) / nrm
+                g_quats[n, 3] = (gz - z * dot) / nrm
+            else:
+                g_quats[n, 0], g_quats[n, 1] = gw / nrm, gx / nrm
+                g_quats[n, 2], g_quats[n, 3] = gy / nrm, gz / nrm

@@ -21,7 +21,7 @@ from .projection import ALPHA_THRESHOLD, MAX_EXTENT, Projected, _fov_limits
 from .tiled import _MARGIN, TileIsects, depth_order
 from .tiled_numba import _threads, _timed_first_call, numba_available
 
-__all__ = ["project_gaussians_numba", "intersect_tiles_numba", "numba_projector"]
+__all__ = ["project_gaussians_numba", "project_gaussians_numba_autograd", "intersect_tiles_numba", "numba_projector"]
 
 
 def _module():
@@ -30,6 +30,10 @@ def _module():
     from . import _numba_prepare as k
 
     return numba, k
+
+
+def _consts(dtype: torch.dtype, near: float, far: float, eps2d: float) -> Tensor:
+    return torch.tensor([near, far, eps2d, 1e-12, 1e-10, ALPHA_THRESHOLD, MAX_EXTENT, 0.0, 0.5, 1.0, 2.0], dtype=dtype)
 
 
 def _call(dtype: torch.dtype, what: str, fn, *args):
@@ -71,8 +75,7 @@ def project_gaussians_numba(
 
     w2c, K = w2c.detach().to(dtype), K.detach().to(dtype)
     lims = torch.cat(_fov_limits(K, width, height), 1)  # [C, 4]
-    consts = torch.tensor([near, far, eps2d, 1e-12, 1e-10, ALPHA_THRESHOLD, MAX_EXTENT, 0.0, 0.5, 1.0, 2.0],
-                          dtype=dtype)
+    consts = _consts(dtype, near, far, eps2d)
     means2d = torch.empty(C, N, 2, dtype=dtype)
     depths = torch.empty(C, N, dtype=dtype)
     conics = torch.empty(C, N, 3, dtype=dtype)
@@ -121,9 +124,60 @@ def intersect_tiles_numba(
     return TileIsects(ids, start, count, tile_size, tx_n, ty_n, C)
 
 
+class _ProjectNumba(torch.autograd.Function):
+    """:func:`project_gaussians_numba` with the backward to the Gaussians' ``means``, ``quats``, ``scales`` and
+    ``opacities`` (compiled too; ``w2c`` and ``K`` get no gradient: callers use the torch projection then)."""
+
+    @staticmethod
+    def forward(ctx, means, quats, scales, opacities, w2c, K, width, height, near, far, eps2d, antialiased):
+        p = project_gaussians_numba(means, quats, scales, opacities, w2c, K, width, height, near, far, eps2d,
+                                    antialiased)
+        ctx.save_for_backward(means, quats, scales, opacities)
+        ctx.args = (w2c.detach(), K.detach(), width, height, near, far, eps2d, antialiased)
+        ctx.mark_non_differentiable(p.covars2d, p.radii, p.extents)
+        return p.means2d, p.depths, p.conics, p.covars2d, p.opacities, p.radii, p.extents
+
+    @staticmethod
+    def backward(ctx, g_means2d, g_depths, g_conics, _g_cov, g_opac, _g_radii, _g_ext):
+        numba, k = _module()
+        means, quats, scales, opacities = ctx.saved_tensors
+        w2c, K, width, height, near, far, eps2d, antialiased = ctx.args
+        dtype = means.dtype
+        C, N = w2c.shape[0], means.shape[0]
+
+        def grad(g: Tensor | None, *shape: int):
+            return torch.zeros(*shape, dtype=dtype) if g is None else g.to(dtype).contiguous()
+
+        w2c, K = w2c.to(dtype), K.to(dtype)
+        lims = torch.cat(_fov_limits(K, width, height), 1)
+        outs = [torch.empty(N, 3, dtype=dtype), torch.empty(N, 4, dtype=dtype), torch.empty(N, 3, dtype=dtype),
+                torch.empty(N, dtype=dtype)]
+        args = [t.detach().to(dtype).contiguous().numpy() for t in (means, quats, scales, opacities, w2c, K, lims)]
+        args += [_consts(dtype, near, far, eps2d).numpy(), bool(antialiased)]
+        args += [grad(g_means2d, C, N, 2).numpy(), grad(g_depths, C, N).numpy(), grad(g_conics, C, N, 3).numpy(),
+                 grad(g_opac, C, N).numpy()]
+        _threads(numba)
+        _timed_first_call(dtype, "projection backward", k.project_backward, *args, *(o.numpy() for o in outs))
+        g_means, g_quats, g_scales, g_opacities = outs
+        return g_means, g_quats, g_scales, g_opacities, None, None, None, None, None, None, None, None
+
+
+def project_gaussians_numba_autograd(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, w2c: Tensor,
+                                     K: Tensor, width: int, height: int, near: float = 0.01, far: float = 1e10,
+                                     eps2d: float = 0.3, antialiased: bool = False) -> Projected:
+    """:func:`project_gaussians_numba`, differentiable in ``means``, ``quats``, ``scales`` and ``opacities``
+    (not in ``w2c`` / ``K``); ``means2d``, ``depths``, ``conics`` and ``opacities`` carry the gradient."""
+    out = _ProjectNumba.apply(means, quats, scales, opacities, w2c, K, width, height, near, far, eps2d, antialiased)
+    return Projected(*out)
+
+
 def numba_projector(gaussians, w2c: Tensor, K: Tensor, width: int, height: int, near: float, far: float,
                     antialiased: bool) -> Projected:
-    """:func:`project_gaussians_numba` in the ``projector`` form of :func:`forward3d.render.common.prepare`."""
+    """The compiled projection in the ``projector`` form of :func:`forward3d.render.common.prepare`: with the
+    compiled backward when the Gaussians need a gradient (the cameras must not: use the torch projection)."""
+    params = (gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in params):
+        return project_gaussians_numba_autograd(*params, w2c, K, width, height, near=near, far=far,
+                                                antialiased=antialiased)
     with torch.no_grad():
-        return project_gaussians_numba(gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities,
-                                       w2c, K, width, height, near=near, far=far, antialiased=antialiased)
+        return project_gaussians_numba(*params, w2c, K, width, height, near=near, far=far, antialiased=antialiased)

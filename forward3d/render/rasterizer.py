@@ -39,12 +39,9 @@ def _resolve_backend(backend: str, gaussians: Gaussians) -> str:
     return "torch"
 
 
-def _needs_geometry_grad(gaussians: Gaussians, cameras: Cameras) -> bool:
-    """Whether a gradient must flow through the projection (to the Gaussians' geometry or the cameras)."""
-    if not torch.is_grad_enabled():
-        return False
-    return any(t.requires_grad for t in (gaussians.means, gaussians.quats, gaussians.log_scales,
-                                         gaussians.opacity_logits, cameras.w2c, cameras.K))
+def _needs_camera_grad(cameras: Cameras) -> bool:
+    """Whether a gradient must flow to the cameras (the compiled projection's backward has none)."""
+    return torch.is_grad_enabled() and (cameras.w2c.requires_grad or cameras.K.requires_grad)
 
 
 def rasterize(
@@ -124,10 +121,12 @@ def rasterize(
                        projector=project_reference)
         return render_reference(prep, width, height, near, far)
     projector = None
-    if kernel == "numba" and not _needs_geometry_grad(gaussians, cameras):
+    if kernel == "numba" and not _needs_camera_grad(cameras):
         from .numba_prepare import numba_projector
 
-        projector = numba_projector  # compiled projection: one parallel loop instead of ~40 small torch ops
+        # compiled projection (and its backward to the Gaussians): one parallel loop instead of ~40 small
+        # torch ops and their autograd; camera gradients need the torch projection
+        projector = numba_projector
     prep = prepare(gaussians, cameras, width, height, background, deg, render_mode, near, far, antialiased,
                    projector=projector)
     from .tiled import render_tiled
