@@ -12,6 +12,52 @@ from numba import njit, prange
 CHUNK = 4096  # Gaussians per parallel work item of the projection
 
 
+@njit(inline="always")
+def _rotation(quats, n, R, qeps, one, two):
+    """Fill ``R`` with the rotation of quaternion ``quats[n]`` (wxyz, normalised here); return the normalised
+    ``(w, x, y, z)``, the norm and the clamped norm."""
+    w, x, y, z = quats[n, 0], quats[n, 1], quats[n, 2], quats[n, 3]
+    qn = np.sqrt(w * w + x * x + y * y + z * z)
+    nrm = max(qn, qeps)
+    w, x, y, z = w / nrm, x / nrm, y / nrm, z / nrm
+    xx, yy, zz = x * x, y * y, z * z
+    xy, xz, yz, wx, wy, wz = x * y, x * z, y * z, w * x, w * y, w * z
+    R[0, 0], R[0, 1], R[0, 2] = one - two * (yy + zz), two * (xy - wz), two * (xz + wy)
+    R[1, 0], R[1, 1], R[1, 2] = two * (xy + wz), one - two * (xx + zz), two * (yz - wx)
+    R[2, 0], R[2, 1], R[2, 2] = two * (xz - wy), two * (yz + wx), one - two * (xx + yy)
+    return w, x, y, z, qn, nrm
+
+
+@njit(inline="always")
+def _camera_terms(w2c, K, lims, c, means, scales, n, R, M, A, near, far, one):
+    """Camera ``c``'s view of Gaussian ``n``: fills ``M = W R`` and ``A = M S``; returns the camera-space mean
+    ``(mx, my, mz)``, ``in_range``, ``rz = 1 / z``, the unclamped and clamped ``x/z, y/z``, the Jacobian entries
+    ``j00, j02, j11, j12`` and the rows ``a = J0 A``, ``b = J1 A`` (``Sigma2D = [a.a, a.b; a.b, b.b]``)."""
+    for i in range(3):
+        for j in range(3):
+            M[i, j] = w2c[c, i, 0] * R[0, j] + w2c[c, i, 1] * R[1, j] + w2c[c, i, 2] * R[2, j]
+            A[i, j] = M[i, j] * scales[n, j]
+    mx = w2c[c, 0, 0] * means[n, 0] + w2c[c, 0, 1] * means[n, 1] + w2c[c, 0, 2] * means[n, 2] + w2c[c, 0, 3]
+    my = w2c[c, 1, 0] * means[n, 0] + w2c[c, 1, 1] * means[n, 1] + w2c[c, 1, 2] * means[n, 2] + w2c[c, 1, 3]
+    mz = w2c[c, 2, 0] * means[n, 0] + w2c[c, 2, 1] * means[n, 1] + w2c[c, 2, 2] * means[n, 2] + w2c[c, 2, 3]
+    in_range = mz > near and mz < far
+    zc = mz if in_range else one  # culled: z = 1, so that nothing below is inf/nan
+    fx, fy = K[c, 0, 0], K[c, 1, 1]
+    rz = one / zc
+    ux, uy = mx * rz, my * rz
+    tx = min(max(ux, -lims[c, 0]), lims[c, 1])
+    ty = min(max(uy, -lims[c, 2]), lims[c, 3])
+    j00, j02 = fx * rz, -fx * tx * rz
+    j11, j12 = fy * rz, -fy * ty * rz
+    a0 = j00 * A[0, 0] + j02 * A[2, 0]
+    a1 = j00 * A[0, 1] + j02 * A[2, 1]
+    a2 = j00 * A[0, 2] + j02 * A[2, 2]
+    b0 = j11 * A[1, 0] + j12 * A[2, 0]
+    b1 = j11 * A[1, 1] + j12 * A[2, 1]
+    b2 = j11 * A[1, 2] + j12 * A[2, 2]
+    return mx, my, mz, in_range, rz, ux, uy, tx, ty, j00, j02, j11, j12, a0, a1, a2, b0, b1, b2
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def project(means, quats, scales, opac, w2c, K, lims, consts, width, height, antialiased, n_threads,
             means2d, depths, conics, covars2d, opac_out, radii, extents):
@@ -26,39 +72,16 @@ def project(means, quats, scales, opac, w2c, K, lims, consts, width, height, ant
     n_chunks = (N + CHUNK - 1) // CHUNK
     for ch in prange(n_chunks):
         R = np.empty((3, 3), means.dtype)
+        M = np.empty((3, 3), means.dtype)
         A = np.empty((3, 3), means.dtype)
         for n in range(ch * CHUNK, min(N, (ch + 1) * CHUNK)):
-            w, x, y, z = quats[n, 0], quats[n, 1], quats[n, 2], quats[n, 3]
-            nrm = max(np.sqrt(w * w + x * x + y * y + z * z), qeps)
-            w, x, y, z = w / nrm, x / nrm, y / nrm, z / nrm
-            xx, yy, zz = x * x, y * y, z * z
-            xy, xz, yz, wx, wy, wz = x * y, x * z, y * z, w * x, w * y, w * z
-            R[0, 0], R[0, 1], R[0, 2] = one - two * (yy + zz), two * (xy - wz), two * (xz + wy)
-            R[1, 0], R[1, 1], R[1, 2] = two * (xy + wz), one - two * (xx + zz), two * (yz - wx)
-            R[2, 0], R[2, 1], R[2, 2] = two * (xz - wy), two * (yz + wx), one - two * (xx + yy)
+            _rotation(quats, n, R, qeps, one, two)
             o = opac[n]
             for c in range(C):
-                for i in range(3):  # A = W R S
-                    for j in range(3):
-                        A[i, j] = (w2c[c, i, 0] * R[0, j] + w2c[c, i, 1] * R[1, j] + w2c[c, i, 2] * R[2, j]) * scales[n, j]
-                mx = w2c[c, 0, 0] * means[n, 0] + w2c[c, 0, 1] * means[n, 1] + w2c[c, 0, 2] * means[n, 2] + w2c[c, 0, 3]
-                my = w2c[c, 1, 0] * means[n, 0] + w2c[c, 1, 1] * means[n, 1] + w2c[c, 1, 2] * means[n, 2] + w2c[c, 1, 3]
-                mz = w2c[c, 2, 0] * means[n, 0] + w2c[c, 2, 1] * means[n, 1] + w2c[c, 2, 2] * means[n, 2] + w2c[c, 2, 3]
+                mx, my, mz, in_range, rz, _, _, _, _, _, _, _, _, a0, a1, a2, b0, b1, b2 = _camera_terms(
+                    w2c, K, lims, c, means, scales, n, R, M, A, near, far, one)
                 depths[c, n] = mz
-                in_range = mz > near and mz < far
-                zc = mz if in_range else one
                 fx, fy, cx, cy = K[c, 0, 0], K[c, 1, 1], K[c, 0, 2], K[c, 1, 2]
-                rz = one / zc
-                tx = min(max(mx * rz, -lims[c, 0]), lims[c, 1])
-                ty = min(max(my * rz, -lims[c, 2]), lims[c, 3])
-                j00, j02 = fx * rz, -fx * tx * rz
-                j11, j12 = fy * rz, -fy * ty * rz
-                a0 = j00 * A[0, 0] + j02 * A[2, 0]
-                a1 = j00 * A[0, 1] + j02 * A[2, 1]
-                a2 = j00 * A[0, 2] + j02 * A[2, 2]
-                b0 = j11 * A[1, 0] + j12 * A[2, 0]
-                b1 = j11 * A[1, 1] + j12 * A[2, 1]
-                b2 = j11 * A[1, 2] + j12 * A[2, 2]
                 c00 = a0 * a0 + a1 * a1 + a2 * a2
                 c01 = a0 * b0 + a1 * b1 + a2 * b2
                 c11 = b0 * b0 + b1 * b1 + b2 * b2
@@ -238,15 +261,7 @@ def project_backward(means, quats, scales, opac, w2c, K, lims, consts, antialias
         dA = np.empty((3, 3), means.dtype)
         dR = np.empty((3, 3), means.dtype)
         for n in range(ch * CHUNK, min(N, (ch + 1) * CHUNK)):
-            qw, qx, qy, qz = quats[n, 0], quats[n, 1], quats[n, 2], quats[n, 3]
-            qn = np.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
-            nrm = max(qn, qeps)
-            w, x, y, z = qw / nrm, qx / nrm, qy / nrm, qz / nrm
-            xx, yy, zz = x * x, y * y, z * z
-            xy, xz, yz, wx, wy, wz = x * y, x * z, y * z, w * x, w * y, w * z
-            R[0, 0], R[0, 1], R[0, 2] = one - two * (yy + zz), two * (xy - wz), two * (xz + wy)
-            R[1, 0], R[1, 1], R[1, 2] = two * (xy + wz), one - two * (xx + zz), two * (yz - wx)
-            R[2, 0], R[2, 1], R[2, 2] = two * (xz - wy), two * (yz + wx), one - two * (xx + yy)
+            w, x, y, z, qn, nrm = _rotation(quats, n, R, qeps, one, two)
             o = opac[n]
             gm0 = gm1 = gm2 = zero
             gs0 = gs1 = gs2 = zero
@@ -255,28 +270,9 @@ def project_backward(means, quats, scales, opac, w2c, K, lims, consts, antialias
                 for j in range(3):
                     dR[i, j] = zero
             for c in range(C):
-                for i in range(3):
-                    for j in range(3):
-                        M[i, j] = w2c[c, i, 0] * R[0, j] + w2c[c, i, 1] * R[1, j] + w2c[c, i, 2] * R[2, j]
-                        A[i, j] = M[i, j] * scales[n, j]
-                mx = w2c[c, 0, 0] * means[n, 0] + w2c[c, 0, 1] * means[n, 1] + w2c[c, 0, 2] * means[n, 2] + w2c[c, 0, 3]
-                my = w2c[c, 1, 0] * means[n, 0] + w2c[c, 1, 1] * means[n, 1] + w2c[c, 1, 2] * means[n, 2] + w2c[c, 1, 3]
-                mz = w2c[c, 2, 0] * means[n, 0] + w2c[c, 2, 1] * means[n, 1] + w2c[c, 2, 2] * means[n, 2] + w2c[c, 2, 3]
-                in_range = mz > near and mz < far
-                zc = mz if in_range else one
+                mx, my, _, in_range, rz, ux, uy, tx, ty, j00, j02, j11, j12, a0, a1, a2, b0, b1, b2 = _camera_terms(
+                    w2c, K, lims, c, means, scales, n, R, M, A, near, far, one)
                 fx, fy = K[c, 0, 0], K[c, 1, 1]
-                rz = one / zc
-                ux, uy = mx * rz, my * rz
-                tx = min(max(ux, -lims[c, 0]), lims[c, 1])
-                ty = min(max(uy, -lims[c, 2]), lims[c, 3])
-                j00, j02 = fx * rz, -fx * tx * rz
-                j11, j12 = fy * rz, -fy * ty * rz
-                a0 = j00 * A[0, 0] + j02 * A[2, 0]
-                a1 = j00 * A[0, 1] + j02 * A[2, 1]
-                a2 = j00 * A[0, 2] + j02 * A[2, 2]
-                b0 = j11 * A[1, 0] + j12 * A[2, 0]
-                b1 = j11 * A[1, 1] + j12 * A[2, 1]
-                b2 = j11 * A[1, 2] + j12 * A[2, 2]
                 p00 = a0 * a0 + a1 * a1 + a2 * a2  # before the dilation
                 c01 = a0 * b0 + a1 * b1 + a2 * b2
                 p11 = b0 * b0 + b1 * b1 + b2 * b2
