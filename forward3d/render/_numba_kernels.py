@@ -53,6 +53,26 @@ def _row_span(a, b, c, s, mx, dy, j0, j1, margin):
 
 
 @njit(inline="always")
+def _row_start(a, b, c, mx, x, dy, half, one):
+    """``exp(-sigma)`` along a pixel row from its first centre ``x``: ``(e, g) = (exp(-sigma(x)), exp(-d1))`` with
+    ``d1 = sigma(x + 1) - sigma(x)``. Along the row ``sigma`` is a quadratic in ``x`` with second difference
+    ``a``, so ``e`` advances by products (:func:`_row_step`): one ``exp`` per row and Gaussian instead of one
+    per pixel (relative error ~1e-7 per step in float32). The forward and the backward kernels start every
+    row at the same column and step alike, so they compute the same alphas. (The ``sigma < 0`` test stays
+    on the directly computed ``sigma``, as the reference.)"""
+    dx = mx - x
+    sig = half * (a * dx * dx + c * dy * dy) + b * dx * dy
+    d1 = half * a * (one - dx - dx) - b * dy
+    return np.exp(-sig), np.exp(-d1)
+
+
+@njit(inline="always")
+def _row_step(e, g, h):
+    """One pixel to the right: ``e *= g``, ``g *= h`` (``h = exp(-a)``, the second difference)."""
+    return e * g, g * h
+
+
+@njit(inline="always")
 def _gather(rows, prm, feat, ids, first, n_rows, step):
     """``rows[u] = (prm[g], feat[g])`` for ``g = ids[first + step * u]``, ``u < n_rows``: the next Gaussians of a
     tile list in one block of independent loads (their cache misses on the Gaussian table overlap)."""
@@ -119,23 +139,30 @@ def forward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_y
                     continue
                 j0, j1, i0, i1 = _box(mx, my, rows[q, 6], rows[q, 7], x0, x1, y0, y1, margin)
                 lv = _level(o, thr)
+                h = np.exp(-a)
                 for i in range(i0, i1 + 1):
                     r = i - y0
                     if row_lo[r] > row_hi[r]:  # every pixel of the row has stopped
                         continue
                     dy = my - ys[i]
                     row = r * tw - x0
-                    c0, c1 = _row_span(a, b, c, lv, mx, np.float64(dy), max(j0, row_lo[r]), min(j1, row_hi[r]),
-                                       margin)
+                    # the chord from the unclipped box (the backward starts there too), cut at the row's end
+                    c0, c1 = _row_span(a, b, c, lv, mx, np.float64(dy), j0, j1, margin)
+                    c1 = min(c1, row_hi[r])
+                    if c0 > c1:
+                        continue
+                    e, g = _row_start(a, b, c, mx, xs[c0], dy, half, one)
                     for j in range(c0, c1 + 1):
                         p = row + j
+                        vis = e
+                        e, g = _row_step(e, g, h)
                         if done[p]:
                             continue
                         dx = mx - xs[j]
                         sigma = half * (a * dx * dx + c * dy * dy) + b * dx * dy
                         if sigma < zero:
                             continue
-                        alpha = min(max_a, o * np.exp(-sigma))
+                        alpha = min(max_a, o * vis)
                         if alpha < thr:
                             continue
                         T = Tl[p]
@@ -214,6 +241,7 @@ def backward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_
                 if o < thr:
                     i1 = i0 - 1
                 lv = _level(o, thr)
+                h = np.exp(-a)
                 g_mx = g_my = g_a = g_b = g_c = g_o = zero
                 for f in range(F):
                     gf[f] = zero
@@ -223,15 +251,19 @@ def backward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_
                     dy = my - ys[i]
                     row = (i - y0) * tw - x0
                     c0, c1 = _row_span(a, b, c, lv, mx, np.float64(dy), j0, j1, margin)
+                    if c0 > c1:
+                        continue
+                    e, g = _row_start(a, b, c, mx, xs[c0], dy, half, one)
                     for j in range(c0, c1 + 1):
                         p = row + j
+                        vis = e
+                        e, g = _row_step(e, g, h)
                         if k >= lst[p]:
                             continue
                         dx = mx - xs[j]
                         sigma = half * (a * dx * dx + c * dy * dy) + b * dx * dy
                         if sigma < zero:
                             continue
-                        vis = np.exp(-sigma)
                         raw = o * vis
                         alpha = min(max_a, raw)
                         if alpha < thr:
