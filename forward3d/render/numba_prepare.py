@@ -76,18 +76,16 @@ def project_gaussians_numba(
     w2c, K = w2c.detach().to(dtype), K.detach().to(dtype)
     lims = torch.cat(_fov_limits(K, width, height), 1)  # [C, 4]
     consts = _consts(dtype, near, far, eps2d)
-    means2d = torch.empty(C, N, 2, dtype=dtype)
+    packed = torch.empty(C, N, 8, dtype=dtype)  # the compositing kernel's per-Gaussian rows, written in place
+    means2d, conics, opac, extents = packed[..., 0:2], packed[..., 2:5], packed[..., 5], packed[..., 6:8]
     depths = torch.empty(C, N, dtype=dtype)
-    conics = torch.empty(C, N, 3, dtype=dtype)
     cov2d = torch.empty(C, N, 2, 2, dtype=dtype)
-    opac = torch.empty(C, N, dtype=dtype)
     radii = torch.empty(C, N, dtype=torch.int32)
-    extents = torch.empty(C, N, 2, dtype=dtype)
     _timed_first_call(dtype, "projection", k.project, arr(means), arr(quats), arr(scales), arr(opacities),
                       arr(w2c), arr(K), arr(lims), consts.numpy(), width, height, bool(antialiased),
                       _threads(numba), means2d.numpy(), depths.numpy(), conics.numpy(), cov2d.numpy(),
                       opac.numpy(), radii.numpy(), extents.numpy())
-    return Projected(means2d, depths, conics, cov2d, opac, radii, extents)
+    return Projected(means2d, depths, conics, cov2d, opac, radii, extents, packed)
 
 
 @torch.no_grad()
@@ -134,8 +132,10 @@ class _ProjectNumba(torch.autograd.Function):
                                     antialiased)
         ctx.save_for_backward(means, quats, scales, opacities)
         ctx.args = (w2c.detach(), K.detach(), width, height, near, far, eps2d, antialiased)
-        ctx.mark_non_differentiable(p.covars2d, p.radii, p.extents)
-        return p.means2d, p.depths, p.conics, p.covars2d, p.opacities, p.radii, p.extents
+        outs = (p.means2d.contiguous(), p.depths, p.conics.contiguous(), p.covars2d, p.opacities.contiguous(),
+                p.radii, p.extents.contiguous())
+        ctx.mark_non_differentiable(outs[3], outs[5], outs[6])
+        return outs
 
     @staticmethod
     def backward(ctx, g_means2d, g_depths, g_conics, _g_cov, g_opac, _g_radii, _g_ext):

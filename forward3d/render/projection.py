@@ -37,6 +37,9 @@ class Projected:
         radii: ``[C, N]`` int32 screen radius in pixels; 0 for culled Gaussians.
         extents: ``[C, N, 2]`` half widths in x and y of the box holding every pixel with
             ``alpha >= 1/255`` (``extent * sqrt(Sigma2D_xx)``, ...), 0 where culled; no gradient.
+        packed: ``[C, N, 8]`` ``(mx, my, a, b, c, o, ex, ey)`` when ``means2d``, ``conics``, ``opacities``
+            and ``extents`` are views of one buffer (the compiled projection without gradients: the numba
+            compositing kernel reads it as is), else None.
     """
 
     means2d: Tensor
@@ -46,6 +49,7 @@ class Projected:
     opacities: Tensor
     radii: Tensor
     extents: Tensor
+    packed: Tensor | None = None
 
     @property
     def visible(self) -> Tensor:

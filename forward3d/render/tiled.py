@@ -481,9 +481,13 @@ def render_tiled(prep: Prepared, width: int, height: int, tile_size: int = 16, c
     ``chunk_size``, ``k_step``, ``workers`` and ``compiled`` concern the torch kernel only)."""
     p = prep.proj
     C, N = p.depths.shape
-    params = torch.cat([p.means2d, p.conics, p.opacities[..., None]], -1).reshape(C * N, 6)
+    kernel = resolve_cpu_kernel(cpu_kernel, p.means2d, compiled)
+    packed = p.packed.reshape(C * N, 8) if kernel == "numba" and p.packed is not None else None
+    if packed is not None:  # the compiled projection's rows, used as they are (no gradient flows through them)
+        params = packed[:, :6]
+    else:
+        params = torch.cat([p.means2d, p.conics, p.opacities[..., None]], -1).reshape(C * N, 6)
     feats = prep.features.reshape(C * N, prep.features.shape[-1])
-    kernel = resolve_cpu_kernel(cpu_kernel, params, compiled)
     if kernel == "numba":
         from .numba_prepare import intersect_tiles_numba
 
@@ -493,7 +497,7 @@ def render_tiled(prep: Prepared, width: int, height: int, tile_size: int = 16, c
     if kernel == "numba":
         from .tiled_numba import composite_numba
 
-        acc, T = composite_numba(params, feats, p.extents.reshape(C * N, 2), isects, width, height)
+        acc, T = composite_numba(params, feats, p.extents.reshape(C * N, 2), isects, width, height, packed=packed)
     else:
         acc, T = composite_tiled(params, feats, isects, width, height, k_step=k_step, chunk_size=chunk_size,
                                  compiled=compiled, workers=workers)

@@ -124,11 +124,15 @@ class _CompositeNumba(torch.autograd.Function):
     """``(params [CN, 6], feats [CN, F]) -> (acc [C, H, W, F], T [C, H, W])``."""
 
     @staticmethod
-    def forward(ctx, params: Tensor, feats: Tensor, extents: Tensor, isects, width: int, height: int):
+    def forward(ctx, params: Tensor, feats: Tensor, extents: Tensor, isects, width: int, height: int,
+                packed: Tensor | None = None):
         numba, fwd, _ = _kernels()
         dtype = params.dtype
         C = isects.n_cams
-        prm = torch.cat([params.detach(), extents.detach().to(dtype)], 1).contiguous()  # [CN, 8]
+        if packed is None:
+            prm = torch.cat([params.detach(), extents.detach().to(dtype)], 1).contiguous()  # [CN, 8]
+        else:  # already the [CN, 8] rows (params and extents are views of it)
+            prm = packed.detach()
         F = feats.shape[1]
         f = torch.nn.functional.pad(feats.detach(), (0, FEAT - F)).contiguous()  # [CN, FEAT]
         xs = torch.arange(width, dtype=dtype) + 0.5
@@ -163,7 +167,7 @@ class _CompositeNumba(torch.autograd.Function):
         g = torch.zeros(prm.shape[0], 6 + FEAT, dtype=dtype)
         _timed_first_call(dtype, "reduction", _reduce_kernel(), isects.ids.numpy(), g_pair.numpy(), _threads(numba),
                           g.numpy())
-        return g[:, :6], g[:, 6:6 + F], None, None, None, None
+        return g[:, :6], g[:, 6:6 + F], None, None, None, None, None
 
 
 def composite_numba(
@@ -173,9 +177,11 @@ def composite_numba(
     isects,  # TileIsects
     width: int,
     height: int,
+    packed: Tensor | None = None,  # [C*N, 8] contiguous: (params, extents) in one buffer, used without a copy
 ) -> tuple[Tensor, Tensor]:
     """Composite features ``[C, H, W, F]`` and final transmittance ``[C, H, W]`` with the compiled kernel
-    (differentiable in ``params`` and ``feats``; CPU float32 or float64 tensors)."""
+    (differentiable in ``params`` and ``feats``; CPU float32 or float64 tensors). ``packed`` (the compiled
+    projection's buffer, :attr:`Projected.packed`) saves the copy into the kernel's row layout."""
     if params.device.type != "cpu" or params.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"composite_numba: expected CPU float32/float64 tensors, found {params.device} "
                          f"{params.dtype}")
@@ -183,5 +189,8 @@ def composite_numba(
         raise ValueError(f"composite_numba: expected 1 to {FEAT} feature channels, found {feats.shape[1]}")
     if not numba_available():
         raise ImportError("the numba CPU rasterizer kernel needs numba: pip install forward3d[fast]")
-    acc, T = _CompositeNumba.apply(params, feats.to(params.dtype), extents, isects, width, height)
+    if packed is not None and (packed.shape != (params.shape[0], 8) or not packed.is_contiguous()):
+        raise ValueError(f"composite_numba: packed expected a contiguous [{params.shape[0]}, 8] tensor, found "
+                         f"{list(packed.shape)}")
+    acc, T = _CompositeNumba.apply(params, feats.to(params.dtype), extents, isects, width, height, packed)
     return acc, T
