@@ -69,6 +69,14 @@ def test_intersection_lists_identical(tile_size):
 
     order = k.depth_order(p.depths.reshape(-1).view(torch.int32).numpy(), vis.reshape(-1).int().numpy(), len(g))
     assert torch.equal(torch.from_numpy(order), depth_order(p.depths, vis))
+    # the parallel counting sort gives the same lists for any split of the order into thread parts
+    box = torch.empty(2 * len(g), 4, dtype=torch.int32).numpy()
+    k.tile_boxes(p.means2d.reshape(-1, 2).contiguous().numpy(), p.extents.reshape(-1, 2).contiguous().numpy(),
+                 vis.reshape(-1).int().numpy(), cams.width, cams.height, tile_size, 1e-3, box)
+    for parts in (1, 2, 3, 7):
+        ids, start, count = k.tile_lists(order, box, len(g), 2, ref.tiles_x, ref.tiles_y, parts)
+        assert torch.equal(torch.from_numpy(ids), ref.ids) and torch.equal(torch.from_numpy(start), ref.start)
+        assert torch.equal(torch.from_numpy(count), ref.count)
     for name in ("ids", "start", "count"):
         assert torch.equal(getattr(out, name), getattr(ref, name)), name
     assert (out.tiles_x, out.tiles_y, out.n_cams, out.tile_size) == (ref.tiles_x, ref.tiles_y, 2, tile_size)

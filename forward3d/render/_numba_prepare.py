@@ -205,40 +205,50 @@ def tile_boxes(means2d, extents, radii, width, height, tile, margin, box):
                 box[g, 0], box[g, 1], box[g, 2], box[g, 3] = j0 // tile, j1 // tile, i0 // tile, i1 // tile
 
 
-@njit(cache=True, nogil=True)
-def tile_lists(order, box, N, C, tiles_x, tiles_y):
+@njit(parallel=True, cache=True, nogil=True)
+def tile_lists(order, box, N, C, tiles_x, tiles_y, n_threads):
     """``order`` [V] flat (camera * N + Gaussian) indices front to back per camera, cameras in order; ``box``
     from :func:`tile_boxes` -> (``ids`` [M], ``start``, ``count`` [C * tiles_y * tiles_x]): the Gaussians of
-    each tile in ``order``'s order (a stable counting sort of the pairs by tile)."""
+    each tile in ``order``'s order. A stable counting sort of the pairs by tile, in parallel: thread ``th``
+    counts and then fills the pairs of its contiguous part of ``order``, at offsets after those of the
+    threads before it, so the lists are the same for any thread count."""
     V = order.shape[0]
     n_tiles = C * tiles_x * tiles_y
+    hist = np.zeros((n_threads, n_tiles), np.int64)
+    rect = np.empty((V, 4), np.int32)  # the boxes in order with the camera's row offset
+    for th in prange(n_threads):
+        lo, hi = th * V // n_threads, (th + 1) * V // n_threads
+        cam = order[lo] // N if lo < hi else 0  # order is camera-major: the camera then only advances
+        for v in range(lo, hi):
+            g = order[v]
+            while g >= (cam + 1) * N:
+                cam += 1
+            tx0, tx1 = box[g, 0], box[g, 1]
+            ty0, ty1 = box[g, 2] + cam * tiles_y, box[g, 3] + cam * tiles_y
+            rect[v, 0], rect[v, 1], rect[v, 2], rect[v, 3] = tx0, tx1, ty0, ty1
+            for ty in range(ty0, ty1 + 1):
+                for tx in range(tx0, tx1 + 1):
+                    hist[th, ty * tiles_x + tx] += 1
     count = np.zeros(n_tiles, np.int64)
-    rect = np.empty((V, 4), np.int32)  # the boxes in order (one random-access pass) with the camera's row offset
-    cam = 0  # order is camera-major: the camera advances (no 64-bit division per Gaussian)
-    for v in range(V):
-        g = order[v]
-        while g >= (cam + 1) * N:
-            cam += 1
-        tx0, tx1 = box[g, 0], box[g, 1]
-        ty0, ty1 = box[g, 2] + cam * tiles_y, box[g, 3] + cam * tiles_y
-        rect[v, 0], rect[v, 1], rect[v, 2], rect[v, 3] = tx0, tx1, ty0, ty1
-        for ty in range(ty0, ty1 + 1):
-            for tx in range(tx0, tx1 + 1):
-                count[ty * tiles_x + tx] += 1
     start = np.empty(n_tiles, np.int64)
+    offset = np.empty((n_threads, n_tiles), np.int64)
     total = 0
     for t in range(n_tiles):
         start[t] = total
-        total += count[t]
-    fill = start.copy()
+        for th in range(n_threads):
+            offset[th, t] = total
+            total += hist[th, t]
+        count[t] = total - start[t]
     ids = np.empty(total, np.int64)
-    for v in range(V):
-        g = order[v]
-        for ty in range(rect[v, 2], rect[v, 3] + 1):
-            for tx in range(rect[v, 0], rect[v, 1] + 1):
-                t = ty * tiles_x + tx
-                ids[fill[t]] = g
-                fill[t] += 1
+    for th in prange(n_threads):
+        lo, hi = th * V // n_threads, (th + 1) * V // n_threads
+        for v in range(lo, hi):
+            g = order[v]
+            for ty in range(rect[v, 2], rect[v, 3] + 1):
+                for tx in range(rect[v, 0], rect[v, 1] + 1):
+                    t = ty * tiles_x + tx
+                    ids[offset[th, t]] = g
+                    offset[th, t] += 1
     return ids, start, count
 
 

@@ -111,13 +111,13 @@ def intersect_tiles_numba(
         order = _call(depths.dtype, "depth order", k.depth_order, bits, radii, N)
     else:  # float64 keys: the torch radix sort of the 64-bit patterns
         order = depth_order(depths, visible).numpy()
-    m = means2d.detach().reshape(-1, 2).contiguous().numpy()
-    e = extents.detach().reshape(-1, 2).contiguous().numpy()
+    m = means2d.detach().reshape(-1, 2).numpy()  # strided views of Projected.packed are read in place
+    e = extents.detach().reshape(-1, 2).numpy()
     box = torch.empty(C * N, 4, dtype=torch.int32)
     _threads(numba)
     _timed_first_call(means2d.dtype, "tile boxes", k.tile_boxes, m, e, radii, width, height, tile_size, _MARGIN,
                       box.numpy())
-    lists = _call(means2d.dtype, "tile lists", k.tile_lists, order, box.numpy(), N, C, tx_n, ty_n)
+    lists = _call(means2d.dtype, "tile lists", k.tile_lists, order, box.numpy(), N, C, tx_n, ty_n, _threads(numba))
     ids, start, count = (torch.from_numpy(a) for a in lists)
     return TileIsects(ids, start, count, tile_size, tx_n, ty_n, C)
 
