@@ -36,17 +36,6 @@ def _consts(dtype: torch.dtype, near: float, far: float, eps2d: float) -> Tensor
     return torch.tensor([near, far, eps2d, 1e-12, 1e-10, ALPHA_THRESHOLD, MAX_EXTENT, 0.0, 0.5, 1.0, 2.0], dtype=dtype)
 
 
-def _call(dtype: torch.dtype, what: str, fn, *args):
-    """``fn(*args)`` through :func:`~forward3d.render.tiled_numba._timed_first_call`, returning its result."""
-    box = [None]
-
-    def run(*a):
-        box[0] = fn(*a)
-
-    _timed_first_call(dtype, what, run, *args)
-    return box[0]
-
-
 def project_gaussians_numba(
     means: Tensor,  # [N, 3]
     quats: Tensor,  # [N, 4] wxyz
@@ -108,7 +97,7 @@ def intersect_tiles_numba(
     radii = visible.reshape(-1).to(torch.int32).contiguous().numpy()
     if depths.dtype == torch.float32:
         bits = depths.detach().reshape(-1).contiguous().view(torch.int32).numpy()
-        order = _call(depths.dtype, "depth order", k.depth_order, bits, radii, N)
+        order = _timed_first_call(depths.dtype, "depth order", k.depth_order, bits, radii, N)
     else:  # float64 keys: the torch radix sort of the 64-bit patterns
         order = depth_order(depths, visible).numpy()
     m = means2d.detach().reshape(-1, 2).numpy()  # strided views of Projected.packed are read in place
@@ -117,7 +106,8 @@ def intersect_tiles_numba(
     _threads(numba)
     _timed_first_call(means2d.dtype, "tile boxes", k.tile_boxes, m, e, radii, width, height, tile_size, _MARGIN,
                       box.numpy())
-    lists = _call(means2d.dtype, "tile lists", k.tile_lists, order, box.numpy(), N, C, tx_n, ty_n, _threads(numba))
+    lists = _timed_first_call(means2d.dtype, "tile lists", k.tile_lists, order, box.numpy(), N, C, tx_n, ty_n,
+                              _threads(numba))
     ids, start, count = (torch.from_numpy(a) for a in lists)
     return TileIsects(ids, start, count, tile_size, tx_n, ty_n, C)
 

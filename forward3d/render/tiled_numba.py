@@ -62,7 +62,7 @@ def numba_available() -> bool:
 
 @functools.cache
 def _kernels():
-    """The numba module and the compiled (or cached) forward and backward kernels."""
+    """The numba module and :mod:`forward3d.render._numba_kernels` (compiled or loaded from the cache on use)."""
     try:
         import numba
     except ImportError as e:
@@ -70,13 +70,7 @@ def _kernels():
     from . import _numba_kernels as k
 
     assert k.FEAT == FEAT
-    return numba, k.forward, k.backward
-
-
-def _reduce_kernel():
-    from . import _numba_kernels as k
-
-    return k.reduce_pairs
+    return numba, k
 
 
 def _consts(dtype: torch.dtype) -> np.ndarray:
@@ -100,24 +94,23 @@ _COMPILED: set[tuple[torch.dtype, str]] = set()
 _LOCK = threading.Lock()  # first calls, and every call under numba's "workqueue" layer (not thread-safe)
 
 
-def _timed_first_call(dtype: torch.dtype, what: str, fn, *args) -> None:
-    """Run ``fn(*args)``; the first call per dtype and kernel compiles or loads from the cache: log its time."""
+def _timed_first_call(dtype: torch.dtype, what: str, fn, *args):
+    """Return ``fn(*args)``; the first call per dtype and kernel compiles or loads from the cache: log its time."""
     import numba
 
     key = (dtype, what)
     if key in _COMPILED:
         if numba.threading_layer() == "workqueue":
             with _LOCK:
-                fn(*args)
-        else:
-            fn(*args)
-        return
+                return fn(*args)
+        return fn(*args)
     with _LOCK:
         t0 = time.perf_counter()
-        fn(*args)
+        out = fn(*args)
         _COMPILED.add(key)
     logger.info("numba rasterizer %s kernel (%s): first call %.2f s (compilation or cache load included)", what,
                 str(dtype).removeprefix("torch."), time.perf_counter() - t0)
+    return out
 
 
 class _CompositeNumba(torch.autograd.Function):
@@ -126,7 +119,7 @@ class _CompositeNumba(torch.autograd.Function):
     @staticmethod
     def forward(ctx, params: Tensor, feats: Tensor, extents: Tensor, isects, width: int, height: int,
                 packed: Tensor | None = None):
-        numba, fwd, _ = _kernels()
+        numba, k = _kernels()
         dtype = params.dtype
         C = isects.n_cams
         if packed is None:
@@ -143,7 +136,7 @@ class _CompositeNumba(torch.autograd.Function):
         args = (prm.numpy(), f.numpy(), isects.ids.numpy(), isects.start.numpy(), isects.count.numpy(),
                 xs.numpy(), ys.numpy(), _consts(dtype), isects.tile_size, isects.tiles_x, isects.tiles_y,
                 _threads(numba), acc.numpy(), T.numpy(), last.numpy())
-        _timed_first_call(dtype, "forward", fwd, *args)
+        _timed_first_call(dtype, "forward", k.forward, *args)
         ctx.isects = isects
         ctx.n_feat = F
         ctx.save_for_backward(prm, f, xs, ys, T, last)
@@ -152,7 +145,7 @@ class _CompositeNumba(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_acc: Tensor, g_T: Tensor):
-        numba, _, bwd = _kernels()
+        numba, k = _kernels()
         prm, f, xs, ys, T, last = ctx.saved_tensors
         isects = ctx.isects
         dtype = prm.dtype
@@ -163,9 +156,9 @@ class _CompositeNumba(torch.autograd.Function):
         args = (prm.numpy(), f.numpy(), isects.ids.numpy(), isects.start.numpy(), isects.count.numpy(),
                 xs.numpy(), ys.numpy(), _consts(dtype), isects.tile_size, isects.tiles_x, isects.tiles_y,
                 _threads(numba), T.numpy(), last.numpy(), g_acc.numpy(), g_T.numpy(), g_pair.numpy())
-        _timed_first_call(dtype, "backward", bwd, *args)
+        _timed_first_call(dtype, "backward", k.backward, *args)
         g = torch.zeros(prm.shape[0], 6 + FEAT, dtype=dtype)
-        _timed_first_call(dtype, "reduction", _reduce_kernel(), isects.ids.numpy(), g_pair.numpy(), _threads(numba),
+        _timed_first_call(dtype, "reduction", k.reduce_pairs, isects.ids.numpy(), g_pair.numpy(), _threads(numba),
                           g.numpy())
         return g[:, :6], g[:, 6:6 + F], None, None, None, None, None
 
