@@ -53,6 +53,12 @@ def _row_span(a, b, c, s, mx, dy, j0, j1, margin):
 
 
 @njit(inline="always")
+def _sigma(a, b, c, dx, dy, half):
+    """The Mahalanobis exponent ``0.5 (a dx^2 + c dy^2) + b dx dy`` (one definition for both kernels)."""
+    return half * (a * dx * dx + c * dy * dy) + b * dx * dy
+
+
+@njit(inline="always")
 def _row_start(a, b, c, mx, x, dy, half, one):
     """``exp(-sigma)`` along a pixel row from its first centre ``x``: ``(e, g) = (exp(-sigma(x)), exp(-d1))`` with
     ``d1 = sigma(x + 1) - sigma(x)``. Along the row ``sigma`` is a quadratic in ``x`` with second difference
@@ -61,7 +67,7 @@ def _row_start(a, b, c, mx, x, dy, half, one):
     row at the same column and step alike, so they compute the same alphas. (The ``sigma < 0`` test stays
     on the directly computed ``sigma``, as the reference.)"""
     dx = mx - x
-    sig = half * (a * dx * dx + c * dy * dy) + b * dx * dy
+    sig = _sigma(a, b, c, dx, dy, half)
     d1 = half * a * (one - dx - dx) - b * dy
     return np.exp(-sig), np.exp(-d1)
 
@@ -159,7 +165,7 @@ def forward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_y
                         if done[p]:
                             continue
                         dx = mx - xs[j]
-                        sigma = half * (a * dx * dx + c * dy * dy) + b * dx * dy
+                        sigma = _sigma(a, b, c, dx, dy, half)
                         if sigma < zero:
                             continue
                         alpha = min(max_a, o * vis)
@@ -261,7 +267,7 @@ def backward(prm, feat, ids, start, count, xs, ys, consts, tile, tiles_x, tiles_
                         if k >= lst[p]:
                             continue
                         dx = mx - xs[j]
-                        sigma = half * (a * dx * dx + c * dy * dy) + b * dx * dy
+                        sigma = _sigma(a, b, c, dx, dy, half)
                         if sigma < zero:
                             continue
                         raw = o * vis
