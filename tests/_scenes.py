@@ -39,3 +39,24 @@ def assert_outputs_close(a, b, atol=2e-5, rtol=1e-4):
             assert y is None, name
             continue
         torch.testing.assert_close(y, x, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
+def gradcheck_render(cpu_kernel: str, render_mode: str) -> bool:
+    """float64 ``gradcheck`` of ``rasterize(..., cpu_kernel=...)`` on a 5-Gaussian scene in a 7x6 image, through
+    the Gaussians' parameters and the camera's ``w2c`` (colours, alphas and depths)."""
+    from forward3d.render import rasterize
+
+    g = random_scene(5, deg=1, seed=9, dtype=torch.float64, spread=(0.3, 0.3, 0.2), log_scale=(-1.6, -1.2),
+                     opacity_std=1.0)
+    cams = make_cams(W=7, H=6, f=8.0, dtype=torch.float64)
+    background = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+
+    def fn(means, quats, log_scales, opacity_logits, sh, w2c):
+        out = rasterize(Gaussians(means, quats, log_scales, opacity_logits, sh), Cameras(w2c, cams.K, 7, 6),
+                        backend="torch", cpu_kernel=cpu_kernel, tile_size=4, render_mode=render_mode,
+                        background=background)
+        return out.colors, out.alphas, out.depths
+
+    inputs = [p.clone().requires_grad_(True) for p in (g.means, g.quats, g.log_scales, g.opacity_logits, g.sh,
+                                                       cams.w2c)]
+    return torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)

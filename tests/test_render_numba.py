@@ -3,9 +3,9 @@ edge cases, thread counts, dispatch)."""
 
 import pytest
 import torch
-from _scenes import assert_outputs_close, make_cams, random_scene
+from _scenes import assert_outputs_close, gradcheck_render, make_cams, random_scene
 
-from forward3d.render import Cameras, rasterize, tiled_numba
+from forward3d.render import rasterize, tiled_numba
 from forward3d.types import Gaussians
 
 pytest.importorskip("numba", reason="numba not installed (pip install forward3d[fast]): the compiled CPU kernel "
@@ -104,19 +104,7 @@ def test_numba_one_and_two_threads_identical(dtype):
 
 
 def test_numba_gradcheck_float64():
-    g = random_scene(5, deg=1, seed=9, dtype=torch.float64, spread=(0.3, 0.3, 0.2), log_scale=(-1.6, -1.2),
-                     opacity_std=1.0)
-    cams = make_cams(W=7, H=6, f=8.0, dtype=torch.float64)
-
-    def fn(means, quats, log_scales, opacity_logits, sh, w2c):
-        gg = Gaussians(means, quats, log_scales, opacity_logits, sh)
-        out = rasterize(gg, Cameras(w2c, cams.K, 7, 6), backend="torch", cpu_kernel="numba", tile_size=4,
-                        render_mode="RGB+ED", background=torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
-        return out.colors, out.alphas, out.depths
-
-    inputs = [p.clone().requires_grad_(True) for p in (g.means, g.quats, g.log_scales, g.opacity_logits, g.sh,
-                                                       cams.w2c)]
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert gradcheck_render("numba", "RGB+ED")
 
 
 def test_dispatch_auto_forced_and_fallback(monkeypatch):

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _scenes import assert_outputs_close, make_cams, random_scene
+from _scenes import assert_outputs_close, gradcheck_render, make_cams, random_scene
 
 from forward3d.render import Cameras, rasterize
 from forward3d.render.common import prepare
@@ -231,18 +231,7 @@ def test_worker_threads_match_one_worker_and_reference(keep_pairs, monkeypatch):
 
 
 def test_gradcheck_float64():
-    g = random_scene(5, deg=1, seed=9, dtype=torch.float64, spread=(0.3, 0.3, 0.2), log_scale=(-1.6, -1.2),
-                     opacity_std=1.0)
-    cams = make_cams(W=7, H=6, f=8.0, dtype=torch.float64)
-
-    def fn(means, quats, log_scales, opacity_logits, sh, w2c):
-        gg = Gaussians(means, quats, log_scales, opacity_logits, sh)
-        out = rasterize(gg, Cameras(w2c, cams.K, 7, 6), backend="torch", tile_size=4, render_mode="RGB+D",
-                        background=torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64), cpu_kernel="torch")
-        return out.colors, out.alphas, out.depths
-
-    inputs = [p.clone().requires_grad_(True) for p in _params(g, cams.w2c)]
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert gradcheck_render("torch", "RGB+D")
 
 
 def test_gradcheck_float64_full_mode_means_opacities():
