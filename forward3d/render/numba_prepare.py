@@ -25,6 +25,9 @@ __all__ = ["project_gaussians_numba", "project_gaussians_numba_autograd", "inter
 
 
 def _module():
+    """The numba module and the kernels (ImportError naming the extra when numba is missing)."""
+    if not numba_available():
+        raise ImportError("the numba CPU projection and tile intersection need numba: pip install forward3d[fast]")
     import numba
 
     from . import _numba_prepare as k
@@ -51,8 +54,6 @@ def project_gaussians_numba(
     antialiased: bool = False,
 ) -> Projected:
     """:func:`forward3d.render.projection.project_gaussians` compiled (CPU float32/float64; no gradients)."""
-    if not numba_available():
-        raise ImportError("the numba CPU projection needs numba: pip install forward3d[fast]")
     dtype = means.dtype
     if means.device.type != "cpu" or dtype not in (torch.float32, torch.float64):
         raise ValueError(f"project_gaussians_numba: expected CPU float32/float64 tensors, found {means.device} {dtype}")
@@ -88,8 +89,6 @@ def intersect_tiles_numba(
     tile_size: int,
 ) -> TileIsects:
     """:func:`forward3d.render.tiled.intersect_tiles` with a compiled counting sort (CPU; identical lists)."""
-    if not numba_available():
-        raise ImportError("the numba CPU tile intersection needs numba: pip install forward3d[fast]")
     numba, k = _module()
     C, N = depths.shape
     tx_n = (width + tile_size - 1) // tile_size
