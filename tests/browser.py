@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 __all__ = ["CHROMIUM_FLAGS", "find_chromium", "browser", "wait_for_text", "screenshot", "element_box",
-           "content_stats", "dismiss_notifications", "wait_for_download"]
+           "content_stats", "wait_for_view", "dismiss_notifications", "wait_for_download"]
 
 # flags that work in containers without a GPU, a sandbox or a network (and never phone home)
 CHROMIUM_FLAGS = (
@@ -129,6 +129,21 @@ def content_stats(image: np.ndarray) -> dict[str, float]:
     counts = np.bincount(codes.ravel(), minlength=1 << 15)
     return {"std": float(img.mean(-1).std()), "colors": int((counts > 0).sum()),
             "dominant": float(counts.max() / max(codes.size, 1))}
+
+
+def wait_for_view(driver, region: tuple[slice, slice], ok, timeout: float = 30.0) -> tuple[np.ndarray, dict]:
+    """Screenshots until ``ok(content_stats(shot[region]))`` holds or ``timeout`` s pass; returns the last
+    full shot and its region's stats, for the caller to assert ``ok`` on.
+
+    Software WebGL on a busy machine draws (and clears) a scene over several frames, so poll for the whole
+    criterion the test asserts: a shot taken as soon as one part of it holds can be a half-drawn frame."""
+    t_end = time.monotonic() + timeout
+    while True:
+        img = screenshot(driver)
+        stats = content_stats(img[region])
+        if ok(stats) or time.monotonic() > t_end:
+            return img, stats
+        time.sleep(0.5)
 
 
 def wait_for_download(driver, name: str, timeout: float = 30.0) -> Path:

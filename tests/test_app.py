@@ -415,7 +415,7 @@ def test_app_runs_an_rgbd_zip_end_to_end_in_the_browser(app, browser, rgbd_zip, 
     from forward3d.io.trajectory import read_trajectory
     from selenium.webdriver.common.keys import Keys
 
-    from browser import content_stats, dismiss_notifications, element_box, screenshot, wait_for_text
+    from browser import dismiss_notifications, element_box, screenshot, wait_for_text, wait_for_view
 
     browser.get(app.url)
     wait_for_text(browser, "Video -> 3D", "Image -> 3D Gaussians", "back-end", timeout=60)
@@ -471,13 +471,12 @@ def test_app_runs_an_rgbd_zip_end_to_end_in_the_browser(app, browser, rgbd_zip, 
     while not dismiss_notifications(browser) and time.monotonic() < t_end:  # viser's "software WebGL" notice
         time.sleep(0.5)
     browser.switch_to.default_content()
-    t_end = time.monotonic() + 30  # software WebGL on a busy machine: poll until the scene is drawn
-    while True:
-        stats = content_stats(screenshot(browser)[y0:y1, x0:x1])
-        if (stats["colors"] > 300 and stats["std"] > 15) or time.monotonic() > t_end:
-            break
-        time.sleep(0.5)
-    assert stats["std"] > 15 and stats["colors"] > 300 and stats["dominant"] < 0.9, stats
+
+    def is_drawn(s: dict[str, float]) -> bool:
+        return s["std"] > 15 and s["colors"] > 300 and s["dominant"] < 0.9
+
+    _, stats = wait_for_view(browser, (slice(y0, y1), slice(x0, x1)), is_drawn)
+    assert is_drawn(stats), stats
     shot = tmp_path / "app.png"
     screenshot(browser, shot)
     if os.environ.get("FORWARD3D_UPDATE_DOCS") == "1":

@@ -15,11 +15,11 @@ import pytest
 
 from browser import (  # noqa: F401
     browser,
-    content_stats,
     dismiss_notifications,
     element_box,
     screenshot,
     wait_for_download,
+    wait_for_view,
     wait_for_text,
 )
 from forward3d.data.synthetic import SyntheticScene
@@ -76,18 +76,6 @@ def served(tmp_path_factory):
     viewer.stop()
 
 
-def _wait_drawn(driver, box, min_std: float = 15.0, timeout: float = 30.0) -> np.ndarray:
-    """Screenshots until the 3D view (left of the GUI panel) shows content; the last one."""
-    x0, y0, x1, y1 = box
-    t_end = time.monotonic() + timeout
-    while True:
-        img = screenshot(driver)
-        region = img[y0:y1, x0: x0 + int(0.7 * (x1 - x0))]
-        if content_stats(region)["std"] >= min_std or time.monotonic() > t_end:
-            return img
-        time.sleep(0.5)
-
-
 def test_viewer_page_draws_the_reconstruction(served, browser, tmp_path):  # noqa: F811
     scene = served.scene
     browser.get(served.url)
@@ -99,18 +87,21 @@ def test_viewer_page_draws_the_reconstruction(served, browser, tmp_path):  # noq
     box = element_box(browser, "canvas")
     assert box[2] - box[0] > 600 and box[3] - box[1] > 400
     time.sleep(2.0)  # let the point cloud and the thumbnails arrive and the renderer settle
-    img = _wait_drawn(browser, box)
+    x0, y0, x1, y1 = box
+    crop = (slice(y0, y1), slice(x0, x0 + int(0.7 * (x1 - x0))))  # the 3D view, left of the GUI panel
+
+    def is_drawn(s: dict[str, float]) -> bool:
+        return s["std"] > 20 and s["colors"] > 500 and s["dominant"] < 0.9
+
+    img, stats = wait_for_view(browser, crop, is_drawn)
+    assert is_drawn(stats), stats
     shot = tmp_path / "viewer.png"
     screenshot(browser, shot)
     assert shot.stat().st_size > 10_000
     if os.environ.get("FORWARD3D_UPDATE_DOCS") == "1":
         DOC_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, DOC_SCREENSHOT)
-    x0, y0, x1, y1 = box
-    crop = (slice(y0, y1), slice(x0, x0 + int(0.7 * (x1 - x0))))
     drawn = img[crop]
-    stats = content_stats(drawn)
-    assert stats["std"] > 20 and stats["colors"] > 500 and stats["dominant"] < 0.9, stats
 
     # hide everything: the view goes (nearly) blank, so what was there is our geometry
     toggles = (served.show_points, served.show_cameras, served.show_traj, served.show_gt)
@@ -122,20 +113,12 @@ def test_viewer_page_draws_the_reconstruction(served, browser, tmp_path):  # noq
     def is_blank(s: dict[str, float]) -> bool:
         return s["std"] < 0.25 * stats["std"] and s["dominant"] > 0.95
 
-    # Software rendering on a busy machine: poll, do not guess a delay. The scene nodes go one by one, so a
-    # shot can catch a frame with most of the points gone and the rest still there: wait for the whole
-    # blank criterion, not only for a dominant background.
-    t_end = time.monotonic() + 30
-    while True:
-        blank = screenshot(browser)[crop]
-        bstats = content_stats(blank)
-        if is_blank(bstats) or time.monotonic() > t_end:
-            break
-        time.sleep(0.5)
+    shot_blank, bstats = wait_for_view(browser, crop, is_blank)  # the nodes go one by one: wait for all
     for t in toggles:
         t.value = True
     served._apply_visibility()
     assert is_blank(bstats), (bstats, stats)
+    blank = shot_blank[crop]
     changed = (np.abs(blank.astype(np.int32) - drawn.astype(np.int32)).sum(-1) > 30).mean()
     assert changed > 0.1, changed
 

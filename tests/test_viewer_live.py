@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from browser import browser, content_stats, dismiss_notifications, element_box, screenshot, wait_for_text  # noqa: F401
+from browser import browser, dismiss_notifications, element_box, screenshot, wait_for_text, wait_for_view  # noqa: F401
 from forward3d.types import FrameStatus, Update
 from forward3d.viz.viewer import LiveViewConfig, LiveViewer, live_status_text
 from test_viewer_scene import small_recon
@@ -219,14 +219,12 @@ def test_recon_view_delivers_updates_to_the_browser(spann3r_inputs, browser, tmp
         assert "points shown:" in body
         dismiss_notifications(browser)
         x0, y0, x1, y1 = element_box(browser, "canvas")
-        t_end = time.monotonic() + 30
-        while True:
-            img = screenshot(browser)
-            stats = content_stats(img[y0:y1, x0: x0 + int(0.7 * (x1 - x0))])
-            if stats["std"] > 10 or time.monotonic() > t_end:
-                break
-            time.sleep(0.5)
-        assert stats["std"] > 10 and stats["colors"] > 500 and stats["dominant"] < 0.97, stats  # not blank
+
+        def is_drawn(s: dict[str, float]) -> bool:
+            return s["std"] > 10 and s["colors"] > 500 and s["dominant"] < 0.97
+
+        _, stats = wait_for_view(browser, (slice(y0, y1), slice(x0, x0 + int(0.7 * (x1 - x0)))), is_drawn)
+        assert is_drawn(stats), stats  # not blank
         t_end = time.monotonic() + 60
         while not any("serving the result" in x for x in lines):
             assert proc.poll() is None and time.monotonic() < t_end, "".join(lines)
