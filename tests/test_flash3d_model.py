@@ -123,7 +123,7 @@ def test_from_pretrained_pth_safetensors_and_errors(fx, small_model, tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(WeightsError, match="local"):
         Flash3D.from_pretrained("someone/flash3d-weights")
-    assert time.perf_counter() - t0 < 5
+    assert time.perf_counter() - t0 < 10  # no retries: a hub look-up that retries takes ~23 s
 
 
 def test_checkpoint_roundtrip_reference_format(small_model, tmp_path):

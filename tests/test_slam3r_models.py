@@ -377,7 +377,7 @@ def test_hub_id_offline_fails_fast(monkeypatch):
         Image2Points.from_pretrained("siyan824/slam3r_i2p")
     with pytest.raises(WeightsError, match="HF_HUB_OFFLINE"):
         SLAM3REngine.from_pretrained()
-    assert time.perf_counter() - t < 2.0
+    assert time.perf_counter() - t < 10  # no retries: a hub look-up that retries takes ~23 s
 
 
 def test_init_from_dust3r(fx, tmp_path, cases):

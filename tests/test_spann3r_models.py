@@ -387,7 +387,7 @@ def test_missing_local_path_and_offline_hub(tmp_path, monkeypatch):
     t0 = time.perf_counter()
     with pytest.raises(WeightsError, match="HF_HUB_OFFLINE"):
         Spann3R.from_pretrained("someone/spann3r")
-    assert time.perf_counter() - t0 < 2.0
+    assert time.perf_counter() - t0 < 10  # no retries: a hub look-up that retries takes ~23 s
 
 
 # ---------------------------------------------------------------------------------------- bad input
