@@ -165,13 +165,15 @@ def test_upstream_drop_reconnects_and_clients_resume():
     cam = LiveMJPEGServer(_images(), fps=30).start()
     proxy = StreamProxy(cam.url, ProxyConfig(port=0, backoff_min=0.1, backoff_max=0.5)).start()
     try:
-        clients = [Client(proxy.port, 5.0) for _ in range(4)]
+        clients = [Client(proxy.port, 6.0) for _ in range(4)]
         for c in clients:
             c.start()
         time.sleep(1.5)
         cam.stop()  # the phone goes away
         t_down = time.monotonic()
-        time.sleep(1.0)
+        t_end = time.monotonic() + 10  # the proxy notices the drop on its next read: poll, do not guess a delay
+        while _status(proxy.port)["upstream_connected"] and time.monotonic() < t_end:
+            time.sleep(0.1)
         assert not _status(proxy.port)["upstream_connected"]
         cam.start()  # and comes back on the same port
         t_up = time.monotonic()
