@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads of the runs")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1],
                    help="MVSConfig.workers of the runs (0 = one per thread; 1 = OpenMP threads only)")
-    p.add_argument("--out", default=None, help="JSON output (default benchmarks/results/mvs.json)")
+    p.add_argument("--out", default=None, help="JSON output: a bare name goes under benchmarks/results/ (default mvs.json)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -188,12 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table([{**t, "pass": "PASS" if t["pass"] else "FAIL"} for t in tg], ["target", "config", "measured", "cpu", "pass"])
     payload = {"machine": machine_info(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
                "results": rows, "targets": tg}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(payload, indent=2))
-        print(f"wrote {args.out}")
-    else:
-        print(f"wrote {write_json('mvs.json', payload)}")
+    print(f"wrote {write_json(args.out or 'mvs.json', payload)}")
     return 0
 
 

@@ -83,9 +83,7 @@ def main() -> None:
     _util.print_table(rows, ["models", "frames", "seconds", "fps", "keyframe_stride", "max_frames_held", "peak_rss_mib",
                              "rss_ratio_vs_%d" % min(args.frames), "pass_1.1x"])
     RESULT = {"machine": _util.machine_info(), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(RESULT, indent=2))
+    print(f"wrote {_util.write_json(Path(args.out), RESULT)}")
 
 
 if __name__ == "__main__":

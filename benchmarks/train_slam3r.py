@@ -21,7 +21,6 @@ cm (``reg_err_cm``, the scene frames fix the scale: no alignment) before and aft
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._util import RESULTS, machine_info, print_table  # noqa: E402
+from benchmarks._util import RESULTS, machine_info, print_table, write_json  # noqa: E402
 from forward3d.data.mix import build_mixture  # noqa: E402
 from forward3d.data.views import collate_views  # noqa: E402
 from forward3d.eval.recon import recon_metrics  # noqa: E402
@@ -157,12 +156,7 @@ def main() -> None:
 
 
 def _write(out: Path, results: dict) -> None:
-    from forward3d.io.atomic import atomic_path
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    print(f"wrote {write_json(out, results)}")
 
 
 if __name__ == "__main__":
