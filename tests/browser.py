@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 __all__ = ["CHROMIUM_FLAGS", "find_chromium", "browser", "wait_for_text", "screenshot", "element_box",
-           "content_stats", "wait_for_view", "dismiss_notifications", "wait_for_download"]
+           "content_stats", "wait_for_view", "wait_for_element", "dismiss_notifications", "wait_for_download"]
 
 # flags that work in containers without a GPU, a sandbox or a network (and never phone home)
 CHROMIUM_FLAGS = (
@@ -129,6 +129,20 @@ def content_stats(image: np.ndarray) -> dict[str, float]:
     counts = np.bincount(codes.ravel(), minlength=1 << 15)
     return {"std": float(img.mean(-1).std()), "colors": int((counts > 0).sum()),
             "dominant": float(counts.max() / max(codes.size, 1))}
+
+
+def wait_for_element(driver, css: str, timeout: float = 30.0, visible: bool = True):
+    """The first element matching ``css`` once the page has it (a click that opens an accordion or a tab
+    renders its content a moment later). ``visible=False`` accepts hidden elements too (file inputs,
+    which pages hide behind a styled drop zone and which selenium fills all the same)."""
+    t_end = time.monotonic() + timeout
+    while True:
+        els = [e for e in driver.find_elements("css selector", css) if not visible or e.is_displayed()]
+        if els:
+            return els[0]
+        if time.monotonic() > t_end:
+            raise AssertionError(f"no {'visible ' if visible else ''}element matches {css!r} after {timeout} s")
+        time.sleep(0.2)
 
 
 def wait_for_view(driver, region: tuple[slice, slice], ok, timeout: float = 30.0) -> tuple[np.ndarray, dict]:

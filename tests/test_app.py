@@ -415,16 +415,16 @@ def test_app_runs_an_rgbd_zip_end_to_end_in_the_browser(app, browser, rgbd_zip, 
     from forward3d.io.trajectory import read_trajectory
     from selenium.webdriver.common.keys import Keys
 
-    from browser import dismiss_notifications, element_box, screenshot, wait_for_text, wait_for_view
+    from browser import dismiss_notifications, element_box, screenshot, wait_for_element, wait_for_text, wait_for_view
 
     browser.get(app.url)
     wait_for_text(browser, "Video -> 3D", "Image -> 3D Gaussians", "back-end", timeout=60)
     _click_text(browser, "button", "RGB-D zip")
-    browser.find_element("css selector", "#zip-input input[type=file]").send_keys(str(rgbd_zip))
+    wait_for_element(browser, "#zip-input input[type=file]", visible=False).send_keys(str(rgbd_zip))
     wait_for_text(browser, "KB", timeout=30)  # the upload is listed with its size
     _click_text(browser, "#mode label", "online")
     _click_text(browser, "button", "rgbd options")  # the option controls come from RGBDConfig
-    voxel = browser.find_element("css selector", "#opt-rgbd-voxel_size input")
+    voxel = wait_for_element(browser, "#opt-rgbd-voxel_size input")
     voxel.send_keys(Keys.CONTROL, "a")
     voxel.send_keys("0.05", Keys.TAB)
     _click_text(browser, "button", "rgbd options")  # folded again
@@ -498,7 +498,7 @@ def _toasts(driver, timeout: float = 10.0) -> list[str]:
 
 @pytest.mark.slow  # ~20 s more in the browser; the same messages are checked without one above
 def test_app_shows_one_clear_message_for_bad_input(app, browser, tmp_path):  # noqa: F811
-    from browser import wait_for_text
+    from browser import wait_for_element, wait_for_text
 
     browser.get(app.url)
     wait_for_text(browser, "Video -> 3D", timeout=60)
@@ -507,7 +507,7 @@ def test_app_shows_one_clear_message_for_bad_input(app, browser, tmp_path):  # n
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/video"
     _click_text(browser, "button", "Stream URL")
-    browser.find_element("css selector", "#url-input textarea, #url-input input").send_keys(url)
+    wait_for_element(browser, "#url-input textarea, #url-input input").send_keys(url)
     browser.find_element("css selector", "#run").click()
     wait_for_text(browser, "Error", timeout=60)
     toasts = _toasts(browser)  # one message naming the URL and the problem
@@ -519,7 +519,7 @@ def test_app_shows_one_clear_message_for_bad_input(app, browser, tmp_path):  # n
     browser.get(app.url)
     wait_for_text(browser, "Video -> 3D", timeout=60)
     _click_text(browser, "button", "RGB-D zip")
-    browser.find_element("css selector", "#zip-input input[type=file]").send_keys(str(big))
+    wait_for_element(browser, "#zip-input input[type=file]", visible=False).send_keys(str(big))
     wait_for_text(browser, "Error", timeout=30)
     toasts = _toasts(browser)
     assert any("1 MB" in t or "1mb" in t.lower() or "size" in t.lower() for t in toasts), toasts
@@ -528,7 +528,7 @@ def test_app_shows_one_clear_message_for_bad_input(app, browser, tmp_path):  # n
 def test_app_image_to_gaussians_in_the_browser(app, browser, tmp_path):  # noqa: F811
     from PIL import Image
 
-    from browser import wait_for_text
+    from browser import wait_for_element, wait_for_text
     from forward3d.data.synthetic import SyntheticScene
     from forward3d.io.gaussians import read_gaussians_ply
 
@@ -538,8 +538,8 @@ def test_app_image_to_gaussians_in_the_browser(app, browser, tmp_path):  # noqa:
     browser.get(app.url)
     wait_for_text(browser, "Image -> 3D Gaussians", timeout=60)
     _click_text(browser, "button", "Image -> 3D Gaussians")
-    browser.find_element("css selector", "#photo input[type=file]").send_keys(str(tmp_path / "photo.png"))
-    browser.find_element("css selector", "#depth-input input[type=file]").send_keys(str(tmp_path / "depth.png"))
+    wait_for_element(browser, "#photo input[type=file]", visible=False).send_keys(str(tmp_path / "photo.png"))
+    wait_for_element(browser, "#depth-input input[type=file]", visible=False).send_keys(str(tmp_path / "depth.png"))
     wait_for_text(browser, "KB", timeout=30)  # the depth upload is listed with its size
     time.sleep(1.0)  # the photo's upload finishes too
     browser.find_element("css selector", "#splat-run").click()
