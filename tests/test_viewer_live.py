@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from safetensors.torch import load_file
 from browser import browser, dismiss_notifications, element_box, screenshot, wait_for_text, wait_for_view  # noqa: F401
 from forward3d.types import FrameStatus, Update
 from forward3d.viz.viewer import LiveViewConfig, LiveViewer, live_status_text
+from mjpeg_server import LiveMJPEGServer
 from test_viewer_scene import small_recon
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +35,15 @@ def _updates(recon, fail: int | None = None) -> list[Update]:
                    points=recon.point_maps[i], colors=recon.point_map_colors[i], confidence=recon.confidences[i],
                    image=recon.point_map_colors[i], num_frames=i + 1, frames_per_s=5.0)
             for i in range(len(recon))]
+
+
+def test_live_view_wait_for_a_browser_times_out_and_is_validated():
+    with pytest.raises(ValueError, match="--view-wait"):
+        LiveViewConfig(view=True, wait=-1)
+    with LiveViewer(LiveViewConfig(view=True, port=0)) as live:
+        t0 = time.perf_counter()
+        assert live.wait_for_client(0.3) is False  # nobody opened the page: the run starts anyway
+        assert 0.25 < time.perf_counter() - t0 < 20
 
 
 def test_live_viewer_shows_updates_never_blocks_and_applies_corrections():
@@ -150,7 +161,8 @@ def test_view_config_and_non_streaming_backend(tmp_path, capsys):
 # --------------------------------------------------------------------------------------------------
 
 N = 24
-SCREENSHOT = ROOT / "docs" / "images" / "live_view.png"  # the README picture: the page during the run
+# the README picture: the page during the run (rewritten only with FORWARD3D_UPDATE_DOCS=1)
+DOC_SCREENSHOT = ROOT / "docs" / "images" / "live_view.png"
 
 
 def _free_port() -> int:
@@ -161,9 +173,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def spann3r_inputs(shared_dir, tmp_path_factory):
-    """A synthetic video and the fixture's small Spann3R network as a checkpoint + config.json."""
+    """A synthetic clip's frames and the fixture's small Spann3R network as a checkpoint + config.json."""
     from forward3d.data.synthetic import SyntheticConfig, SyntheticScene
-    from forward3d.io.sources import write_layout
     from forward3d.models.spann3r import Spann3RConfig
 
     d = tmp_path_factory.mktemp("live")
@@ -171,9 +182,7 @@ def spann3r_inputs(shared_dir, tmp_path_factory):
     torch.save({"model": load_file(fx / "weights.safetensors")}, d / "spann3r.pth")
     (d / "small.json").write_text(json.dumps(Spann3RConfig.from_json(fx / "config.json", section="small").to_dict()))
     scene = SyntheticScene(SyntheticConfig(seed=2, num_frames=N, width=160, height=128, trajectory="orbit"))
-    video = write_layout((f.with_(depth=None, c2w=None) for f in scene.frames()), d / "clip.mp4", "video",
-                         codec="mpeg4")
-    return video, d / "spann3r.pth", d / "small.json"
+    return [f.image for f in scene.frames()], d / "spann3r.pth", d / "small.json"
 
 
 def _frame_counts(text: str) -> list[int]:
@@ -181,11 +190,16 @@ def _frame_counts(text: str) -> list[int]:
 
 
 def test_recon_view_delivers_updates_to_the_browser(spann3r_inputs, browser, tmp_path):  # noqa: F811
-    video, pth, cfg = spann3r_inputs
+    images, pth, cfg = spann3r_inputs
+    # A live camera paces the run (4 frames/s: 6 s for the clip), and --view-wait starts it only once the page
+    # is open: the page sees the run grow however slowly this machine loads it. (Reading the busy page's text
+    # takes ~3 s with software WebGL, so a video file, decoded in a second, could end between two reads.)
+    camera = LiveMJPEGServer(images, fps=4).start()
     port = _free_port()
-    cmd = [sys.executable, "-m", "forward3d", "recon", str(video), "--backend", "spann3r", "--weights", str(pth),
-           "--model-config", str(cfg), "--image-size", "64", "80", "--device", "cpu", "--out", str(tmp_path / "out"),
-           "--no-previews", "--no-progress", "--view", "--view-port", str(port), "--view-interval", "0.2"]
+    cmd = [sys.executable, "-m", "forward3d", "recon", camera.url, "--max-frames", str(N), "--backend", "spann3r",
+           "--weights", str(pth), "--model-config", str(cfg), "--image-size", "64", "80", "--device", "cpu",
+           "--out", str(tmp_path / "out"), "--no-previews", "--no-progress", "--view", "--view-port", str(port),
+           "--view-interval", "0.2", "--view-wait", "60", "--view-max-points", "20000"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -207,12 +221,16 @@ def test_recon_view_delivers_updates_to_the_browser(spann3r_inputs, browser, tmp
             seen += _frame_counts(body)
             if not shot and seen and N // 2 <= seen[-1] < N and "live:" in body:  # mid-run: the README's picture
                 dismiss_notifications(browser)
-                SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-                screenshot(browser, SCREENSHOT)
+                shot_path = tmp_path / "live_view.png"
+                screenshot(browser, shot_path)
+                assert shot_path.stat().st_size > 10_000
+                if os.environ.get("FORWARD3D_UPDATE_DOCS") == "1":
+                    DOC_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(shot_path, DOC_SCREENSHOT)
                 shot = True
             if "done" in body and seen and seen[-1] == N:
                 break
-            time.sleep(0.3)
+            time.sleep(0.1)
         counts = sorted(set(seen))
         assert counts and counts[-1] == N, (counts, "".join(lines))
         assert len(counts) >= 2 and counts[0] < N, f"the page never showed the run growing: {counts}"
@@ -236,7 +254,9 @@ def test_recon_view_delivers_updates_to_the_browser(spann3r_inputs, browser, tmp
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        camera.stop()
     reader.join(timeout=5)
     out = "".join(lines)
+    assert "waiting up to 60 s for a browser" in out and "no browser opened" not in out and camera.connections == 1
     assert f"{N} frames with spann3r" in out and "viewer stopped" in out and "Traceback" not in out
     assert (tmp_path / "out" / "reconstruction.npz").is_file()

@@ -194,6 +194,17 @@ def _open_live_view(view: Any, cls: Any, input_path: str) -> Any:
     if view.port and live.port != view.port:
         log.warning("--view-port %d is busy, using %d", view.port, live.port)
     print(f"forward3d recon: live view at {live.url} (open it in a browser)", flush=True)
+    if view.wait > 0:
+        print(f"forward3d recon: waiting up to {view.wait:g} s for a browser to open it (--view-wait)", flush=True)
+        try:
+            opened = live.wait_for_client(view.wait)
+        except BaseException:  # Ctrl-C while waiting: no run, no server left behind
+            live.stop()
+            raise
+        if opened:
+            log.info("a browser opened the live view: starting the run")
+        else:
+            log.warning("--view-wait: no browser opened %s within %g s; starting the run", live.url, view.wait)
     return live
 
 

@@ -41,6 +41,8 @@ class LiveViewConfig:
             most about a fifth of a core however large the scene grows.
         max_points: point budget of the view (points drawn at most).
         max_points_per_frame: world points kept per frame (a fixed random subset beyond it; bounds memory).
+        wait: before the run starts, wait up to this many seconds for a browser to open the view, so that it
+            shows the run from its first frame (a demo, a screen recording, a short clip); 0: start at once.
     """
 
     view: bool = False
@@ -50,12 +52,15 @@ class LiveViewConfig:
     interval: float = option(0.5, flag="--view-interval", metavar="S")
     max_points: int = option(500_000, flag="--view-max-points", metavar="N")
     max_points_per_frame: int = option(20_000, flag="--view-max-points-per-frame", metavar="N")
+    wait: float = option(0.0, flag="--view-wait", metavar="S")
 
     def __post_init__(self) -> None:
         if not 0 <= int(self.port) <= 65535:
             raise ValueError(f"--view-port: expected 0..65535, found {self.port}")
         if not self.interval >= 0:
             raise ValueError(f"--view-interval: expected >= 0 seconds, found {self.interval}")
+        if not self.wait >= 0:
+            raise ValueError(f"--view-wait: expected >= 0 seconds, found {self.wait}")
         for name in ("max_points", "max_points_per_frame"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"--view-{name.replace('_', '-')}: expected >= 1, found {getattr(self, name)}")
@@ -132,6 +137,17 @@ class LiveViewer:
         self.push_seconds += time.perf_counter() - t0
 
     __call__ = push
+
+    def wait_for_client(self, timeout: float) -> bool:
+        """Block until a browser has the view open, at most ``timeout`` seconds; True when one has.
+        The run's clock (the fallback of the final frames/s) starts again after the wait."""
+        t_end = time.monotonic() + max(0.0, float(timeout))
+        while not self.viewer.server.get_clients():
+            if time.monotonic() >= t_end:
+                return False
+            time.sleep(0.05)
+        self._t0 = time.perf_counter()
+        return True
 
     # -- worker ------------------------------------------------------------------------------------
     def _loop(self) -> None:
