@@ -135,9 +135,14 @@ def wait_for_element(driver, css: str, timeout: float = 30.0, visible: bool = Tr
     """The first element matching ``css`` once the page has it (a click that opens an accordion or a tab
     renders its content a moment later). ``visible=False`` accepts hidden elements too (file inputs,
     which pages hide behind a styled drop zone and which selenium fills all the same)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     t_end = time.monotonic() + timeout
     while True:
-        els = [e for e in driver.find_elements("css selector", css) if not visible or e.is_displayed()]
+        try:  # the page may re-render between finding an element and asking whether it shows
+            els = [e for e in driver.find_elements("css selector", css) if not visible or e.is_displayed()]
+        except StaleElementReferenceException:
+            els = []
         if els:
             return els[0]
         if time.monotonic() > t_end:
