@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 __all__ = ["CHROMIUM_FLAGS", "find_chromium", "browser", "wait_for_text", "screenshot", "element_box",
-           "content_stats", "wait_for_view", "wait_for_element", "dismiss_notifications", "wait_for_download"]
+           "content_stats", "wait_for_view", "wait_for_element", "doc_screenshot", "dismiss_notifications", "wait_for_download"]
 
 # flags that work in containers without a GPU, a sandbox or a network (and never phone home)
 CHROMIUM_FLAGS = (
@@ -129,6 +129,17 @@ def content_stats(image: np.ndarray) -> dict[str, float]:
     counts = np.bincount(codes.ravel(), minlength=1 << 15)
     return {"std": float(img.mean(-1).std()), "colors": int((counts > 0).sum()),
             "dominant": float(counts.max() / max(codes.size, 1))}
+
+
+def doc_screenshot(driver, path: Path, doc: Path) -> Path:
+    """Save a screenshot of the page to ``path`` (checked not to be empty) and, with
+    ``FORWARD3D_UPDATE_DOCS=1``, copy it to ``doc`` (a README picture); returns ``path``."""
+    screenshot(driver, path)
+    assert path.stat().st_size > 10_000, f"{path}: an empty screenshot ({path.stat().st_size} bytes)"
+    if os.environ.get("FORWARD3D_UPDATE_DOCS") == "1":
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, doc)
+    return path
 
 
 def wait_for_element(driver, css: str, timeout: float = 30.0, visible: bool = True):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import socket
 import stat
 import time
@@ -415,7 +414,7 @@ def test_app_runs_an_rgbd_zip_end_to_end_in_the_browser(app, browser, rgbd_zip, 
     from forward3d.io.trajectory import read_trajectory
     from selenium.webdriver.common.keys import Keys
 
-    from browser import dismiss_notifications, element_box, screenshot, wait_for_element, wait_for_text, wait_for_view
+    from browser import dismiss_notifications, doc_screenshot, element_box, wait_for_element, wait_for_text, wait_for_view
 
     browser.get(app.url)
     wait_for_text(browser, "Video -> 3D", "Image -> 3D Gaussians", "back-end", timeout=60)
@@ -477,11 +476,7 @@ def test_app_runs_an_rgbd_zip_end_to_end_in_the_browser(app, browser, rgbd_zip, 
 
     _, stats = wait_for_view(browser, (slice(y0, y1), slice(x0, x1)), is_drawn)
     assert is_drawn(stats), stats
-    shot = tmp_path / "app.png"
-    screenshot(browser, shot)
-    if os.environ.get("FORWARD3D_UPDATE_DOCS") == "1":
-        DOC_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, DOC_SCREENSHOT)
+    doc_screenshot(browser, tmp_path / "app.png", DOC_SCREENSHOT)
 
 
 def _toasts(driver, timeout: float = 10.0) -> list[str]:

@@ -6,8 +6,6 @@ The screenshot of the first test is the README's picture (``docs/images/viewer.p
 from __future__ import annotations
 
 import time
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +14,8 @@ import pytest
 from browser import (  # noqa: F401
     browser,
     dismiss_notifications,
+    doc_screenshot,
     element_box,
-    screenshot,
     wait_for_download,
     wait_for_view,
     wait_for_text,
@@ -95,12 +93,7 @@ def test_viewer_page_draws_the_reconstruction(served, browser, tmp_path):  # noq
 
     img, stats = wait_for_view(browser, crop, is_drawn)
     assert is_drawn(stats), stats
-    shot = tmp_path / "viewer.png"
-    screenshot(browser, shot)
-    assert shot.stat().st_size > 10_000
-    if os.environ.get("FORWARD3D_UPDATE_DOCS") == "1":
-        DOC_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, DOC_SCREENSHOT)
+    doc_screenshot(browser, tmp_path / "viewer.png", DOC_SCREENSHOT)
     drawn = img[crop]
 
     # hide everything: the view goes (nearly) blank, so what was there is our geometry

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from browser import browser, dismiss_notifications, element_box, screenshot, wait_for_text, wait_for_view  # noqa: F401
+from browser import browser, dismiss_notifications, doc_screenshot, element_box, wait_for_text, wait_for_view  # noqa: F401
 from forward3d.types import FrameStatus, Update
 from forward3d.viz.viewer import LiveViewConfig, LiveViewer, live_status_text
 from mjpeg_server import LiveMJPEGServer
@@ -221,12 +220,7 @@ def test_recon_view_delivers_updates_to_the_browser(spann3r_inputs, browser, tmp
             seen += _frame_counts(body)
             if not shot and seen and N // 2 <= seen[-1] < N and "live:" in body:  # mid-run: the README's picture
                 dismiss_notifications(browser)
-                shot_path = tmp_path / "live_view.png"
-                screenshot(browser, shot_path)
-                assert shot_path.stat().st_size > 10_000
-                if os.environ.get("FORWARD3D_UPDATE_DOCS") == "1":
-                    DOC_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(shot_path, DOC_SCREENSHOT)
+                doc_screenshot(browser, tmp_path / "live_view.png", DOC_SCREENSHOT)
                 shot = True
             if "done" in body and seen and seen[-1] == N:
                 break
